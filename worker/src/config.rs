@@ -1,0 +1,454 @@
+//! The Backfill document and its secrets, as the local CLI and the worker see them.
+//!
+//! Secrets never come from the document: locally and in Jobs they come from the
+//! environment (`MILVUS_TOKEN`, `AWS_ACCESS_KEY_ID`/`AWS_SECRET_ACCESS_KEY`, and
+//! `SOURCE_AWS_ACCESS_KEY_ID`/`SOURCE_AWS_SECRET_ACCESS_KEY` for a separate source
+//! bucket) or from the default AWS credential chain.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use milvus_backfill_api::{BackfillSpec, API_VERSION, KIND};
+use serde::Deserialize;
+
+use crate::error::{BackfillError, Result};
+use crate::store::Store;
+
+/// A `Backfill` read from YAML: either the full resource or its bare `spec`.
+#[derive(Clone, Debug)]
+pub struct BackfillDoc {
+    pub name: String,
+    pub spec: BackfillSpec,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Resource {
+    api_version: Option<String>,
+    kind: Option<String>,
+    #[serde(default)]
+    metadata: Metadata,
+    spec: serde_yaml::Value,
+}
+
+#[derive(Deserialize, Default)]
+struct Metadata {
+    name: Option<String>,
+}
+
+impl BackfillDoc {
+    pub fn load(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| BackfillError::config(format!("cannot read {}: {e}", path.display())))?;
+        Self::parse(&text).map_err(|e| BackfillError::config(format!("{}: {}", path.display(), e.message)))
+    }
+
+    pub fn parse(text: &str) -> Result<Self> {
+        let value: serde_yaml::Value =
+            serde_yaml::from_str(text).map_err(|e| BackfillError::config(format!("not valid YAML: {e}")))?;
+        let is_resource = value.get("spec").is_some();
+        let (name, spec_value) = if is_resource {
+            let r: Resource = serde_yaml::from_value(value)
+                .map_err(|e| BackfillError::config(format!("not a Backfill resource: {e}")))?;
+            if let Some(v) = r.api_version.as_deref().filter(|v| *v != API_VERSION) {
+                return Err(BackfillError::config(format!(
+                    "apiVersion is {v}, expected {API_VERSION}"
+                )));
+            }
+            if let Some(k) = r.kind.as_deref().filter(|k| *k != KIND) {
+                return Err(BackfillError::config(format!("kind is {k}, expected {KIND}")));
+            }
+            (r.metadata.name.unwrap_or_else(|| "backfill".into()), r.spec)
+        } else {
+            ("backfill".to_owned(), value)
+        };
+        let spec: BackfillSpec =
+            serde_yaml::from_value(spec_value).map_err(|e| BackfillError::config(format!("spec: {e}")))?;
+        validate(&spec)?;
+        Ok(Self { name, spec })
+    }
+}
+
+/// Checks that need no network. Every problem is listed, each naming its field.
+pub fn validate(spec: &BackfillSpec) -> Result<()> {
+    let mut problems = Vec::new();
+    let mut need = |ok: bool, msg: &str| {
+        if !ok {
+            problems.push(msg.to_owned());
+        }
+    };
+    need(
+        !spec.milvus.uri.trim().is_empty(),
+        "spec.milvus.uri is empty (e.g. http://127.0.0.1:19530)",
+    );
+    need(
+        spec.milvus.uri.starts_with("http://") || spec.milvus.uri.starts_with("https://") || spec.milvus.uri.is_empty(),
+        "spec.milvus.uri must start with http:// or https://",
+    );
+    need(
+        !spec.milvus.collection.trim().is_empty(),
+        "spec.milvus.collection is empty",
+    );
+    need(
+        !spec.storage.endpoint.trim().is_empty(),
+        "spec.storage.endpoint is empty (host:port)",
+    );
+    need(!spec.storage.bucket.trim().is_empty(), "spec.storage.bucket is empty");
+    need(!spec.source.path.trim().is_empty(), "spec.source.path is empty");
+    need(spec.batch_size != Some(0), "spec.batchSize must be > 0");
+    need(spec.parallelism != Some(0), "spec.parallelism must be > 0");
+    need(
+        spec.primary_key_field_id.is_none_or(|f| f >= 100),
+        "spec.primaryKeyFieldId must be a user field ID (>= 100)",
+    );
+    if let Some(p) = spec.source.path.strip_prefix("s3://") {
+        need(
+            p.split_once('/').is_some_and(|(b, _)| !b.is_empty()),
+            "spec.source.path: s3:// needs a bucket and a key or prefix",
+        );
+    }
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(BackfillError::config(problems.join("; ")))
+    }
+}
+
+/// S3 access keys. `Debug` and `Display` never show the secret.
+#[derive(Clone, PartialEq, Eq)]
+pub struct S3Credentials {
+    pub access_key: String,
+    pub secret_key: String,
+}
+
+impl fmt::Debug for S3Credentials {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("S3Credentials")
+            .field("access_key", &self.access_key)
+            .field("secret_key", &"***")
+            .finish()
+    }
+}
+
+impl S3Credentials {
+    fn from_env_pair(ak: &str, sk: &str) -> Result<Option<Self>> {
+        let a = std::env::var(ak).ok().filter(|v| !v.is_empty());
+        let s = std::env::var(sk).ok().filter(|v| !v.is_empty());
+        match (a, s) {
+            (Some(access_key), Some(secret_key)) => Ok(Some(Self { access_key, secret_key })),
+            (None, None) => Ok(None),
+            _ => Err(BackfillError::config(format!("set both {ak} and {sk}, or neither"))),
+        }
+    }
+    /// Storage credentials; `None` means "use the default AWS credential chain".
+    pub fn storage_from_env() -> Result<Option<Self>> {
+        Self::from_env_pair("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
+    }
+    /// Source credentials; `None` means "same as storage".
+    pub fn source_from_env() -> Result<Option<Self>> {
+        Self::from_env_pair("SOURCE_AWS_ACCESS_KEY_ID", "SOURCE_AWS_SECRET_ACCESS_KEY")
+    }
+}
+
+/// The Milvus token (`user:password` or an API key), from `MILVUS_TOKEN`.
+#[derive(Clone, Default)]
+pub struct MilvusToken(pub Option<String>);
+
+impl fmt::Debug for MilvusToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(if self.0.is_some() {
+            "MilvusToken(***)"
+        } else {
+            "MilvusToken(none)"
+        })
+    }
+}
+
+impl MilvusToken {
+    pub fn from_env() -> Self {
+        Self(std::env::var("MILVUS_TOKEN").ok().filter(|t| !t.is_empty()))
+    }
+}
+
+/// How to reach one S3 endpoint.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct S3Endpoint {
+    pub endpoint: String,
+    pub region: String,
+    #[serde(rename = "useSSL")]
+    pub use_ssl: bool,
+}
+
+impl S3Endpoint {
+    pub fn url(&self) -> String {
+        if self.endpoint.contains("://") {
+            self.endpoint.clone()
+        } else {
+            format!("{}://{}", if self.use_ssl { "https" } else { "http" }, self.endpoint)
+        }
+    }
+
+    pub async fn client(&self, creds: Option<&S3Credentials>) -> aws_sdk_s3::Client {
+        use aws_config::BehaviorVersion;
+        use aws_sdk_s3::config::{RequestChecksumCalculation, ResponseChecksumValidation};
+        use aws_smithy_http_client::tls::{rustls_provider::CryptoMode, Provider};
+        let http = aws_smithy_http_client::Builder::new()
+            .tls_provider(Provider::Rustls(CryptoMode::Ring))
+            .build_https();
+        let mut loader = aws_config::defaults(BehaviorVersion::latest())
+            .http_client(http)
+            .region(aws_config::Region::new(self.region.clone()));
+        if let Some(c) = creds {
+            loader = loader.credentials_provider(aws_sdk_s3::config::Credentials::new(
+                c.access_key.clone(),
+                c.secret_key.clone(),
+                None,
+                None,
+                "milvus-backfill",
+            ));
+        }
+        let shared = loader.load().await;
+        // Path-style addressing as Milvus uses; checksums only where the API requires
+        // them, since several S3-compatible servers reject the newer default.
+        let conf = aws_sdk_s3::config::Builder::from(&shared)
+            .endpoint_url(self.url())
+            .force_path_style(true)
+            .request_checksum_calculation(RequestChecksumCalculation::WhenRequired)
+            .response_checksum_validation(ResponseChecksumValidation::WhenRequired)
+            .build();
+        aws_sdk_s3::Client::from_conf(conf)
+    }
+}
+
+/// Where something lives: a store plus a key (or key prefix) inside it.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "kind", rename_all = "camelCase")]
+pub enum Place {
+    /// In the Milvus storage bucket.
+    Storage { prefix: String },
+    /// In another bucket on the source's (or storage's) endpoint.
+    Bucket { bucket: String, prefix: String },
+    /// On the local file system.
+    Local { path: PathBuf },
+}
+
+impl Place {
+    /// `s3://bucket/key` → another bucket; anything else → a local path.
+    pub fn parse_source(path: &str) -> Self {
+        match path.strip_prefix("s3://").or_else(|| path.strip_prefix("s3a://")) {
+            Some(rest) => {
+                let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+                Place::Bucket {
+                    bucket: bucket.into(),
+                    prefix: prefix.into(),
+                }
+            }
+            None => Place::Local {
+                path: PathBuf::from(path.strip_prefix("file://").unwrap_or(path)),
+            },
+        }
+    }
+
+    /// `s3://bucket/prefix`, an absolute local directory, or a key prefix in the storage bucket.
+    pub fn parse_output(path: &str, storage_bucket: &str) -> Self {
+        let p = path.trim_end_matches('/');
+        if p.starts_with('/') || p.starts_with("file://") || p.starts_with("./") {
+            return Place::Local {
+                path: PathBuf::from(p.strip_prefix("file://").unwrap_or(p)),
+            };
+        }
+        match Self::parse_source(p) {
+            Place::Bucket { bucket, prefix } if bucket == storage_bucket => Place::Storage { prefix },
+            Place::Local { path } => Place::Storage {
+                prefix: path.to_string_lossy().trim_matches('/').to_owned(),
+            },
+            other => other,
+        }
+    }
+}
+
+/// The stores a run needs, built once from the spec and the environment.
+#[derive(Clone, Debug)]
+pub struct Stores {
+    pub storage: Store,
+    pub source_endpoint: S3Endpoint,
+    pub source_creds: Option<S3Credentials>,
+    pub storage_creds: Option<S3Credentials>,
+}
+
+impl Stores {
+    pub fn storage_endpoint(spec: &BackfillSpec) -> S3Endpoint {
+        S3Endpoint {
+            endpoint: spec.storage.endpoint.clone(),
+            region: spec.storage.region().to_owned(),
+            use_ssl: spec.storage.use_ssl(),
+        }
+    }
+
+    pub fn source_endpoint(spec: &BackfillSpec) -> S3Endpoint {
+        S3Endpoint {
+            endpoint: spec
+                .source
+                .endpoint
+                .clone()
+                .unwrap_or_else(|| spec.storage.endpoint.clone()),
+            region: spec
+                .source
+                .region
+                .clone()
+                .unwrap_or_else(|| spec.storage.region().to_owned()),
+            use_ssl: spec.source.use_ssl.unwrap_or(spec.storage.use_ssl()),
+        }
+    }
+
+    pub async fn from_env(storage: &S3Endpoint, bucket: &str, source: &S3Endpoint) -> Result<Self> {
+        let storage_creds = S3Credentials::storage_from_env()?;
+        let source_creds = S3Credentials::source_from_env()?.or_else(|| storage_creds.clone());
+        let client = storage.client(storage_creds.as_ref()).await;
+        Ok(Self {
+            storage: Store::S3 {
+                client,
+                bucket: bucket.to_owned(),
+                endpoint: storage.url(),
+            },
+            source_endpoint: source.clone(),
+            source_creds,
+            storage_creds,
+        })
+    }
+
+    /// The store and key prefix for a place.
+    pub async fn open(&self, place: &Place) -> (Store, String) {
+        match place {
+            Place::Storage { prefix } => (self.storage.clone(), prefix.clone()),
+            Place::Bucket { bucket, prefix } => {
+                if let Store::S3 {
+                    client,
+                    bucket: b,
+                    endpoint,
+                } = &self.storage
+                {
+                    if b == bucket && self.source_endpoint.url() == *endpoint && self.source_creds == self.storage_creds
+                    {
+                        return (
+                            Store::S3 {
+                                client: client.clone(),
+                                bucket: bucket.clone(),
+                                endpoint: endpoint.clone(),
+                            },
+                            prefix.clone(),
+                        );
+                    }
+                }
+                let client = self.source_endpoint.client(self.source_creds.as_ref()).await;
+                (
+                    Store::S3 {
+                        client,
+                        bucket: bucket.clone(),
+                        endpoint: self.source_endpoint.url(),
+                    },
+                    prefix.clone(),
+                )
+            }
+            Place::Local { path } => local_place(path),
+        }
+    }
+}
+
+fn local_place(path: &Path) -> (Store, String) {
+    // A local "store" rooted at the parent directory keeps keys relative, like S3.
+    let abs = if path.is_absolute() {
+        path.to_path_buf()
+    } else {
+        std::env::current_dir()
+            .map(|d| d.join(path))
+            .unwrap_or_else(|_| path.to_path_buf())
+    };
+    let root: PathBuf = PathBuf::from("/");
+    let key = abs.strip_prefix(&root).unwrap_or(&abs).to_string_lossy().into_owned();
+    (Store::Local { root }, key)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const DOC: &str = r#"
+apiVersion: milvusbackfill.io/v1alpha1
+kind: Backfill
+metadata: {name: add-title, namespace: default}
+spec:
+  milvus: {uri: "http://127.0.0.1:19530", collection: c}
+  storage: {endpoint: "127.0.0.1:9000", bucket: milvus-bucket}
+  source: {path: "s3://data/new/"}
+  batchSize: 10
+"#;
+
+    #[test]
+    fn reads_the_resource_and_the_bare_spec() {
+        let d = BackfillDoc::parse(DOC).unwrap();
+        assert_eq!(d.name, "add-title");
+        assert_eq!(d.spec.batch_size(), 10);
+        let bare =
+            "milvus: {uri: 'http://h:1', collection: c}\nstorage: {endpoint: e, bucket: b}\nsource: {path: /x}\n";
+        assert_eq!(BackfillDoc::parse(bare).unwrap().spec.source.path, "/x");
+    }
+
+    #[test]
+    fn every_problem_is_named() {
+        let bad = DOC
+            .replace("batchSize: 10", "batchSize: 0\n  parallelism: 0")
+            .replace("collection: c", "collection: ''");
+        let e = BackfillDoc::parse(&bad).unwrap_err();
+        assert_eq!(e.kind, crate::error::ErrorKind::ConfigError);
+        for part in ["spec.batchSize", "spec.parallelism", "spec.milvus.collection"] {
+            assert!(e.message.contains(part), "{part} missing in {}", e.message);
+        }
+        let wrong_kind = DOC.replace("kind: Backfill", "kind: Job");
+        assert!(BackfillDoc::parse(&wrong_kind)
+            .unwrap_err()
+            .message
+            .contains("kind is Job"));
+        let typo = DOC.replace("batchSize", "batchsize");
+        assert!(BackfillDoc::parse(&typo).unwrap_err().message.contains("batchsize"));
+    }
+
+    #[test]
+    fn places() {
+        assert_eq!(
+            Place::parse_source("s3://data/a/b.parquet"),
+            Place::Bucket {
+                bucket: "data".into(),
+                prefix: "a/b.parquet".into()
+            }
+        );
+        assert_eq!(Place::parse_source("/tmp/x"), Place::Local { path: "/tmp/x".into() });
+        assert_eq!(
+            Place::parse_output("s3://mb/out/", "mb"),
+            Place::Storage { prefix: "out".into() }
+        );
+        assert_eq!(
+            Place::parse_output("backfills/run", "mb"),
+            Place::Storage {
+                prefix: "backfills/run".into()
+            }
+        );
+        assert_eq!(
+            Place::parse_output("/data/out", "mb"),
+            Place::Local {
+                path: "/data/out".into()
+            }
+        );
+    }
+
+    #[test]
+    fn secrets_are_redacted() {
+        let c = S3Credentials {
+            access_key: "AK".into(),
+            secret_key: "supersecret".into(),
+        };
+        assert!(!format!("{c:?}").contains("supersecret"));
+        assert!(!format!("{:?}", MilvusToken(Some("root:Milvus".into()))).contains("Milvus\""));
+    }
+}

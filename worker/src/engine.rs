@@ -1,0 +1,183 @@
+//! One segment, end to end: PK binlogs → key index → matched source rows →
+//! row-aligned new columns → Parquet parts and manifest.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use futures_util::{StreamExt, TryStreamExt};
+use serde::{Deserialize, Serialize};
+
+use crate::binlog;
+use crate::error::{BackfillError, Result};
+use crate::join::Joined;
+use crate::keys::KeyIndex;
+use crate::output;
+use crate::plan::{SegmentPlan, TaskPlan};
+use crate::source;
+use crate::store::Store;
+
+/// What a segment produced; the result JSON's per-segment entry.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SegmentOutcome {
+    pub segment_id: i64,
+    pub partition_id: i64,
+    /// Rows written: the segment's physical row count.
+    pub row_count: u64,
+    pub matched_row_count: u64,
+    pub output_path: String,
+    pub manifest_paths: Vec<String>,
+    pub execution_time_ms: u64,
+    /// Global indices of the source rows this segment used (for the run's
+    /// unmatched count); not part of the result JSON.
+    #[serde(skip)]
+    pub used_source_rows: Vec<u64>,
+}
+
+/// The stores a task reads and writes, opened once.
+#[derive(Clone, Debug)]
+pub struct TaskStores {
+    pub storage: Store,
+    pub source: Store,
+    pub output: Store,
+}
+
+pub async fn process_segment(
+    stores: &TaskStores,
+    plan: &TaskPlan,
+    seg: &SegmentPlan,
+    task_id: &str,
+    attempt: u32,
+) -> Result<SegmentOutcome> {
+    let started = Instant::now();
+    if seg.storage_version != 0 {
+        return Err(BackfillError::segment(
+            seg.segment_id,
+            format!(
+                "storage version {} is not supported yet (only V1 segments)",
+                seg.storage_version
+            ),
+        ));
+    }
+    let num_rows = u32::try_from(seg.num_rows).map_err(|_| {
+        BackfillError::segment(
+            seg.segment_id,
+            format!("{} rows exceed the 2^32 rows a segment can hold", seg.num_rows),
+        )
+    })?;
+    let index = Arc::new(read_keys(&stores.storage, plan, seg, num_rows).await?);
+    tracing::debug!(segment = seg.segment_id, rows = num_rows, range = ?index.range(), "primary keys indexed");
+
+    let matches = source::read_matches(
+        &stores.source,
+        &plan.source_files,
+        index.clone(),
+        &plan.new_fields,
+        plan.batch_size as usize,
+    )
+    .await?;
+    tracing::debug!(
+        segment = seg.segment_id,
+        matched = matches.offsets.len(),
+        row_groups_read = matches.row_groups_read,
+        row_groups_skipped = matches.row_groups_skipped,
+        "source scanned"
+    );
+    let fields = if matches.fields.is_empty() {
+        // No source row group could match; the types still come from the plan's schema.
+        return Err(BackfillError::unexpected(format!(
+            "segment {}: the source files could not be opened to learn the new fields' types",
+            seg.segment_id
+        )));
+    } else {
+        matches.fields.clone()
+    };
+    let joined = Joined::build(num_rows, &index, &matches.offsets, &matches.batches, &fields).map_err(|d| {
+        BackfillError::schema(format!(
+            "segment {}: {} source row(s) hit a row that another source row already set (at segment offsets {:?}); the source has duplicate `pk` values",
+            seg.segment_id, d.count, d.example_offsets
+        ))
+        .with_segment(seg.segment_id)
+    })?;
+    drop(matches.batches);
+
+    let written = output::write_segment(
+        &stores.output,
+        seg,
+        &joined,
+        plan.collection_id,
+        &plan.new_fields,
+        &plan.run_id,
+        task_id,
+        attempt,
+        plan.batch_size as usize,
+    )
+    .await?;
+    let mut manifest_paths: Vec<String> = written.files.iter().map(|f| stores.output.display(&f.path)).collect();
+    manifest_paths.push(stores.output.display(&written.manifest_key));
+    Ok(SegmentOutcome {
+        segment_id: seg.segment_id,
+        partition_id: seg.partition_id,
+        row_count: joined.num_rows() as u64,
+        matched_row_count: joined.matched_rows(),
+        output_path: stores.output.display(&seg.output_dir),
+        manifest_paths,
+        execution_time_ms: started.elapsed().as_millis() as u64,
+        used_source_rows: matches.source_rows,
+    })
+}
+
+/// Reads the PK binlogs in row order (a few fetched ahead) into a key index, and
+/// checks that they hold exactly the rows Milvus reports.
+async fn read_keys(storage: &Store, plan: &TaskPlan, seg: &SegmentPlan, num_rows: u32) -> Result<KeyIndex> {
+    let mut index = KeyIndex::new(plan.pk_field.pk_type, num_rows as usize);
+    let mut files = futures_util::stream::iter(seg.pk_binlogs.iter().map(|b| async move {
+        let data = storage.get(&b.key).await.map_err(|e| match e {
+            crate::store::StoreError::NotFound(_) => BackfillError::segment(
+                seg.segment_id,
+                format!(
+                    "binlog {} is gone (compacted or garbage-collected since planning?); plan again",
+                    storage.display(&b.key)
+                ),
+            ),
+            e => BackfillError::connection(e.to_string()).with_segment(seg.segment_id),
+        })?;
+        // Decoding is CPU work; keep it off the IO threads.
+        let key = b.key.clone();
+        tokio::task::spawn_blocking(move || binlog::read_values(data).map(|v| (key, v)))
+            .await
+            .map_err(|e| BackfillError::unexpected(e.to_string()))?
+            .map_err(|e| BackfillError::data_read(storage.display(&b.key), e).with_segment(seg.segment_id))
+    }))
+    .buffered(4);
+    while let Some((key, (desc, arrays))) = files.try_next().await? {
+        if desc.field_id != plan.pk_field.field_id || desc.segment_id != seg.segment_id {
+            return Err(BackfillError::segment(
+                seg.segment_id,
+                format!(
+                    "{} describes field {} of segment {}, expected field {} of segment {}",
+                    storage.display(&key),
+                    desc.field_id,
+                    desc.segment_id,
+                    plan.pk_field.field_id,
+                    seg.segment_id
+                ),
+            ));
+        }
+        for a in arrays {
+            index
+                .push(a.as_ref())
+                .map_err(|e| BackfillError::data_read(storage.display(&key), e).with_segment(seg.segment_id))?;
+        }
+    }
+    if index.rows() != num_rows {
+        return Err(BackfillError::segment(
+            seg.segment_id,
+            format!(
+                "its primary key binlogs hold {} rows but Milvus reports {num_rows}; the files are stale or incomplete, plan again",
+                index.rows()
+            ),
+        ));
+    }
+    Ok(index)
+}

@@ -1,0 +1,23 @@
+//! milvus-backfill: adds new fields to the sealed segments of a Milvus collection.
+//!
+//! IO sits at the edges (`milvus`, `store`, `planner`, `runner`); the middle is a
+//! streaming pipeline of small parts that are tested alone: `binlog` (reader),
+//! `keys` (key index), `source` (matched rows), `join` (alignment), `output` (writer).
+
+pub mod binlog;
+pub mod cli;
+pub mod config;
+pub mod engine;
+pub mod error;
+pub mod gc;
+pub mod join;
+pub mod keys;
+pub mod milvus;
+pub mod output;
+pub mod plan;
+pub mod planner;
+pub mod progress;
+pub mod result;
+pub mod runner;
+pub mod source;
+pub mod store;

@@ -1,0 +1,292 @@
+//! The run's result: the JSON Milvus' commit path and people read, and the summary.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+
+use serde::{Deserialize, Serialize};
+
+use crate::engine::SegmentOutcome;
+use crate::error::BackfillError;
+use crate::plan::{self, Plan};
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct FailedSegment {
+    pub segment_id: i64,
+    pub partition_id: i64,
+    pub kind: String,
+    pub reason: String,
+}
+
+/// The result JSON. Keys follow the newest reference; `segments` is keyed by the
+/// segment ID as a decimal string, as Milvus' decoder expects.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct BackfillResult {
+    pub success: bool,
+    pub run_id: String,
+    pub collection_id: i64,
+    /// The partition all segments share, else 0 (never -1).
+    pub partition_id: i64,
+    pub schema_version: i32,
+    pub segments_processed: usize,
+    pub total_rows_written: u64,
+    pub total_backfill_data_rows: u64,
+    pub total_matched_rows: u64,
+    /// Source rows whose key is in no backfilled segment; counted, never written.
+    pub unmatched_backfill_rows: u64,
+    pub execution_time_ms: u64,
+    pub new_field_names: Vec<String>,
+    pub manifest_paths: Vec<String>,
+    pub segments: BTreeMap<String, SegmentOutcome>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub failed_segments: Vec<FailedSegment>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub skipped_segments: Vec<plan::SkippedSegment>,
+}
+
+impl BackfillResult {
+    /// `used_source_rows_unique` is the number of distinct source rows any segment used.
+    pub fn build(
+        plan: &Plan,
+        outcomes: Vec<SegmentOutcome>,
+        failures: Vec<FailedSegment>,
+        used_source_rows_unique: u64,
+        execution_time_ms: u64,
+    ) -> Self {
+        let mut failed_segments: Vec<FailedSegment> = plan
+            .failed
+            .iter()
+            .map(|s| FailedSegment {
+                segment_id: s.segment_id,
+                partition_id: s.partition_id,
+                kind: "SegmentProcessingError".into(),
+                reason: s.reason.clone(),
+            })
+            .collect();
+        failed_segments.extend(failures);
+        failed_segments.sort_by_key(|f| f.segment_id);
+        let partition_id = plan::shared_partition(outcomes.iter().map(|o| o.partition_id));
+        let total_rows_written = outcomes.iter().map(|o| o.row_count).sum();
+        let total_matched_rows = outcomes.iter().map(|o| o.matched_row_count).sum();
+        let manifest_paths = outcomes.iter().flat_map(|o| o.manifest_paths.iter().cloned()).collect();
+        Self {
+            success: failed_segments.is_empty(),
+            run_id: plan.run_id.clone(),
+            collection_id: plan.collection_id,
+            partition_id: plan.partition_id.unwrap_or(partition_id),
+            schema_version: plan.schema_version,
+            segments_processed: outcomes.len(),
+            total_rows_written,
+            total_backfill_data_rows: plan.source_rows,
+            total_matched_rows,
+            unmatched_backfill_rows: plan.source_rows.saturating_sub(used_source_rows_unique),
+            execution_time_ms,
+            new_field_names: plan.new_fields.iter().map(|f| f.name.clone()).collect(),
+            manifest_paths,
+            segments: outcomes.into_iter().map(|o| (o.segment_id.to_string(), o)).collect(),
+            failed_segments,
+            skipped_segments: plan.skipped.clone(),
+        }
+    }
+
+    /// True only if the run succeeded and every planned segment has an outcome.
+    pub fn all_segments_successful(&self, planned: usize) -> bool {
+        self.success && self.segments.len() == planned
+    }
+
+    pub fn match_rate(&self) -> f64 {
+        if self.total_rows_written == 0 {
+            0.0
+        } else {
+            self.total_matched_rows as f64 / self.total_rows_written as f64
+        }
+    }
+
+    pub fn summary(&self) -> String {
+        let mut s = String::new();
+        let status = if self.success { "SUCCEEDED" } else { "FAILED" };
+        let _ = writeln!(s, "Backfill {status} (run {})", self.run_id);
+        let _ = writeln!(s, "  collection ID:        {}", self.collection_id);
+        let _ = writeln!(s, "  partition ID:         {}", self.partition_id);
+        let _ = writeln!(s, "  new fields:           {}", self.new_field_names.join(", "));
+        let _ = writeln!(s, "  segments processed:   {}", self.segments_processed);
+        let _ = writeln!(s, "  segments failed:      {}", self.failed_segments.len());
+        let _ = writeln!(s, "  segments skipped:     {}", self.skipped_segments.len());
+        let _ = writeln!(s, "  rows written:         {}", self.total_rows_written);
+        let _ = writeln!(
+            s,
+            "  rows matched:         {} ({:.1}%)",
+            self.total_matched_rows,
+            100.0 * self.match_rate()
+        );
+        let _ = writeln!(s, "  new-field data rows:  {}", self.total_backfill_data_rows);
+        let _ = writeln!(s, "  unmatched data rows:  {}", self.unmatched_backfill_rows);
+        let _ = writeln!(
+            s,
+            "  execution time:       {:.3}s",
+            self.execution_time_ms as f64 / 1000.0
+        );
+        for f in &self.failed_segments {
+            let _ = writeln!(
+                s,
+                "  FAILED segment {} (partition {}): {}: {}",
+                f.segment_id, f.partition_id, f.kind, f.reason
+            );
+        }
+        s
+    }
+
+    pub fn segment_summary(&self) -> String {
+        let mut s = String::new();
+        for o in self.segments.values() {
+            let rate = if o.row_count == 0 {
+                0.0
+            } else {
+                100.0 * o.matched_row_count as f64 / o.row_count as f64
+            };
+            let _ = writeln!(
+                s,
+                "  segment {} partition {}: rows {} matched {} ({rate:.1}%) in {} ms -> {}",
+                o.segment_id, o.partition_id, o.row_count, o.matched_row_count, o.execution_time_ms, o.output_path
+            );
+        }
+        for k in &self.skipped_segments {
+            let _ = writeln!(
+                s,
+                "  segment {} partition {}: skipped ({})",
+                k.segment_id, k.partition_id, k.reason
+            );
+        }
+        s
+    }
+}
+
+impl FailedSegment {
+    pub fn from_error(segment_id: i64, partition_id: i64, e: &BackfillError) -> Self {
+        Self {
+            segment_id,
+            partition_id,
+            kind: e.kind.to_string(),
+            reason: e.message.clone(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{Place, S3Endpoint};
+    use crate::keys::PkType;
+    use crate::plan::{NewField, PkField, SkippedSegment};
+
+    fn plan() -> Plan {
+        let ep = S3Endpoint {
+            endpoint: "e".into(),
+            region: "r".into(),
+            use_ssl: false,
+        };
+        Plan {
+            run_id: "r1".into(),
+            database: "default".into(),
+            collection_name: "c".into(),
+            collection_id: 10,
+            partition_id: None,
+            schema_version: 0,
+            pk_field: PkField {
+                field_id: 100,
+                name: "id".into(),
+                pk_type: PkType::Int64,
+            },
+            new_fields: vec![NewField {
+                name: "score".into(),
+                arrow_type: "Float64".into(),
+            }],
+            storage: ep.clone(),
+            storage_bucket: "b".into(),
+            root_path: "files".into(),
+            source: ep,
+            source_place: Place::Local { path: "/x".into() },
+            source_files: vec![],
+            source_rows: 50,
+            output_place: Place::Storage { prefix: String::new() },
+            batch_size: 10,
+            parallelism: 1,
+            segments: vec![],
+            skipped: vec![],
+            failed: vec![SkippedSegment {
+                segment_id: 9,
+                partition_id: 3,
+                num_rows: 5,
+                reason: "stale".into(),
+            }],
+            warnings: vec![],
+        }
+    }
+
+    fn outcome(seg: i64, part: i64, rows: u64, matched: u64) -> SegmentOutcome {
+        SegmentOutcome {
+            segment_id: seg,
+            partition_id: part,
+            row_count: rows,
+            matched_row_count: matched,
+            output_path: format!("s3://b/{seg}"),
+            manifest_paths: vec![format!("s3://b/{seg}/manifest.json")],
+            execution_time_ms: 1,
+            used_source_rows: vec![],
+        }
+    }
+
+    #[test]
+    fn totals_partition_rule_and_failures() {
+        let r = BackfillResult::build(&plan(), vec![outcome(1, 3, 10, 4), outcome(2, 4, 20, 6)], vec![], 10, 5);
+        assert!(!r.success, "a segment that failed planning fails the run");
+        assert_eq!(r.partition_id, 0);
+        assert_eq!(
+            (r.total_rows_written, r.total_matched_rows, r.unmatched_backfill_rows),
+            (30, 10, 40)
+        );
+        assert_eq!(r.failed_segments[0].segment_id, 9);
+        let json = serde_json::to_value(&r).unwrap();
+        for k in [
+            "success",
+            "collectionId",
+            "partitionId",
+            "segmentsProcessed",
+            "totalRowsWritten",
+            "totalBackfillDataRows",
+            "totalMatchedRows",
+            "executionTimeMs",
+            "newFieldNames",
+            "manifestPaths",
+        ] {
+            assert!(json.get(k).is_some(), "missing {k}");
+        }
+        let seg = &json["segments"]["1"];
+        for k in [
+            "segmentId",
+            "partitionId",
+            "rowCount",
+            "matchedRowCount",
+            "outputPath",
+            "manifestPaths",
+            "executionTimeMs",
+        ] {
+            assert!(seg.get(k).is_some(), "segment entry misses {k}");
+        }
+        assert!(seg.get("usedSourceRows").is_none());
+        assert!(r.summary().contains("33.3%"));
+        assert!(r.summary().contains("FAILED segment 9"));
+    }
+
+    #[test]
+    fn success_needs_every_segment() {
+        let mut p = plan();
+        p.failed.clear();
+        let r = BackfillResult::build(&p, vec![outcome(1, 3, 10, 10), outcome(2, 3, 5, 0)], vec![], 10, 5);
+        assert!(r.success);
+        assert_eq!(r.partition_id, 3);
+        assert!(r.all_segments_successful(2));
+        assert!(!r.all_segments_successful(3));
+    }
+}

@@ -1,0 +1,167 @@
+//! Running planned segments: all of a plan in-process (`run`), or one task (`segment`).
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use futures_util::StreamExt;
+use serde::{Deserialize, Serialize};
+
+use crate::config::Stores;
+use crate::engine::{self, SegmentOutcome, TaskStores};
+use crate::error::{BackfillError, Result};
+use crate::plan::{Plan, Task, TaskPlan};
+use crate::progress::Progress;
+use crate::result::{BackfillResult, FailedSegment};
+
+pub async fn task_stores(stores: &Stores, plan: &TaskPlan) -> TaskStores {
+    let (source, _) = stores.open(&plan.source_place).await;
+    let (output, _) = stores.open(&plan.output_place).await;
+    TaskStores {
+        storage: stores.storage.clone(),
+        source,
+        output,
+    }
+}
+
+/// A bitmap over all source rows, shared by the segments of one run, so that
+/// rows used by several segments are counted once.
+pub struct UsedRows(Vec<AtomicU64>);
+
+impl UsedRows {
+    pub fn new(rows: u64) -> Self {
+        Self((0..rows.div_ceil(64)).map(|_| AtomicU64::new(0)).collect())
+    }
+    pub fn mark(&self, rows: &[u64]) {
+        for &r in rows {
+            if let Some(w) = self.0.get((r / 64) as usize) {
+                w.fetch_or(1 << (r % 64), Ordering::Relaxed);
+            }
+        }
+    }
+    pub fn count(&self) -> u64 {
+        self.0
+            .iter()
+            .map(|w| w.load(Ordering::Relaxed).count_ones() as u64)
+            .sum()
+    }
+}
+
+/// Runs every planned segment with at most `plan.parallelism` in flight. A failed
+/// segment does not stop the others.
+pub async fn run_plan(plan: &Plan, stores: &Stores, progress: &Progress) -> BackfillResult {
+    let started = Instant::now();
+    let tp = TaskPlan::from_plan(plan);
+    let ts = task_stores(stores, &tp).await;
+    let used = UsedRows::new(plan.source_rows);
+    let task_id = format!("{}-local", plan.run_id);
+    let results: Vec<(i64, i64, Result<SegmentOutcome>)> =
+        futures_util::stream::iter(plan.segments.iter().map(|seg| {
+            let (ts, tp, task_id, used) = (&ts, &tp, &task_id, &used);
+            async move {
+                progress.started(seg.segment_id);
+                let r = engine::process_segment(ts, tp, seg, task_id, 0).await;
+                match &r {
+                    Ok(o) => {
+                        used.mark(&o.used_source_rows);
+                        progress.finished(seg.segment_id, o.row_count, None);
+                    }
+                    Err(e) => progress.finished(seg.segment_id, 0, Some(e)),
+                }
+                (seg.segment_id, seg.partition_id, r)
+            }
+        }))
+        .buffer_unordered(plan.parallelism.max(1) as usize)
+        .collect()
+        .await;
+    progress.done();
+    let mut outcomes = Vec::new();
+    let mut failures = Vec::new();
+    for (seg, part, r) in results {
+        match r {
+            Ok(o) => outcomes.push(o),
+            Err(e) => failures.push(FailedSegment::from_error(seg, part, &e)),
+        }
+    }
+    BackfillResult::build(
+        plan,
+        outcomes,
+        failures,
+        used.count(),
+        started.elapsed().as_millis() as u64,
+    )
+}
+
+/// Writes the result JSON beside the outputs; returns its location.
+pub async fn store_result(plan: &Plan, stores: &Stores, result: &BackfillResult) -> Result<String> {
+    let key = plan.result_key();
+    let body = serde_json::to_vec_pretty(result).map_err(|e| BackfillError::unexpected(e.to_string()))?;
+    stores
+        .storage
+        .put(&key, Bytes::from(body))
+        .await
+        .map_err(|e| BackfillError::write(None, stores.storage.display(&key), e))?;
+    Ok(stores.storage.display(&key))
+}
+
+/// What `segment --task` reports, on stdout and in storage at [`Task::outcome_key`].
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TaskOutcome {
+    pub task_id: String,
+    pub attempt: u32,
+    pub success: bool,
+    pub segments: Vec<SegmentOutcome>,
+    pub failed_segments: Vec<FailedSegment>,
+    /// Distinct source rows this task's segments used.
+    pub used_source_rows: u64,
+    pub execution_time_ms: u64,
+}
+
+pub async fn run_task(task: &Task, stores: &Stores) -> TaskOutcome {
+    let started = Instant::now();
+    let ts = task_stores(stores, &task.plan).await;
+    let used = Arc::new(UsedRows::new(task.plan.source_files.iter().map(|f| f.rows).sum()));
+    let mut segments = Vec::new();
+    let mut failed_segments = Vec::new();
+    for seg in &task.segments {
+        match engine::process_segment(&ts, &task.plan, seg, &task.task_id, task.attempt).await {
+            Ok(o) => {
+                used.mark(&o.used_source_rows);
+                tracing::info!(
+                    segment = o.segment_id,
+                    rows = o.row_count,
+                    matched = o.matched_row_count,
+                    ms = o.execution_time_ms,
+                    "segment done"
+                );
+                segments.push(o);
+            }
+            Err(e) => {
+                tracing::error!(segment = seg.segment_id, kind = %e.kind, error = %e.message, "segment failed");
+                failed_segments.push(FailedSegment::from_error(seg.segment_id, seg.partition_id, &e));
+            }
+        }
+    }
+    TaskOutcome {
+        task_id: task.task_id.clone(),
+        attempt: task.attempt,
+        success: failed_segments.is_empty(),
+        segments,
+        failed_segments,
+        used_source_rows: used.count(),
+        execution_time_ms: started.elapsed().as_millis() as u64,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn used_rows_count_each_row_once() {
+        let u = super::UsedRows::new(130);
+        u.mark(&[0, 64, 129, 64]);
+        u.mark(&[0, 1]);
+        assert_eq!(u.count(), 4);
+    }
+}

@@ -1,0 +1,595 @@
+//! The user's new-field Parquet: listing, schema checks, key checks, and the
+//! streaming read that keeps only the rows whose key is in one segment.
+
+use std::ops::Range;
+use std::sync::{Arc, Mutex};
+
+use arrow_array::{Array, BooleanArray, Int64Array, LargeStringArray, RecordBatch, StringArray};
+use arrow_schema::{DataType, SchemaRef};
+use bytes::Bytes;
+use futures_util::future::BoxFuture;
+use futures_util::{FutureExt, StreamExt};
+use parquet::arrow::arrow_reader::{ArrowPredicateFn, ArrowReaderOptions, RowFilter};
+use parquet::arrow::async_reader::{AsyncFileReader, ParquetRecordBatchStreamBuilder};
+use parquet::arrow::ProjectionMask;
+use parquet::file::metadata::{ParquetMetaData, ParquetMetaDataReader};
+use parquet::file::statistics::Statistics;
+
+use crate::error::{BackfillError, Result};
+use crate::keys::{KeyIndex, KeyRange, PkType};
+use crate::plan::{NewField, SourceFile};
+use crate::store::{ObjectMeta, Store};
+
+/// The join key column every source must have.
+pub const KEY_COLUMN: &str = "pk";
+
+/// Reads byte ranges of one object through [`Store`], for the async Parquet reader.
+pub struct ObjectReader {
+    store: Store,
+    key: String,
+    size: u64,
+    metadata: Option<Arc<ParquetMetaData>>,
+}
+
+impl ObjectReader {
+    pub fn new(store: Store, key: String, size: u64) -> Self {
+        Self {
+            store,
+            key,
+            size,
+            metadata: None,
+        }
+    }
+
+    fn fetch(&self, range: Range<u64>) -> BoxFuture<'_, parquet::errors::Result<Bytes>> {
+        async move {
+            self.store
+                .get_range(&self.key, range)
+                .await
+                .map_err(|e| parquet::errors::ParquetError::External(Box::new(e)))
+        }
+        .boxed()
+    }
+
+    pub async fn metadata(&mut self) -> Result<Arc<ParquetMetaData>> {
+        if let Some(m) = &self.metadata {
+            return Ok(m.clone());
+        }
+        let size = self.size;
+        let what = self.store.display(&self.key);
+        let md = ParquetMetaDataReader::new()
+            .with_prefetch_hint(Some(64 * 1024))
+            .load_and_finish(&mut *self, size)
+            .await
+            .map_err(|e| BackfillError::data_read(what, format!("not a readable Parquet file: {e}")))?;
+        let md = Arc::new(md);
+        self.metadata = Some(md.clone());
+        Ok(md)
+    }
+}
+
+impl AsyncFileReader for ObjectReader {
+    fn get_bytes(&mut self, range: Range<u64>) -> BoxFuture<'_, parquet::errors::Result<Bytes>> {
+        self.fetch(range)
+    }
+
+    fn get_metadata<'a>(
+        &'a mut self,
+        _options: Option<&'a ArrowReaderOptions>,
+    ) -> BoxFuture<'a, parquet::errors::Result<Arc<ParquetMetaData>>> {
+        async move {
+            self.metadata()
+                .await
+                .map_err(|e| parquet::errors::ParquetError::General(e.message))
+        }
+        .boxed()
+    }
+}
+
+/// Source files under a key or prefix: one `.parquet` object, or every `.parquet`
+/// object under a prefix (Spark-style directories included), in key order.
+pub async fn list_files(store: &Store, key: &str) -> Result<Vec<ObjectMeta>> {
+    let not_found = || {
+        BackfillError::data_read(
+            store.display(key),
+            "no Parquet files found: spec.source.path must name a .parquet file or a directory/prefix holding .parquet files",
+        )
+    };
+    if key.ends_with(".parquet") {
+        return match store.head(key).await {
+            Ok(size) => Ok(vec![ObjectMeta {
+                key: key.to_owned(),
+                size,
+            }]),
+            Err(crate::store::StoreError::NotFound(_)) => Err(not_found()),
+            Err(e) => Err(BackfillError::connection(e.to_string())),
+        };
+    }
+    let prefix = if key.is_empty() || key.ends_with('/') {
+        key.to_owned()
+    } else {
+        format!("{key}/")
+    };
+    let listed = store
+        .list(&prefix)
+        .await
+        .map_err(|e| BackfillError::connection(e.to_string()))?;
+    let files: Vec<ObjectMeta> = listed
+        .into_iter()
+        .filter(|o| {
+            let name = o.key.rsplit('/').next().unwrap_or("");
+            o.key.ends_with(".parquet") && !name.starts_with('.') && !name.starts_with('_') && o.size > 0
+        })
+        .collect();
+    if files.is_empty() {
+        return Err(not_found());
+    }
+    Ok(files)
+}
+
+/// The schema the source files share, checked against the collection.
+#[derive(Debug, Clone)]
+pub struct SourceSchema {
+    pub schema: SchemaRef,
+    pub new_fields: Vec<NewField>,
+    pub files: Vec<SourceFile>,
+    pub rows: u64,
+}
+
+/// Reads every file's footer; checks the key column and the new fields.
+pub async fn inspect(
+    store: &Store,
+    files: &[ObjectMeta],
+    pk_type: PkType,
+    existing_fields: &[String],
+) -> Result<SourceSchema> {
+    let mut schema: Option<SchemaRef> = None;
+    let mut out = Vec::with_capacity(files.len());
+    let mut first_row = 0u64;
+    for f in files {
+        let mut r = ObjectReader::new(store.clone(), f.key.clone(), f.size);
+        let md = r.metadata().await?;
+        let builder = ParquetRecordBatchStreamBuilder::new(r)
+            .await
+            .map_err(|e| BackfillError::data_read(store.display(&f.key), e))?;
+        let s = builder.schema().clone();
+        match &schema {
+            None => schema = Some(s.clone()),
+            Some(first) => {
+                if !same_columns(first, &s) {
+                    return Err(BackfillError::schema(format!(
+                        "{} has columns {} but {} has {}; all source files must share one schema",
+                        store.display(&f.key),
+                        describe(&s),
+                        store.display(&files[0].key),
+                        describe(first)
+                    )));
+                }
+            }
+        }
+        let rows = md.file_metadata().num_rows() as u64;
+        out.push(SourceFile {
+            key: f.key.clone(),
+            size: f.size,
+            rows,
+            first_row,
+        });
+        first_row += rows;
+    }
+    let schema = schema.expect("at least one file");
+    let new_fields = check_schema(&schema, pk_type, existing_fields)?;
+    Ok(SourceSchema {
+        schema,
+        new_fields,
+        files: out,
+        rows: first_row,
+    })
+}
+
+fn same_columns(a: &SchemaRef, b: &SchemaRef) -> bool {
+    a.fields().len() == b.fields().len()
+        && a.fields()
+            .iter()
+            .zip(b.fields())
+            .all(|(x, y)| x.name() == y.name() && x.data_type() == y.data_type())
+}
+
+fn describe(s: &SchemaRef) -> String {
+    let cols: Vec<String> = s
+        .fields()
+        .iter()
+        .map(|f| format!("{}: {}", f.name(), f.data_type()))
+        .collect();
+    format!("[{}]", cols.join(", "))
+}
+
+/// The key column exists with the collection's PK type, there is at least one new
+/// field, and no new field reuses the name of an existing collection field.
+pub fn check_schema(schema: &SchemaRef, pk_type: PkType, existing_fields: &[String]) -> Result<Vec<NewField>> {
+    let key = schema.field_with_name(KEY_COLUMN).map_err(|_| {
+        BackfillError::schema(format!(
+            "the source has no `{KEY_COLUMN}` column (columns: {}); add the join key as `{KEY_COLUMN}`",
+            describe(schema)
+        ))
+    })?;
+    if !pk_type.accepts(key.data_type()) {
+        return Err(BackfillError::schema(format!(
+            "source column `{KEY_COLUMN}` is {}, but the collection's primary key is {:?}: write `{KEY_COLUMN}` as {}",
+            key.data_type(),
+            pk_type,
+            pk_type.expected_arrow()
+        )));
+    }
+    let new_fields: Vec<NewField> = schema
+        .fields()
+        .iter()
+        .filter(|f| f.name() != KEY_COLUMN)
+        .map(|f| NewField {
+            name: f.name().clone(),
+            arrow_type: f.data_type().to_string(),
+        })
+        .collect();
+    if new_fields.is_empty() {
+        return Err(BackfillError::schema(format!(
+            "the source has only the `{KEY_COLUMN}` column: add at least one new field column"
+        )));
+    }
+    let clashes: Vec<&str> = new_fields
+        .iter()
+        .filter(|f| existing_fields.iter().any(|e| e.eq_ignore_ascii_case(&f.name)))
+        .map(|f| f.name.as_str())
+        .collect();
+    if !clashes.is_empty() {
+        return Err(BackfillError::schema(format!(
+            "new field(s) {clashes:?} already exist in the collection; rename these source columns"
+        )));
+    }
+    Ok(new_fields)
+}
+
+/// Null and duplicate key counts over all source files, with a few examples.
+#[derive(Debug, Default, PartialEq)]
+pub struct KeyReport {
+    pub rows: u64,
+    pub nulls: u64,
+    pub duplicates: u64,
+    pub examples: Vec<String>,
+}
+
+impl KeyReport {
+    pub fn into_result(self) -> Result<u64> {
+        if self.nulls == 0 && self.duplicates == 0 {
+            return Ok(self.rows);
+        }
+        let mut parts = Vec::new();
+        if self.nulls > 0 {
+            parts.push(format!("{} row(s) with a null `{KEY_COLUMN}`", self.nulls));
+        }
+        if self.duplicates > 0 {
+            parts.push(format!(
+                "{} duplicate `{KEY_COLUMN}` value(s), e.g. {}",
+                self.duplicates,
+                self.examples.join(", ")
+            ));
+        }
+        Err(BackfillError::schema(format!(
+            "the source has {} among {} rows; every key must appear once and not be null (deduplicate the source)",
+            parts.join(" and "),
+            self.rows
+        )))
+    }
+}
+
+/// Reads only the key column of every file; sorting the keys finds duplicates in
+/// O(n log n) with 8 bytes per Int64 key.
+pub async fn check_keys(store: &Store, files: &[SourceFile], pk_type: PkType) -> Result<KeyReport> {
+    let mut report = KeyReport::default();
+    let mut ints: Vec<i64> = Vec::new();
+    let mut strs: Vec<Box<str>> = Vec::new();
+    for f in files {
+        let r = ObjectReader::new(store.clone(), f.key.clone(), f.size);
+        let what = store.display(&f.key);
+        let b = ParquetRecordBatchStreamBuilder::new(r)
+            .await
+            .map_err(|e| BackfillError::data_read(&what, e))?;
+        let idx = b
+            .schema()
+            .index_of(KEY_COLUMN)
+            .map_err(|e| BackfillError::data_read(&what, e))?;
+        let mask = ProjectionMask::roots(b.parquet_schema(), [idx]);
+        let mut stream = b
+            .with_projection(mask)
+            .with_batch_size(64 * 1024)
+            .build()
+            .map_err(|e| BackfillError::data_read(&what, e))?;
+        while let Some(batch) = stream.next().await {
+            let batch = batch.map_err(|e| BackfillError::data_read(&what, e))?;
+            let col = batch.column(0);
+            report.rows += col.len() as u64;
+            report.nulls += col.null_count() as u64;
+            match pk_type {
+                PkType::Int64 => {
+                    let a = col.as_any().downcast_ref::<Int64Array>().expect("checked type");
+                    ints.extend(a.iter().flatten());
+                }
+                PkType::VarChar => {
+                    if let Some(a) = col.as_any().downcast_ref::<StringArray>() {
+                        strs.extend(a.iter().flatten().map(Box::from));
+                    } else if let Some(a) = col.as_any().downcast_ref::<LargeStringArray>() {
+                        strs.extend(a.iter().flatten().map(Box::from));
+                    }
+                }
+            }
+        }
+    }
+    fn dups<T: Ord + Clone + std::fmt::Debug>(v: &mut [T], report: &mut KeyReport) {
+        v.sort_unstable();
+        for w in v.windows(2) {
+            if w[0] == w[1] {
+                report.duplicates += 1;
+                if report.examples.len() < 5 && report.examples.last() != Some(&format!("{:?}", w[0])) {
+                    report.examples.push(format!("{:?}", w[0]));
+                }
+            }
+        }
+    }
+    dups(&mut ints, &mut report);
+    dups(&mut strs, &mut report);
+    Ok(report)
+}
+
+/// Whether a row group's key statistics can overlap a segment's key range.
+fn may_match(stats: Option<&Statistics>, range: &KeyRange) -> bool {
+    match (stats, range) {
+        (_, KeyRange::Empty) => false,
+        (Some(Statistics::Int64(s)), KeyRange::Int64(lo, hi)) => match (s.min_opt(), s.max_opt()) {
+            (Some(min), Some(max)) => !(max < lo || min > hi),
+            _ => true,
+        },
+        (Some(Statistics::ByteArray(s)), KeyRange::VarChar(lo, hi)) => {
+            match (s.min_bytes_opt(), s.max_bytes_opt()) {
+                // Truncated statistics are still valid bounds for a lower/upper check.
+                (Some(min), Some(max)) => !(max < lo.as_bytes() || min > hi.as_bytes()),
+                _ => true,
+            }
+        }
+        _ => true,
+    }
+}
+
+/// The source rows that match one segment: their values (new fields only) and the
+/// segment offsets they belong to, in the same order.
+pub struct Matches {
+    pub batches: Vec<RecordBatch>,
+    /// For each matched row, in order: its first offset in the segment.
+    pub offsets: Vec<u32>,
+    /// Global indices (across all source files) of the matched source rows.
+    pub source_rows: Vec<u64>,
+    pub row_groups_read: usize,
+    pub row_groups_skipped: usize,
+    /// Names and Arrow types of the new fields, from the source schema.
+    pub fields: Vec<(String, DataType)>,
+}
+
+/// Streams every source file, decoding the value columns only for rows whose key
+/// is in `index` (a row filter evaluated on the key column first).
+pub async fn read_matches(
+    store: &Store,
+    files: &[SourceFile],
+    index: Arc<KeyIndex>,
+    new_fields: &[NewField],
+    batch_size: usize,
+) -> Result<Matches> {
+    let range = index.range();
+    let mut m = Matches {
+        batches: Vec::new(),
+        offsets: Vec::new(),
+        source_rows: Vec::new(),
+        row_groups_read: 0,
+        row_groups_skipped: 0,
+        fields: Vec::new(),
+    };
+    for f in files {
+        let what = store.display(&f.key);
+        let mut r = ObjectReader::new(store.clone(), f.key.clone(), f.size);
+        let md = r.metadata().await?;
+        let builder = ParquetRecordBatchStreamBuilder::new(r)
+            .await
+            .map_err(|e| BackfillError::data_read(&what, e))?;
+        let schema = builder.schema().clone();
+        let key_idx = schema
+            .index_of(KEY_COLUMN)
+            .map_err(|e| BackfillError::data_read(&what, e))?;
+        let mut value_idx = Vec::with_capacity(new_fields.len());
+        for nf in new_fields {
+            let i = schema.index_of(&nf.name).map_err(|_| {
+                BackfillError::schema(format!(
+                    "{what} has no column `{}` that the plan expects; was the source changed after planning?",
+                    nf.name
+                ))
+            })?;
+            if schema.field(i).data_type().to_string() != nf.arrow_type {
+                return Err(BackfillError::schema(format!(
+                    "{what}: column `{}` is {}, the plan expects {}; was the source changed after planning?",
+                    nf.name,
+                    schema.field(i).data_type(),
+                    nf.arrow_type
+                )));
+            }
+            value_idx.push(i);
+        }
+        if m.fields.is_empty() {
+            m.fields = value_idx
+                .iter()
+                .map(|&i| (schema.field(i).name().clone(), schema.field(i).data_type().clone()))
+                .collect();
+        }
+        if md.file_metadata().num_rows() as u64 != f.rows {
+            return Err(BackfillError::data_read(
+                &what,
+                format!(
+                    "has {} rows, the plan expected {}; the source changed after planning, plan again",
+                    md.file_metadata().num_rows(),
+                    f.rows
+                ),
+            ));
+        }
+        // Row groups whose key statistics cannot overlap the segment are never fetched.
+        let key_leaf = builder
+            .parquet_schema()
+            .columns()
+            .iter()
+            .position(|c| c.path().parts() == [KEY_COLUMN]);
+        let mut groups = Vec::new();
+        let mut group_first_rows = Vec::new();
+        let mut row = f.first_row;
+        for (i, rg) in md.row_groups().iter().enumerate() {
+            let stats = key_leaf.and_then(|k| rg.column(k).statistics());
+            if may_match(stats, &range) {
+                groups.push(i);
+                group_first_rows.push((row, rg.num_rows() as u64));
+                m.row_groups_read += 1;
+            } else {
+                m.row_groups_skipped += 1;
+            }
+            row += rg.num_rows() as u64;
+        }
+        if groups.is_empty() {
+            continue;
+        }
+        // The predicate sees the key column batch by batch, in row order; it records
+        // the offsets and source rows of the matches, which the reader then emits in
+        // the same order.
+        let state = Arc::new(Mutex::new(PredicateState {
+            index: index.clone(),
+            groups: group_first_rows,
+            group: 0,
+            in_group: 0,
+            offsets: Vec::new(),
+            source_rows: Vec::new(),
+        }));
+        let st = state.clone();
+        let predicate = ArrowPredicateFn::new(
+            ProjectionMask::roots(builder.parquet_schema(), [key_idx]),
+            move |batch: RecordBatch| {
+                let mut s = st.lock().expect("predicate state");
+                Ok(s.select(batch.column(0)))
+            },
+        );
+        let mut projected = vec![key_idx];
+        projected.extend(&value_idx);
+        let mask = ProjectionMask::roots(builder.parquet_schema(), projected);
+        let mut stream = builder
+            .with_row_groups(groups)
+            .with_projection(mask)
+            .with_row_filter(RowFilter::new(vec![Box::new(predicate)]))
+            .with_batch_size(batch_size.max(1024))
+            .build()
+            .map_err(|e| BackfillError::data_read(&what, e))?;
+        let value_names: Vec<&str> = new_fields.iter().map(|f| f.name.as_str()).collect();
+        let mut emitted = 0usize;
+        while let Some(batch) = stream.next().await {
+            let batch = batch.map_err(|e| BackfillError::data_read(&what, e))?;
+            emitted += batch.num_rows();
+            let cols = value_names
+                .iter()
+                .map(|n| batch.column_by_name(n).expect("projected").clone())
+                .collect();
+            let schema = Arc::new(arrow_schema::Schema::new(
+                value_names
+                    .iter()
+                    .map(|n| batch.schema().field_with_name(n).expect("projected").clone())
+                    .collect::<Vec<_>>(),
+            ));
+            m.batches
+                .push(RecordBatch::try_new(schema, cols).map_err(|e| BackfillError::data_read(&what, e))?);
+        }
+        let mut s = state.lock().expect("predicate state");
+        if s.offsets.len() != emitted {
+            return Err(BackfillError::unexpected(format!(
+                "{what}: the key filter selected {} rows but the reader returned {emitted}",
+                s.offsets.len()
+            )));
+        }
+        m.offsets.append(&mut s.offsets);
+        m.source_rows.append(&mut s.source_rows);
+    }
+    Ok(m)
+}
+
+struct PredicateState {
+    index: Arc<KeyIndex>,
+    /// (global first row, row count) of each selected row group, in read order.
+    groups: Vec<(u64, u64)>,
+    group: usize,
+    in_group: u64,
+    offsets: Vec<u32>,
+    source_rows: Vec<u64>,
+}
+
+impl PredicateState {
+    fn next_row(&mut self) -> u64 {
+        while self.group < self.groups.len() && self.in_group >= self.groups[self.group].1 {
+            self.group += 1;
+            self.in_group = 0;
+        }
+        let (first, _) = self.groups.get(self.group).copied().unwrap_or((u64::MAX, 0));
+        let row = first.wrapping_add(self.in_group);
+        self.in_group += 1;
+        row
+    }
+
+    fn select(&mut self, keys: &dyn Array) -> BooleanArray {
+        let n = keys.len();
+        let mut out = Vec::with_capacity(n);
+        let mut record = |s: &mut Self, hit: Option<u32>| {
+            let row = s.next_row();
+            if let Some(off) = hit {
+                s.offsets.push(off);
+                s.source_rows.push(row);
+            }
+            out.push(hit.is_some());
+        };
+        if let Some(a) = keys.as_any().downcast_ref::<Int64Array>() {
+            for i in 0..n {
+                let hit = if a.is_null(i) {
+                    None
+                } else {
+                    self.index.first_offset_i64(a.value(i))
+                };
+                record(self, hit);
+            }
+        } else if let Some(a) = keys.as_any().downcast_ref::<StringArray>() {
+            for i in 0..n {
+                let hit = if a.is_null(i) {
+                    None
+                } else {
+                    self.index.first_offset_str(a.value(i))
+                };
+                record(self, hit);
+            }
+        } else if let Some(a) = keys.as_any().downcast_ref::<LargeStringArray>() {
+            for i in 0..n {
+                let hit = if a.is_null(i) {
+                    None
+                } else {
+                    self.index.first_offset_str(a.value(i))
+                };
+                record(self, hit);
+            }
+        } else {
+            for _ in 0..n {
+                record(self, None);
+            }
+        }
+        BooleanArray::from(out)
+    }
+}
+
+/// Arrow type of the key column for a PK type, for writers of test data.
+pub fn key_arrow_type(pk: PkType) -> DataType {
+    match pk {
+        PkType::Int64 => DataType::Int64,
+        PkType::VarChar => DataType::Utf8,
+    }
+}

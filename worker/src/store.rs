@@ -1,0 +1,329 @@
+//! Object storage: S3-compatible buckets and the local file system behind one type,
+//! so that the engine is the same in a cluster, on a laptop and in tests.
+
+use std::ops::Range;
+use std::path::PathBuf;
+
+use aws_sdk_s3::primitives::ByteStream;
+use bytes::Bytes;
+
+/// An object, as listed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ObjectMeta {
+    pub key: String,
+    pub size: u64,
+}
+
+#[derive(Clone, Debug)]
+pub enum Store {
+    S3 {
+        client: aws_sdk_s3::Client,
+        bucket: String,
+        endpoint: String,
+    },
+    Local {
+        root: PathBuf,
+    },
+}
+
+/// Why a storage call failed. `NotFound` is separate so callers can treat
+/// "absent" as a normal answer.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("{0} does not exist")]
+    NotFound(String),
+    #[error("{0}")]
+    Other(String),
+}
+
+impl Store {
+    /// Human-readable location of a key, for messages and results (no secrets).
+    pub fn display(&self, key: &str) -> String {
+        match self {
+            Store::S3 { bucket, .. } => format!("s3://{bucket}/{key}"),
+            Store::Local { root } => root.join(key).display().to_string(),
+        }
+    }
+
+    pub fn describe(&self) -> String {
+        match self {
+            Store::S3 { bucket, endpoint, .. } => format!("bucket {bucket} at {endpoint}"),
+            Store::Local { root } => format!("local directory {}", root.display()),
+        }
+    }
+
+    /// All objects under `prefix`, sorted by key.
+    pub async fn list(&self, prefix: &str) -> Result<Vec<ObjectMeta>, StoreError> {
+        match self {
+            Store::S3 { client, bucket, .. } => {
+                let mut out = Vec::new();
+                let mut token = None;
+                loop {
+                    let resp = client
+                        .list_objects_v2()
+                        .bucket(bucket)
+                        .prefix(prefix)
+                        .set_continuation_token(token)
+                        .send()
+                        .await
+                        .map_err(|e| s3_err(self, prefix, e))?;
+                    for o in resp.contents() {
+                        if let Some(k) = o.key() {
+                            out.push(ObjectMeta {
+                                key: k.to_owned(),
+                                size: o.size().unwrap_or(0).max(0) as u64,
+                            });
+                        }
+                    }
+                    match resp.next_continuation_token() {
+                        Some(t) if resp.is_truncated().unwrap_or(false) => token = Some(t.to_owned()),
+                        _ => break,
+                    }
+                }
+                out.sort_by(|a, b| a.key.cmp(&b.key));
+                Ok(out)
+            }
+            Store::Local { root } => {
+                let root = root.clone();
+                let prefix = prefix.to_owned();
+                tokio::task::spawn_blocking(move || list_local(&root, &prefix))
+                    .await
+                    .map_err(|e| StoreError::Other(e.to_string()))?
+            }
+        }
+    }
+
+    pub async fn head(&self, key: &str) -> Result<u64, StoreError> {
+        match self {
+            Store::S3 { client, bucket, .. } => {
+                let r = client
+                    .head_object()
+                    .bucket(bucket)
+                    .key(key)
+                    .send()
+                    .await
+                    .map_err(|e| s3_err(self, key, e))?;
+                Ok(r.content_length().unwrap_or(0).max(0) as u64)
+            }
+            Store::Local { root } => {
+                let p = root.join(key);
+                match tokio::fs::metadata(&p).await {
+                    Ok(m) if m.is_file() => Ok(m.len()),
+                    Ok(_) => Err(StoreError::NotFound(p.display().to_string())),
+                    Err(e) => Err(io_err(&p, e)),
+                }
+            }
+        }
+    }
+
+    pub async fn get(&self, key: &str) -> Result<Bytes, StoreError> {
+        match self {
+            Store::S3 { client, bucket, .. } => {
+                let r = client
+                    .get_object()
+                    .bucket(bucket)
+                    .key(key)
+                    .send()
+                    .await
+                    .map_err(|e| s3_err(self, key, e))?;
+                let body = r
+                    .body
+                    .collect()
+                    .await
+                    .map_err(|e| StoreError::Other(format!("{}: {e}", self.display(key))))?;
+                Ok(body.into_bytes())
+            }
+            Store::Local { root } => {
+                let p = root.join(key);
+                tokio::fs::read(&p).await.map(Bytes::from).map_err(|e| io_err(&p, e))
+            }
+        }
+    }
+
+    pub async fn get_range(&self, key: &str, range: Range<u64>) -> Result<Bytes, StoreError> {
+        if range.start >= range.end {
+            return Ok(Bytes::new());
+        }
+        match self {
+            Store::S3 { client, bucket, .. } => {
+                let r = client
+                    .get_object()
+                    .bucket(bucket)
+                    .key(key)
+                    .range(format!("bytes={}-{}", range.start, range.end - 1))
+                    .send()
+                    .await
+                    .map_err(|e| s3_err(self, key, e))?;
+                let body = r
+                    .body
+                    .collect()
+                    .await
+                    .map_err(|e| StoreError::Other(format!("{}: {e}", self.display(key))))?;
+                Ok(body.into_bytes())
+            }
+            Store::Local { root } => {
+                let p = root.join(key);
+                tokio::task::spawn_blocking(move || {
+                    use std::os::unix::fs::FileExt;
+                    let f = std::fs::File::open(&p).map_err(|e| io_err(&p, e))?;
+                    let mut buf = vec![0u8; (range.end - range.start) as usize];
+                    f.read_exact_at(&mut buf, range.start).map_err(|e| io_err(&p, e))?;
+                    Ok(Bytes::from(buf))
+                })
+                .await
+                .map_err(|e| StoreError::Other(e.to_string()))?
+            }
+        }
+    }
+
+    /// Writes an object. Local writes go through a temporary file and a rename,
+    /// so a reader never sees half an object (S3 PUTs are atomic already).
+    pub async fn put(&self, key: &str, data: Bytes) -> Result<(), StoreError> {
+        match self {
+            Store::S3 { client, bucket, .. } => {
+                client
+                    .put_object()
+                    .bucket(bucket)
+                    .key(key)
+                    .body(ByteStream::from(data))
+                    .send()
+                    .await
+                    .map_err(|e| s3_err(self, key, e))?;
+                Ok(())
+            }
+            Store::Local { root } => {
+                let p = root.join(key);
+                if let Some(dir) = p.parent() {
+                    tokio::fs::create_dir_all(dir).await.map_err(|e| io_err(dir, e))?;
+                }
+                let tmp = p.with_extension(format!("tmp-{}", std::process::id()));
+                tokio::fs::write(&tmp, &data).await.map_err(|e| io_err(&tmp, e))?;
+                tokio::fs::rename(&tmp, &p).await.map_err(|e| io_err(&p, e))
+            }
+        }
+    }
+
+    pub async fn delete(&self, key: &str) -> Result<(), StoreError> {
+        match self {
+            Store::S3 { client, bucket, .. } => {
+                client
+                    .delete_object()
+                    .bucket(bucket)
+                    .key(key)
+                    .send()
+                    .await
+                    .map_err(|e| s3_err(self, key, e))?;
+                Ok(())
+            }
+            Store::Local { root } => {
+                let p = root.join(key);
+                match tokio::fs::remove_file(&p).await {
+                    Ok(()) => Ok(()),
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+                    Err(e) => Err(io_err(&p, e)),
+                }
+            }
+        }
+    }
+}
+
+fn list_local(root: &std::path::Path, prefix: &str) -> Result<Vec<ObjectMeta>, StoreError> {
+    // Walk from the deepest directory the prefix names, then filter by the full prefix.
+    let dir_part = match prefix.rfind('/') {
+        Some(i) => &prefix[..i],
+        None => "",
+    };
+    let start = root.join(dir_part);
+    let mut out = Vec::new();
+    let mut stack = vec![start];
+    while let Some(dir) = stack.pop() {
+        let rd = match std::fs::read_dir(&dir) {
+            Ok(rd) => rd,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(io_err(&dir, e)),
+        };
+        for entry in rd {
+            let entry = entry.map_err(|e| io_err(&dir, e))?;
+            let path = entry.path();
+            let ft = entry.file_type().map_err(|e| io_err(&path, e))?;
+            if ft.is_dir() {
+                stack.push(path);
+            } else if ft.is_file() {
+                let rel = path.strip_prefix(root).unwrap_or(&path).to_string_lossy().into_owned();
+                if rel.starts_with(prefix) && !rel.contains(".tmp-") {
+                    let size = entry.metadata().map_err(|e| io_err(&path, e))?.len();
+                    out.push(ObjectMeta { key: rel, size });
+                }
+            }
+        }
+    }
+    out.sort_by(|a, b| a.key.cmp(&b.key));
+    Ok(out)
+}
+
+fn io_err(path: &std::path::Path, e: std::io::Error) -> StoreError {
+    if e.kind() == std::io::ErrorKind::NotFound {
+        StoreError::NotFound(path.display().to_string())
+    } else {
+        StoreError::Other(format!("{}: {e}", path.display()))
+    }
+}
+
+fn s3_err<E, R>(store: &Store, key: &str, e: aws_sdk_s3::error::SdkError<E, R>) -> StoreError
+where
+    E: aws_sdk_s3::error::ProvideErrorMetadata + std::error::Error + 'static,
+    R: std::fmt::Debug,
+{
+    use aws_sdk_s3::error::SdkError;
+    let what = store.display(key);
+    match &e {
+        SdkError::ServiceError(se) => {
+            let code = se.err().code().unwrap_or("");
+            let msg = se.err().message().unwrap_or("");
+            if matches!(code, "NoSuchKey" | "NotFound")
+                || (code.is_empty() && format!("{:?}", se.raw()).contains("404"))
+            {
+                StoreError::NotFound(what)
+            } else if code == "NoSuchBucket" {
+                StoreError::Other(format!("{what}: the bucket does not exist ({})", store.describe()))
+            } else {
+                StoreError::Other(format!("{what}: {code} {msg}").trim_end().to_owned())
+            }
+        }
+        SdkError::DispatchFailure(_) | SdkError::TimeoutError(_) => StoreError::Other(format!(
+            "{what}: cannot reach {} ({})",
+            store.describe(),
+            aws_smithy_types::error::display::DisplayErrorContext(&e)
+        )),
+        _ => StoreError::Other(format!(
+            "{what}: {}",
+            aws_smithy_types::error::display::DisplayErrorContext(&e)
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn local_store_roundtrip_and_prefix_listing() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::Local {
+            root: dir.path().to_path_buf(),
+        };
+        s.put("a/b/1", Bytes::from_static(b"hello")).await.unwrap();
+        s.put("a/b/22", Bytes::from_static(b"x")).await.unwrap();
+        s.put("a/c", Bytes::from_static(b"y")).await.unwrap();
+        let keys: Vec<_> = s.list("a/b/").await.unwrap().into_iter().map(|o| o.key).collect();
+        assert_eq!(keys, vec!["a/b/1", "a/b/22"]);
+        assert_eq!(s.list("a/").await.unwrap().len(), 3);
+        assert_eq!(s.list("zz/").await.unwrap(), vec![]);
+        assert_eq!(s.get_range("a/b/1", 1..4).await.unwrap(), Bytes::from_static(b"ell"));
+        assert_eq!(s.head("a/b/1").await.unwrap(), 5);
+        assert!(matches!(s.get("nope").await, Err(StoreError::NotFound(_))));
+        s.delete("a/b/1").await.unwrap();
+        s.delete("a/b/1").await.unwrap();
+        assert_eq!(s.list("a/b/").await.unwrap().len(), 1);
+    }
+}
