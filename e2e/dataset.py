@@ -282,9 +282,10 @@ def write_new_fields(store, out, name, inserted, absent, pk_type, rng, extra_col
     store.put_table(f"{name}/single.parquet", table)
     n = table.num_rows
     cuts = [0, n // 3, 2 * n // 3, n]
+    rg = max(1, min(ROW_GROUP, (n // 3) // 3))   # at least ~3 row groups per part file
     for i in range(3):
         store.put_table(f"{name}/multi/part-{i:05d}.parquet", table.slice(cuts[i], cuts[i + 1] - cuts[i]),
-                        row_group_size=ROW_GROUP)
+                        row_group_size=rg)
 
     # Bad inputs for error tests.
     head = keys[:50]
@@ -312,7 +313,7 @@ def write_new_fields(store, out, name, inserted, absent, pk_type, rng, extra_col
         "single": f"s3://{store.data_bucket}/{name}/single.parquet",
         "multi": f"s3://{store.data_bucket}/{name}/multi/",
         "multiFiles": [f"s3://{store.data_bucket}/{name}/multi/part-{i:05d}.parquet" for i in range(3)],
-        "rowGroupSize": ROW_GROUP,
+        "multiRowGroupSize": rg,
         "columns": {"pk": str(pk_type), "score": "double", "label": "string"},
         "rows": n,
         "matchedKeys": len(existing),

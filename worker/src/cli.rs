@@ -102,8 +102,10 @@ fn init_logging(format: LogFormat, verbose: bool) {
     } else {
         tracing::Level::INFO
     };
+    use std::io::IsTerminal;
     let b = tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_max_level(level)
         .with_target(false);
     match format {

@@ -305,13 +305,20 @@ impl Stores {
     pub async fn from_env(storage: &S3Endpoint, bucket: &str, source: &S3Endpoint) -> Result<Self> {
         let storage_creds = S3Credentials::storage_from_env()?;
         let source_creds = S3Credentials::source_from_env()?.or_else(|| storage_creds.clone());
-        let client = storage.client(storage_creds.as_ref()).await;
-        Ok(Self {
-            storage: Store::S3 {
-                client,
+        // `file:///dir` serves a copy of a bucket from disk (`/dir/<bucket>/...`):
+        // offline runs, benchmarks and debugging on a downloaded segment.
+        let storage_store = match storage.endpoint.strip_prefix("file://") {
+            Some(dir) => Store::Local {
+                root: PathBuf::from(dir).join(bucket),
+            },
+            None => Store::S3 {
+                client: storage.client(storage_creds.as_ref()).await,
                 bucket: bucket.to_owned(),
                 endpoint: storage.url(),
             },
+        };
+        Ok(Self {
+            storage: storage_store,
             source_endpoint: source.clone(),
             source_creds,
             storage_creds,

@@ -100,6 +100,7 @@ pub async fn process_segment(
         .with_segment(seg.segment_id)
     })?;
     drop(matches.batches);
+    let joined = Arc::new(joined);
 
     let written = output::write_segment(
         &stores.output,
@@ -170,6 +171,7 @@ async fn read_keys(storage: &Store, plan: &TaskPlan, seg: &SegmentPlan, num_rows
                 .map_err(|e| BackfillError::data_read(storage.display(&key), e).with_segment(seg.segment_id))?;
         }
     }
+    index.seal();
     if index.rows() != num_rows {
         return Err(BackfillError::segment(
             seg.segment_id,

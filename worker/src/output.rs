@@ -1,7 +1,10 @@
 //! Writing one segment's new fields: Parquet parts, then the manifest (the commit
 //! point), then removal of the files an earlier manifest pointed to.
 
+use std::sync::Arc;
+
 use bytes::Bytes;
+use futures_util::StreamExt;
 use parquet::arrow::ArrowWriter;
 use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::properties::WriterProperties;
@@ -42,6 +45,30 @@ pub struct WriteOutcome {
     pub files: Vec<ManifestFile>,
 }
 
+/// Row ranges of the part files: at most [`ROWS_PER_PART`] rows each, split further
+/// so that every core gets a part when the segment is large, each a multiple of the
+/// batch size; one empty part for an empty segment.
+pub fn part_spans(rows: usize, batch_size: usize, workers: usize) -> Vec<(usize, usize)> {
+    let b = batch_size.max(1);
+    let by_workers = rows.div_ceil(workers.max(1)).max(MIN_ROWS_PER_PART);
+    // Round up to a batch multiple, except at the cap, which is never exceeded.
+    let per_part = if by_workers >= ROWS_PER_PART {
+        (ROWS_PER_PART / b).max(1) * b
+    } else {
+        by_workers.div_ceil(b) * b
+    };
+    if rows == 0 {
+        return vec![(0, 0)];
+    }
+    (0..rows)
+        .step_by(per_part)
+        .map(|s| (s, (s + per_part).min(rows)))
+        .collect()
+}
+
+/// Below this, splitting a segment's output over cores is not worth a second file.
+const MIN_ROWS_PER_PART: usize = 256 * 1024;
+
 /// Row group size: the largest multiple of `batch_size` not above 128 Ki rows,
 /// and at least one batch.
 pub fn row_group_rows(batch_size: usize) -> usize {
@@ -75,7 +102,7 @@ pub fn encode_part(joined: &Joined, start: usize, end: usize, batch_size: usize)
 pub async fn write_segment(
     store: &Store,
     seg: &SegmentPlan,
-    joined: &Joined,
+    joined: &Arc<Joined>,
     collection_id: i64,
     fields: &[NewField],
     run_id: &str,
@@ -87,24 +114,29 @@ pub async fn write_segment(
     let previous = read_manifest(store, &seg.manifest_key()).await.ok().flatten();
 
     let n = joined.num_rows();
-    let per_part = (ROWS_PER_PART / batch_size.max(1)).max(1) * batch_size.max(1);
+    let workers = std::thread::available_parallelism().map_or(1, |w| w.get()).clamp(1, 8);
+    let spans = part_spans(n, batch_size, workers);
+    // Parts are encoded on all cores (ZSTD dominates) and uploaded in order.
+    let mut encoders = futures_util::stream::iter(spans.into_iter().enumerate().map(|(part, (start, end))| {
+        let joined = joined.clone();
+        async move {
+            let data = tokio::task::spawn_blocking(move || encode_part(&joined, start, end, batch_size))
+                .await
+                .map_err(|e| e.to_string())
+                .and_then(|r| r);
+            (part, start, end, data)
+        }
+    }))
+    .buffered(workers);
     let mut files = Vec::new();
-    let mut start = 0;
-    let mut part = 0;
-    while start < n || (n == 0 && part == 0) {
-        let end = (start + per_part).min(n);
+    while let Some((part, start, end, data)) = encoders.next().await {
         let key = seg.part_key(task_id, attempt, part);
-        let data = encode_part(joined, start, end, batch_size).map_err(|e| werr(&key, &e))?;
+        let data = data.map_err(|e| werr(&key, &e))?;
         store.put(&key, Bytes::from(data)).await.map_err(|e| werr(&key, &e))?;
         files.push(ManifestFile {
             path: key,
             row_count: (end - start) as u64,
         });
-        start = end;
-        part += 1;
-        if n == 0 {
-            break;
-        }
     }
     let manifest = SegmentManifest {
         segment_id: seg.segment_id,
@@ -165,6 +197,17 @@ pub async fn read_back(store: &Store, manifest: &SegmentManifest) -> Result<Vec<
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn parts_cover_the_rows_in_batch_multiples() {
+        assert_eq!(part_spans(0, 1024, 2), vec![(0, 0)]);
+        assert_eq!(part_spans(1000, 1024, 2), vec![(0, 1000)]);
+        let s = part_spans(1_000_000, 1024, 2);
+        assert_eq!(s, vec![(0, 500_736), (500_736, 1_000_000)]);
+        let big = part_spans(5_000_000, 1000, 1);
+        assert!(big.iter().all(|(a, b)| b - a <= ROWS_PER_PART && a % 1000 == 0));
+        assert_eq!(big.last().unwrap().1, 5_000_000);
+    }
 
     #[test]
     fn row_groups_are_batch_multiples() {

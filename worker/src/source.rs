@@ -9,7 +9,7 @@ use arrow_schema::{DataType, SchemaRef};
 use bytes::Bytes;
 use futures_util::future::BoxFuture;
 use futures_util::{FutureExt, StreamExt};
-use parquet::arrow::arrow_reader::{ArrowPredicateFn, ArrowReaderOptions, RowFilter};
+use parquet::arrow::arrow_reader::{ArrowPredicateFn, ArrowReaderMetadata, ArrowReaderOptions, RowFilter};
 use parquet::arrow::async_reader::{AsyncFileReader, ParquetRecordBatchStreamBuilder};
 use parquet::arrow::ProjectionMask;
 use parquet::file::metadata::{ParquetMetaData, ParquetMetaDataReader};
@@ -389,14 +389,16 @@ pub async fn read_matches(
         row_groups_skipped: 0,
         fields: Vec::new(),
     };
+    // Row groups are decoded on all cores: the scan of the source dominates a segment.
+    let workers = std::thread::available_parallelism().map_or(1, |n| n.get()).clamp(1, 8);
+    let value_names: Arc<Vec<String>> = Arc::new(new_fields.iter().map(|f| f.name.clone()).collect());
     for f in files {
         let what = store.display(&f.key);
         let mut r = ObjectReader::new(store.clone(), f.key.clone(), f.size);
         let md = r.metadata().await?;
-        let builder = ParquetRecordBatchStreamBuilder::new(r)
-            .await
+        let meta = ArrowReaderMetadata::try_new(md.clone(), ArrowReaderOptions::default())
             .map_err(|e| BackfillError::data_read(&what, e))?;
-        let schema = builder.schema().clone();
+        let schema = meta.schema().clone();
         let key_idx = schema
             .index_of(KEY_COLUMN)
             .map_err(|e| BackfillError::data_read(&what, e))?;
@@ -435,19 +437,21 @@ pub async fn read_matches(
             ));
         }
         // Row groups whose key statistics cannot overlap the segment are never fetched.
-        let key_leaf = builder
+        let key_leaf = meta
             .parquet_schema()
             .columns()
             .iter()
             .position(|c| c.path().parts() == [KEY_COLUMN]);
         let mut groups = Vec::new();
-        let mut group_first_rows = Vec::new();
         let mut row = f.first_row;
         for (i, rg) in md.row_groups().iter().enumerate() {
             let stats = key_leaf.and_then(|k| rg.column(k).statistics());
             if may_match(stats, &range) {
-                groups.push(i);
-                group_first_rows.push((row, rg.num_rows() as u64));
+                groups.push(GroupSpan {
+                    index: i,
+                    first_row: row,
+                    rows: rg.num_rows() as u64,
+                });
                 m.row_groups_read += 1;
             } else {
                 m.row_groups_skipped += 1;
@@ -457,52 +461,120 @@ pub async fn read_matches(
         if groups.is_empty() {
             continue;
         }
+        let per_worker = groups.len().div_ceil(workers);
+        let scans: Vec<_> = groups
+            .chunks(per_worker)
+            .map(|chunk| {
+                let scan = ChunkScan {
+                    store: store.clone(),
+                    key: f.key.clone(),
+                    size: f.size,
+                    meta: meta.clone(),
+                    groups: chunk.to_vec(),
+                    key_idx,
+                    value_idx: value_idx.clone(),
+                    value_names: value_names.clone(),
+                    index: index.clone(),
+                    batch_size,
+                };
+                tokio::spawn(scan.run())
+            })
+            .collect();
+        // Chunks are contiguous and joined in order, so rows stay in source order.
+        for scan in scans {
+            let part = scan
+                .await
+                .map_err(|e| BackfillError::unexpected(format!("{what}: scan task: {e}")))??;
+            m.batches.extend(part.batches);
+            m.offsets.extend(part.offsets);
+            m.source_rows.extend(part.source_rows);
+        }
+    }
+    Ok(m)
+}
+
+#[derive(Clone, Copy, Debug)]
+struct GroupSpan {
+    index: usize,
+    first_row: u64,
+    rows: u64,
+}
+
+/// Matches found in a run of consecutive row groups.
+struct Part {
+    batches: Vec<RecordBatch>,
+    offsets: Vec<u32>,
+    source_rows: Vec<u64>,
+}
+
+struct ChunkScan {
+    store: Store,
+    key: String,
+    size: u64,
+    meta: ArrowReaderMetadata,
+    groups: Vec<GroupSpan>,
+    key_idx: usize,
+    value_idx: Vec<usize>,
+    value_names: Arc<Vec<String>>,
+    index: Arc<KeyIndex>,
+    batch_size: usize,
+}
+
+impl ChunkScan {
+    async fn run(self) -> Result<Part> {
+        let what = self.store.display(&self.key);
+        let mut reader = ObjectReader::new(self.store.clone(), self.key.clone(), self.size);
+        reader.metadata = Some(self.meta.metadata().clone());
+        let builder = ParquetRecordBatchStreamBuilder::new_with_metadata(reader, self.meta.clone());
         // The predicate sees the key column batch by batch, in row order; it records
         // the offsets and source rows of the matches, which the reader then emits in
         // the same order.
         let state = Arc::new(Mutex::new(PredicateState {
-            index: index.clone(),
-            groups: group_first_rows,
+            index: self.index.clone(),
+            groups: self.groups.iter().map(|g| (g.first_row, g.rows)).collect(),
             group: 0,
-            in_group: 0,
+            group_start: 0,
+            consumed: 0,
+            hits: Vec::new(),
             offsets: Vec::new(),
             source_rows: Vec::new(),
         }));
         let st = state.clone();
         let predicate = ArrowPredicateFn::new(
-            ProjectionMask::roots(builder.parquet_schema(), [key_idx]),
+            ProjectionMask::roots(builder.parquet_schema(), [self.key_idx]),
             move |batch: RecordBatch| {
                 let mut s = st.lock().expect("predicate state");
                 Ok(s.select(batch.column(0)))
             },
         );
-        let mut projected = vec![key_idx];
-        projected.extend(&value_idx);
-        let mask = ProjectionMask::roots(builder.parquet_schema(), projected);
+        // The key column is not projected: the predicate already recorded what it needs.
+        let mask = ProjectionMask::roots(builder.parquet_schema(), self.value_idx.iter().copied());
         let mut stream = builder
-            .with_row_groups(groups)
+            .with_row_groups(self.groups.iter().map(|g| g.index).collect())
             .with_projection(mask)
             .with_row_filter(RowFilter::new(vec![Box::new(predicate)]))
-            .with_batch_size(batch_size.max(1024))
+            .with_batch_size(self.batch_size.max(8192))
             .build()
             .map_err(|e| BackfillError::data_read(&what, e))?;
-        let value_names: Vec<&str> = new_fields.iter().map(|f| f.name.as_str()).collect();
+        let mut batches = Vec::new();
         let mut emitted = 0usize;
         while let Some(batch) = stream.next().await {
             let batch = batch.map_err(|e| BackfillError::data_read(&what, e))?;
             emitted += batch.num_rows();
-            let cols = value_names
+            let projected = batch.schema();
+            let fields: Vec<_> = self
+                .value_names
+                .iter()
+                .map(|n| projected.field_with_name(n).expect("projected").clone())
+                .collect();
+            let cols = self
+                .value_names
                 .iter()
                 .map(|n| batch.column_by_name(n).expect("projected").clone())
                 .collect();
-            let schema = Arc::new(arrow_schema::Schema::new(
-                value_names
-                    .iter()
-                    .map(|n| batch.schema().field_with_name(n).expect("projected").clone())
-                    .collect::<Vec<_>>(),
-            ));
-            m.batches
-                .push(RecordBatch::try_new(schema, cols).map_err(|e| BackfillError::data_read(&what, e))?);
+            let values = RecordBatch::try_new(Arc::new(arrow_schema::Schema::new(fields)), cols)
+                .map_err(|e| BackfillError::data_read(&what, e))?;
+            batches.push(values);
         }
         let mut s = state.lock().expect("predicate state");
         if s.offsets.len() != emitted {
@@ -511,10 +583,12 @@ pub async fn read_matches(
                 s.offsets.len()
             )));
         }
-        m.offsets.append(&mut s.offsets);
-        m.source_rows.append(&mut s.source_rows);
+        Ok(Part {
+            batches,
+            offsets: std::mem::take(&mut s.offsets),
+            source_rows: std::mem::take(&mut s.source_rows),
+        })
     }
-    Ok(m)
 }
 
 struct PredicateState {
@@ -522,67 +596,43 @@ struct PredicateState {
     /// (global first row, row count) of each selected row group, in read order.
     groups: Vec<(u64, u64)>,
     group: usize,
-    in_group: u64,
+    /// Chunk-relative index of the first row of `groups[group]`.
+    group_start: u64,
+    /// Rows of this chunk seen so far.
+    consumed: u64,
+    hits: Vec<(u32, u32)>,
     offsets: Vec<u32>,
     source_rows: Vec<u64>,
 }
 
 impl PredicateState {
-    fn next_row(&mut self) -> u64 {
-        while self.group < self.groups.len() && self.in_group >= self.groups[self.group].1 {
+    /// Global source row of the `rel`-th row this chunk has read; calls come with
+    /// increasing `rel`, so the cursor only moves forward.
+    fn row_at(&mut self, rel: u64) -> u64 {
+        while self.group < self.groups.len() && rel >= self.group_start + self.groups[self.group].1 {
+            self.group_start += self.groups[self.group].1;
             self.group += 1;
-            self.in_group = 0;
         }
         let (first, _) = self.groups.get(self.group).copied().unwrap_or((u64::MAX, 0));
-        let row = first.wrapping_add(self.in_group);
-        self.in_group += 1;
-        row
+        first.wrapping_add(rel - self.group_start)
     }
 
     fn select(&mut self, keys: &dyn Array) -> BooleanArray {
         let n = keys.len();
-        let mut out = Vec::with_capacity(n);
-        let mut record = |s: &mut Self, hit: Option<u32>| {
-            let row = s.next_row();
-            if let Some(off) = hit {
-                s.offsets.push(off);
-                s.source_rows.push(row);
-            }
-            out.push(hit.is_some());
-        };
-        if let Some(a) = keys.as_any().downcast_ref::<Int64Array>() {
-            for i in 0..n {
-                let hit = if a.is_null(i) {
-                    None
-                } else {
-                    self.index.first_offset_i64(a.value(i))
-                };
-                record(self, hit);
-            }
-        } else if let Some(a) = keys.as_any().downcast_ref::<StringArray>() {
-            for i in 0..n {
-                let hit = if a.is_null(i) {
-                    None
-                } else {
-                    self.index.first_offset_str(a.value(i))
-                };
-                record(self, hit);
-            }
-        } else if let Some(a) = keys.as_any().downcast_ref::<LargeStringArray>() {
-            for i in 0..n {
-                let hit = if a.is_null(i) {
-                    None
-                } else {
-                    self.index.first_offset_str(a.value(i))
-                };
-                record(self, hit);
-            }
-        } else {
-            for _ in 0..n {
-                record(self, None);
-            }
+        self.hits.clear();
+        let mut hits = std::mem::take(&mut self.hits);
+        self.index.probe(keys, &mut hits);
+        let mut mask = arrow_buffer::BooleanBufferBuilder::new(n);
+        mask.append_n(n, false);
+        for &(i, off) in &hits {
+            mask.set_bit(i as usize, true);
+            let row = self.row_at(self.consumed + i as u64);
+            self.offsets.push(off);
+            self.source_rows.push(row);
         }
-        BooleanArray::from(out)
+        self.consumed += n as u64;
+        self.hits = hits;
+        BooleanArray::new(mask.finish(), None)
     }
 }
 

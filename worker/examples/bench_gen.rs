@@ -1,0 +1,194 @@
+//! Builds the benchmark's data with the project's own V1 binlog writer (which
+//! round-trips the real 2.3.5 fixtures, see tests/fixtures.rs):
+//!   - one segment of `--rows` Int64 keys (random order) as 4 PK binlogs under
+//!     `<out>/storage/milvus-bucket/files/insert_log/1/2/3/100/`;
+//!   - a new-field file of `--source-rows` rows (`pk`, `score` Float64, `label` Utf8)
+//!     holding every other segment key plus keys in no segment, shuffled;
+//!   - `segment_keys.parquet` (`row_offset`, `pk`) for the peers (DuckDB, Spark),
+//!     which do not read binlogs;
+//!   - `task.json` for `milvus-backfill segment --task`, reading the copy of the bucket
+//!     through a `file://` storage endpoint.
+//!
+//! Usage: cargo run --release --example bench_gen -- <out> <rows> <source_rows>
+
+use std::sync::Arc;
+
+use arrow_array::{ArrayRef, Float64Array, Int64Array, RecordBatch, StringArray};
+use arrow_schema::{DataType, Field, Schema};
+use milvus_backfill::binlog::BinlogWriter;
+use milvus_backfill::config::{Place, S3Endpoint};
+use milvus_backfill::keys::PkType;
+use milvus_backfill::plan::{Binlog, NewField, PkField, SegmentPlan, SourceFile, Task, TaskPlan};
+use parquet::arrow::ArrowWriter;
+use parquet::basic::{Compression, ZstdLevel};
+use parquet::file::properties::WriterProperties;
+
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> u64 {
+        // splitmix64
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+    fn shuffle<T>(&mut self, v: &mut [T]) {
+        for i in (1..v.len()).rev() {
+            v.swap(i, (self.next() % (i as u64 + 1)) as usize);
+        }
+    }
+}
+
+fn write_parquet(path: &std::path::Path, batch: RecordBatch, row_group: usize) {
+    let props = WriterProperties::builder()
+        .set_compression(Compression::ZSTD(ZstdLevel::try_new(3).unwrap()))
+        .set_max_row_group_row_count(Some(row_group))
+        .build();
+    let f = std::fs::File::create(path).unwrap();
+    let mut w = ArrowWriter::try_new(f, batch.schema(), Some(props)).unwrap();
+    let step = 1 << 16;
+    let mut at = 0;
+    while at < batch.num_rows() {
+        let n = step.min(batch.num_rows() - at);
+        w.write(&batch.slice(at, n)).unwrap();
+        at += n;
+    }
+    w.close().unwrap();
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let out = std::path::PathBuf::from(args.get(1).expect("usage: bench_gen <out> <rows> <source_rows>"));
+    let rows: usize = args.get(2).map(|s| s.parse().unwrap()).unwrap_or(1_000_000);
+    let source_rows: usize = args.get(3).map(|s| s.parse().unwrap()).unwrap_or(10_000_000);
+    let mut rng = Rng(42);
+
+    // Segment keys: even numbers in random order (storage order = this order).
+    let mut seg_keys: Vec<i64> = (0..rows as i64).map(|i| i * 2).collect();
+    rng.shuffle(&mut seg_keys);
+    let (coll, part, seg, field) = (1i64, 2i64, 3i64, 100i64);
+    let root = out.join("storage/milvus-bucket");
+    let dir = root.join(format!("files/insert_log/{coll}/{part}/{seg}/{field}"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut binlogs = Vec::new();
+    let per = rows.div_ceil(4);
+    for (i, chunk) in seg_keys.chunks(per).enumerate() {
+        let log_id = 9 + i as i64 * 1000; // 9, 1009, ...: numeric order differs from string order
+        let w = BinlogWriter {
+            collection_id: coll,
+            partition_id: part,
+            segment_id: seg,
+            field_id: field,
+            payload_type: 5,
+            start_ts: 1 << 18,
+            end_ts: 2 << 18,
+            writer_ts: 3 << 18,
+        };
+        let bytes = w.write_insert(Arc::new(Int64Array::from(chunk.to_vec()))).unwrap();
+        let key = format!("files/insert_log/{coll}/{part}/{seg}/{field}/{log_id}");
+        std::fs::write(root.join(&key), &bytes).unwrap();
+        binlogs.push(Binlog {
+            key,
+            log_id,
+            size: bytes.len() as u64,
+            rows: chunk.len() as u64,
+        });
+    }
+
+    // Source: every other segment key, then odd keys (in no segment), shuffled.
+    let mut src: Vec<i64> = seg_keys.iter().step_by(2).copied().collect();
+    let mut k = 1i64;
+    while src.len() < source_rows {
+        src.push(k);
+        k += 2;
+    }
+    rng.shuffle(&mut src);
+    let score = Float64Array::from_iter_values(src.iter().map(|k| *k as f64 * 0.25));
+    let label = StringArray::from_iter_values(src.iter().map(|k| format!("label-{k}")));
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("pk", DataType::Int64, false),
+        Field::new("score", DataType::Float64, true),
+        Field::new("label", DataType::Utf8, true),
+    ]));
+    let cols: Vec<ArrayRef> = vec![Arc::new(Int64Array::from(src)), Arc::new(score), Arc::new(label)];
+    let src_dir = out.join("source");
+    std::fs::create_dir_all(&src_dir).unwrap();
+    let src_path = src_dir.join("new_fields.parquet");
+    write_parquet(&src_path, RecordBatch::try_new(schema, cols).unwrap(), 128 * 1024);
+
+    let ks = Arc::new(Schema::new(vec![
+        Field::new("row_offset", DataType::Int64, false),
+        Field::new("pk", DataType::Int64, false),
+    ]));
+    let kb = RecordBatch::try_new(
+        ks,
+        vec![
+            Arc::new(Int64Array::from_iter_values(0..rows as i64)),
+            Arc::new(Int64Array::from(seg_keys)),
+        ],
+    )
+    .unwrap();
+    write_parquet(&out.join("segment_keys.parquet"), kb, 128 * 1024);
+
+    let local = |p: &std::path::Path| S3Endpoint {
+        endpoint: format!("file://{}", p.display()),
+        region: "us-east-1".into(),
+        use_ssl: false,
+    };
+    let size = std::fs::metadata(&src_path).unwrap().len();
+    let out_dir = out.join("out");
+    let task = Task {
+        task_id: "bench".into(),
+        attempt: 0,
+        plan: TaskPlan {
+            run_id: "bench".into(),
+            collection_id: coll,
+            pk_field: PkField {
+                field_id: field,
+                name: "id".into(),
+                pk_type: PkType::Int64,
+            },
+            new_fields: vec![
+                NewField {
+                    name: "score".into(),
+                    arrow_type: "Float64".into(),
+                },
+                NewField {
+                    name: "label".into(),
+                    arrow_type: "Utf8".into(),
+                },
+            ],
+            storage: local(&out.join("storage")),
+            storage_bucket: "milvus-bucket".into(),
+            source: local(&src_dir),
+            source_place: Place::Local { path: src_dir.clone() },
+            source_files: vec![SourceFile {
+                key: src_path.strip_prefix("/").unwrap().display().to_string(),
+                size,
+                rows: source_rows as u64,
+                first_row: 0,
+            }],
+            output_place: Place::Local { path: out_dir.clone() },
+            batch_size: 1024,
+            root_path: "files".into(),
+        },
+        segments: vec![SegmentPlan {
+            segment_id: seg,
+            partition_id: part,
+            partition_name: "_default".into(),
+            num_rows: rows as u64,
+            storage_version: 0,
+            pk_binlogs: binlogs,
+            output_dir: format!(
+                "{}/{coll}/{part}/{seg}/new_field",
+                out_dir.strip_prefix("/").unwrap().display()
+            ),
+        }],
+    };
+    std::fs::write(out.join("task.json"), serde_json::to_vec_pretty(&task).unwrap()).unwrap();
+    eprintln!(
+        "bench data in {}: segment {rows} rows, source {source_rows} rows ({size} bytes)",
+        out.display()
+    );
+}

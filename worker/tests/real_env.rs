@@ -1,0 +1,384 @@
+//! Integration tests on the real environment: Milvus 2.3.5 writing to s3s-fs on
+//! loopback (`e2e/run-e2e.sh` starts both and builds the dataset). Every output row
+//! is checked against the value of the key stored at that offset.
+//!
+//! Without `MB_E2E_DATA` the tests are skipped, unless `MB_REQUIRE_E2E=1` (as in
+//! `make test`), where a missing environment is a failure.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use arrow_array::{Array, Float64Array, Int64Array, StringArray};
+use milvus_backfill::config::{BackfillDoc, MilvusToken, Place, Stores};
+use milvus_backfill::error::ErrorKind;
+use milvus_backfill::output::{read_back, read_manifest};
+use milvus_backfill::planner;
+use milvus_backfill::progress::Progress;
+use milvus_backfill::runner;
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use serde_json::Value;
+
+struct Env {
+    data: PathBuf,
+    expected: Value,
+}
+
+fn env() -> Option<Env> {
+    match std::env::var("MB_E2E_DATA") {
+        Ok(d) => {
+            let data = PathBuf::from(d);
+            let expected = serde_json::from_slice(&std::fs::read(data.join("expected.json")).expect("expected.json"))
+                .expect("expected.json parses");
+            Some(Env { data, expected })
+        }
+        Err(_) if std::env::var("MB_REQUIRE_E2E").as_deref() == Ok("1") => {
+            panic!("MB_REQUIRE_E2E=1 but MB_E2E_DATA is not set: run e2e/run-e2e.sh")
+        }
+        Err(_) => {
+            eprintln!("skipped: MB_E2E_DATA not set (run `make e2e-test`)");
+            None
+        }
+    }
+}
+
+fn var(name: &str) -> String {
+    std::env::var(name).unwrap_or_else(|_| panic!("{name} must be set (source $MB_HOME/e2e/env)"))
+}
+
+fn yaml(collection: &str, source: &str, extra: &str) -> String {
+    format!(
+        r#"apiVersion: milvusbackfill.io/v1alpha1
+kind: Backfill
+metadata: {{name: e2e}}
+spec:
+  milvus: {{uri: "{uri}", collection: {collection}}}
+  storage: {{endpoint: "{s3}", bucket: {bucket}, rootPath: {root}}}
+  source: {{path: "{source}"}}
+  batchSize: 256
+  parallelism: 2
+{extra}"#,
+        uri = var("MILVUS_URI"),
+        s3 = var("S3_ENDPOINT"),
+        bucket = var("S3_BUCKET"),
+        root = var("MILVUS_ROOT_PATH"),
+    )
+}
+
+/// key (as JSON text) → (score, label) from the local copy of the source.
+fn source_values(path: &Path) -> HashMap<String, (Option<f64>, Option<String>)> {
+    let f = std::fs::File::open(path).unwrap();
+    let mut out = HashMap::new();
+    for b in ParquetRecordBatchReaderBuilder::try_new(f).unwrap().build().unwrap() {
+        let b = b.unwrap();
+        let pk = b.column_by_name("pk").unwrap();
+        let score = b
+            .column_by_name("score")
+            .unwrap()
+            .as_any()
+            .downcast_ref::<Float64Array>()
+            .unwrap()
+            .clone();
+        let label = b
+            .column_by_name("label")
+            .unwrap()
+            .as_any()
+            .downcast_ref::<StringArray>()
+            .unwrap()
+            .clone();
+        for i in 0..b.num_rows() {
+            let key = match pk.as_any().downcast_ref::<Int64Array>() {
+                Some(a) => Value::from(a.value(i)).to_string(),
+                None => Value::from(pk.as_any().downcast_ref::<StringArray>().unwrap().value(i)).to_string(),
+            };
+            let s = score.is_valid(i).then(|| score.value(i));
+            let l = label.is_valid(i).then(|| label.value(i).to_owned());
+            out.insert(key, (s, l));
+        }
+    }
+    out
+}
+
+async fn plan_and_run(
+    text: &str,
+) -> (
+    milvus_backfill::plan::Plan,
+    Stores,
+    milvus_backfill::result::BackfillResult,
+) {
+    let doc = BackfillDoc::parse(text).unwrap();
+    let planned = planner::plan(&doc, &MilvusToken::from_env()).await.unwrap();
+    let progress = Progress::new(planned.plan.segments.len(), true);
+    let result = runner::run_plan(&planned.plan, &planned.stores, &progress).await;
+    runner::store_result(&planned.plan, &planned.stores, &result)
+        .await
+        .unwrap();
+    (planned.plan, planned.stores, result)
+}
+
+/// Checks every row of every segment's output against the source value of the key
+/// Milvus stored at that offset (null where the source has no such key).
+async fn verify_outputs(
+    e: &Env,
+    collection: &str,
+    plan: &milvus_backfill::plan::Plan,
+    stores: &Stores,
+    result: &milvus_backfill::result::BackfillResult,
+) -> u64 {
+    let exp = &e.expected[collection];
+    let values = source_values(Path::new(exp["newField"]["local"].as_str().unwrap()));
+    let (out_store, _) = stores.open(&plan.output_place).await;
+    let mut checked = 0u64;
+    let mut matched = 0u64;
+    for seg in &plan.segments {
+        let truth = exp["segments"][seg.segment_id.to_string()]["pks"]
+            .as_array()
+            .unwrap_or_else(|| {
+                panic!("segment {} is not in expected.json", seg.segment_id);
+            });
+        let manifest = read_manifest(&out_store, &seg.manifest_key())
+            .await
+            .unwrap()
+            .expect("manifest written");
+        assert_eq!(manifest.row_count as usize, truth.len());
+        assert_eq!(manifest.run_id, plan.run_id);
+        let batches = read_back(&out_store, &manifest).await.unwrap();
+        let mut offset = 0usize;
+        for b in &batches {
+            let score = b
+                .column_by_name("score")
+                .unwrap()
+                .as_any()
+                .downcast_ref::<Float64Array>()
+                .unwrap();
+            let label = b
+                .column_by_name("label")
+                .unwrap()
+                .as_any()
+                .downcast_ref::<StringArray>()
+                .unwrap();
+            for i in 0..b.num_rows() {
+                let key = truth[offset].to_string();
+                let got = (
+                    score.is_valid(i).then(|| score.value(i)),
+                    label.is_valid(i).then(|| label.value(i).to_owned()),
+                );
+                match values.get(&key) {
+                    Some(want) => {
+                        assert_eq!(&got, want, "segment {} offset {offset} key {key}", seg.segment_id);
+                        matched += 1;
+                    }
+                    None => assert_eq!(
+                        got,
+                        (None, None),
+                        "segment {} offset {offset} key {key} has no source row",
+                        seg.segment_id
+                    ),
+                }
+                offset += 1;
+                checked += 1;
+            }
+        }
+        assert_eq!(offset, truth.len(), "segment {} row count", seg.segment_id);
+        let r = &result.segments[&seg.segment_id.to_string()];
+        assert_eq!(r.row_count as usize, truth.len());
+    }
+    assert_eq!(result.total_matched_rows, matched);
+    checked
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn int64_collection_single_object_default_output() {
+    let Some(e) = env() else { return };
+    let c = "e2e_int64";
+    let (plan, stores, r) = plan_and_run(&yaml(c, e.expected[c]["newField"]["single"].as_str().unwrap(), "")).await;
+    assert!(r.success, "{}", r.summary());
+    let segs = e.expected[c]["segments"].as_object().unwrap();
+    assert_eq!(plan.segments.len(), segs.len(), "every flushed segment is planned");
+    assert!(
+        plan.segments.iter().any(|s| s.pk_binlogs.len() > 1),
+        "the dataset has multi-binlog segments"
+    );
+    let checked = verify_outputs(&e, c, &plan, &stores, &r).await;
+    let total: u64 = segs.values().map(|s| s["numRows"].as_u64().unwrap()).sum();
+    assert_eq!((checked, r.total_rows_written), (total, total));
+    assert_eq!(r.partition_id, 0, "segments of two partitions → partitionId 0");
+    // Unmatched = source keys that are in no segment.
+    let all: std::collections::HashSet<String> = segs
+        .values()
+        .flat_map(|s| s["pks"].as_array().unwrap().iter().map(|k| k.to_string()))
+        .collect();
+    let src = source_values(Path::new(e.expected[c]["newField"]["local"].as_str().unwrap()));
+    let unmatched = src.keys().filter(|k| !all.contains(*k)).count() as u64;
+    assert!(unmatched > 0);
+    assert_eq!(r.unmatched_backfill_rows, unmatched);
+    assert_eq!(r.total_backfill_data_rows, src.len() as u64);
+    // The result JSON is stored beside the outputs.
+    let stored: Value = serde_json::from_slice(&stores.storage.get(&plan.result_key()).await.unwrap()).unwrap();
+    assert_eq!(stored["totalRowsWritten"], total);
+    assert!(plan.warnings.iter().any(|w| w.contains("garbage collector")));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn varchar_collection_multi_file_prefix_custom_output() {
+    let Some(e) = env() else { return };
+    let c = "e2e_varchar";
+    let files = e.expected[c]["newField"]["multiFiles"].as_array().unwrap();
+    let first = files[0].as_str().unwrap();
+    let prefix = &first[..first.rfind('/').unwrap() + 1];
+    let out = format!("s3://{}/backfill-out/varchar", var("S3_BUCKET"));
+    let (plan, stores, r) = plan_and_run(&yaml(c, prefix, &format!("  output: {{path: \"{out}\"}}\n"))).await;
+    assert!(r.success, "{}", r.summary());
+    assert_eq!(plan.source_files.len(), files.len());
+    assert_eq!(
+        plan.output_place,
+        Place::Storage {
+            prefix: "backfill-out/varchar".into()
+        }
+    );
+    assert!(plan
+        .segments
+        .iter()
+        .all(|s| s.output_dir.starts_with("backfill-out/varchar/")));
+    assert!(!plan.warnings.iter().any(|w| w.contains("garbage collector")));
+    let checked = verify_outputs(&e, c, &plan, &stores, &r).await;
+    assert_eq!(checked, r.total_rows_written);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_partition_from_a_local_source() {
+    let Some(e) = env() else { return };
+    let c = "e2e_int64";
+    let local = e.expected[c]["newField"]["local"].as_str().unwrap();
+    let out = e.data.join("out-partition");
+    let extra = format!("  output: {{path: \"{}\"}}\n", out.display());
+    let text = yaml(c, local, &extra).replace(
+        &format!("collection: {c}}}"),
+        &format!("collection: {c}, partition: p1}}"),
+    );
+    let (plan, stores, r) = plan_and_run(&text).await;
+    assert!(r.success, "{}", r.summary());
+    let p1 = e.expected[c]["partitions"]["p1"].as_i64().unwrap();
+    assert!(!plan.segments.is_empty());
+    assert!(plan.segments.iter().all(|s| s.partition_id == p1));
+    assert_eq!(r.partition_id, p1);
+    verify_outputs(&e, c, &plan, &stores, &r).await;
+    assert!(
+        out.join(format!("{}/{p1}", plan.collection_id)).is_dir(),
+        "outputs on the local file system"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_inputs_fail_planning_with_a_clear_error_and_write_nothing() {
+    let Some(e) = env() else { return };
+    let c = "e2e_int64";
+    let cases = [
+        ("bad_dup_e2e_int64.parquet", "duplicate `pk`"),
+        ("bad_null_e2e_int64.parquet", "null `pk`"),
+        ("bad_type_e2e_int64.parquet", "collection's primary key is Int64"),
+        ("bad_nopk.parquet", "no `pk` column"),
+        ("bad_clash_e2e_int64.parquet", "already exist in the collection"),
+    ];
+    for (file, needle) in cases {
+        let out = e.data.join(format!("out-{file}"));
+        let text = yaml(
+            c,
+            &e.data.join(file).display().to_string(),
+            &format!("  output: {{path: \"{}\"}}\n", out.display()),
+        );
+        let doc = BackfillDoc::parse(&text).unwrap();
+        let err = planner::plan(&doc, &MilvusToken::from_env())
+            .await
+            .err()
+            .unwrap_or_else(|| panic!("{file} must fail"));
+        assert_eq!(err.kind, ErrorKind::SchemaValidationError, "{file}: {}", err.message);
+        assert!(err.message.contains(needle), "{file}: {}", err.message);
+        assert!(!out.exists(), "{file}: nothing may be written");
+    }
+    let text = yaml("no_such_collection", "/tmp/x.parquet", "");
+    let err = planner::plan(&BackfillDoc::parse(&text).unwrap(), &MilvusToken::from_env())
+        .await
+        .err()
+        .unwrap();
+    assert!(err.message.contains("no_such_collection"), "{}", err.message);
+}
+
+fn bin() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_milvus-backfill"))
+}
+
+#[test]
+fn cli_plan_json_then_segment_task_then_run() {
+    let Some(e) = env() else { return };
+    let c = "e2e_varchar";
+    let out = format!("s3://{}/backfill-out/cli", var("S3_BUCKET"));
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("bf.yaml");
+    let src = e.expected[c]["newField"]["single"].as_str().unwrap();
+    std::fs::write(&file, yaml(c, src, &format!("  output: {{path: \"{out}\"}}\n"))).unwrap();
+
+    let text = bin().args(["plan", "-f"]).arg(&file).output().unwrap();
+    assert!(text.status.success(), "{}", String::from_utf8_lossy(&text.stderr));
+    let stdout = String::from_utf8_lossy(&text.stdout);
+    assert!(
+        stdout.contains("primary key:  pk") && stdout.contains("binlog "),
+        "{stdout}"
+    );
+
+    let json = bin().args(["plan", "-o", "json", "-f"]).arg(&file).output().unwrap();
+    assert!(json.status.success());
+    let v: Value = serde_json::from_slice(&json.stdout).unwrap();
+    let task = &v["tasks"][0];
+    let seg_id = task["segments"][0]["segmentId"].as_i64().unwrap();
+    let task_file = dir.path().join("task.json");
+    std::fs::write(&task_file, task.to_string()).unwrap();
+    // No Milvus needed: a bogus MILVUS_URI proves the worker does not call it.
+    let seg = bin()
+        .args(["segment", "--task"])
+        .arg(&task_file)
+        .env("MILVUS_URI", "http://127.0.0.1:1")
+        .output()
+        .unwrap();
+    assert!(seg.status.success(), "{}", String::from_utf8_lossy(&seg.stderr));
+    let outcome: Value = serde_json::from_slice(&seg.stdout).unwrap();
+    assert_eq!(outcome["success"], true);
+    assert_eq!(outcome["segments"][0]["segmentId"], seg_id);
+    assert!(outcome["segments"][0]["matchedRowCount"].as_u64().unwrap() > 0);
+
+    let result_file = dir.path().join("result.json");
+    let run = bin()
+        .args(["run", "-v", "-f"])
+        .arg(&file)
+        .arg("--result")
+        .arg(&result_file)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&run.stdout);
+    assert!(run.status.success(), "{stdout}{}", String::from_utf8_lossy(&run.stderr));
+    assert!(
+        stdout.contains("Backfill SUCCEEDED") && stdout.contains("rows matched:") && stdout.contains("segment "),
+        "{stdout}"
+    );
+    let r: Value = serde_json::from_slice(&std::fs::read(&result_file).unwrap()).unwrap();
+    assert_eq!(r["success"], true);
+    assert_eq!(r["segments"][seg_id.to_string()]["segmentId"], seg_id);
+    // Secrets are never printed.
+    let secret = var("AWS_SECRET_ACCESS_KEY");
+    for s in [&text.stderr, &run.stderr, &run.stdout, &seg.stderr] {
+        assert!(
+            !String::from_utf8_lossy(s).contains(&secret),
+            "the S3 secret appeared in the output"
+        );
+    }
+
+    let bad = dir.path().join("bad.yaml");
+    std::fs::write(
+        &bad,
+        yaml(c, &e.data.join("bad_nopk.parquet").display().to_string(), ""),
+    )
+    .unwrap();
+    let r = bin().args(["run", "-f"]).arg(&bad).output().unwrap();
+    assert_eq!(r.status.code(), Some(3), "schema errors exit 3");
+    assert!(String::from_utf8_lossy(&r.stderr).contains("SchemaValidationError"));
+}
