@@ -97,20 +97,25 @@ pub fn main() -> i32 {
 }
 
 fn init_logging(format: LogFormat, verbose: bool) {
-    let level = if verbose {
+    use std::io::IsTerminal;
+    use tracing_subscriber::{filter::Targets, layer::SubscriberExt, util::SubscriberInitExt, Layer};
+    let ours = if verbose {
         tracing::Level::DEBUG
     } else {
         tracing::Level::INFO
     };
-    use std::io::IsTerminal;
-    let b = tracing_subscriber::fmt()
+    // Libraries stay at WARN even with -v: the AWS SDK's debug output names credentials.
+    let targets = Targets::new()
+        .with_default(tracing::Level::WARN)
+        .with_target("milvus_backfill", ours);
+    let layer = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
-        .with_max_level(level)
         .with_target(false);
+    let registry = tracing_subscriber::registry();
     match format {
-        LogFormat::Json => b.json().init(),
-        LogFormat::Plain => b.init(),
+        LogFormat::Json => registry.with(layer.json().with_filter(targets)).init(),
+        LogFormat::Plain => registry.with(layer.with_filter(targets)).init(),
     }
 }
 
