@@ -29,7 +29,14 @@ pub struct ObjectReader {
     key: String,
     size: u64,
     metadata: Option<Arc<ParquetMetaData>>,
+    /// The whole object, when it was small enough to fetch in one request.
+    whole: Option<Bytes>,
 }
+
+/// Objects up to this size are fetched whole: one request instead of one per column chunk.
+pub const FETCH_WHOLE_BELOW: u64 = 16 * 1024 * 1024;
+/// Ranges closer than this are merged into one request.
+const COALESCE_GAP: u64 = 1024 * 1024;
 
 impl ObjectReader {
     pub fn new(store: Store, key: String, size: u64) -> Self {
@@ -38,11 +45,30 @@ impl ObjectReader {
             key,
             size,
             metadata: None,
+            whole: None,
         }
+    }
+
+    /// Fetches the whole object now if it is small; later reads are served from memory.
+    pub async fn prefetch_if_small(&mut self) -> Result<()> {
+        if self.whole.is_none() && self.size <= FETCH_WHOLE_BELOW {
+            let b = self
+                .store
+                .get(&self.key)
+                .await
+                .map_err(|e| BackfillError::data_read(self.store.display(&self.key), e))?;
+            self.whole = Some(b);
+        }
+        Ok(())
     }
 
     fn fetch(&self, range: Range<u64>) -> BoxFuture<'_, parquet::errors::Result<Bytes>> {
         async move {
+            if let Some(w) = &self.whole {
+                if range.end <= w.len() as u64 {
+                    return Ok(w.slice(range.start as usize..range.end as usize));
+                }
+            }
             self.store
                 .get_range(&self.key, range)
                 .await
@@ -73,6 +99,29 @@ impl AsyncFileReader for ObjectReader {
         self.fetch(range)
     }
 
+    /// Column chunks of one row group sit next to each other: fetch them in as few
+    /// requests as possible.
+    fn get_byte_ranges(&mut self, ranges: Vec<Range<u64>>) -> BoxFuture<'_, parquet::errors::Result<Vec<Bytes>>> {
+        async move {
+            let merged = coalesce(&ranges, COALESCE_GAP);
+            let mut fetched = Vec::with_capacity(merged.len());
+            for r in &merged {
+                fetched.push((r.start, self.fetch(r.clone()).await?));
+            }
+            Ok(ranges
+                .iter()
+                .map(|r| {
+                    let (start, b) = fetched
+                        .iter()
+                        .find(|(s, b)| *s <= r.start && r.end <= *s + b.len() as u64)
+                        .expect("every range lies in a merged range");
+                    b.slice((r.start - start) as usize..(r.end - start) as usize)
+                })
+                .collect())
+        }
+        .boxed()
+    }
+
     fn get_metadata<'a>(
         &'a mut self,
         _options: Option<&'a ArrowReaderOptions>,
@@ -84,6 +133,20 @@ impl AsyncFileReader for ObjectReader {
         }
         .boxed()
     }
+}
+
+/// Merges ranges that overlap or lie within `gap` bytes of each other.
+pub fn coalesce(ranges: &[Range<u64>], gap: u64) -> Vec<Range<u64>> {
+    let mut sorted: Vec<Range<u64>> = ranges.to_vec();
+    sorted.sort_by_key(|r| r.start);
+    let mut out: Vec<Range<u64>> = Vec::new();
+    for r in sorted {
+        match out.last_mut() {
+            Some(last) if r.start <= last.end + gap => last.end = last.end.max(r.end),
+            _ => out.push(r),
+        }
+    }
+    out
 }
 
 /// Source files under a key or prefix: one `.parquet` object, or every `.parquet`
@@ -395,6 +458,7 @@ pub async fn read_matches(
     for f in files {
         let what = store.display(&f.key);
         let mut r = ObjectReader::new(store.clone(), f.key.clone(), f.size);
+        r.prefetch_if_small().await?;
         let md = r.metadata().await?;
         let meta = ArrowReaderMetadata::try_new(md.clone(), ArrowReaderOptions::default())
             .map_err(|e| BackfillError::data_read(&what, e))?;
@@ -466,6 +530,7 @@ pub async fn read_matches(
             .chunks(per_worker)
             .map(|chunk| {
                 let scan = ChunkScan {
+                    whole: r.whole.clone(),
                     store: store.clone(),
                     key: f.key.clone(),
                     size: f.size,
@@ -508,6 +573,7 @@ struct Part {
 }
 
 struct ChunkScan {
+    whole: Option<Bytes>,
     store: Store,
     key: String,
     size: u64,
@@ -525,6 +591,7 @@ impl ChunkScan {
         let what = self.store.display(&self.key);
         let mut reader = ObjectReader::new(self.store.clone(), self.key.clone(), self.size);
         reader.metadata = Some(self.meta.metadata().clone());
+        reader.whole = self.whole.clone();
         let builder = ParquetRecordBatchStreamBuilder::new_with_metadata(reader, self.meta.clone());
         // The predicate sees the key column batch by batch, in row order; it records
         // the offsets and source rows of the matches, which the reader then emits in
@@ -641,5 +708,28 @@ pub fn key_arrow_type(pk: PkType) -> DataType {
     match pk {
         PkType::Int64 => DataType::Int64,
         PkType::VarChar => DataType::Utf8,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ranges_coalesce_within_the_gap() {
+        let r = coalesce(&[10..20, 0..5, 25..30, 100..110], 5);
+        assert_eq!(r, vec![0..30, 100..110]);
+        assert_eq!(coalesce(&[], 5), vec![]);
+    }
+
+    #[test]
+    fn row_group_pruning_by_key_range() {
+        use parquet::file::statistics::ValueStatistics;
+        let s = Statistics::Int64(ValueStatistics::new(Some(10), Some(20), None, Some(0), false));
+        assert!(may_match(Some(&s), &KeyRange::Int64(15, 100)));
+        assert!(!may_match(Some(&s), &KeyRange::Int64(21, 100)));
+        assert!(!may_match(Some(&s), &KeyRange::Int64(0, 9)));
+        assert!(may_match(None, &KeyRange::Int64(0, 9)), "no statistics: read it");
+        assert!(!may_match(None, &KeyRange::Empty));
     }
 }
