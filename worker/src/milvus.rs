@@ -91,7 +91,7 @@ impl MilvusClient {
         })?;
         let authorization = match &token.0 {
             Some(t) => Some(
-                format!("{}", base64(t.as_bytes()))
+                base64(t.as_bytes())
                     .parse()
                     .map_err(|_| BackfillError::config("MILVUS_TOKEN contains characters that cannot be sent"))?,
             ),

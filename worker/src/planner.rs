@@ -157,14 +157,14 @@ pub async fn plan(doc: &BackfillDoc, token: &MilvusToken) -> Result<Planned> {
             )));
             continue;
         }
-        if !listings.contains_key(&s.partition_id) {
+        if let std::collections::btree_map::Entry::Vacant(slot) = listings.entry(s.partition_id) {
             let prefix = format!("{root}/insert_log/{}/{}/", info.collection_id, s.partition_id);
             let l = stores
                 .storage
                 .list(&prefix)
                 .await
                 .map_err(|e| BackfillError::connection(e.to_string()))?;
-            listings.insert(s.partition_id, l);
+            slot.insert(l);
         }
         let seg_prefix = format!(
             "{root}/insert_log/{}/{}/{}/",

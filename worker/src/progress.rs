@@ -35,11 +35,7 @@ impl Progress {
         }
         if self.tty {
             let width = 30;
-            let filled = if self.total == 0 {
-                width
-            } else {
-                s.0 * width / self.total
-            };
+            let filled = (s.0 * width).checked_div(self.total).unwrap_or(width);
             let mut err = std::io::stderr().lock();
             let _ = write!(
                 err,
