@@ -458,3 +458,70 @@ async fn schema_checks_name_what_to_fix() {
     let e = source::list_files(&c.stores.source, "missing/").await.unwrap_err();
     assert_eq!(e.kind, ErrorKind::DataReadError);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_segment_does_not_stop_the_others() {
+    use milvus_backfill::config::Stores;
+    use milvus_backfill::plan::Plan;
+    use milvus_backfill::progress::Progress;
+    let (a, _) = case("bf_multi", "470712559048465179", PkType::Int64).await;
+    let (b, truth_b) = case("bf_int64", "470712559048265072", PkType::Int64).await;
+    let mut broken = b.seg.clone();
+    broken.pk_binlogs[0].key.push_str("-missing");
+    // `run_plan` opens local places at the file system root, as the planner does.
+    let tmp = match &a.plan.source_place {
+        Place::Local { path } => path.strip_prefix("/").unwrap().display().to_string(),
+        _ => unreachable!(),
+    };
+    let mut seg_a = a.seg.clone();
+    seg_a.output_dir = format!("{tmp}/{}", seg_a.output_dir);
+    broken.output_dir = format!("{tmp}/{}", broken.output_dir);
+    let mut source_files = a.plan.source_files.clone();
+    source_files[0].key = format!("{tmp}/src.parquet");
+    let ep = a.plan.storage.clone();
+    let plan = Plan {
+        run_id: "r".into(),
+        database: "default".into(),
+        collection_name: "c".into(),
+        collection_id: a.plan.collection_id,
+        partition_id: None,
+        schema_version: 0,
+        pk_field: a.plan.pk_field.clone(),
+        new_fields: a.plan.new_fields.clone(),
+        storage: ep.clone(),
+        storage_bucket: "milvus-bucket".into(),
+        root_path: "files".into(),
+        source: ep.clone(),
+        source_place: a.plan.source_place.clone(),
+        source_rows: source_files[0].rows,
+        source_files,
+        output_place: a.plan.output_place.clone(),
+        batch_size: 100,
+        parallelism: 2,
+        segments: vec![seg_a, broken],
+        skipped: vec![],
+        failed: vec![],
+        warnings: vec![],
+    };
+    let stores = Stores {
+        storage: a.stores.storage.clone(),
+        source_endpoint: ep,
+        source_creds: None,
+        storage_creds: None,
+    };
+    let r = milvus_backfill::runner::run_plan(&plan, &stores, &Progress::new(2, true)).await;
+    assert!(!r.success);
+    assert_eq!(r.segments_processed, 1);
+    assert!(r.segments.contains_key(&a.seg.segment_id.to_string()));
+    assert_eq!(r.failed_segments.len(), 1);
+    assert_eq!(r.failed_segments[0].segment_id, b.seg.segment_id);
+    assert!(
+        r.failed_segments[0].reason.contains("-missing"),
+        "{}",
+        r.failed_segments[0].reason
+    );
+    // The source holds half the keys of segment A plus 3 keys in no segment.
+    assert_eq!(r.unmatched_backfill_rows, 3);
+    assert!(r.summary().contains(&format!("FAILED segment {}", b.seg.segment_id)));
+    assert_eq!(truth_b.len(), 1000);
+}
