@@ -12,6 +12,7 @@ It (re)creates two collections (dropping them first) and records the ground trut
                  partitions _default (two insert+flush rounds -> two segments) and p1 (one round);
                  then a few deletes in each partition and a final flush.
   <name>_varchar pk VarChar(32) PK, vec FloatVector(4); one partition, one round, a few deletes.
+  <name>_growing id Int64 PK, vec FloatVector(4); 50 rows inserted and never flushed (DIR/growing.json).
 Rows are inserted in shuffled PK order (fixed seed). After each flush the new segment IDs come
 from GetPersistentSegmentInfo; a segment's row order is the insertion order (Milvus 2.3.5), and this
 is cross-checked by decoding the PK binlogs from S3 (concatenated in numeric log-ID order).
@@ -391,6 +392,19 @@ def main():
     vabsent = [f"absent-{i:05d}" for i in range(vrows // 10)]
     nf, bad = write_new_fields(store, a.out, vname, vb.inserted, vabsent, pa.string(), rng, "vec")
     expected[vname]["newField"], expected[vname]["badInputs"] = nf, bad
+
+    # ---- <name>_growing: rows inserted but never flushed (a Growing segment)
+    gname = f"{a.name}_growing"
+    if utility.has_collection(gname):
+        utility.drop_collection(gname)
+    gcoll = Collection(gname, CollectionSchema([
+        FieldSchema("id", DataType.INT64, is_primary=True, auto_id=False),
+        FieldSchema("vec", DataType.FLOAT_VECTOR, dim=4),
+    ], description="milvus-backfill e2e, never flushed"))
+    gkeys = list(range(1, 51))
+    gcoll.insert([gkeys, [[rng.uniform(-1, 1) for _ in range(4)] for _ in gkeys]])
+    with open(os.path.join(a.out, "growing.json"), "w") as f:
+        json.dump({"collection": gname, "rows": len(gkeys)}, f)
 
     # ---- shared bad input: no pk column
     t = pa.table({"score": pa.array([1.0, 2.0]), "label": pa.array(["a", "b"])})

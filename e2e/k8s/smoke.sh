@@ -15,7 +15,9 @@
 #      not read secrets;
 #   7. the serviceaccount-token controller fills a legacy service-account-token Secret, and
 #      that token authenticates too;
-#   8. deleting the namespace (namespace controller) removes it and all of the above.
+#   8. helm installs and uninstalls a tiny chart (kubeVersion constraint checked against
+#      the server's version);
+#   9. deleting the namespace (namespace controller) removes it and all of the above.
 # If the control plane is not up, it is started and stopped again at the end
 # (MB_K8S_KEEP=1 keeps it). Knobs: MB_HOME, MB_K8S_PORT & co. as for up.sh;
 # MB_K8S_SMOKE_TIMEOUT seconds per wait [90].
@@ -122,6 +124,19 @@ check "DELETE Job smoke-gc sent propagationPolicy=Background" grep -Eq 'propagat
 eventually "Job smoke-gc is gone" gone job smoke-gc
 eventually "garbage collector deletes Pod $POD" gone pod "$POD"
 
+# Control: with propagationPolicy=Orphan the garbage collector must keep the Pod (and only
+# drop its ownerReference), so the deletion above was the collector's doing.
+check "create Job smoke-orphan" apply_job smoke-orphan
+eventually "Job controller creates a Pod for smoke-orphan" has_pod smoke-orphan
+POD3=$(pod_of smoke-orphan)
+check "DELETE Job smoke-orphan with propagationPolicy=Orphan" k delete job smoke-orphan -n "$NS" --cascade=orphan --wait=false
+eventually "Job smoke-orphan is gone" gone job smoke-orphan
+no_owner() { [ -z "$(k get pod "$1" -n "$NS" -o jsonpath='{.metadata.ownerReferences}')" ]; }
+eventually "garbage collector orphans Pod $POD3 (ownerReferences removed)" no_owner "$POD3"
+sleep 2
+check "orphaned Pod $POD3 still exists" k get pod "$POD3" -n "$NS" -o name
+check "delete orphaned Pod $POD3" k delete pod "$POD3" -n "$NS" --wait=true --timeout=30s
+
 # --- 5. Job completes (Pod marked Succeeded as a kubelet would) -> TTL controller -> GC --------
 check "create Job smoke-ttl (ttlSecondsAfterFinished: 0)" apply_job smoke-ttl 0
 eventually "Job controller creates a Pod for smoke-ttl" has_pod smoke-ttl
@@ -188,7 +203,30 @@ LEGACY=$(k get secret smoke-token -n "$NS" -o jsonpath='{.data.token}' | base64 
 c=$(code "$LEGACY" "/api/v1/namespaces/$NS/pods")
 check "the legacy token authenticates as smoke: list pods -> 200 (got $c)" [ "$c" = 200 ]
 
-# --- 8. namespace deletion ------------------------------------------------------------------
+# --- 8. helm install / uninstall of a tiny chart ---------------------------------------------
+HELM=$MB_K8S_BIN/helm
+CHART=$(mktemp -d)
+mkdir -p "$CHART/templates"
+cat >"$CHART/Chart.yaml" <<EOF
+apiVersion: v2
+name: mb-smoke
+version: 0.1.0
+kubeVersion: ">= 1.30.0-0"
+EOF
+cat >"$CHART/templates/cm.yaml" <<'EOF'
+apiVersion: v1
+kind: ConfigMap
+metadata: {name: "{{ .Release.Name }}-cm"}
+data: {kubeVersion: "{{ .Capabilities.KubeVersion.Version }}"}
+EOF
+check "helm install (chart kubeVersion >= 1.30)" "$HELM" install mb-smoke "$CHART" -n "$NS" --wait --timeout 60s
+kv=$(k get configmap mb-smoke-cm -n "$NS" -o jsonpath='{.data.kubeVersion}')
+check "helm rendered .Capabilities.KubeVersion from the server ($kv)" [ "$kv" = "$want" ]
+check "helm uninstall" "$HELM" uninstall mb-smoke -n "$NS" --wait
+check "helm uninstall removed the ConfigMap" gone configmap mb-smoke-cm
+rm -rf "$CHART"
+
+# --- 9. namespace deletion ------------------------------------------------------------------
 check "delete namespace $NS" k delete namespace "$NS" --wait=false
 ns_gone() { local out; out=$(k get namespace "$NS" 2>&1) && return 1; grep -q NotFound <<<"$out"; }
 eventually "namespace controller removes $NS" ns_gone

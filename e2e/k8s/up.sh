@@ -93,7 +93,7 @@ running() {
 	exe=$(readlink "/proc/$pid/exe" 2>/dev/null) || return 1
 	# "(deleted)": build.sh replaced the binary while it ran; it is still ours (down.sh + up.sh
 	# picks up the new one).
-	[ -n "$pid" ] && [ "${exe% (deleted)}" = "$BIN/$1" ]
+	[ -n "$pid" ] && [ "${exe% (deleted)}" = "$(readlink -f "$BIN/$1")" ]
 }
 
 # port_free PORT -> 0 when nothing listens on 127.0.0.1:PORT (or any address)
@@ -110,25 +110,38 @@ start() {
 	echo $! >"$RUN/$name.pid"
 }
 
-# wait_for WHAT CMD... -> retries CMD until it succeeds or $TIMEOUT runs out
+# wait_for NAME WHAT CMD... -> retries CMD until it succeeds; fails when server NAME exits
+# or $TIMEOUT runs out
 wait_for() {
-	local what=$1 deadline=$((SECONDS + TIMEOUT))
-	shift
+	local name=$1 what=$2 deadline=$((SECONDS + TIMEOUT))
+	shift 2
 	until "$@" >/dev/null 2>&1; do
+		if ! running "$name"; then
+			tail -n 5 "$LOGS/$name.log" >&2
+			die "$name exited while waiting for $what (log: $LOGS/$name.log)"
+		fi
 		[ "$SECONDS" -lt "$deadline" ] || die "timed out after ${TIMEOUT}s waiting for $what (logs: $LOGS)"
 		sleep 0.5
 	done
 }
 
 # --- PKI (once) --------------------------------------------------------------------------
-# issue NAME SUBJECT EXTENSIONS -> pki/NAME.{key,crt}, signed by pki/ca
+# new_ca NAME CN -> pki/NAME.{key,crt}, a self-signed CA
+new_ca() {
+	[ -s "$PKI/$1.crt" ] && [ -s "$PKI/$1.key" ] && return 0
+	openssl req -x509 -newkey rsa:2048 -nodes -keyout "$PKI/$1.key" -out "$PKI/$1.crt" \
+		-days 3650 -sha256 -subj "/CN=$2" \
+		-addext "basicConstraints=critical,CA:TRUE" \
+		-addext "keyUsage=critical,keyCertSign,cRLSign,digitalSignature" 2>/dev/null
+}
+# issue NAME SUBJECT EXTENSIONS [CA] -> pki/NAME.{key,crt}, signed by pki/CA [ca]
 issue() {
-	local name=$1 subj=$2 ext=$3
+	local name=$1 subj=$2 ext=$3 ca=${4:-ca}
 	[ -s "$PKI/$name.crt" ] && [ -s "$PKI/$name.key" ] && return 0
 	openssl genrsa -out "$PKI/$name.key" 2048 2>/dev/null
 	openssl req -new -key "$PKI/$name.key" -subj "$subj" -out "$PKI/$name.csr"
 	printf '%s\n' "$ext" >"$PKI/$name.ext"
-	openssl x509 -req -in "$PKI/$name.csr" -CA "$PKI/ca.crt" -CAkey "$PKI/ca.key" \
+	openssl x509 -req -in "$PKI/$name.csr" -CA "$PKI/$ca.crt" -CAkey "$PKI/$ca.key" \
 		-CAcreateserial -days 3650 -sha256 -extfile "$PKI/$name.ext" -out "$PKI/$name.crt" 2>/dev/null
 	rm -f "$PKI/$name.csr" "$PKI/$name.ext"
 }
@@ -137,11 +150,12 @@ make_pki() {
 	if [ ! -s "$PKI/ca.crt" ] || [ ! -s "$PKI/ca.key" ]; then
 		log "generating CA, certificates and the service-account key pair in $PKI"
 		rm -f "$PKI"/*.crt "$PKI"/*.key
-		openssl req -x509 -newkey rsa:2048 -nodes -keyout "$PKI/ca.key" -out "$PKI/ca.crt" \
-			-days 3650 -sha256 -subj "/CN=milvus-backfill-e2e-ca" \
-			-addext "basicConstraints=critical,CA:TRUE" \
-			-addext "keyUsage=critical,keyCertSign,cRLSign,digitalSignature" 2>/dev/null
+		new_ca ca milvus-backfill-e2e-ca
 	fi
+	# A separate CA for the aggregation layer's request-header authentication (as kubeadm
+	# does): with it the controller-manager's delegated authentication finds the
+	# requestheader CA it looks for, and no client cert of the main CA can pose as the proxy.
+	new_ca front-proxy-ca milvus-backfill-e2e-front-proxy-ca
 	issue apiserver "/CN=kube-apiserver" "basicConstraints=CA:FALSE
 keyUsage=critical,digitalSignature,keyEncipherment
 extendedKeyUsage=serverAuth
@@ -151,6 +165,7 @@ keyUsage=critical,digitalSignature,keyEncipherment
 extendedKeyUsage=clientAuth"
 	issue admin "/O=system:masters/CN=mb-admin" "$client"
 	issue controller-manager "/CN=system:kube-controller-manager" "$client"
+	issue front-proxy-client "/CN=front-proxy-client" "$client" front-proxy-ca
 	if [ ! -s "$PKI/sa.key" ] || [ ! -s "$PKI/sa.pub" ]; then
 		openssl genrsa -out "$PKI/sa.key" 2048 2>/dev/null
 		openssl rsa -in "$PKI/sa.key" -pubout -out "$PKI/sa.pub" 2>/dev/null
@@ -217,30 +232,42 @@ else
 		--unsafe-no-fsync --log-level warn
 	started=1
 fi
-wait_for "etcd /health" curl -fsS "http://127.0.0.1:$ETCD_PORT/health"
+wait_for etcd "etcd /health" curl -fsS "http://127.0.0.1:$ETCD_PORT/health"
 
 # --- kube-apiserver --------------------------------------------------------------------------
 if running kube-apiserver; then
 	log "kube-apiserver already running (pid $(cat "$RUN/kube-apiserver.pid"))"
 else
 	port_free "$PORT" || die "127.0.0.1:$PORT is taken by another process (set MB_K8S_PORT)"
+	# --endpoint-reconciler-type none: the default (lease) refuses to start with a loopback
+	# advertise address ("may not be in the loopback range"). So the `kubernetes` Service has
+	# no endpoints: clients use the kubeconfig's server URL, never the Service IP.
 	start kube-apiserver \
 		--etcd-servers "http://127.0.0.1:$ETCD_PORT" \
 		--bind-address 127.0.0.1 --advertise-address 127.0.0.1 --secure-port "$PORT" \
 		--tls-cert-file "$PKI/apiserver.crt" --tls-private-key-file "$PKI/apiserver.key" \
 		--client-ca-file "$PKI/ca.crt" \
+		--requestheader-client-ca-file "$PKI/front-proxy-ca.crt" \
+		--requestheader-allowed-names front-proxy-client \
+		--requestheader-username-headers X-Remote-User \
+		--requestheader-uid-headers X-Remote-Uid \
+		--requestheader-group-headers X-Remote-Group \
+		--requestheader-extra-headers-prefix X-Remote-Extra- \
+		--proxy-client-cert-file "$PKI/front-proxy-client.crt" \
+		--proxy-client-key-file "$PKI/front-proxy-client.key" \
 		--authorization-mode Node,RBAC \
 		--service-account-issuer "$SA_ISSUER" \
 		--service-account-key-file "$PKI/sa.pub" \
 		--service-account-signing-key-file "$PKI/sa.key" \
 		--service-cluster-ip-range "$SERVICE_CIDR" \
+		--endpoint-reconciler-type none \
 		--allow-privileged=true \
 		--cert-dir "$STATE/apiserver-certs" \
 		--profiling=false \
 		--v "$VERB"
 	started=1
 fi
-wait_for "kube-apiserver /readyz" curl -fsS --cacert "$PKI/ca.crt" "$SERVER/readyz"
+wait_for kube-apiserver "kube-apiserver /readyz" curl -fsS --cacert "$PKI/ca.crt" "$SERVER/readyz"
 
 # --- kube-controller-manager -------------------------------------------------------------
 if running kube-controller-manager; then
@@ -264,10 +291,10 @@ else
 	started=1
 fi
 echo "$SETTINGS" >"$RUN/settings"
-wait_for "kube-controller-manager /healthz" curl -fsSk "https://127.0.0.1:$KCM_PORT/healthz"
+wait_for kube-controller-manager "kube-controller-manager /healthz" curl -fsSk "https://127.0.0.1:$KCM_PORT/healthz"
 # The serviceaccount controller makes `default` in every namespace: proves the
 # controller-manager talks to the apiserver and that Pods can be admitted.
-wait_for "ServiceAccount default/default" \
+wait_for kube-controller-manager "ServiceAccount default/default" \
 	"$BIN/kubectl" --kubeconfig "$STATE/admin.kubeconfig" get serviceaccount default -n default
 
 T1=$(date +%s.%N)

@@ -220,6 +220,8 @@ pub enum Triage {
     Skip(String),
     /// Reported as a warning: data that will not get values.
     Warn(String),
+    /// A segment we should backfill but cannot: it fails planning, and the run with it.
+    Fail(String),
 }
 
 pub fn triage(s: &SegmentInfo) -> Triage {
@@ -237,6 +239,12 @@ pub fn triage(s: &SegmentInfo) -> Triage {
     }
     if s.num_rows <= 0 {
         return Triage::Skip("empty segment".into());
+    }
+    if s.storage_version != 0 {
+        return Triage::Fail(format!(
+            "storage version {} is not supported yet; only StorageV1 segments (Milvus before 2.6) can be backfilled by this version",
+            s.storage_version
+        ));
     }
     Triage::Backfill
 }
@@ -347,6 +355,13 @@ mod tests {
         assert!(matches!(triage(&seg(STATE_FLUSHED, 0, 0)), Triage::Skip(r) if r.contains("empty")));
         assert!(matches!(triage(&seg(STATE_GROWING, 0, 5)), Triage::Warn(r) if r.contains("flush")));
         assert!(matches!(triage(&seg(6, 0, 5)), Triage::Skip(r) if r.contains("Dropped")));
+        for v in [2, 3] {
+            let s = SegmentInfo {
+                storage_version: v,
+                ..seg(STATE_FLUSHED, 2, 10)
+            };
+            assert!(matches!(triage(&s), Triage::Fail(r) if r.contains(&format!("storage version {v}"))));
+        }
     }
 
     #[test]

@@ -148,14 +148,11 @@ pub async fn plan(doc: &BackfillDoc, token: &MilvusToken) -> Result<Planned> {
                 skipped.push(skip(w));
                 continue;
             }
+            Triage::Fail(r) => {
+                failed.push(skip(r));
+                continue;
+            }
             Triage::Backfill => {}
-        }
-        if s.storage_version == 2 || s.storage_version == 3 {
-            failed.push(skip(format!(
-                "storage version {} (StorageV{}) is not supported yet; only V1 segments can be backfilled by this version",
-                s.storage_version, s.storage_version
-            )));
-            continue;
         }
         if let std::collections::btree_map::Entry::Vacant(slot) = listings.entry(s.partition_id) {
             let prefix = format!("{root}/insert_log/{}/{}/", info.collection_id, s.partition_id);
@@ -202,6 +199,13 @@ pub async fn plan(doc: &BackfillDoc, token: &MilvusToken) -> Result<Planned> {
             }
             Err(e) => failed.push(skip(e.message)),
         }
+    }
+    if planned.is_empty() && failed.is_empty() {
+        // Milvus 2.3 does not list Growing segments in GetPersistentSegmentInfo at all.
+        warnings.push(format!(
+            "collection {coll:?} has no Flushed segment to backfill; rows inserted since the last flush sit in Growing \
+             segments that are not backfilled: flush first (spec.flush: true)"
+        ));
     }
     if custom.is_none() && !planned.is_empty() {
         warnings.push(crate::gc::DEFAULT_OUTPUT_WARNING.to_owned());

@@ -252,6 +252,7 @@ async fn one_partition_from_a_local_source() {
     let local = e.expected[c]["newField"]["local"].as_str().unwrap();
     let out = e.data.join("out-partition");
     let extra = format!("  output: {{path: \"{}\"}}\n", out.display());
+    let extra = format!("{extra}  flush: true\n");
     let text = yaml(c, local, &extra).replace(
         &format!("collection: {c}}}"),
         &format!("collection: {c}, partition: p1}}"),
@@ -381,4 +382,29 @@ fn cli_plan_json_then_segment_task_then_run() {
     let r = bin().args(["run", "-f"]).arg(&bad).output().unwrap();
     assert_eq!(r.status.code(), Some(3), "schema errors exit 3");
     assert!(String::from_utf8_lossy(&r.stderr).contains("SchemaValidationError"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unflushed_rows_are_a_warning_and_flush_true_seals_them() {
+    let Some(e) = env() else { return };
+    let g: Value = serde_json::from_slice(&std::fs::read(e.data.join("growing.json")).unwrap()).unwrap();
+    let c = g["collection"].as_str().unwrap();
+    let src = e.expected["e2e_int64"]["newField"]["local"].as_str().unwrap();
+    let doc = BackfillDoc::parse(&yaml(c, src, "")).unwrap();
+    let p = planner::plan(&doc, &MilvusToken::from_env()).await.unwrap().plan;
+    assert!(p.segments.is_empty(), "unflushed rows are never backfilled");
+    assert!(
+        p.warnings.iter().any(|w| w.contains("Growing") && w.contains("flush")),
+        "{:?}",
+        p.warnings
+    );
+
+    let doc = BackfillDoc::parse(&yaml(c, src, "  flush: true\n")).unwrap();
+    let p = planner::plan(&doc, &MilvusToken::from_env()).await.unwrap().plan;
+    let rows: u64 = p.segments.iter().map(|s| s.num_rows).sum();
+    assert_eq!(
+        rows,
+        g["rows"].as_u64().unwrap(),
+        "after Flush + GetFlushState the rows are in sealed segments"
+    );
 }
