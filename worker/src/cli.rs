@@ -67,9 +67,17 @@ pub enum Command {
     },
     /// Run one planned task (no Milvus connection; storage only). What a Job executes.
     Segment {
-        /// Task JSON, as emitted in `plan --output json` under `tasks`.
+        /// Task JSON, as emitted in `plan --output json` under `tasks`: a local file, or
+        /// `s3://bucket/key` read with the storage credentials from the environment.
         #[arg(long)]
-        task: PathBuf,
+        task: String,
+        /// `host:port` of the S3 API holding an `s3://` task (the plan's storage endpoint).
+        #[arg(long, env = "MB_TASK_ENDPOINT")]
+        endpoint: Option<String>,
+        #[arg(long, default_value = milvus_backfill_api::DEFAULT_REGION)]
+        region: String,
+        #[arg(long)]
+        use_ssl: bool,
         /// Also write the task outcome JSON here.
         #[arg(long)]
         result: Option<PathBuf>,
@@ -183,11 +191,16 @@ async fn dispatch(cli: Cli) -> Result<i32> {
             }
             Ok(code)
         }
-        Command::Segment { task, result } => {
-            let text = std::fs::read_to_string(&task)
-                .map_err(|e| BackfillError::config(format!("cannot read task {}: {e}", task.display())))?;
-            let task: Task = serde_json::from_str(&text)
-                .map_err(|e| BackfillError::config(format!("{} is not a task JSON: {e}", task.display())))?;
+        Command::Segment {
+            task,
+            result,
+            endpoint,
+            region,
+            use_ssl,
+        } => {
+            let text = read_task(&task, endpoint, region, use_ssl).await?;
+            let task: Task = serde_json::from_slice(&text)
+                .map_err(|e| BackfillError::config(format!("{task} is not a task JSON: {e}")))?;
             let stores = Stores::from_env(&task.plan.storage, &task.plan.storage_bucket, &task.plan.source).await?;
             let outcome = runner::run_task(&task, &stores).await;
             let body = serde_json::to_vec_pretty(&outcome).expect("outcome serializes");
@@ -218,6 +231,34 @@ async fn dispatch(cli: Cli) -> Result<i32> {
             Ok(code)
         }
     }
+}
+
+/// The task JSON from a local file or from `s3://bucket/key`.
+async fn read_task(task: &str, endpoint: Option<String>, region: String, use_ssl: bool) -> Result<Vec<u8>> {
+    let Some(rest) = task.strip_prefix("s3://") else {
+        return std::fs::read(task).map_err(|e| BackfillError::config(format!("cannot read task {task}: {e}")));
+    };
+    let (bucket, key) = rest
+        .split_once('/')
+        .filter(|(b, k)| !b.is_empty() && !k.is_empty())
+        .ok_or_else(|| BackfillError::config(format!("--task {task}: expected s3://bucket/key")))?;
+    let endpoint = endpoint.ok_or_else(|| BackfillError::config("--task s3://... needs --endpoint host:port"))?;
+    let ep = crate::config::S3Endpoint {
+        endpoint,
+        region,
+        use_ssl,
+    };
+    let creds = crate::config::S3Credentials::storage_from_env()?;
+    let store = crate::store::Store::S3 {
+        client: ep.client(creds.as_ref()).await,
+        bucket: bucket.to_owned(),
+        endpoint: ep.url(),
+    };
+    let body = store.get(key).await.map_err(|e| match e {
+        crate::store::StoreError::NotFound(w) => BackfillError::config(format!("task {w} does not exist")),
+        e => BackfillError::connection(e.to_string()),
+    })?;
+    Ok(body.to_vec())
 }
 
 pub fn plan_text(p: &Plan) -> String {

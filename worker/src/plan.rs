@@ -179,16 +179,6 @@ impl TaskPlan {
     }
 }
 
-impl Task {
-    /// Where the worker records this attempt's outcome, beside the run's result.
-    pub fn outcome_key(&self) -> String {
-        format!(
-            "{}/backfill/{}/{}/tasks/{}-{}.json",
-            self.plan.root_path, self.plan.collection_id, self.plan.run_id, self.task_id, self.attempt
-        )
-    }
-}
-
 /// One unit of work: what `milvus-backfill segment --task` executes.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -199,6 +189,26 @@ pub struct Task {
     #[serde(flatten)]
     pub plan: TaskPlan,
     pub segments: Vec<SegmentPlan>,
+}
+
+impl Task {
+    /// The run's prefix in the storage bucket: plan, tasks, outcomes and result live here.
+    pub fn run_prefix(&self) -> String {
+        run_prefix(&self.plan.root_path, self.plan.collection_id, &self.plan.run_id)
+    }
+    /// Where a controller stores this task for its Job to read.
+    pub fn task_key(&self) -> String {
+        format!("{}/tasks/{}.json", self.run_prefix(), self.task_id)
+    }
+    /// Where the worker records this attempt's outcome.
+    pub fn outcome_key(&self) -> String {
+        format!("{}/outcomes/{}-{}.json", self.run_prefix(), self.task_id, self.attempt)
+    }
+}
+
+/// `{rootPath}/backfill/{collectionID}/{runId}`.
+pub fn run_prefix(root_path: &str, collection_id: i64, run_id: &str) -> String {
+    format!("{root_path}/backfill/{collection_id}/{run_id}")
 }
 
 /// A segment as `GetPersistentSegmentInfo` reports it.

@@ -341,6 +341,45 @@ fn cli_plan_json_then_segment_task_then_run() {
         .env("MILVUS_URI", "http://127.0.0.1:1")
         .output()
         .unwrap();
+    // The same task read from storage, as a Job does.
+    let stored = format!("s3://{}/files/backfill/e2e-cli-task.json", var("S3_BUCKET"));
+    let doc = BackfillDoc::parse(&std::fs::read_to_string(&file).unwrap()).unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let stores = Stores::from_env(
+            &Stores::storage_endpoint(&doc.spec),
+            &doc.spec.storage.bucket,
+            &Stores::source_endpoint(&doc.spec),
+        )
+        .await
+        .unwrap();
+        stores
+            .storage
+            .put("files/backfill/e2e-cli-task.json", task.to_string().into_bytes().into())
+            .await
+            .unwrap();
+    });
+    let from_s3 = bin()
+        .args(["segment", "--task", &stored, "--endpoint", &var("S3_ENDPOINT")])
+        .output()
+        .unwrap();
+    assert!(from_s3.status.success(), "{}", String::from_utf8_lossy(&from_s3.stderr));
+    let o2: Value = serde_json::from_slice(&from_s3.stdout).unwrap();
+    assert_eq!(o2["segments"][0]["segmentId"], seg_id);
+    let missing = bin()
+        .args([
+            "segment",
+            "--task",
+            &format!("{stored}.nope"),
+            "--endpoint",
+            &var("S3_ENDPOINT"),
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(missing.status.code(), Some(3), "a missing task is a config error");
     assert!(seg.status.success(), "{}", String::from_utf8_lossy(&seg.stderr));
     let outcome: Value = serde_json::from_slice(&seg.stdout).unwrap();
     assert_eq!(outcome["success"], true);
