@@ -1,0 +1,133 @@
+{{/* Chart name. */}}
+{{- define "milvus-backfill.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/* Full name: <release>-<chart>, or <release> when it already contains the chart name. */}}
+{{- define "milvus-backfill.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{- define "milvus-backfill.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{- define "milvus-backfill.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "milvus-backfill.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end }}
+
+{{- define "milvus-backfill.labels" -}}
+helm.sh/chart: {{ include "milvus-backfill.chart" . }}
+{{ include "milvus-backfill.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+{{- end }}
+
+{{/* Labels of the operator's objects. */}}
+{{- define "milvus-backfill.operatorLabels" -}}
+{{ include "milvus-backfill.labels" . }}
+app.kubernetes.io/component: operator
+{{- end }}
+
+{{- define "milvus-backfill.operatorSelectorLabels" -}}
+{{ include "milvus-backfill.selectorLabels" . }}
+app.kubernetes.io/component: operator
+{{- end }}
+
+{{- define "milvus-backfill.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create }}
+{{- default (include "milvus-backfill.fullname" .) .Values.serviceAccount.name }}
+{{- else }}
+{{- default "default" .Values.serviceAccount.name }}
+{{- end }}
+{{- end }}
+
+{{- define "milvus-backfill.workerServiceAccountName" -}}
+{{- if .Values.workerServiceAccount.create }}
+{{- default (printf "%s-worker" (include "milvus-backfill.fullname" .) | trunc 63 | trimSuffix "-") .Values.workerServiceAccount.name }}
+{{- else }}
+{{- default "default" .Values.workerServiceAccount.name }}
+{{- end }}
+{{- end }}
+
+{{/* "true" or "false": leader election (auto: on when replicaCount > 1). */}}
+{{- define "milvus-backfill.leaderElection" -}}
+{{- if kindIs "bool" .Values.leaderElection.enabled }}
+{{- ternary "true" "false" .Values.leaderElection.enabled }}
+{{- else }}
+{{- ternary "true" "false" (gt (int .Values.replicaCount) 1) }}
+{{- end }}
+{{- end }}
+
+{{- define "milvus-backfill.image" -}}
+{{- if .Values.image.digest }}
+{{- printf "%s@%s" .Values.image.repository .Values.image.digest }}
+{{- else }}
+{{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) }}
+{{- end }}
+{{- end }}
+
+{{/* Watched namespaces, deduplicated, as a JSON list (use with fromJsonArray). */}}
+{{- define "milvus-backfill.watchNamespaces" -}}
+{{- .Values.watchNamespaces | uniq | toJson }}
+{{- end }}
+
+{{/* Namespaces of the worker ServiceAccount: release, watched, extra; deduplicated. */}}
+{{- define "milvus-backfill.workerNamespaces" -}}
+{{- concat (list .Release.Namespace) .Values.watchNamespaces .Values.workerServiceAccount.namespaces | uniq | toJson }}
+{{- end }}
+
+{{/*
+The operator's rules on Backfills and their children; the same rules go into the
+ClusterRole (all namespaces) or into one Role per watched namespace.
+*/}}
+{{- define "milvus-backfill.operatorRules" -}}
+# Backfills: watched (get/list/watch); finalizers are added and removed by patching the
+# object (patch/update).
+- apiGroups: [milvusbackfill.io]
+  resources: [backfills]
+  verbs: [get, list, watch, patch, update]
+# status is written with server-side apply (patch).
+- apiGroups: [milvusbackfill.io]
+  resources: [backfills/status]
+  verbs: [get, patch, update]
+# Jobs carry an ownerReference with blockOwnerDeletion=true to their Backfill, which needs
+# update on the owner's finalizers subresource (OwnerReferencesPermissionEnforcement).
+- apiGroups: [milvusbackfill.io]
+  resources: [backfills/finalizers]
+  verbs: [update]
+# One Job per task: created (server-side apply needs patch), watched, deleted on retry,
+# suspend and cleanup.
+- apiGroups: [batch]
+  resources: [jobs]
+  verbs: [create, get, list, watch, delete, patch]
+# Worker pods are only read, to report why a Job failed (OOMKilled, ImagePullBackOff, ...).
+- apiGroups: [""]
+  resources: [pods]
+  verbs: [get, list, watch]
+# Kubernetes Events on Backfills (both APIs: kube's Recorder uses events.k8s.io).
+- apiGroups: [""]
+  resources: [events]
+  verbs: [create, patch]
+- apiGroups: [events.k8s.io]
+  resources: [events]
+  verbs: [create, patch]
+{{- if .Values.operator.readSecrets }}
+# Planning runs in the operator: it calls Milvus with the token of
+# spec.milvus.tokenSecretRef and reads storage with spec.storage/source.credentialsSecretRef.
+# Only get: the operator reads the Secrets a Backfill names, it never lists or watches them.
+- apiGroups: [""]
+  resources: [secrets]
+  verbs: [get]
+{{- end }}
+{{- end }}
