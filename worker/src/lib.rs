@@ -19,5 +19,6 @@ pub mod planner;
 pub mod progress;
 pub mod result;
 pub mod runner;
+pub mod runstore;
 pub mod source;
 pub mod store;
