@@ -7,7 +7,7 @@ E2E_STATE := $(MB_HOME)/e2e
 BIN := target/release/milvus-backfill
 DATA := target/e2e-data
 
-.PHONY: build demo test unit-test e2e-test env-up env-down lint bench clean-env
+.PHONY: build demo test unit-test e2e-test env-up env-down lint bench crds k8s-test
 
 build:
 	cargo build --release --workspace --locked
@@ -25,6 +25,12 @@ demo: build env-up
 lint:
 	cargo fmt --all -- --check
 	cargo clippy --release --workspace --all-targets --locked -- -D warnings
+	charts/milvus-backfill/sync-crds.sh --check
+
+# Regenerates the CRD from the Rust types (a test fails while it is stale) and the chart's copy.
+crds:
+	cargo run --release --locked -p milvus-backfill-operator -- crd > crds/backfills.milvusbackfill.io.yaml
+	charts/milvus-backfill/sync-crds.sh
 
 unit-test:
 	cargo test --release --workspace --locked
@@ -38,3 +44,14 @@ test: lint unit-test e2e-test
 
 bench: build
 	bench/run.sh
+
+# The Kubernetes test bed (not yet part of `make test`): builds etcd, kube-apiserver,
+# kube-controller-manager, kubectl and helm from Go modules (about 15 min the first time,
+# cached after), then the pod runner smoke test, the chart tests and the operator's
+# control-plane check.
+k8s-test: build
+	e2e/k8s/build.sh
+	e2e/k8s/smoke.sh
+	e2e/pod-runner/smoke.sh
+	charts/milvus-backfill/test.sh
+	operator/e2e/control-plane-check.sh

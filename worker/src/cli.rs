@@ -78,6 +78,9 @@ pub enum Command {
         region: String,
         #[arg(long)]
         use_ssl: bool,
+        /// Retry attempt, overriding the task's (a controller reuses one task object per task).
+        #[arg(long, env = "MB_TASK_ATTEMPT")]
+        attempt: Option<u32>,
         /// Also write the task outcome JSON here.
         #[arg(long)]
         result: Option<PathBuf>,
@@ -197,10 +200,14 @@ async fn dispatch(cli: Cli) -> Result<i32> {
             endpoint,
             region,
             use_ssl,
+            attempt,
         } => {
             let text = read_task(&task, endpoint, region, use_ssl).await?;
-            let task: Task = serde_json::from_slice(&text)
+            let mut task: Task = serde_json::from_slice(&text)
                 .map_err(|e| BackfillError::config(format!("{task} is not a task JSON: {e}")))?;
+            if let Some(a) = attempt {
+                task.attempt = a;
+            }
             let stores = Stores::from_env(&task.plan.storage, &task.plan.storage_bucket, &task.plan.source).await?;
             let outcome = runner::run_task(&task, &stores).await;
             let body = serde_json::to_vec_pretty(&outcome).expect("outcome serializes");

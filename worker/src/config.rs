@@ -304,7 +304,20 @@ impl Stores {
 
     pub async fn from_env(storage: &S3Endpoint, bucket: &str, source: &S3Endpoint) -> Result<Self> {
         let storage_creds = S3Credentials::storage_from_env()?;
-        let source_creds = S3Credentials::source_from_env()?.or_else(|| storage_creds.clone());
+        let source_creds = S3Credentials::source_from_env()?;
+        Ok(Self::new(storage, bucket, source, storage_creds, source_creds).await)
+    }
+
+    /// Stores with explicit credentials (a controller reads them from Secrets);
+    /// `None` storage credentials mean the default AWS chain, `None` source ones "as storage".
+    pub async fn new(
+        storage: &S3Endpoint,
+        bucket: &str,
+        source: &S3Endpoint,
+        storage_creds: Option<S3Credentials>,
+        source_creds: Option<S3Credentials>,
+    ) -> Self {
+        let source_creds = source_creds.or_else(|| storage_creds.clone());
         // `file:///dir` serves a copy of a bucket from disk (`/dir/<bucket>/...`):
         // offline runs, benchmarks and debugging on a downloaded segment.
         let storage_store = match storage.endpoint.strip_prefix("file://") {
@@ -317,12 +330,12 @@ impl Stores {
                 endpoint: storage.url(),
             },
         };
-        Ok(Self {
+        Self {
             storage: storage_store,
             source_endpoint: source.clone(),
             source_creds,
             storage_creds,
-        })
+        }
     }
 
     /// The store and key prefix for a place.

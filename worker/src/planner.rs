@@ -70,11 +70,23 @@ pub struct Planned {
     pub stores: Stores,
 }
 
+/// Plans with storage credentials from the environment (the CLI).
 pub async fn plan(doc: &BackfillDoc, token: &MilvusToken) -> Result<Planned> {
+    let spec = &doc.spec;
+    let stores = Stores::from_env(
+        &Stores::storage_endpoint(spec),
+        &spec.storage.bucket,
+        &Stores::source_endpoint(spec),
+    )
+    .await?;
+    plan_with(doc, token, stores).await
+}
+
+/// Plans with the given stores (a controller builds them from the Backfill's Secrets).
+pub async fn plan_with(doc: &BackfillDoc, token: &MilvusToken, stores: Stores) -> Result<Planned> {
     let spec = &doc.spec;
     let storage_ep = Stores::storage_endpoint(spec);
     let source_ep = Stores::source_endpoint(spec);
-    let stores = Stores::from_env(&storage_ep, &spec.storage.bucket, &source_ep).await?;
     let root = spec.storage.root_path().to_owned();
 
     let mut milvus = MilvusClient::connect(&spec.milvus.uri, spec.milvus.database(), token).await?;

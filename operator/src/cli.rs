@@ -1,0 +1,196 @@
+//! The `milvus-backfill-operator` command line: `crd` prints the CRD, `run` runs the controller.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+use crate::controller::{self, Config};
+use crate::http::{self, Health};
+use crate::metrics::Metrics;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "milvus-backfill-operator",
+    version,
+    about = "Kubernetes operator for milvusbackfill.io/v1alpha1 Backfill resources"
+)]
+pub struct Cli {
+    /// Log format on stderr.
+    #[arg(long, global = true, env = "LOG_FORMAT", default_value = "plain")]
+    pub log_format: LogFormat,
+    /// Debug logs of the operator (libraries stay at WARN).
+    #[arg(short, long, global = true)]
+    pub verbose: bool,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Copy, Clone, Debug, ValueEnum, PartialEq, Eq)]
+pub enum LogFormat {
+    Plain,
+    Json,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Print the CustomResourceDefinition (YAML); apply it with `kubectl apply --server-side -f -`.
+    Crd,
+    /// Run the controller (in a cluster, or against the current kubeconfig context).
+    Run {
+        /// Worker image for Backfills without spec.worker.image.
+        #[arg(long, env = "WORKER_IMAGE")]
+        worker_image: Option<String>,
+        /// Namespaces to watch, comma-separated; empty: all (needs a ClusterRole).
+        #[arg(long, env = "WATCH_NAMESPACES", default_value = "", value_delimiter = ',')]
+        watch_namespaces: Vec<String>,
+        /// Address of /healthz, /readyz and /metrics.
+        #[arg(long, env = "HTTP_ADDR", default_value = "0.0.0.0:8080")]
+        http_addr: SocketAddr,
+        /// Backfills reconciled at once.
+        #[arg(long, env = "CONCURRENCY", default_value_t = 4)]
+        concurrency: u16,
+    },
+}
+
+pub fn main() -> i32 {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Crd => {
+            print!("{}", crate::crd::crd_yaml());
+            0
+        }
+        Command::Run {
+            worker_image,
+            watch_namespaces,
+            http_addr,
+            concurrency,
+        } => {
+            init_logging(cli.log_format, cli.verbose);
+            let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+                Ok(rt) => rt,
+                Err(e) => {
+                    eprintln!("cannot start the runtime: {e}");
+                    return 1;
+                }
+            };
+            let namespaces: Vec<String> = watch_namespaces
+                .into_iter()
+                .map(|n| n.trim().to_owned())
+                .filter(|n| !n.is_empty())
+                .collect();
+            let config = Config {
+                worker_image: worker_image.filter(|i| !i.trim().is_empty()),
+                namespaces,
+                concurrency,
+            };
+            rt.block_on(run(config, http_addr))
+        }
+    }
+}
+
+async fn run(config: Config, http_addr: SocketAddr) -> i32 {
+    let client = match kube::Client::try_default().await {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!(error = %e, "no Kubernetes client (in-cluster config or kubeconfig)");
+            return 1;
+        }
+    };
+    // Fail early with a hint when the CRD is not installed (or RBAC is missing).
+    let api: kube::Api<crate::crd::Backfill> = match config.namespaces.first() {
+        Some(ns) => kube::Api::namespaced(client.clone(), ns),
+        None => kube::Api::all(client.clone()),
+    };
+    if let Err(e) = api.list(&kube::api::ListParams::default().limit(1)).await {
+        tracing::error!(
+            error = %e,
+            "cannot list Backfills; is the CRD installed? \
+             milvus-backfill-operator crd | kubectl apply --server-side -f -"
+        );
+        return 1;
+    }
+    let metrics = Arc::new(Metrics::default());
+    let listener = match tokio::net::TcpListener::bind(http_addr).await {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::error!(error = %e, addr = %http_addr, "cannot listen");
+            return 1;
+        }
+    };
+    let health = Arc::new(Health {
+        metrics: metrics.clone(),
+        scopes: config.namespaces.len().max(1) as u64,
+    });
+    tokio::spawn(http::serve(listener, health));
+    tracing::info!(
+        namespaces = ?config.namespaces,
+        worker_image = ?config.worker_image,
+        http = %http_addr,
+        "milvus-backfill-operator starting"
+    );
+    controller::run(client, config, metrics).await;
+    tracing::info!("stopped");
+    0
+}
+
+fn init_logging(format: LogFormat, verbose: bool) {
+    use tracing_subscriber::{filter::Targets, layer::SubscriberExt, util::SubscriberInitExt, Layer};
+    let ours = if verbose {
+        tracing::Level::DEBUG
+    } else {
+        tracing::Level::INFO
+    };
+    // Libraries stay at WARN: the AWS SDK's debug output names credentials.
+    let targets = Targets::new()
+        .with_default(tracing::Level::WARN)
+        .with_target("milvus_backfill_operator", ours)
+        .with_target("milvus_backfill", ours);
+    let layer = tracing_subscriber::fmt::layer()
+        .with_writer(std::io::stderr)
+        .with_ansi(false)
+        .with_target(false);
+    let registry = tracing_subscriber::registry();
+    match format {
+        LogFormat::Json => registry.with(layer.json().with_filter(targets)).init(),
+        LogFormat::Plain => registry.with(layer.with_filter(targets)).init(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_command_line_parses() {
+        Cli::command().debug_assert();
+        let c = Cli::try_parse_from(["x", "crd"]).unwrap();
+        assert!(matches!(c.command, Command::Crd));
+        let c = Cli::try_parse_from([
+            "x",
+            "--log-format",
+            "json",
+            "run",
+            "--watch-namespaces",
+            "a,b",
+            "--worker-image",
+            "reg/mb:1",
+        ])
+        .unwrap();
+        assert_eq!(c.log_format, LogFormat::Json);
+        match c.command {
+            Command::Run {
+                watch_namespaces,
+                worker_image,
+                concurrency,
+                ..
+            } => {
+                assert_eq!(watch_namespaces, vec!["a", "b"]);
+                assert_eq!(worker_image.as_deref(), Some("reg/mb:1"));
+                assert_eq!(concurrency, 4);
+            }
+            _ => panic!(),
+        }
+    }
+}

@@ -1,0 +1,3 @@
+fn main() {
+    std::process::exit(milvus_backfill_operator::cli::main());
+}

@@ -1,0 +1,559 @@
+use std::collections::BTreeMap;
+
+use k8s_openapi::jiff::{SignedDuration, Timestamp};
+
+use super::*;
+use crate::crd::{RetrySpec, SegmentCounts};
+use crate::status::JobState;
+use crate::testutil::{failed_outcome, ok_outcome, plan_with, spec, Rng};
+
+fn t0() -> Timestamp {
+    "2026-11-27T03:00:00Z".parse().unwrap()
+}
+
+fn observe<'a>(
+    spec: &'a BackfillSpec,
+    status: &'a BackfillStatus,
+    problems: &'a [String],
+    run: Option<RunInput<'a>>,
+    now: Timestamp,
+) -> Observed<'a> {
+    Observed {
+        generation: 1,
+        spec,
+        status,
+        problems,
+        run,
+        now,
+    }
+}
+
+fn events(d: &Decision) -> Vec<&'static str> {
+    d.actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Event(e) => Some(e.reason),
+            _ => None,
+        })
+        .collect()
+}
+
+fn planned(spec: &BackfillSpec, plan: &Plan) -> BackfillStatus {
+    let d = decide(&observe(spec, &BackfillStatus::default(), &[], None, t0()));
+    let planning = d.new_status().unwrap().clone();
+    status_after_plan(&planning, plan, "s3://b/plan.json", spec, 1, t0()).0
+}
+
+#[test]
+fn a_new_backfill_plans_first_and_creates_no_job() {
+    let s = spec();
+    let d = decide(&observe(&s, &BackfillStatus::default(), &[], None, t0()));
+    assert_eq!(d.phase, Phase::Planning);
+    assert!(
+        matches!(d.actions[0], Action::UpdateStatus(_)),
+        "Planning is recorded first"
+    );
+    assert_eq!(d.actions.last(), Some(&Action::Plan));
+    assert_eq!(d.jobs_to_create().count(), 0);
+    assert_eq!(events(&d), vec![reason::PLANNING]);
+    let st = d.new_status().unwrap();
+    assert_eq!(st.phase, Some(Phase::Planning));
+    assert_eq!(st.start_time.as_ref().map(|t| t.0), Some(t0()));
+    let planned = get_condition(&st.conditions, condition::PLANNED).unwrap();
+    assert_eq!(
+        (planned.status.as_str(), planned.reason.as_str()),
+        ("False", reason::PLANNING)
+    );
+    // Repeating the pass (the plan failed transiently) changes nothing but plans again.
+    let again = decide(&observe(&s, st, &[], None, t0() + SignedDuration::from_secs(60)));
+    assert_eq!(again.actions, vec![Action::Plan]);
+}
+
+#[test]
+fn an_invalid_spec_fails_once_and_waits() {
+    let s = spec();
+    let problems = vec!["spec.worker.image is required".to_owned()];
+    let d = decide(&observe(&s, &BackfillStatus::default(), &problems, None, t0()));
+    assert_eq!(d.phase, Phase::Failed);
+    assert_eq!(d.requeue_after, None);
+    assert_eq!(events(&d), vec![reason::INVALID_SPEC]);
+    assert!(!d.actions.contains(&Action::Plan));
+    let st = d.new_status().unwrap().clone();
+    let f = get_condition(&st.conditions, condition::FAILED).unwrap();
+    assert_eq!((f.status.as_str(), f.reason.as_str()), ("True", reason::INVALID_SPEC));
+    assert!(f.message.contains("spec.worker.image"));
+    assert!(st.completion_time.is_none(), "not final: a fixed spec goes on");
+    // Same problem again: no new event, no status change.
+    let d2 = decide(&observe(&s, &st, &problems, None, t0() + SignedDuration::from_secs(5)));
+    assert!(d2.actions.is_empty(), "{:?}", d2.actions);
+    // Fixed: planning starts and the Failed condition clears.
+    let d3 = decide(&observe(&s, &st, &[], None, t0() + SignedDuration::from_secs(10)));
+    assert_eq!(d3.phase, Phase::Planning);
+    let f = get_condition(&d3.new_status().unwrap().conditions, condition::FAILED).unwrap();
+    assert_eq!(f.status, "False");
+}
+
+#[test]
+fn suspended_before_planning_does_not_plan() {
+    let mut s = spec();
+    s.suspend = Some(true);
+    let d = decide(&observe(&s, &BackfillStatus::default(), &[], None, t0()));
+    assert_eq!(d.phase, Phase::Suspended);
+    assert!(!d.actions.contains(&Action::Plan));
+    assert_eq!(events(&d), vec![reason::SUSPENDED]);
+    let st = d.new_status().unwrap();
+    assert!(is_true(&st.conditions, condition::SUSPENDED, reason::SUSPENDED));
+}
+
+#[test]
+fn a_plan_failure_for_good_waits_for_a_spec_change() {
+    let s = spec();
+    let (st, ev) = status_after_plan_error(
+        &BackfillStatus::default(),
+        "SchemaValidationError",
+        "no pk column",
+        true,
+        1,
+        t0(),
+    );
+    assert_eq!(ev.reason, reason::PLAN_FAILED);
+    assert!(ev.warning);
+    assert_eq!(st.phase, Some(Phase::Failed));
+    let d = decide(&observe(&s, &st, &[], None, t0()));
+    assert!(d.actions.is_empty());
+    let mut o = observe(&s, &st, &[], None, t0());
+    o.generation = 2;
+    let d = decide(&o);
+    assert_eq!(d.actions.last(), Some(&Action::Plan));
+    // A transient error keeps Planning; the controller retries with backoff.
+    let first = decide(&observe(&s, &BackfillStatus::default(), &[], None, t0()));
+    let planning = first.new_status().unwrap();
+    let (st, ev) = status_after_plan_error(planning, "ConnectionError", "down", false, 1, t0());
+    assert_eq!(st.phase, Some(Phase::Planning));
+    assert_eq!(ev.reason, reason::PLANNING_ERROR);
+    // The retry changes nothing in the status (no watch event, so the backoff holds),
+    // however often it runs.
+    for i in 1..5 {
+        let d = decide(&observe(&s, &st, &[], None, t0() + SignedDuration::from_secs(i * 30)));
+        assert_eq!(d.actions, vec![Action::Plan], "pass {i}");
+        let (again, _) = status_after_plan_error(&st, "ConnectionError", "down", false, 1, t0());
+        assert_eq!(again, st);
+    }
+}
+
+/// Whatever the observation, deciding twice on the status the first decision wrote gives no
+/// further status change: a pass never triggers the next one through its own write.
+#[test]
+fn decisions_reach_a_fixed_point() {
+    let mut rng = Rng::new(99);
+    for case in 0..200 {
+        let plan = plan_with(rng.below(12) as usize, rng.below(2) as usize);
+        let mut s = spec();
+        s.suspend = Some(rng.chance(30));
+        s.engine.parallelism = Some(1 + rng.below(4) as u32);
+        let problems: Vec<String> = if rng.chance(15) { vec!["bad".into()] } else { vec![] };
+        let mut outcomes = Outcomes::new();
+        let mut jobs = vec![];
+        for t in 0..plan.segments.len() as u32 {
+            match rng.below(4) {
+                0 => {
+                    outcomes.insert((t, 0), ok_outcome(&plan, 1, t, 0, 1));
+                }
+                1 => {
+                    outcomes.insert((t, 0), failed_outcome(&plan, 1, t, 0, "SchemaValidationError"));
+                }
+                2 => jobs.push(JobView {
+                    name: format!("j{t}"),
+                    task: t,
+                    attempt: 0,
+                    state: JobState::Active,
+                }),
+                _ => {}
+            }
+        }
+        let mut st = if rng.chance(20) {
+            BackfillStatus::default()
+        } else {
+            planned(&s, &plan)
+        };
+        let mut now = t0();
+        for pass in 0..4 {
+            let run = st.run_id.as_ref().map(|_| RunInput {
+                plan: &plan,
+                outcomes: &outcomes,
+                jobs: &jobs,
+            });
+            let d = decide(&observe(&s, &st, &problems, run, now));
+            // Jobs this pass creates are running in the next one.
+            for r in d.jobs_to_create() {
+                jobs.push(JobView {
+                    name: format!("n{}-{}", r.task, r.attempt),
+                    task: r.task,
+                    attempt: r.attempt,
+                    state: JobState::Active,
+                });
+            }
+            let created = d.jobs_to_create().count();
+            let planning = d.actions.contains(&Action::Plan);
+            match d.new_status() {
+                Some(n) => st = n.clone(),
+                None => break,
+            }
+            assert!(
+                pass < 3 || created > 0 || planning,
+                "case {case}: status still moving at pass {pass}"
+            );
+            now += SignedDuration::from_secs(1);
+        }
+    }
+}
+
+#[test]
+fn the_plan_is_recorded_then_jobs_start_within_parallelism() {
+    let mut s = spec();
+    s.engine.parallelism = Some(3);
+    let plan = plan_with(10, 1);
+    let st = planned(&s, &plan);
+    assert_eq!(st.run_id.as_deref(), Some(plan.run_id.as_str()));
+    assert_eq!(st.tasks, Some(10));
+    assert_eq!(st.phase, Some(Phase::Running));
+    assert_eq!(
+        st.segments,
+        Some(SegmentCounts {
+            total: 11,
+            pending: 10,
+            running: 0,
+            succeeded: 0,
+            failed: 1
+        })
+    );
+    assert_eq!(st.failed_segments.len(), 1);
+    assert!(is_true(&st.conditions, condition::PLANNED, reason::PLANNED));
+    let outcomes = Outcomes::new();
+    let run = RunInput {
+        plan: &plan,
+        outcomes: &outcomes,
+        jobs: &[],
+    };
+    let d = decide(&observe(&s, &st, &[], Some(run), t0()));
+    let jobs: Vec<&JobRequest> = d.jobs_to_create().collect();
+    assert_eq!(
+        jobs,
+        vec![
+            &JobRequest { task: 0, attempt: 0 },
+            &JobRequest { task: 1, attempt: 0 },
+            &JobRequest { task: 2, attempt: 0 }
+        ]
+    );
+    let ns = d.new_status().unwrap();
+    assert_eq!(ns.segments.as_ref().unwrap().running, 3);
+    // The same observation gives the same Jobs: repeated creates are no-ops.
+    assert_eq!(d, decide(&observe(&s, &st, &[], Some(run), t0())));
+}
+
+#[test]
+fn a_final_status_never_changes() {
+    let s = spec();
+    let plan = plan_with(2, 0);
+    let st = planned(&s, &plan);
+    let mut outcomes = Outcomes::new();
+    outcomes.insert((0, 0), ok_outcome(&plan, 1, 0, 0, 7));
+    outcomes.insert((1, 0), ok_outcome(&plan, 1, 1, 0, 7));
+    let run = RunInput {
+        plan: &plan,
+        outcomes: &outcomes,
+        jobs: &[],
+    };
+    let later = t0() + SignedDuration::from_secs(90);
+    let d = decide(&observe(&s, &st, &[], Some(run), later));
+    assert_eq!(d.phase, Phase::Succeeded);
+    let pos = |f: &dyn Fn(&Action) -> bool| d.actions.iter().position(f).unwrap();
+    assert!(
+        pos(&|a| matches!(a, Action::WriteResult(_))) < pos(&|a| matches!(a, Action::UpdateStatus(_))),
+        "the result is stored before the status says Complete"
+    );
+    let fin = d.new_status().unwrap().clone();
+    assert_eq!(fin.execution_time_ms, Some(90_000));
+    assert_eq!(
+        fin.result_path.as_deref(),
+        Some(format!("s3://milvus-bucket/{}", plan.result_key()).as_str())
+    );
+    assert!(is_true(&fin.conditions, condition::COMPLETE, reason::SUCCEEDED));
+    assert_eq!(fin.progress.as_deref(), Some("2/2"));
+    // Anything later: Jobs gone, spec invalid, suspended: nothing but observedGeneration.
+    let mut s2 = s.clone();
+    s2.suspend = Some(true);
+    let problems = vec!["x".to_owned()];
+    let mut o = observe(&s2, &fin, &problems, Some(run), later + SignedDuration::from_secs(999));
+    assert!(decide(&o).actions.is_empty());
+    o.generation = 5;
+    let d = decide(&o);
+    assert_eq!(d.actions.len(), 1);
+    let mut expect = fin.clone();
+    expect.observed_generation = Some(5);
+    assert_eq!(d.new_status(), Some(&expect));
+}
+
+#[test]
+fn an_empty_plan_finishes_at_once() {
+    let s = spec();
+    let plan = plan_with(0, 0);
+    let st = planned(&s, &plan);
+    let outcomes = Outcomes::new();
+    let run = RunInput {
+        plan: &plan,
+        outcomes: &outcomes,
+        jobs: &[],
+    };
+    let d = decide(&observe(&s, &st, &[], Some(run), t0()));
+    assert_eq!(d.phase, Phase::Succeeded);
+    let plan = plan_with(0, 2);
+    let st = planned(&s, &plan);
+    let run = RunInput {
+        plan: &plan,
+        outcomes: &outcomes,
+        jobs: &[],
+    };
+    let d = decide(&observe(&s, &st, &[], Some(run), t0()));
+    assert_eq!(d.phase, Phase::Failed, "segments that failed planning fail the run");
+}
+
+#[test]
+fn retries_wait_for_their_backoff() {
+    let mut s = spec();
+    s.retry = Some(RetrySpec {
+        max_attempts: Some(3),
+        backoff_seconds: Some(30),
+    });
+    let plan = plan_with(1, 0);
+    let st = planned(&s, &plan);
+    let mut outcomes = Outcomes::new();
+    outcomes.insert((0, 0), failed_outcome(&plan, 1, 0, 0, "DataReadError"));
+    let jobs = vec![JobView {
+        name: "j".into(),
+        task: 0,
+        attempt: 0,
+        state: JobState::Failed {
+            reason: "BackoffLimitExceeded".into(),
+            message: String::new(),
+            finished: Some(t0()),
+        },
+    }];
+    let run = RunInput {
+        plan: &plan,
+        outcomes: &outcomes,
+        jobs: &jobs,
+    };
+    let d = decide(&observe(&s, &st, &[], Some(run), t0() + SignedDuration::from_secs(10)));
+    assert_eq!(d.jobs_to_create().count(), 0);
+    assert_eq!(d.requeue_after, Some(Duration::from_secs(20)));
+    let d = decide(&observe(&s, &st, &[], Some(run), t0() + SignedDuration::from_secs(30)));
+    assert_eq!(
+        d.jobs_to_create().collect::<Vec<_>>(),
+        vec![&JobRequest { task: 0, attempt: 1 }]
+    );
+    assert!(events(&d).contains(&reason::RETRYING));
+}
+
+/// A simulated cluster and bucket, driven only through the actions `decide` returns.
+struct World {
+    now: Timestamp,
+    /// Live Jobs by (task, attempt).
+    jobs: BTreeMap<(u32, u32), JobState>,
+    outcomes: Outcomes,
+    /// Every Job ever created, with how often.
+    created: BTreeMap<(u32, u32), u32>,
+    result: Option<BackfillResult>,
+    status: BackfillStatus,
+}
+
+impl World {
+    fn job_views(&self) -> Vec<JobView> {
+        self.jobs
+            .iter()
+            .map(|(&(task, attempt), state)| JobView {
+                name: format!("j-{task}-{attempt}"),
+                task,
+                attempt,
+                state: state.clone(),
+            })
+            .collect()
+    }
+}
+
+/// Property-style: random runs (segment counts, tasks per Job, failures, Jobs dying or
+/// vanishing, suspends, parallelism and retry changes, operator restarts between any two
+/// actions). Every run ends Succeeded or Failed, and the invariants hold at every step.
+#[test]
+fn random_runs_keep_the_invariants_and_finish() {
+    let mut rng = Rng::new(4242);
+    // Succeeded runs, failed runs, retries, outcomes recorded by the operator.
+    let mut stats = [0usize; 4];
+    for case in 0..300 {
+        let n = rng.below(30) as usize;
+        let plan = plan_with(n, if rng.chance(10) { 1 } else { 0 });
+        let mut s = spec();
+        s.segments_per_job = Some(1 + rng.below(3) as u32);
+        s.engine.parallelism = Some(1 + rng.below(5) as u32);
+        s.retry = Some(RetrySpec {
+            max_attempts: Some(1 + rng.below(3) as u32),
+            backoff_seconds: Some(rng.below(20) as u32),
+        });
+        let spj = s.segments_per_job();
+        let tasks = runs::task_count(&plan, spj);
+        // Per task: how each attempt ends (0 ok, 1 retryable failure, 2 permanent, 3 dies).
+        let fate: Vec<u64> = (0..tasks).map(|_| rng.below(100)).collect();
+        let mut w = World {
+            now: t0(),
+            jobs: BTreeMap::new(),
+            outcomes: Outcomes::new(),
+            created: BTreeMap::new(),
+            result: None,
+            status: BackfillStatus::default(),
+        };
+        let mut steps = 0;
+        loop {
+            steps += 1;
+            assert!(steps < 5000, "case {case}: no end");
+            // The user changes mutable knobs now and then.
+            if rng.chance(5) {
+                s.suspend = Some(!s.suspend());
+            }
+            if rng.chance(3) {
+                s.engine.parallelism = Some(1 + rng.below(5) as u32);
+            }
+            if steps > 300 {
+                s.suspend = Some(false);
+            }
+            let views = w.job_views();
+            let run = w.status.run_id.as_ref().map(|_| RunInput {
+                plan: &plan,
+                outcomes: &w.outcomes,
+                jobs: &views,
+            });
+            let before = w.status.clone();
+            let d = decide(&Observed {
+                generation: 1,
+                spec: &s,
+                status: &before,
+                problems: &[],
+                run,
+                now: w.now,
+            });
+            let active = w.jobs.values().filter(|j| **j == JobState::Active).count();
+            let new: Vec<JobRequest> = d.jobs_to_create().cloned().collect();
+            if !new.is_empty() {
+                assert!(before.run_id.is_some(), "case {case}: a Job before the plan");
+                assert!(!s.suspend(), "case {case}: a Job while suspended");
+                assert!(
+                    active + new.len() <= s.parallelism() as usize,
+                    "case {case}: {active} running + {} new > {}",
+                    new.len(),
+                    s.parallelism()
+                );
+            }
+            if is_final(&before) {
+                assert!(d.actions.iter().all(|a| matches!(a, Action::UpdateStatus(_))));
+                break;
+            }
+            // Carry out the actions; the operator may die after any of them.
+            let crash_after = if rng.chance(10) {
+                rng.below(d.actions.len() as u64 + 1) as usize
+            } else {
+                usize::MAX
+            };
+            for (i, a) in d.actions.iter().enumerate() {
+                if i >= crash_after {
+                    break;
+                }
+                match a {
+                    Action::UpdateStatus(st) => w.status = (**st).clone(),
+                    Action::Plan => {
+                        let (st, _) = status_after_plan(&w.status, &plan, "s3://b/p", &s, 1, w.now);
+                        w.status = st;
+                    }
+                    Action::RecordOutcome { task, attempt, outcome } => {
+                        let prev = w.outcomes.insert((*task, *attempt), (**outcome).clone());
+                        assert!(prev.is_none(), "case {case}: an outcome recorded twice");
+                    }
+                    Action::CreateJobs(reqs) => {
+                        for r in reqs {
+                            assert!(r.attempt < s.max_attempts(), "case {case}: retry past maxAttempts");
+                            assert!(
+                                !w.outcomes.contains_key(&(r.task, r.attempt)),
+                                "case {case}: a finished attempt started again"
+                            );
+                            if w.jobs.contains_key(&(r.task, r.attempt)) {
+                                continue; // Same name: the apply is a no-op.
+                            }
+                            *w.created.entry((r.task, r.attempt)).or_default() += 1;
+                            w.jobs.insert((r.task, r.attempt), JobState::Active);
+                        }
+                    }
+                    Action::WriteResult(r) => w.result = Some((**r).clone()),
+                    Action::Event(_) => {}
+                }
+            }
+            // Time passes; Jobs finish; some vanish (TTL, by hand).
+            w.now += SignedDuration::from_secs(1 + rng.below(15) as i64);
+            let keys: Vec<(u32, u32)> = w.jobs.keys().copied().collect();
+            for (t, a) in keys {
+                if w.jobs[&(t, a)] == JobState::Active && rng.chance(40) {
+                    let f = fate[t as usize];
+                    let (state, outcome) = if f < 60 || (f < 80 && a > 0) {
+                        (
+                            JobState::Succeeded { finished: Some(w.now) },
+                            Some(ok_outcome(&plan, spj, t, a, 3)),
+                        )
+                    } else if f < 85 {
+                        (
+                            JobState::Failed {
+                                reason: "BackoffLimitExceeded".into(),
+                                message: String::new(),
+                                finished: Some(w.now),
+                            },
+                            Some(failed_outcome(&plan, spj, t, a, "DataReadError")),
+                        )
+                    } else if f < 92 {
+                        (
+                            JobState::Failed {
+                                reason: "BackoffLimitExceeded".into(),
+                                message: String::new(),
+                                finished: Some(w.now),
+                            },
+                            Some(failed_outcome(&plan, spj, t, a, "SchemaValidationError")),
+                        )
+                    } else {
+                        (
+                            JobState::Failed {
+                                reason: "DeadlineExceeded".into(),
+                                message: String::new(),
+                                finished: Some(w.now),
+                            },
+                            None,
+                        )
+                    };
+                    w.jobs.insert((t, a), state);
+                    if let Some(o) = outcome {
+                        w.outcomes.insert((t, a), o);
+                    }
+                } else if w.jobs[&(t, a)] != JobState::Active && rng.chance(20) {
+                    w.jobs.remove(&(t, a));
+                }
+            }
+        }
+        // The end: the result matches the ledger.
+        let st = &w.status;
+        let r = w.result.as_ref().unwrap_or_else(|| panic!("case {case}: no result"));
+        let c = st.segments.as_ref().unwrap();
+        assert_eq!(c.succeeded + c.failed, c.total, "case {case}");
+        assert_eq!(r.segments_processed as u64, c.succeeded, "case {case}");
+        assert_eq!(r.success, c.failed == 0, "case {case}");
+        assert_eq!(st.phase, Some(if r.success { Phase::Succeeded } else { Phase::Failed }));
+        assert!(st.failed_segments.len() <= 50);
+        stats[usize::from(!r.success)] += 1;
+        stats[2] += w.created.keys().filter(|(_, a)| *a > 0).count();
+        stats[3] += w.outcomes.values().filter(|o| o.execution_time_ms == 0).count();
+    }
+    assert!(stats.iter().all(|n| *n > 10), "the cases cover too little: {stats:?}");
+}

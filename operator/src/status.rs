@@ -1,0 +1,663 @@
+//! From stored outcomes and live Jobs to task states, status counters and the result: pure.
+//!
+//! The bucket is the ledger: a task attempt is finished when its outcome object exists (the
+//! worker's, or one the operator records for a Job that died without writing one). Jobs are
+//! only "is it running now"; a Job deleted by its TTL loses nothing.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::jiff::{SignedDuration, Timestamp};
+use milvus_backfill::engine::SegmentOutcome;
+use milvus_backfill::plan::Plan;
+use milvus_backfill::result::{BackfillResult, FailedSegment};
+use milvus_backfill::runner::TaskOutcome;
+
+use crate::crd::{
+    truncate, FailedSegmentStatus, RowCounts, SegmentCounts, MAX_FAILED_SEGMENTS_IN_STATUS, MAX_REASON_BYTES,
+};
+use crate::runs;
+
+/// Outcomes by `(task index, attempt)`.
+pub type Outcomes = BTreeMap<(u32, u32), TaskOutcome>;
+
+/// Error kinds a retry cannot fix.
+pub const PERMANENT_KINDS: &[&str] = &["SchemaValidationError", "ConfigError"];
+/// Kind of the failures the operator records for Jobs that died without an outcome.
+pub const JOB_FAILURE_KIND: &str = "UnexpectedError";
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum JobState {
+    Active,
+    Succeeded {
+        finished: Option<Timestamp>,
+    },
+    Failed {
+        reason: String,
+        message: String,
+        finished: Option<Timestamp>,
+    },
+}
+
+/// A live Job of this run, as the operator sees it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct JobView {
+    pub name: String,
+    pub task: u32,
+    pub attempt: u32,
+    pub state: JobState,
+}
+
+impl JobView {
+    pub fn finished_at(&self) -> Option<Timestamp> {
+        match &self.state {
+            JobState::Active => None,
+            JobState::Succeeded { finished } | JobState::Failed { finished, .. } => *finished,
+        }
+    }
+}
+
+/// Stored outcomes plus the ones being recorded in this pass.
+#[derive(Clone, Copy)]
+pub struct OutcomeView<'a> {
+    pub stored: &'a Outcomes,
+    pub recorded: &'a Outcomes,
+}
+
+impl<'a> OutcomeView<'a> {
+    pub fn get(&self, task: u32, attempt: u32) -> Option<&'a TaskOutcome> {
+        self.recorded
+            .get(&(task, attempt))
+            .or_else(|| self.stored.get(&(task, attempt)))
+    }
+    fn latest_attempt(&self, task: u32) -> Option<u32> {
+        let last = |m: &Outcomes| m.range((task, 0)..=(task, u32::MAX)).next_back().map(|((_, a), _)| *a);
+        last(self.stored).max(last(self.recorded))
+    }
+}
+
+/// Where a task is.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum TaskState {
+    /// Needs a Job for `attempt`, not before `not_before` (`None`: now).
+    Pending {
+        attempt: u32,
+        not_before: Option<Timestamp>,
+    },
+    Running {
+        attempt: u32,
+    },
+    /// The outcome of `attempt` succeeded.
+    Succeeded {
+        attempt: u32,
+    },
+    /// Out of attempts, or failed with errors a retry cannot fix; `attempt` was the last.
+    Failed {
+        attempt: u32,
+    },
+}
+
+impl TaskState {
+    pub fn is_final(&self) -> bool {
+        matches!(self, Self::Succeeded { .. } | Self::Failed { .. })
+    }
+}
+
+/// Retry settings, read from the (mutable) spec on every pass.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RetryPolicy {
+    pub max_attempts: u32,
+    pub backoff_seconds: u32,
+}
+
+impl RetryPolicy {
+    pub fn delay(&self, attempt: u32) -> SignedDuration {
+        let spec = crate::crd::BackfillSpec {
+            retry: Some(crate::crd::RetrySpec {
+                max_attempts: Some(self.max_attempts),
+                backoff_seconds: Some(self.backoff_seconds),
+            }),
+            ..Default::default()
+        };
+        SignedDuration::from_secs(spec.retry_delay_seconds(attempt) as i64)
+    }
+}
+
+/// Whether a failed attempt is worth another one.
+pub fn retryable(o: &TaskOutcome) -> bool {
+    o.failed_segments.is_empty()
+        || o.failed_segments
+            .iter()
+            .any(|f| !PERMANENT_KINDS.contains(&f.kind.as_str()))
+}
+
+/// The outcome the operator records for a finished Job that left none.
+pub fn synthetic_outcome(plan: &Plan, spj: u32, job: &JobView) -> TaskOutcome {
+    let why = match &job.state {
+        JobState::Failed { reason, message, .. } => {
+            if message.is_empty() {
+                format!("Job {} failed ({reason})", job.name)
+            } else {
+                format!("Job {} failed ({reason}): {message}", job.name)
+            }
+        }
+        _ => format!("Job {} finished without storing its outcome", job.name),
+    };
+    TaskOutcome {
+        task_id: runs::task_id(&plan.run_id, job.task),
+        attempt: job.attempt,
+        success: false,
+        segments: vec![],
+        failed_segments: runs::task_segments(plan, spj, job.task)
+            .iter()
+            .map(|s| FailedSegment {
+                segment_id: s.segment_id,
+                partition_id: s.partition_id,
+                kind: JOB_FAILURE_KIND.into(),
+                reason: truncate(&why, MAX_REASON_BYTES),
+            })
+            .collect(),
+        used_source_rows: 0,
+        execution_time_ms: 0,
+    }
+}
+
+/// Finished Jobs of this run that have no outcome: the operator records one for each,
+/// so that the Job may be deleted (TTL, by hand) without losing the attempt.
+pub fn missing_outcomes(plan: &Plan, spj: u32, stored: &Outcomes, jobs: &[JobView]) -> Outcomes {
+    let tasks = runs::task_count(plan, spj);
+    jobs.iter()
+        .filter(|j| j.task < tasks && j.state != JobState::Active)
+        .filter(|j| !stored.contains_key(&(j.task, j.attempt)))
+        .map(|j| ((j.task, j.attempt), synthetic_outcome(plan, spj, j)))
+        .collect()
+}
+
+/// The state of every task of the plan.
+pub fn task_states(
+    plan: &Plan,
+    spj: u32,
+    outcomes: OutcomeView<'_>,
+    jobs: &[JobView],
+    policy: RetryPolicy,
+) -> Vec<TaskState> {
+    let tasks = runs::task_count(plan, spj);
+    let mut by_task: BTreeMap<u32, Vec<&JobView>> = BTreeMap::new();
+    for j in jobs.iter().filter(|j| j.task < tasks) {
+        by_task.entry(j.task).or_default().push(j);
+    }
+    (0..tasks)
+        .map(|t| {
+            let jobs = by_task.get(&t).map(Vec::as_slice).unwrap_or_default();
+            let job_attempt = jobs.iter().map(|j| j.attempt).max();
+            let Some(attempt) = job_attempt.max(outcomes.latest_attempt(t)) else {
+                return TaskState::Pending {
+                    attempt: 0,
+                    not_before: None,
+                };
+            };
+            let job = jobs.iter().find(|j| j.attempt == attempt);
+            if job.is_some_and(|j| j.state == JobState::Active) {
+                return TaskState::Running { attempt };
+            }
+            match outcomes.get(t, attempt) {
+                Some(o) if o.success => TaskState::Succeeded { attempt },
+                Some(o) => {
+                    let next = attempt + 1;
+                    if retryable(o) && next < policy.max_attempts {
+                        TaskState::Pending {
+                            attempt: next,
+                            not_before: job.and_then(|j| j.finished_at()).map(|at| at + policy.delay(next)),
+                        }
+                    } else {
+                        TaskState::Failed { attempt }
+                    }
+                }
+                // No outcome and no finished Job: the Job is gone (or never got created).
+                // Run the same attempt again; its name is the same, so this is safe.
+                None => TaskState::Pending {
+                    attempt,
+                    not_before: None,
+                },
+            }
+        })
+        .collect()
+}
+
+/// Status counters and the first failed segments.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Aggregate {
+    pub segments: SegmentCounts,
+    pub rows: RowCounts,
+    pub failed_segments: Vec<FailedSegmentStatus>,
+    pub running_tasks: u32,
+    pub done: bool,
+}
+
+pub fn aggregate(plan: &Plan, spj: u32, states: &[TaskState], outcomes: OutcomeView<'_>) -> Aggregate {
+    let mut a = Aggregate {
+        done: states.iter().all(TaskState::is_final),
+        ..Default::default()
+    };
+    a.segments.total = (plan.segments.len() + plan.failed.len()) as u64;
+    a.rows.total = plan.segments.iter().map(|s| s.num_rows).sum();
+    let push_failed = |list: &mut Vec<FailedSegmentStatus>, segment_id, attempts, reason: String| {
+        if list.len() < MAX_FAILED_SEGMENTS_IN_STATUS {
+            list.push(FailedSegmentStatus {
+                segment_id,
+                attempts,
+                reason: truncate(&reason, MAX_REASON_BYTES),
+            });
+        }
+    };
+    for f in &plan.failed {
+        a.segments.failed += 1;
+        push_failed(
+            &mut a.failed_segments,
+            f.segment_id,
+            0,
+            format!("SegmentProcessingError: {}", f.reason),
+        );
+    }
+    for (t, state) in states.iter().enumerate() {
+        let n = runs::task_segments(plan, spj, t as u32).len() as u64;
+        match state {
+            TaskState::Pending { .. } => a.segments.pending += n,
+            TaskState::Running { .. } => {
+                a.segments.running += n;
+                a.running_tasks += 1;
+            }
+            TaskState::Succeeded { attempt } | TaskState::Failed { attempt } => {
+                let o = outcomes.get(t as u32, *attempt);
+                let ok = o.map(|o| o.segments.as_slice()).unwrap_or_default();
+                a.segments.succeeded += ok.len() as u64;
+                a.segments.failed += n - ok.len() as u64;
+                a.rows.written += ok.iter().map(|s| s.row_count).sum::<u64>();
+                a.rows.matched += ok.iter().map(|s| s.matched_row_count).sum::<u64>();
+                for f in o.map(|o| o.failed_segments.as_slice()).unwrap_or_default() {
+                    push_failed(
+                        &mut a.failed_segments,
+                        f.segment_id,
+                        attempt + 1,
+                        format!("{}: {}", f.kind, f.reason),
+                    );
+                }
+            }
+        }
+    }
+    a
+}
+
+/// The result JSON of a finished run, the engine's contract. Source rows used by several
+/// tasks are counted once per task (the operator never sees row indices), so
+/// `unmatchedBackfillRows` is a lower bound when keys repeat across tasks.
+pub fn build_result(
+    plan: &Plan,
+    states: &[TaskState],
+    outcomes: OutcomeView<'_>,
+    execution_time_ms: u64,
+) -> BackfillResult {
+    let mut ok: Vec<SegmentOutcome> = Vec::new();
+    let mut failed: Vec<FailedSegment> = Vec::new();
+    let mut used = 0u64;
+    for (t, state) in states.iter().enumerate() {
+        if let TaskState::Succeeded { attempt } | TaskState::Failed { attempt } = state {
+            if let Some(o) = outcomes.get(t as u32, *attempt) {
+                ok.extend(o.segments.iter().cloned());
+                failed.extend(o.failed_segments.iter().cloned());
+                used = used.saturating_add(o.used_source_rows);
+            }
+        }
+    }
+    BackfillResult::build(plan, ok, failed, used.min(plan.source_rows), execution_time_ms)
+}
+
+/// `done/total` for `kubectl get`.
+pub fn progress(c: &SegmentCounts) -> String {
+    format!("{}/{}", c.succeeded, c.total)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crd::{BackfillStatus, Condition, Phase};
+    use crate::testutil::{failed_outcome, ok_outcome, plan_with, Rng};
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+
+    const POLICY: RetryPolicy = RetryPolicy {
+        max_attempts: 3,
+        backoff_seconds: 10,
+    };
+    const NONE: &Outcomes = &Outcomes::new();
+
+    fn view(o: &Outcomes) -> OutcomeView<'_> {
+        OutcomeView {
+            stored: o,
+            recorded: NONE,
+        }
+    }
+
+    fn job(task: u32, attempt: u32, state: JobState) -> JobView {
+        JobView {
+            name: format!("j-{task}-{attempt}"),
+            task,
+            attempt,
+            state,
+        }
+    }
+
+    fn failed_job(task: u32, attempt: u32, at: Timestamp) -> JobView {
+        job(
+            task,
+            attempt,
+            JobState::Failed {
+                reason: "DeadlineExceeded".into(),
+                message: "too slow".into(),
+                finished: Some(at),
+            },
+        )
+    }
+
+    #[test]
+    fn a_fresh_plan_is_all_pending() {
+        let p = plan_with(5, 0);
+        let s = task_states(&p, 2, view(NONE), &[], POLICY);
+        assert_eq!(s.len(), 3);
+        assert!(s.iter().all(|t| *t
+            == TaskState::Pending {
+                attempt: 0,
+                not_before: None
+            }));
+    }
+
+    #[test]
+    fn outcomes_and_jobs_decide_each_task() {
+        let p = plan_with(6, 0);
+        let t0: Timestamp = "2026-11-27T03:00:00Z".parse().unwrap();
+        let mut o = Outcomes::new();
+        o.insert((0, 0), ok_outcome(&p, 1, 0, 0, 10));
+        o.insert((1, 0), failed_outcome(&p, 1, 1, 0, "DataReadError"));
+        o.insert((2, 0), failed_outcome(&p, 1, 2, 0, "SchemaValidationError"));
+        o.insert((3, 0), failed_outcome(&p, 1, 3, 0, "WriteError"));
+        o.insert((3, 1), failed_outcome(&p, 1, 3, 1, "WriteError"));
+        o.insert((3, 2), failed_outcome(&p, 1, 3, 2, "WriteError"));
+        let jobs = vec![
+            failed_job(1, 0, t0),
+            job(4, 0, JobState::Active),
+            // Task 5: attempt 0's Job vanished with no outcome.
+        ];
+        let s = task_states(&p, 1, view(&o), &jobs, POLICY);
+        assert_eq!(s[0], TaskState::Succeeded { attempt: 0 });
+        assert_eq!(
+            s[1],
+            TaskState::Pending {
+                attempt: 1,
+                not_before: Some(t0 + SignedDuration::from_secs(10))
+            }
+        );
+        assert_eq!(s[2], TaskState::Failed { attempt: 0 }, "schema errors are not retried");
+        assert_eq!(s[3], TaskState::Failed { attempt: 2 }, "out of attempts");
+        assert_eq!(s[4], TaskState::Running { attempt: 0 });
+        assert_eq!(
+            s[5],
+            TaskState::Pending {
+                attempt: 0,
+                not_before: None
+            }
+        );
+        let a = aggregate(&p, 1, &s, view(&o));
+        assert_eq!(
+            a.segments,
+            SegmentCounts {
+                total: 6,
+                pending: 2,
+                running: 1,
+                succeeded: 1,
+                failed: 2
+            }
+        );
+        assert_eq!(
+            a.rows,
+            RowCounts {
+                total: 600,
+                written: 100,
+                matched: 10
+            }
+        );
+        assert_eq!(a.failed_segments.len(), 2);
+        assert_eq!(a.failed_segments[0].segment_id, 1002);
+        assert_eq!(a.failed_segments[0].attempts, 1);
+        assert!(a.failed_segments[0].reason.starts_with("SchemaValidationError: "));
+        assert_eq!(a.failed_segments[1].attempts, 3);
+        assert!(!a.done);
+    }
+
+    #[test]
+    fn a_dead_job_gets_a_recorded_outcome_and_a_retry() {
+        let p = plan_with(3, 0);
+        let t0: Timestamp = "2026-11-27T03:00:00Z".parse().unwrap();
+        let jobs = vec![
+            failed_job(0, 0, t0),
+            job(1, 0, JobState::Succeeded { finished: Some(t0) }),
+            job(2, 0, JobState::Active),
+            job(99, 0, JobState::Succeeded { finished: None }), // not a task of this plan
+        ];
+        let mut stored = Outcomes::new();
+        stored.insert((1, 0), ok_outcome(&p, 1, 1, 0, 1));
+        let rec = missing_outcomes(&p, 1, &stored, &jobs);
+        assert_eq!(rec.keys().copied().collect::<Vec<_>>(), vec![(0, 0)]);
+        let o = &rec[&(0, 0)];
+        assert!(!o.success && retryable(o));
+        assert_eq!(o.failed_segments[0].segment_id, 1000);
+        assert!(o.failed_segments[0].reason.contains("DeadlineExceeded"));
+        assert!(o.failed_segments[0].reason.contains("too slow"));
+        let v = OutcomeView {
+            stored: &stored,
+            recorded: &rec,
+        };
+        let s = task_states(&p, 1, v, &jobs, POLICY);
+        assert!(matches!(s[0], TaskState::Pending { attempt: 1, .. }));
+        assert_eq!(s[1], TaskState::Succeeded { attempt: 0 });
+        // A completed Job whose outcome is missing is a failed attempt too.
+        let rec = missing_outcomes(&p, 1, &Outcomes::new(), &jobs[1..2]);
+        assert!(rec[&(1, 0)].failed_segments[0]
+            .reason
+            .contains("without storing its outcome"));
+    }
+
+    #[test]
+    fn retry_delays_grow_and_are_capped() {
+        let d: Vec<i64> = (1..=12).map(|a| POLICY.delay(a).as_secs()).collect();
+        assert_eq!(&d[..4], &[10, 20, 40, 80]);
+        assert_eq!(*d.last().unwrap(), 3600);
+        assert_eq!(POLICY.delay(0).as_secs(), 0);
+        assert_eq!(
+            RetryPolicy {
+                max_attempts: 1,
+                backoff_seconds: 0
+            }
+            .delay(5)
+            .as_secs(),
+            0
+        );
+    }
+
+    #[test]
+    fn multi_segment_tasks_count_partial_success() {
+        let p = plan_with(5, 1);
+        let mut o = Outcomes::new();
+        // Task 0 (segments 1000, 1001): 1000 ok, 1001 failed with a permanent error.
+        let mut mixed = ok_outcome(&p, 2, 0, 0, 50);
+        let bad = mixed.segments.pop().unwrap();
+        mixed.success = false;
+        mixed.failed_segments = vec![FailedSegment {
+            segment_id: bad.segment_id,
+            partition_id: bad.partition_id,
+            kind: "SchemaValidationError".into(),
+            reason: "type".into(),
+        }];
+        o.insert((0, 0), mixed);
+        o.insert((1, 0), ok_outcome(&p, 2, 1, 0, 100));
+        o.insert((2, 0), ok_outcome(&p, 2, 2, 0, 100));
+        let s = task_states(&p, 2, view(&o), &[], POLICY);
+        assert_eq!(s[0], TaskState::Failed { attempt: 0 });
+        let a = aggregate(&p, 2, &s, view(&o));
+        assert!(a.done);
+        assert_eq!(
+            a.segments,
+            SegmentCounts {
+                total: 6,
+                pending: 0,
+                running: 0,
+                succeeded: 4,
+                failed: 2
+            }
+        );
+        assert_eq!(a.failed_segments[0].segment_id, 9000, "planning failures first");
+        assert_eq!(a.failed_segments[0].attempts, 0);
+        let r = build_result(&p, &s, view(&o), 1234);
+        assert!(!r.success);
+        assert_eq!(r.segments_processed, 4);
+        assert_eq!(r.total_rows_written, 400);
+        assert_eq!(r.total_matched_rows, 350);
+        assert_eq!(r.execution_time_ms, 1234);
+        let failed: Vec<i64> = r.failed_segments.iter().map(|f| f.segment_id).collect();
+        assert_eq!(failed, vec![1001, 9000]);
+        assert_eq!(r.new_field_names, vec!["score", "label"]);
+        assert_eq!(r.run_id, p.run_id);
+    }
+
+    /// Property-style: random histories of outcomes and Jobs; the counters always add up, a
+    /// task is final exactly when it should be, and nothing is retried past maxAttempts.
+    #[test]
+    fn counters_add_up_on_random_histories() {
+        let mut rng = Rng::new(2026);
+        let t0: Timestamp = "2026-11-27T03:00:00Z".parse().unwrap();
+        for case in 0..400 {
+            let n = rng.below(40) as usize;
+            let p = plan_with(n, rng.below(3) as usize);
+            let spj = 1 + rng.below(4) as u32;
+            let policy = RetryPolicy {
+                max_attempts: 1 + rng.below(4) as u32,
+                backoff_seconds: rng.below(30) as u32,
+            };
+            let tasks = runs::task_count(&p, spj);
+            let mut o = Outcomes::new();
+            let mut jobs = Vec::new();
+            for t in 0..tasks {
+                let attempts = rng.below(u64::from(policy.max_attempts) + 1) as u32;
+                for a in 0..attempts {
+                    let last = a + 1 == attempts;
+                    match rng.below(5) {
+                        0 => {
+                            o.insert((t, a), ok_outcome(&p, spj, t, a, rng.below(100)));
+                        }
+                        1 => {
+                            o.insert((t, a), failed_outcome(&p, spj, t, a, "SchemaValidationError"));
+                        }
+                        2 => {
+                            o.insert((t, a), failed_outcome(&p, spj, t, a, "DataReadError"));
+                        }
+                        3 if last => jobs.push(job(t, a, JobState::Active)),
+                        _ => jobs.push(failed_job(t, a, t0)),
+                    }
+                    if rng.chance(30) && !jobs.iter().any(|j| j.task == t && j.attempt == a) {
+                        jobs.push(job(t, a, JobState::Succeeded { finished: Some(t0) }));
+                    }
+                    if o.get(&(t, a)).is_some_and(|x| x.success) {
+                        break;
+                    }
+                }
+            }
+            let rec = missing_outcomes(&p, spj, &o, &jobs);
+            for k in rec.keys() {
+                assert!(!o.contains_key(k));
+            }
+            let v = OutcomeView {
+                stored: &o,
+                recorded: &rec,
+            };
+            let s = task_states(&p, spj, v, &jobs, policy);
+            assert_eq!(s.len() as u32, tasks);
+            for (t, st) in s.iter().enumerate() {
+                match st {
+                    TaskState::Pending { attempt, .. } => assert!(*attempt < policy.max_attempts, "case {case}"),
+                    TaskState::Running { attempt } => assert!(jobs
+                        .iter()
+                        .any(|j| j.task == t as u32 && j.attempt == *attempt && j.state == JobState::Active)),
+                    TaskState::Succeeded { attempt } => assert!(v.get(t as u32, *attempt).unwrap().success),
+                    TaskState::Failed { attempt } => {
+                        let last = v.get(t as u32, *attempt).unwrap();
+                        assert!(!last.success);
+                        assert!(!retryable(last) || attempt + 1 >= policy.max_attempts, "case {case}");
+                    }
+                }
+            }
+            let a = aggregate(&p, spj, &s, v);
+            let c = &a.segments;
+            assert_eq!(c.pending + c.running + c.succeeded + c.failed, c.total, "case {case}");
+            assert_eq!(c.total as usize, n + p.failed.len());
+            assert!(a.failed_segments.len() <= MAX_FAILED_SEGMENTS_IN_STATUS);
+            assert_eq!(a.done, s.iter().all(TaskState::is_final));
+            assert!(a.rows.matched <= a.rows.written && a.rows.written <= a.rows.total);
+            if a.done {
+                let r = build_result(&p, &s, v, 1);
+                assert_eq!(r.segments_processed as u64, c.succeeded);
+                assert_eq!(r.failed_segments.len() as u64, c.failed);
+                assert_eq!(r.success, c.failed == 0);
+                assert_eq!(r.total_rows_written, a.rows.written);
+            }
+        }
+    }
+
+    /// The status of a run of 100,000 segments, all failed with long messages, stays far
+    /// below 100 KB (etcd's limit is 1.5 MB per object, shared with the spec).
+    #[test]
+    fn status_stays_small_at_100k_segments() {
+        let n = 100_000;
+        let p = plan_with(n, 0);
+        let mut o = Outcomes::new();
+        for t in 0..n as u32 {
+            let mut f = failed_outcome(&p, 1, t, 2, "DataReadError");
+            f.failed_segments[0].reason = "x".repeat(10_000);
+            o.insert((t, 2), f);
+        }
+        let s = task_states(&p, 1, view(&o), &[], POLICY);
+        let a = aggregate(&p, 1, &s, view(&o));
+        assert_eq!(a.segments.failed, n as u64);
+        let now = Time("2026-11-27T03:00:00Z".parse().unwrap());
+        let cond = |t: &str| Condition {
+            type_: t.into(),
+            status: "True".into(),
+            reason: "SegmentsFailed".into(),
+            message: "m".repeat(crate::crd::MAX_MESSAGE_BYTES),
+            last_transition_time: now.clone(),
+            observed_generation: Some(1),
+        };
+        let status = BackfillStatus {
+            phase: Some(Phase::Failed),
+            conditions: ["Planned", "Progressing", "Complete", "Failed", "Suspended"]
+                .iter()
+                .map(|t| cond(t))
+                .collect(),
+            observed_generation: Some(1),
+            run_id: Some(p.run_id.clone()),
+            collection_id: Some(p.collection_id),
+            new_field_names: p.new_fields.iter().map(|f| f.name.clone()).collect(),
+            segments_per_job: Some(1),
+            tasks: Some(n as u32),
+            progress: Some(progress(&a.segments)),
+            segments: Some(a.segments.clone()),
+            rows: Some(a.rows.clone()),
+            start_time: Some(now.clone()),
+            completion_time: Some(now),
+            execution_time_ms: Some(123_456_789),
+            plan_path: Some(format!("s3://milvus-bucket/{}", runs::plan_key("files", 1, &p.run_id))),
+            result_path: Some("s3://milvus-bucket/files/backfill/1/r/result.json".into()),
+            failed_segments: a.failed_segments,
+        };
+        let bytes = serde_json::to_vec(&status).unwrap().len();
+        assert!(bytes < 100_000, "{bytes} bytes");
+        assert!(bytes < 40_000, "{bytes} bytes: more than expected");
+        assert_eq!(status.failed_segments.len(), MAX_FAILED_SEGMENTS_IN_STATUS);
+    }
+}

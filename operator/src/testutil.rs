@@ -1,0 +1,194 @@
+//! Fixtures for the unit tests.
+
+use milvus_backfill::config::{Place, S3Endpoint};
+use milvus_backfill::engine::SegmentOutcome;
+use milvus_backfill::keys::PkType;
+use milvus_backfill::plan::{Binlog, NewField, PkField, Plan, SegmentPlan, SkippedSegment};
+use milvus_backfill::result::FailedSegment;
+use milvus_backfill::runner::TaskOutcome;
+use milvus_backfill_api::{MilvusSpec, SourceSpec, StorageSpec};
+
+use crate::crd::{Backfill, BackfillSpec, EngineSpec, WorkerSpec};
+
+pub fn spec() -> BackfillSpec {
+    BackfillSpec {
+        engine: EngineSpec {
+            milvus: MilvusSpec {
+                uri: "http://milvus:19530".into(),
+                collection: "c".into(),
+                ..Default::default()
+            },
+            storage: StorageSpec {
+                endpoint: "minio:9000".into(),
+                bucket: "milvus-bucket".into(),
+                ..Default::default()
+            },
+            source: SourceSpec {
+                path: "s3://data/new.parquet".into(),
+                ..Default::default()
+            },
+            ..Default::default()
+        },
+        worker: Some(WorkerSpec {
+            image: Some("reg/milvus-backfill:1".into()),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+pub fn backfill(name: &str) -> Backfill {
+    let mut bf = Backfill::new(name, spec());
+    bf.metadata.namespace = Some("ns".into());
+    bf.metadata.uid = Some("uid-1".into());
+    bf.metadata.generation = Some(1);
+    bf
+}
+
+/// A plan with `n` segments to backfill (segment IDs 1000.., 100 rows each, partition 1 or 2)
+/// and `failed` segments that failed planning (IDs 9000..).
+pub fn plan_with(n: usize, failed: usize) -> Plan {
+    let ep = S3Endpoint {
+        endpoint: "minio:9000".into(),
+        region: "us-east-1".into(),
+        use_ssl: false,
+    };
+    Plan {
+        run_id: "20261127t032700-2ee0f5".into(),
+        database: "default".into(),
+        collection_name: "c".into(),
+        collection_id: 470745036076876812,
+        partition_id: None,
+        schema_version: 0,
+        pk_field: PkField {
+            field_id: 100,
+            name: "id".into(),
+            pk_type: PkType::Int64,
+        },
+        new_fields: vec![
+            NewField {
+                name: "score".into(),
+                arrow_type: "Float64".into(),
+            },
+            NewField {
+                name: "label".into(),
+                arrow_type: "Utf8".into(),
+            },
+        ],
+        storage: ep.clone(),
+        storage_bucket: "milvus-bucket".into(),
+        root_path: "files".into(),
+        source: ep,
+        source_place: Place::Bucket {
+            bucket: "data".into(),
+            prefix: "new.parquet".into(),
+        },
+        source_files: vec![],
+        source_rows: 1_000_000,
+        output_place: Place::Storage { prefix: String::new() },
+        batch_size: 1024,
+        parallelism: 4,
+        segments: (0..n)
+            .map(|i| {
+                let seg = 1000 + i as i64;
+                let part = 1 + (i % 2) as i64;
+                SegmentPlan {
+                    segment_id: seg,
+                    partition_id: part,
+                    partition_name: format!("p{part}"),
+                    num_rows: 100,
+                    storage_version: 0,
+                    pk_binlogs: vec![Binlog {
+                        key: format!("files/insert_log/1/{part}/{seg}/100/1"),
+                        log_id: 1,
+                        size: 10,
+                        rows: 100,
+                    }],
+                    output_dir: format!("files/insert_log/1/{part}/{seg}/new_field"),
+                }
+            })
+            .collect(),
+        skipped: vec![],
+        failed: (0..failed)
+            .map(|i| SkippedSegment {
+                segment_id: 9000 + i as i64,
+                partition_id: 1,
+                num_rows: 5,
+                reason: "stale binlogs".into(),
+            })
+            .collect(),
+        warnings: vec![],
+    }
+}
+
+/// The outcome of a task whose segments all succeeded (`matched` rows each).
+pub fn ok_outcome(plan: &Plan, spj: u32, task: u32, attempt: u32, matched: u64) -> TaskOutcome {
+    let segs = crate::runs::task_segments(plan, spj, task);
+    TaskOutcome {
+        task_id: crate::runs::task_id(&plan.run_id, task),
+        attempt,
+        success: true,
+        segments: segs
+            .iter()
+            .map(|s| SegmentOutcome {
+                segment_id: s.segment_id,
+                partition_id: s.partition_id,
+                row_count: s.num_rows,
+                matched_row_count: matched,
+                output_path: format!("s3://milvus-bucket/{}", s.output_dir),
+                manifest_paths: vec![format!("s3://milvus-bucket/{}/manifest.json", s.output_dir)],
+                execution_time_ms: 5,
+                used_source_rows: vec![],
+            })
+            .collect(),
+        failed_segments: vec![],
+        used_source_rows: matched * segs.len() as u64,
+        execution_time_ms: 10,
+    }
+}
+
+/// The outcome of a task whose segments all failed with `kind`.
+pub fn failed_outcome(plan: &Plan, spj: u32, task: u32, attempt: u32, kind: &str) -> TaskOutcome {
+    let segs = crate::runs::task_segments(plan, spj, task);
+    TaskOutcome {
+        task_id: crate::runs::task_id(&plan.run_id, task),
+        attempt,
+        success: false,
+        segments: vec![],
+        failed_segments: segs
+            .iter()
+            .map(|s| FailedSegment {
+                segment_id: s.segment_id,
+                partition_id: s.partition_id,
+                kind: kind.into(),
+                reason: format!("segment {} broke", s.segment_id),
+            })
+            .collect(),
+        used_source_rows: 0,
+        execution_time_ms: 10,
+    }
+}
+
+/// xorshift64*: deterministic pseudo-random numbers for property-style tests.
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn new(seed: u64) -> Self {
+        Self(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
+    }
+    pub fn next(&mut self) -> u64 {
+        let mut x = self.0;
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        self.0 = x;
+        x.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+    /// Uniform in `0..n` (n > 0).
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next() % n.max(1)
+    }
+    pub fn chance(&mut self, percent: u64) -> bool {
+        self.below(100) < percent
+    }
+}
