@@ -7,7 +7,7 @@ E2E_STATE := $(MB_HOME)/e2e
 BIN := target/release/milvus-backfill
 DATA := target/e2e-data
 
-.PHONY: build demo test unit-test e2e-test env-up env-down lint bench crds k8s-test
+.PHONY: build demo test unit-test e2e-test env-up env-down lint bench crds k8s-test operator-e2e
 
 build:
 	cargo build --release --workspace --locked
@@ -55,3 +55,8 @@ k8s-test: build
 	e2e/pod-runner/smoke.sh
 	charts/milvus-backfill/test.sh
 	operator/e2e/control-plane-check.sh
+	e2e/operator-e2e.sh
+
+# Operator end to end: control plane + pod runner + Helm chart + real Milvus and S3.
+operator-e2e: build
+	e2e/operator-e2e.sh
