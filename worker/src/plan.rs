@@ -342,6 +342,47 @@ fn civil_from_days(z: i64) -> (i64, u32, u32) {
     (if m <= 2 { y + 1 } else { y }, m, d)
 }
 
+/// A small plan for unit tests across modules.
+#[cfg(test)]
+pub(crate) fn sample_plan() -> Plan {
+    let ep = S3Endpoint {
+        endpoint: "e".into(),
+        region: "r".into(),
+        use_ssl: false,
+    };
+    Plan {
+        run_id: "r1".into(),
+        database: "default".into(),
+        collection_name: "c".into(),
+        collection_id: 10,
+        partition_id: None,
+        schema_version: 0,
+        pk_field: PkField {
+            field_id: 100,
+            name: "id".into(),
+            pk_type: PkType::Int64,
+        },
+        new_fields: vec![NewField {
+            name: "score".into(),
+            arrow_type: "Float64".into(),
+        }],
+        storage: ep.clone(),
+        storage_bucket: "b".into(),
+        root_path: "files".into(),
+        source: ep,
+        source_place: Place::Local { path: "/x".into() },
+        source_files: vec![],
+        source_rows: 0,
+        output_place: Place::Storage { prefix: String::new() },
+        batch_size: 10,
+        parallelism: 1,
+        segments: vec![],
+        skipped: vec![],
+        failed: vec![],
+        warnings: vec![],
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

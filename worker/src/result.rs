@@ -176,51 +176,18 @@ impl FailedSegment {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{Place, S3Endpoint};
-    use crate::keys::PkType;
-    use crate::plan::{NewField, PkField, SkippedSegment};
+    use crate::plan::SkippedSegment;
 
     fn plan() -> Plan {
-        let ep = S3Endpoint {
-            endpoint: "e".into(),
-            region: "r".into(),
-            use_ssl: false,
-        };
         Plan {
-            run_id: "r1".into(),
-            database: "default".into(),
-            collection_name: "c".into(),
-            collection_id: 10,
-            partition_id: None,
-            schema_version: 0,
-            pk_field: PkField {
-                field_id: 100,
-                name: "id".into(),
-                pk_type: PkType::Int64,
-            },
-            new_fields: vec![NewField {
-                name: "score".into(),
-                arrow_type: "Float64".into(),
-            }],
-            storage: ep.clone(),
-            storage_bucket: "b".into(),
-            root_path: "files".into(),
-            source: ep,
-            source_place: Place::Local { path: "/x".into() },
-            source_files: vec![],
             source_rows: 50,
-            output_place: Place::Storage { prefix: String::new() },
-            batch_size: 10,
-            parallelism: 1,
-            segments: vec![],
-            skipped: vec![],
             failed: vec![SkippedSegment {
                 segment_id: 9,
                 partition_id: 3,
                 num_rows: 5,
                 reason: "stale".into(),
             }],
-            warnings: vec![],
+            ..crate::plan::sample_plan()
         }
     }
 

@@ -79,16 +79,9 @@ pub async fn load_outcomes(store: &Store, plan: &Plan) -> Result<Vec<TaskOutcome
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{Place, S3Endpoint};
-    use crate::keys::PkType;
-    use crate::plan::{PkField, SegmentPlan};
+    use crate::plan::SegmentPlan;
 
     fn plan() -> Plan {
-        let ep = S3Endpoint {
-            endpoint: "e".into(),
-            region: "r".into(),
-            use_ssl: false,
-        };
         let seg = |id| SegmentPlan {
             segment_id: id,
             partition_id: 1,
@@ -100,31 +93,9 @@ mod tests {
         };
         Plan {
             run_id: "run1".into(),
-            database: "default".into(),
-            collection_name: "c".into(),
             collection_id: 7,
-            partition_id: None,
-            schema_version: 0,
-            pk_field: PkField {
-                field_id: 100,
-                name: "id".into(),
-                pk_type: PkType::Int64,
-            },
-            new_fields: vec![],
-            storage: ep.clone(),
-            storage_bucket: "b".into(),
-            root_path: "files".into(),
-            source: ep,
-            source_place: Place::Local { path: "/x".into() },
-            source_files: vec![],
-            source_rows: 0,
-            output_place: Place::Storage { prefix: String::new() },
-            batch_size: 10,
-            parallelism: 1,
             segments: vec![seg(1), seg(2), seg(3)],
-            skipped: vec![],
-            failed: vec![],
-            warnings: vec![],
+            ..crate::plan::sample_plan()
         }
     }
 

@@ -118,21 +118,7 @@ impl Store {
 
     pub async fn get(&self, key: &str) -> Result<Bytes, StoreError> {
         match self {
-            Store::S3 { client, bucket, .. } => {
-                let r = client
-                    .get_object()
-                    .bucket(bucket)
-                    .key(key)
-                    .send()
-                    .await
-                    .map_err(|e| s3_err(self, key, e))?;
-                let body = r
-                    .body
-                    .collect()
-                    .await
-                    .map_err(|e| StoreError::Other(format!("{}: {e}", self.display(key))))?;
-                Ok(body.into_bytes())
-            }
+            Store::S3 { .. } => self.s3_get(key, None).await,
             Store::Local { root } => {
                 let p = root.join(key);
                 tokio::fs::read(&p).await.map(Bytes::from).map_err(|e| io_err(&p, e))
@@ -140,27 +126,33 @@ impl Store {
         }
     }
 
+    /// One GET, of the whole object or of an HTTP byte range.
+    async fn s3_get(&self, key: &str, range: Option<Range<u64>>) -> Result<Bytes, StoreError> {
+        let Store::S3 { client, bucket, .. } = self else {
+            unreachable!("s3_get on a local store")
+        };
+        let r = client
+            .get_object()
+            .bucket(bucket)
+            .key(key)
+            .set_range(range.map(|r| format!("bytes={}-{}", r.start, r.end - 1)))
+            .send()
+            .await
+            .map_err(|e| s3_err(self, key, e))?;
+        let body = r
+            .body
+            .collect()
+            .await
+            .map_err(|e| StoreError::Other(format!("{}: {e}", self.display(key))))?;
+        Ok(body.into_bytes())
+    }
+
     pub async fn get_range(&self, key: &str, range: Range<u64>) -> Result<Bytes, StoreError> {
         if range.start >= range.end {
             return Ok(Bytes::new());
         }
         match self {
-            Store::S3 { client, bucket, .. } => {
-                let r = client
-                    .get_object()
-                    .bucket(bucket)
-                    .key(key)
-                    .range(format!("bytes={}-{}", range.start, range.end - 1))
-                    .send()
-                    .await
-                    .map_err(|e| s3_err(self, key, e))?;
-                let body = r
-                    .body
-                    .collect()
-                    .await
-                    .map_err(|e| StoreError::Other(format!("{}: {e}", self.display(key))))?;
-                Ok(body.into_bytes())
-            }
+            Store::S3 { .. } => self.s3_get(key, Some(range)).await,
             Store::Local { root } => {
                 let p = root.join(key);
                 tokio::task::spawn_blocking(move || {
