@@ -56,7 +56,9 @@ k8s-test: build
 	charts/milvus-backfill/test.sh
 	operator/e2e/control-plane-check.sh
 	e2e/operator-e2e.sh
+	e2e/operator-scenarios.sh
 
 # Operator end to end: control plane + pod runner + Helm chart + real Milvus and S3.
 operator-e2e: build
 	e2e/operator-e2e.sh
+	e2e/operator-scenarios.sh
