@@ -12,38 +12,14 @@ NS=${MB_E2E_NS:-backfill-e2e}
 log() { echo "[operator-e2e $(date +%H:%M:%S)] $*" >&2; }
 fail() { log "FAIL: $*"; exit 1; }
 
-cargo build --release --locked -p milvus-backfill -p milvus-backfill-operator -p mb-pod-runner
-started=()
-cleanup() {
-  [ "${MB_KEEP_ENV:-0}" = 1 ] && return
-  for s in "${started[@]}"; do "$s" >/dev/null 2>&1 || true; done
-}
-trap cleanup EXIT
-
-e2e/k8s/build.sh
-alive() { [ -f "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null; }
-alive "$MB_HOME/e2e/run/milvus.pid" || started+=(e2e/env-down.sh)
-e2e/env-up.sh
-alive "$MB_HOME/k8s/state/run/kube-apiserver.pid" || started=(e2e/k8s/down.sh "${started[@]}")
-e2e/k8s/up.sh
-alive "$MB_HOME/pod-runner/run/mb-pod-runner.pid" || started=(e2e/pod-runner/down.sh "${started[@]}")
-e2e/pod-runner/up.sh
-# shellcheck disable=SC1091
-source "$MB_HOME/e2e/env"
-# shellcheck disable=SC1091
-source "$MB_HOME/k8s/state/env"
+# shellcheck source=e2e/operator-testbed.sh
+source e2e/operator-testbed.sh
 DATA=$REPO/target/operator-e2e
 mkdir -p "$DATA"
 "$MB_PY" e2e/dataset.py --out "$DATA" --name op >"$DATA/dataset.log" 2>&1 || { cat "$DATA/dataset.log"; exit 1; }
 
 log "helm install"
-kubectl create namespace "$NS" --dry-run=client -o yaml | kubectl apply -f - >/dev/null
-helm upgrade --install mbf charts/milvus-backfill -n "$NS" --wait --timeout 120s \
-  --set logFormat=plain --set-json 'operator.extraArgs=["--http-addr","127.0.0.1:8080"]' >/dev/null
-kubectl -n "$NS" rollout status deploy -l app.kubernetes.io/name=milvus-backfill --timeout=120s >/dev/null
-
-kubectl -n "$NS" create secret generic minio-creds --from-literal=accesskey="$AWS_ACCESS_KEY_ID" \
-  --from-literal=secretkey="$AWS_SECRET_ACCESS_KEY" --dry-run=client -o yaml | kubectl apply -f - >/dev/null
+testbed_install
 RUN=op-$(date +%s)
 cat >"$DATA/backfill.yaml" <<YAML
 apiVersion: milvusbackfill.io/v1alpha1

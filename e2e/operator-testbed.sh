@@ -1,0 +1,38 @@
+# Sourced by the operator end-to-end scripts: builds what is missing, brings up the real test
+# bed (Milvus 2.3.5 + s3s-fs, kube-apiserver + controller-manager, the pod runner), installs
+# the Helm chart and the storage Secret in $NS, and on exit stops only what it started
+# (unless MB_KEEP_ENV=1). Expects REPO, MB_HOME and NS; sets MB_STATE and the env files' exports.
+
+[ -x target/release/milvus-backfill ] && [ -x target/release/milvus-backfill-operator ] && [ -x target/release/mb-pod-runner ] ||
+  cargo build --release --locked -p milvus-backfill -p milvus-backfill-operator -p mb-pod-runner
+testbed_started=()
+testbed_cleanup() {
+  [ "${MB_KEEP_ENV:-0}" = 1 ] && return
+  for s in "${testbed_started[@]}"; do "$s" >/dev/null 2>&1 || true; done
+}
+trap testbed_cleanup EXIT
+
+testbed_alive() { [ -f "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null; }
+MB_STATE=${MB_STATE:-$MB_HOME/e2e}
+e2e/k8s/build.sh
+testbed_alive "$MB_STATE/run/milvus.pid" || testbed_started+=(e2e/env-down.sh)
+e2e/env-up.sh
+testbed_alive "$MB_HOME/k8s/state/run/kube-apiserver.pid" || testbed_started=(e2e/k8s/down.sh "${testbed_started[@]}")
+e2e/k8s/up.sh
+testbed_alive "$MB_HOME/pod-runner/run/mb-pod-runner.pid" || testbed_started=(e2e/pod-runner/down.sh "${testbed_started[@]}")
+e2e/pod-runner/up.sh
+# shellcheck disable=SC1091
+source "$MB_STATE/env"
+# shellcheck disable=SC1091
+source "$MB_HOME/k8s/state/env"
+
+# testbed_install: the chart (operator bound to loopback, as the pod runner runs it on the host)
+# and the storage credentials Secret `minio-creds`.
+testbed_install() {
+  kubectl create namespace "$NS" --dry-run=client -o yaml | kubectl apply -f - >/dev/null
+  helm upgrade --install mbf charts/milvus-backfill -n "$NS" --wait --timeout 120s \
+    --set logFormat=plain --set-json 'operator.extraArgs=["--http-addr","127.0.0.1:8080"]' >/dev/null
+  kubectl -n "$NS" rollout status deploy -l app.kubernetes.io/name=milvus-backfill --timeout=120s >/dev/null
+  kubectl -n "$NS" create secret generic minio-creds --from-literal=accesskey="$AWS_ACCESS_KEY_ID" \
+    --from-literal=secretkey="$AWS_SECRET_ACCESS_KEY" --dry-run=client -o yaml | kubectl apply -f - >/dev/null
+}
