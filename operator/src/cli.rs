@@ -3,7 +3,7 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{Parser, Subcommand};
 
 use crate::controller::{self, Config};
 use crate::http::{self, Health};
@@ -26,11 +26,7 @@ pub struct Cli {
     pub command: Command,
 }
 
-#[derive(Copy, Clone, Debug, ValueEnum, PartialEq, Eq)]
-pub enum LogFormat {
-    Plain,
-    Json,
-}
+pub use milvus_backfill::logging::LogFormat;
 
 #[derive(Subcommand, Debug)]
 pub enum Command {
@@ -66,7 +62,11 @@ pub fn main() -> i32 {
             http_addr,
             concurrency,
         } => {
-            init_logging(cli.log_format, cli.verbose);
+            milvus_backfill::logging::init(
+                cli.log_format,
+                cli.verbose,
+                &["milvus_backfill_operator", "milvus_backfill"],
+            );
             let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
                 Ok(rt) => rt,
                 Err(e) => {
@@ -132,29 +132,6 @@ async fn run(config: Config, http_addr: SocketAddr) -> i32 {
     controller::run(client, config, metrics).await;
     tracing::info!("stopped");
     0
-}
-
-fn init_logging(format: LogFormat, verbose: bool) {
-    use tracing_subscriber::{filter::Targets, layer::SubscriberExt, util::SubscriberInitExt, Layer};
-    let ours = if verbose {
-        tracing::Level::DEBUG
-    } else {
-        tracing::Level::INFO
-    };
-    // Libraries stay at WARN: the AWS SDK's debug output names credentials.
-    let targets = Targets::new()
-        .with_default(tracing::Level::WARN)
-        .with_target("milvus_backfill_operator", ours)
-        .with_target("milvus_backfill", ours);
-    let layer = tracing_subscriber::fmt::layer()
-        .with_writer(std::io::stderr)
-        .with_ansi(false)
-        .with_target(false);
-    let registry = tracing_subscriber::registry();
-    match format {
-        LogFormat::Json => registry.with(layer.json().with_filter(targets)).init(),
-        LogFormat::Plain => registry.with(layer.with_filter(targets)).init(),
-    }
 }
 
 #[cfg(test)]

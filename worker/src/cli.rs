@@ -32,11 +32,7 @@ pub struct Cli {
     pub command: Command,
 }
 
-#[derive(Copy, Clone, Debug, ValueEnum, PartialEq, Eq)]
-pub enum LogFormat {
-    Plain,
-    Json,
-}
+pub use crate::logging::LogFormat;
 
 #[derive(Copy, Clone, Debug, ValueEnum, PartialEq, Eq)]
 pub enum Output {
@@ -89,7 +85,7 @@ pub enum Command {
 
 pub fn main() -> i32 {
     let cli = Cli::parse();
-    init_logging(cli.log_format, cli.verbose);
+    crate::logging::init(cli.log_format, cli.verbose, &["milvus_backfill"]);
     let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
@@ -104,29 +100,6 @@ pub fn main() -> i32 {
             eprintln!("{}: {}", e.kind, e.message);
             e.kind.exit_code()
         }
-    }
-}
-
-fn init_logging(format: LogFormat, verbose: bool) {
-    use std::io::IsTerminal;
-    use tracing_subscriber::{filter::Targets, layer::SubscriberExt, util::SubscriberInitExt, Layer};
-    let ours = if verbose {
-        tracing::Level::DEBUG
-    } else {
-        tracing::Level::INFO
-    };
-    // Libraries stay at WARN even with -v: the AWS SDK's debug output names credentials.
-    let targets = Targets::new()
-        .with_default(tracing::Level::WARN)
-        .with_target("milvus_backfill", ours);
-    let layer = tracing_subscriber::fmt::layer()
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_target(false);
-    let registry = tracing_subscriber::registry();
-    match format {
-        LogFormat::Json => registry.with(layer.json().with_filter(targets)).init(),
-        LogFormat::Plain => registry.with(layer.with_filter(targets)).init(),
     }
 }
 

@@ -12,6 +12,7 @@ pub mod error;
 pub mod gc;
 pub mod join;
 pub mod keys;
+pub mod logging;
 pub mod milvus;
 pub mod output;
 pub mod plan;
