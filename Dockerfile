@@ -22,7 +22,8 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry \
 # Runtime: distroless (glibc, libgcc, CA certificates, no shell), uid/gid 65532 "nonroot".
 FROM gcr.io/distroless/cc-debian12:nonroot
 COPY --from=build /out/milvus-backfill /out/milvus-backfill-operator /usr/local/bin/
-USER nonroot:nonroot
+# Numeric, so that the kubelet can check runAsNonRoot (worker Pods set it by default).
+USER 65532:65532
 # Metrics and health (/metrics, /healthz, /readyz) of the operator.
 EXPOSE 8080
 ENTRYPOINT ["/usr/local/bin/milvus-backfill-operator"]

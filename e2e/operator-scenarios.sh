@@ -173,8 +173,10 @@ sc_suspend() {
   dump "$n"
   ck "resumed: Succeeded (got $p)" test "$p" = Succeeded
   ck "condition Suspended not True" test "$(kubectl -n "$NS" get bf "$n" -o jsonpath='{.status.conditions[?(@.type=="Suspended")].status}')" != True
-  # resumed before planning: the operator emits Suspended, then Planning (no Resumed Event on this path)
-  ck "Events Suspended, Planning" grep -q "Suspended.*Planning\|Planning.*Suspended" <(kubectl -n "$NS" get events --field-selector "involvedObject.name=$n" -o jsonpath='{.items[*].reason}')
+  # resumed before planning: Events Suspended, Resumed and Planning
+  local reasons
+  reasons=$(kubectl -n "$NS" get events --field-selector "involvedObject.name=$n" -o jsonpath='{.items[*].reason}' | tr ' ' '\n' | sort -u | tr '\n' ' ')
+  ck "Events Suspended, Resumed, Planning (got: $reasons)" grep -q "Planning Resumed .*Suspended" <<<"$reasons"
   ck "one Job per segment" test "$(jobs_of "$n")" = "$NSEG"
   [ "$p" = Succeeded ] && { kubectl -n "$NS" get bf "$n" -o json >"$DATA/$n.json"; ck "status and manifests" check check "$DATA/$n.json" "$EXP" "$COLL" "$n"; }
   kubectl -n "$NS" delete bf "$n" >/dev/null

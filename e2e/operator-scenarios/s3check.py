@@ -4,10 +4,13 @@
   s3check.py stash EXPECTED COLL SEG DIR             -> copies the segment's PK binlogs to DIR, deletes them
   s3check.py restore EXPECTED COLL SEG DIR           -> puts them back from DIR
   s3check.py check BF_JSON EXPECTED COLL RUN [--failed SEG --attempts N]
-      status totals + a manifest per succeeded segment (and none for the failed one)
+      status totals; per succeeded segment a manifest whose Parquet parts hold, row by row in
+      the segment's storage order, the source's values of that row's key (nulls where the source
+      has no row); no manifest for the failed segment
 """
-import json, os, sys
+import io, json, os, sys
 import boto3
+import pyarrow.parquet as pq
 
 s3 = boto3.client("s3", endpoint_url="http://" + os.environ["S3_ENDPOINT"])
 BUCKET = os.environ["S3_BUCKET"]
@@ -31,7 +34,28 @@ def exists(key):
         return False
 
 
-def main():
+def source_values(exp):
+    """pk (as str) -> (score, label), from the local copy of the source Parquet file."""
+    t = pq.read_table(exp["newField"]["local"], columns=["pk", "score", "label"]).to_pydict()
+    return {str(k): (s, l) for k, s, l in zip(t["pk"], t["score"], t["label"])}
+
+
+def check_rows(manifest, truth, values, where):
+    """Checks every output row of one segment; returns how many matched a source row."""
+    rows = {"score": [], "label": []}
+    for f in manifest["files"]:
+        t = pq.read_table(io.BytesIO(s3.get_object(Bucket=BUCKET, Key=f["path"])["Body"].read()))
+        assert t.num_rows == f["rowCount"], (f["path"], t.num_rows, f["rowCount"])
+        for c in rows:
+            rows[c] += t.column(c).to_pylist()
+    assert len(rows["score"]) == len(truth), (where, len(rows["score"]), len(truth))
+    matched = 0
+    for i, (key, got) in enumerate(zip(truth, zip(rows["score"], rows["label"]))):
+        want = values.get(str(key))
+        matched += want is not None
+        assert got == (want or (None, None)), f"{where}: offset {i} key {key}: got {got}, want {want}"
+    return matched
+
     cmd = sys.argv[1]
     if cmd == "pick":
         exp = exp_of(sys.argv[2], sys.argv[3])
@@ -70,6 +94,8 @@ def main():
             assert st["rows"]["written"] == total, (st["rows"], total)
             assert st["rows"]["matched"] == exp["newField"]["matchedKeys"], st["rows"]
         coll = exp["collectionId"]
+        values = source_values(exp)
+        rows = matched = 0
         for sid, s in segs.items():
             key = f"backfill-out/{run}/{coll}/{s['partitionId']}/{sid}/new_field/manifest.json"
             if sid == failed:
@@ -77,7 +103,13 @@ def main():
                 continue
             m = json.loads(s3.get_object(Bucket=BUCKET, Key=key)["Body"].read())
             assert m["rowCount"] == s["numRows"], (key, m["rowCount"], s["numRows"])
-        print(f"status ok; {n - nfail} manifests ok" + (f"; segment {failed} failed after {attempts} attempts" if failed else ""))
+            assert m["runId"] == st["runId"], (key, m["runId"], st["runId"])
+            matched += check_rows(m, s["pks"], values, f"segment {sid}")
+            rows += len(s["pks"])
+        if not failed:
+            assert matched == st["rows"]["matched"], (matched, st["rows"])
+        print(f"status ok; {n - nfail} manifests and {rows} rows ({matched} matched) ok"
+              + (f"; segment {failed} failed after {attempts} attempts" if failed else ""))
     else:
         sys.exit(f"unknown command {cmd}")
 

@@ -7,6 +7,7 @@ use clap::{Parser, Subcommand};
 
 use crate::controller::{self, Config};
 use crate::http::{self, Health};
+use crate::leader::{Elector, LeaseConfig};
 use crate::metrics::Metrics;
 
 #[derive(Parser, Debug)]
@@ -46,6 +47,22 @@ pub enum Command {
         /// Backfills reconciled at once.
         #[arg(long, env = "CONCURRENCY", default_value_t = 4)]
         concurrency: u16,
+        /// ServiceAccount of worker Pods for Backfills without spec.worker.serviceAccountName
+        /// (empty: the namespace's `default`).
+        #[arg(long, env = "WORKER_SERVICE_ACCOUNT")]
+        worker_service_account: Option<String>,
+        /// Hold a Lease before reconciling, so that several replicas are safe.
+        #[arg(long, env = "LEADER_ELECTION", default_value_t = false, action = clap::ArgAction::Set)]
+        leader_election: bool,
+        /// Name of the Lease.
+        #[arg(long, env = "LEASE_NAME", default_value = "milvus-backfill-operator")]
+        lease_name: String,
+        /// Namespace of the Lease (the operator's own).
+        #[arg(long, env = "POD_NAMESPACE")]
+        lease_namespace: Option<String>,
+        /// This replica's identity in the Lease [default: POD_NAME, else host name and PID].
+        #[arg(long, env = "POD_NAME")]
+        identity: Option<String>,
     },
 }
 
@@ -61,6 +78,11 @@ pub fn main() -> i32 {
             watch_namespaces,
             http_addr,
             concurrency,
+            worker_service_account,
+            leader_election,
+            lease_name,
+            lease_namespace,
+            identity,
         } => {
             milvus_backfill::logging::init(
                 cli.log_format,
@@ -80,16 +102,52 @@ pub fn main() -> i32 {
                 .filter(|n| !n.is_empty())
                 .collect();
             let config = Config {
-                worker_image: worker_image.filter(|i| !i.trim().is_empty()),
+                worker: crate::jobs::WorkerDefaults {
+                    image: worker_image.filter(|i| !i.trim().is_empty()),
+                    service_account: worker_service_account.filter(|a| !a.trim().is_empty()),
+                },
                 namespaces,
                 concurrency,
             };
-            rt.block_on(run(config, http_addr))
+            let lease = if leader_election {
+                let Some(ns) = lease_namespace.filter(|n| !n.is_empty()) else {
+                    tracing::error!(
+                        "leader election needs the Lease's namespace: set POD_NAMESPACE or --lease-namespace"
+                    );
+                    return 3;
+                };
+                let identity = identity.filter(|i| !i.is_empty()).unwrap_or_else(default_identity);
+                Some(LeaseConfig::new(lease_name, ns, identity))
+            } else {
+                None
+            };
+            rt.block_on(run(config, http_addr, lease))
         }
     }
 }
 
-async fn run(config: Config, http_addr: SocketAddr) -> i32 {
+fn default_identity() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+    format!("{}-{}", host.trim(), std::process::id())
+}
+
+/// SIGTERM (the kubelet) or SIGINT (a terminal).
+async fn shutdown_signal() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = term => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}
+
+async fn run(config: Config, http_addr: SocketAddr, lease: Option<LeaseConfig>) -> i32 {
     let client = match kube::Client::try_default().await {
         Ok(c) => c,
         Err(e) => {
@@ -121,17 +179,48 @@ async fn run(config: Config, http_addr: SocketAddr) -> i32 {
     let health = Arc::new(Health {
         metrics: metrics.clone(),
         scopes: config.namespaces.len().max(1) as u64,
+        leader_election: lease.is_some(),
     });
     tokio::spawn(http::serve(listener, health));
     tracing::info!(
         namespaces = ?config.namespaces,
-        worker_image = ?config.worker_image,
+        worker = ?config.worker,
         http = %http_addr,
+        lease = ?lease.as_ref().map(|l| format!("{}/{} as {}", l.namespace, l.name, l.identity)),
         "milvus-backfill-operator starting"
     );
-    controller::run(client, config, metrics).await;
-    tracing::info!("stopped");
-    0
+    let Some(lease) = lease else {
+        metrics.leader.set(1);
+        controller::run(client, config, metrics).await;
+        tracing::info!("stopped");
+        return 0;
+    };
+    let mut elector = Elector::new(client.clone(), lease);
+    tokio::select! {
+        _ = elector.acquire() => {}
+        _ = shutdown_signal() => {
+            tracing::info!("stopped while standing by");
+            return 0;
+        }
+    }
+    metrics.leader.set(1);
+    let lost = tokio::select! {
+        _ = controller::run(client, config, metrics.clone()) => None,
+        why = elector.hold() => Some(why),
+    };
+    metrics.leader.set(0);
+    match lost {
+        // Reconciles may be mid-flight: leave now, and come back as a standby after the restart.
+        Some(why) => {
+            tracing::error!(reason = %why, "lost the leadership; exiting so that the restart stands by");
+            1
+        }
+        None => {
+            elector.release().await;
+            tracing::info!("stopped");
+            0
+        }
+    }
 }
 
 #[cfg(test)]
@@ -153,6 +242,8 @@ mod tests {
             "a,b",
             "--worker-image",
             "reg/mb:1",
+            "--leader-election",
+            "true",
         ])
         .unwrap();
         assert_eq!(c.log_format, LogFormat::Json);
@@ -161,8 +252,12 @@ mod tests {
                 watch_namespaces,
                 worker_image,
                 concurrency,
+                leader_election,
+                lease_name,
                 ..
             } => {
+                assert!(leader_election);
+                assert_eq!(lease_name, "milvus-backfill-operator");
                 assert_eq!(watch_namespaces, vec!["a", "b"]);
                 assert_eq!(worker_image.as_deref(), Some("reg/mb:1"));
                 assert_eq!(concurrency, 4);

@@ -66,8 +66,8 @@ impl Error {
 
 #[derive(Clone, Debug, Default)]
 pub struct Config {
-    /// Worker image when `spec.worker.image` is not set.
-    pub worker_image: Option<String>,
+    /// Worker image and ServiceAccount when `spec.worker` does not set them.
+    pub worker: jobs::WorkerDefaults,
     /// Empty: all namespaces.
     pub namespaces: Vec<String>,
     /// Backfills reconciled at once.
@@ -435,7 +435,7 @@ async fn reconcile_inner(bf: &Backfill, ctx: &Context) -> Result<Requeue, Error>
         return Ok(Requeue::await_change());
     }
     let status = bf.status.clone().unwrap_or_default();
-    let problems = validate::validate(&bf.spec, ctx.config.worker_image.as_deref())
+    let problems = validate::validate(&bf.spec, ctx.config.worker.image.as_deref())
         .err()
         .unwrap_or_default();
     let final_status = status.completion_time.is_some();
@@ -516,7 +516,7 @@ async fn reconcile_inner(bf: &Backfill, ctx: &Context) -> Result<Requeue, Error>
                             task_key: &key,
                             task_id: &task.task_id,
                         },
-                        ctx.config.worker_image.as_deref(),
+                        &ctx.config.worker,
                     )?;
                     let name = job.name_any();
                     match api
@@ -641,7 +641,7 @@ mod tests {
                 task_key: "k",
                 task_id: "r-3",
             },
-            None,
+            &jobs::WorkerDefaults::default(),
         )
         .unwrap();
         j.status = Some(JobStatus {

@@ -9,15 +9,19 @@ use tokio::net::{TcpListener, TcpStream};
 
 use crate::metrics::Metrics;
 
-/// Readiness: every watched scope has filled its Job cache.
+/// Readiness: every watched scope has filled its Job cache. With leader election a standby
+/// replica is ready too, or a rolling update would wait forever for a Pod that cannot lead
+/// until the old one goes.
 pub struct Health {
     pub metrics: Arc<Metrics>,
     pub scopes: u64,
+    pub leader_election: bool,
 }
 
 impl Health {
     pub fn ready(&self) -> bool {
-        self.metrics.ready_scopes.get() >= self.scopes
+        let standby = self.leader_election && self.metrics.leader.get() == 0;
+        standby || self.metrics.ready_scopes.get() >= self.scopes
     }
 }
 
@@ -101,7 +105,22 @@ mod tests {
         if ready {
             metrics.ready_scopes.inc();
         }
-        Health { metrics, scopes: 1 }
+        Health {
+            metrics,
+            scopes: 1,
+            leader_election: false,
+        }
+    }
+
+    #[test]
+    fn a_standby_replica_is_ready_and_a_leader_waits_for_its_caches() {
+        let mut h = health(false);
+        h.leader_election = true;
+        assert!(h.ready(), "standby");
+        h.metrics.leader.set(1);
+        assert!(!h.ready(), "leading, caches not filled");
+        h.metrics.ready_scopes.inc();
+        assert!(h.ready());
     }
 
     #[test]

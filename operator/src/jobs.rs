@@ -5,7 +5,8 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::api::batch::v1::{Job, JobSpec};
 use k8s_openapi::api::core::v1::{
-    Capabilities, Container, EnvVar, EnvVarSource, PodSpec, PodTemplateSpec, SecretKeySelector, SecurityContext,
+    Capabilities, Container, EnvVar, EnvVarSource, PodSecurityContext, PodSpec, PodTemplateSpec, SeccompProfile,
+    SecretKeySelector, SecurityContext,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::{Resource, ResourceExt};
@@ -216,14 +217,35 @@ pub fn worker_args(bf: &Backfill, task_key: &str) -> Vec<String> {
     args
 }
 
+/// What the operator's installation fills in where `spec.worker` says nothing.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct WorkerDefaults {
+    pub image: Option<String>,
+    /// The chart's worker ServiceAccount (no API permissions).
+    pub service_account: Option<String>,
+}
+
+/// The Pod security context when `spec.worker.podSecurityContext` is not set: what the
+/// `restricted` Pod Security Standard asks for (the image runs as a non-root user).
+pub fn default_pod_security_context() -> PodSecurityContext {
+    PodSecurityContext {
+        run_as_non_root: Some(true),
+        seccomp_profile: Some(SeccompProfile {
+            type_: "RuntimeDefault".to_owned(),
+            localhost_profile: None,
+        }),
+        ..Default::default()
+    }
+}
+
 /// The Job of one attempt of one task.
-pub fn build_job(bf: &Backfill, input: &JobInput<'_>, default_image: Option<&str>) -> Result<Job, BuildError> {
+pub fn build_job(bf: &Backfill, input: &JobInput<'_>, defaults: &WorkerDefaults) -> Result<Job, BuildError> {
     let owner = bf.controller_owner_ref(&()).ok_or(BuildError::NoUid)?;
     let w = bf.spec.worker.clone().unwrap_or_default();
     let image = w
         .image
         .clone()
-        .or_else(|| default_image.map(str::to_owned))
+        .or_else(|| defaults.image.clone())
         .filter(|i| !i.trim().is_empty())
         .ok_or(BuildError::NoImage)?;
     let name = bf.name_any();
@@ -247,6 +269,8 @@ pub fn build_job(bf: &Backfill, input: &JobInput<'_>, default_image: Option<&str
                 drop: Some(vec!["ALL".to_owned()]),
                 add: None,
             }),
+            // The worker streams from and to the bucket; it writes no local files.
+            read_only_root_filesystem: Some(true),
             ..Default::default()
         }),
         ..Default::default()
@@ -255,8 +279,15 @@ pub fn build_job(bf: &Backfill, input: &JobInput<'_>, default_image: Option<&str
         restart_policy: Some("Never".to_owned()),
         // Workers never call the Kubernetes API.
         automount_service_account_token: Some(false),
-        service_account_name: w.service_account_name.clone(),
-        security_context: w.pod_security_context.clone(),
+        service_account_name: w
+            .service_account_name
+            .clone()
+            .or_else(|| defaults.service_account.clone()),
+        security_context: Some(
+            w.pod_security_context
+                .clone()
+                .unwrap_or_else(default_pod_security_context),
+        ),
         image_pull_secrets: (!w.image_pull_secrets.is_empty()).then(|| w.image_pull_secrets.clone()),
         node_selector: (!w.node_selector.is_empty()).then(|| w.node_selector.clone()),
         tolerations: (!w.tolerations.is_empty()).then(|| w.tolerations.clone()),
@@ -296,6 +327,13 @@ mod tests {
     use super::*;
     use crate::crd::{PullPolicy, WorkerSpec};
     use crate::testutil::{backfill, Rng};
+
+    fn image(i: &str) -> WorkerDefaults {
+        WorkerDefaults {
+            image: Some(i.to_owned()),
+            service_account: None,
+        }
+    }
     use k8s_openapi::api::core::v1::{Affinity, PodSecurityContext, ResourceRequirements, Toleration};
     use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
     use milvus_backfill_api::SecretRef;
@@ -401,7 +439,12 @@ mod tests {
         bf.spec.engine.source.credentials_secret_ref = Some(SecretRef { name: "data".into() });
         bf.spec.engine.storage.use_ssl = Some(true);
         bf.spec.engine.storage.region = Some("eu-west-1".into());
-        let job = build_job(&bf, &input("files/backfill/1/r/tasks/r-7-1.json"), None).unwrap();
+        let job = build_job(
+            &bf,
+            &input("files/backfill/1/r/tasks/r-7-1.json"),
+            &WorkerDefaults::default(),
+        )
+        .unwrap();
         let name = job.metadata.name.clone().unwrap();
         assert_eq!(name, job_name("add-title", "20261127t032700-2ee0f5", 7, 1));
         assert_eq!(job.metadata.namespace.as_deref(), Some("ns"));
@@ -452,7 +495,7 @@ mod tests {
     #[test]
     fn labels_owner_and_annotations() {
         let bf = backfill("add-title");
-        let job = build_job(&bf, &input("k"), None).unwrap();
+        let job = build_job(&bf, &input("k"), &WorkerDefaults::default()).unwrap();
         let l = job.metadata.labels.as_ref().unwrap();
         assert_eq!(l[labels::MANAGED_BY], "milvus-backfill-operator");
         assert_eq!(l[labels::BACKFILL], "add-title");
@@ -484,7 +527,7 @@ mod tests {
         assert_eq!(a[annotations::TASK_URI], "s3://milvus-bucket/k");
         assert_eq!(a[annotations::TASK_ID], "20261127t032700-2ee0f5-7");
         // Deterministic: the same inputs give the same object.
-        assert_eq!(job, build_job(&bf, &input("k"), None).unwrap());
+        assert_eq!(job, build_job(&bf, &input("k"), &WorkerDefaults::default()).unwrap());
     }
 
     #[test]
@@ -525,7 +568,7 @@ mod tests {
                 value_from: None,
             }],
         });
-        let job = build_job(&bf, &input("k"), Some("default/img:1")).unwrap();
+        let job = build_job(&bf, &input("k"), &image("default/img:1")).unwrap();
         let spec = job.spec.unwrap();
         assert_eq!(spec.active_deadline_seconds, Some(600));
         assert_eq!(spec.ttl_seconds_after_finished, Some(3600));
@@ -539,6 +582,7 @@ mod tests {
         assert_eq!(pod.tolerations.unwrap(), vec![tol]);
         assert_eq!(pod.affinity, Some(Affinity::default()));
         assert_eq!(pod.service_account_name.as_deref(), Some("backfill-worker"));
+        // The user's security context replaces the restricted default as a whole.
         assert_eq!(pod.security_context, Some(psc));
         // The user's LOG_FORMAT replaces ours; no duplicate names (SSA keys env by name).
         let env = c.env.as_ref().unwrap();
@@ -551,9 +595,27 @@ mod tests {
     fn defaults_and_errors() {
         let mut bf = backfill("b");
         bf.spec.worker = None;
-        assert_eq!(build_job(&bf, &input("k"), None), Err(BuildError::NoImage));
-        let job = build_job(&bf, &input("k"), Some("reg/mb:1")).unwrap();
+        assert_eq!(
+            build_job(&bf, &input("k"), &WorkerDefaults::default()),
+            Err(BuildError::NoImage)
+        );
+        let job = build_job(&bf, &input("k"), &image("reg/mb:1")).unwrap();
         let spec = job.spec.unwrap();
+        let pod = spec.template.spec.as_ref().unwrap();
+        // Without the chart's worker ServiceAccount: the namespace's default one.
+        assert_eq!(pod.service_account_name, None);
+        // Restricted by default: non-root, RuntimeDefault seccomp, no privileges, read-only root.
+        assert_eq!(pod.security_context, Some(default_pod_security_context()));
+        let sc = pod.containers[0].security_context.as_ref().unwrap();
+        assert_eq!(sc.read_only_root_filesystem, Some(true));
+        assert_eq!(sc.allow_privilege_escalation, Some(false));
+        let chart = WorkerDefaults {
+            image: Some("reg/mb:1".into()),
+            service_account: Some("mbf-worker".into()),
+        };
+        let job = build_job(&bf, &input("k"), &chart).unwrap();
+        let pod = job.spec.as_ref().unwrap().template.spec.as_ref().unwrap();
+        assert_eq!(pod.service_account_name.as_deref(), Some("mbf-worker"));
         assert_eq!(spec.active_deadline_seconds, None);
         assert_eq!(spec.ttl_seconds_after_finished, None);
         let pod = spec.template.spec.unwrap();
@@ -566,6 +628,6 @@ mod tests {
         assert!(!args.contains(&"--use-ssl".to_owned()));
         assert_eq!(args[6], "us-east-1");
         bf.metadata.uid = None;
-        assert_eq!(build_job(&bf, &input("k"), Some("x")), Err(BuildError::NoUid));
+        assert_eq!(build_job(&bf, &input("k"), &image("x")), Err(BuildError::NoUid));
     }
 }

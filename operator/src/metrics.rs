@@ -22,6 +22,19 @@ impl Counter {
     }
 }
 
+/// A value that goes up and down.
+#[derive(Default)]
+pub struct Gauge(AtomicU64);
+
+impl Gauge {
+    pub fn set(&self, v: u64) {
+        self.0.store(v, Ordering::Relaxed);
+    }
+    pub fn get(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
 /// A counter per label value (stable, low-cardinality values only: error categories).
 #[derive(Default)]
 pub struct LabeledCounter(Mutex<BTreeMap<&'static str, u64>>);
@@ -64,6 +77,8 @@ pub struct Metrics {
     pub planning_seconds: Histogram,
     /// Controllers whose Job cache is filled (readiness).
     pub ready_scopes: Counter,
+    /// 1 while this replica reconciles (the leader, or the only replica).
+    pub leader: Gauge,
     /// The controllers' Backfill caches: the phase gauge counts what is there now.
     stores: Mutex<Vec<Store<Backfill>>>,
     /// Phases set directly (tests, or before a cache exists).
@@ -79,6 +94,7 @@ impl Default for Metrics {
             reconcile_seconds: Histogram::new(&[0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 30.0]),
             planning_seconds: Histogram::new(&[1.0, 5.0, 30.0, 120.0, 600.0, 1800.0]),
             ready_scopes: Counter::default(),
+            leader: Gauge::default(),
             stores: Mutex::new(Vec::new()),
             phases: Mutex::new(HashMap::new()),
         }
@@ -124,6 +140,11 @@ impl Metrics {
         };
         counter("reconciles_total", "Reconcile passes.", self.reconciles.get());
         counter("jobs_created_total", "Worker Jobs applied.", self.jobs_created.get());
+        let _ = writeln!(
+            s,
+            "# HELP {PREFIX}_leader 1 while this replica reconciles (holds the Lease, or runs alone).\n# TYPE {PREFIX}_leader gauge\n{PREFIX}_leader {}",
+            self.leader.get()
+        );
         let _ = writeln!(
             s,
             "# HELP {PREFIX}_reconcile_errors_total Failed reconcile passes by error category.\n# TYPE {PREFIX}_reconcile_errors_total counter"
@@ -185,6 +206,7 @@ mod tests {
     fn renders_the_text_format() {
         let m = Metrics::default();
         m.reconciles.inc();
+        m.leader.set(1);
         m.failures.inc("StorageError");
         m.reconcile_seconds.observe(0.2);
         m.set_phase("a", Phase::Running);
@@ -192,6 +214,7 @@ mod tests {
         m.set_phase("c", Phase::Failed);
         let t = m.render();
         assert!(t.contains("milvus_backfill_operator_reconciles_total 1\n"));
+        assert!(t.contains("milvus_backfill_operator_leader 1\n"));
         assert!(t.contains("milvus_backfill_operator_reconcile_errors_total{category=\"StorageError\"} 1\n"));
         assert!(t.contains("milvus_backfill_operator_reconcile_duration_seconds_bucket{le=\"0.1\"} 0\n"));
         assert!(t.contains("milvus_backfill_operator_reconcile_duration_seconds_bucket{le=\"0.5\"} 1\n"));

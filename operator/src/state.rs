@@ -391,6 +391,9 @@ fn decide_unplanned(o: &Observed<'_>, mut st: BackfillStatus) -> Decision {
     if st != *o.status {
         actions.push(Action::UpdateStatus(Box::new(st)));
     }
+    if old_phase == Some(Phase::Suspended) {
+        actions.push(event(false, reason::RESUMED, "resumed before planning"));
+    }
     if old_phase != Some(Phase::Planning) {
         actions.push(event(false, reason::PLANNING, "planning the run"));
     }
@@ -487,7 +490,16 @@ fn decide_run(o: &Observed<'_>, mut st: BackfillStatus, run: RunInput<'_>) -> De
         let list: Vec<String> = retries
             .iter()
             .take(10)
-            .map(|j| format!("task {} attempt {}", j.task, j.attempt + 1))
+            // Counted from 1, as failedSegments[].attempts; the Job label counts from 0.
+            .map(|j| {
+                format!(
+                    "task {} attempt {} of {} (Job label attempt={})",
+                    j.task,
+                    j.attempt + 1,
+                    policy.max_attempts,
+                    j.attempt
+                )
+            })
             .collect();
         actions.push(event(
             true,

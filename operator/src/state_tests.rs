@@ -101,8 +101,14 @@ fn suspended_before_planning_does_not_plan() {
     assert_eq!(d.phase, Phase::Suspended);
     assert!(!d.actions.contains(&Action::Plan));
     assert_eq!(events(&d), vec![reason::SUSPENDED]);
-    let st = d.new_status().unwrap();
+    let st = d.new_status().unwrap().clone();
     assert!(is_true(&st.conditions, condition::SUSPENDED, reason::SUSPENDED));
+    // Resumed: said so, then planned.
+    s.suspend = Some(false);
+    let d = decide(&observe(&s, &st, &[], None, t0() + SignedDuration::from_secs(5)));
+    assert_eq!(d.phase, Phase::Planning);
+    assert_eq!(events(&d), vec![reason::RESUMED, reason::PLANNING]);
+    assert_eq!(d.actions.last(), Some(&Action::Plan));
 }
 
 #[test]
@@ -352,7 +358,18 @@ fn retries_wait_for_their_backoff() {
         d.jobs_to_create().collect::<Vec<_>>(),
         vec![&JobRequest { task: 0, attempt: 1 }]
     );
-    assert!(events(&d).contains(&reason::RETRYING));
+    let retrying = d
+        .actions
+        .iter()
+        .find_map(|a| match a {
+            Action::Event(e) if e.reason == reason::RETRYING => Some(e.message.clone()),
+            _ => None,
+        })
+        .expect("a Retrying Event");
+    assert_eq!(
+        retrying,
+        "retrying 1 task(s): task 0 attempt 2 of 3 (Job label attempt=1)"
+    );
 }
 
 /// A simulated cluster and bucket, driven only through the actions `decide` returns.
