@@ -1,9 +1,16 @@
 #!/usr/bin/env bash
 # End-to-end run of the operator on the real test bed: kube-apiserver + controller-manager
 # (e2e/k8s), the pod runner in place of kubelet, the Helm chart, and the real Milvus 2.3.5 +
-# s3s-fs (e2e/env-up.sh). Installs the chart, applies a Secret and a Backfill with kubectl,
-# waits for Complete, then checks the status totals against the dataset's ground truth and
-# that every segment has a manifest. Stops what it started unless MB_KEEP_ENV=1.
+# s3s-fs (e2e/env-up.sh). Stops what it started unless MB_KEEP_ENV=1.
+#   1. helm install; kubectl apply a Secret and a Backfill; wait for Succeeded; check Jobs <=
+#      parallelism, the printer columns, the Events, the spec untouched, the status totals and
+#      every output row against the dataset's ground truth.
+#   2. helm upgrade with changed values: two replicas with leader election, JSON logs. One
+#      Lease holder; a second Backfill runs; the leader Pod is deleted mid-run; the standby
+#      takes the Lease over; the new leader is killed (no release); after the lease expires
+#      another takes over and finishes the run with one Job per task and every row right.
+#   3. Deleting a Backfill deletes its Jobs.
+#   4. helm uninstall: the CRD and the remaining Backfill stay.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 REPO=$PWD
@@ -53,28 +60,106 @@ spec_after=$(kubectl -n "$NS" get bf "$RUN" -o jsonpath='{.spec}')
 [ "$spec_before" = "$spec_after" ] || fail "the operator changed the spec"
 
 kubectl -n "$NS" get bf "$RUN" -o json >"$DATA/bf.json"
-"$MB_PY" - "$DATA/bf.json" "$DATA/expected.json" "$RUN" <<'PY'
-import json, os, sys, boto3
-bf, exp, run = json.load(open(sys.argv[1])), json.load(open(sys.argv[2]))["op_int64"], sys.argv[3]
-st = bf["status"]
-total = sum(s["numRows"] for s in exp["segments"].values())
-assert st["segments"]["total"] == len(exp["segments"]) == st["segments"]["succeeded"], st["segments"]
-assert st["rows"]["written"] == total, (st["rows"], total)
-assert st["rows"]["matched"] == exp["newField"]["matchedKeys"], (st["rows"], exp["newField"]["matchedKeys"])
-s3 = boto3.client("s3", endpoint_url="http://" + os.environ["S3_ENDPOINT"])
-coll = exp["collectionId"]
-for sid, s in exp["segments"].items():
-    key = f"backfill-out/{run}/{coll}/{s['partitionId']}/{sid}/new_field/manifest.json"
-    m = json.loads(s3.get_object(Bucket=os.environ["S3_BUCKET"], Key=key)["Body"].read())
-    assert m["rowCount"] == s["numRows"], (key, m["rowCount"], s["numRows"])
-print(f"status and {len(exp['segments'])} manifests match the ground truth ({total} rows)")
-PY
-log "deleting the Backfill: its Jobs go with it"
-kubectl -n "$NS" delete bf "$RUN" --wait=true >/dev/null
+"$MB_PY" e2e/operator-scenarios/s3check.py check "$DATA/bf.json" "$DATA/expected.json" op_int64 "$RUN" ||
+  fail "status or output rows of $RUN"
+
+# ---- 2. helm upgrade: two replicas, leader election --------------------------------------------
+# Every Pod of the pod runner shares the host's network, so the two replicas cannot both listen on
+# 8080: they take an ephemeral port, and the HTTP probes are off (a test-bed limit, not the chart's).
+log "helm upgrade: replicaCount=2 (leader election), logFormat=json"
+helm upgrade mbf charts/milvus-backfill -n "$NS" --wait --timeout 180s --reuse-values \
+  --set replicaCount=2 --set logFormat=json --set livenessProbe=null --set readinessProbe=null \
+  --set-json 'operator.extraArgs=["--http-addr","127.0.0.1:0"]' >/dev/null
+kubectl -n "$NS" rollout status deploy -l app.kubernetes.io/name=milvus-backfill --timeout=180s >/dev/null
+OPSEL=app.kubernetes.io/name=milvus-backfill,app.kubernetes.io/component=operator
+LEASE=$(kubectl -n "$NS" get deploy -l "$OPSEL" -o jsonpath='{.items[0].spec.template.spec.containers[0].env[?(@.name=="LEASE_NAME")].value}')
+[ -n "$LEASE" ] || fail "no LEASE_NAME in the Deployment"
+[ "$(kubectl -n "$NS" get deploy -l "$OPSEL" -o jsonpath='{.items[0].spec.template.spec.containers[0].env[?(@.name=="LEADER_ELECTION")].value}')" = true ] ||
+  fail "LEADER_ELECTION is not true with replicaCount=2"
+running_ops() { kubectl -n "$NS" get pods -l "$OPSEL" -o jsonpath='{range .items[?(@.status.phase=="Running")]}{.metadata.name}{"\n"}{end}' | grep -v '^$' || true; }
+holder() { kubectl -n "$NS" get lease "$LEASE" -o jsonpath='{.spec.holderIdentity}' 2>/dev/null || true; }
+for _ in $(seq 1 60); do
+  pods=$(running_ops)
+  [ "$(wc -l <<<"$pods")" = 2 ] && grep -qx "$(holder)" <<<"$pods" && break
+  sleep 1
+done
+log "operator pods: $(tr '\n' ' ' <<<"$pods"); Lease $LEASE held by $(holder)"
+[ "$(wc -l <<<"$pods")" = 2 ] || fail "expected 2 running operator Pods, got: $pods"
+LEADER=$(holder)
+grep -qx "$LEADER" <<<"$pods" || fail "the Lease holder '$LEADER' is not a running operator Pod"
+STANDBY=$(grep -vx "$LEADER" <<<"$pods")
+podlog() { cat "$MB_HOME/pod-runner/pod-logs/$NS/$1/operator.log" 2>/dev/null || true; }
+for _ in $(seq 1 20); do podlog "$STANDBY" | grep -q "standing by" && break; sleep 1; done
+podlog "$STANDBY" | grep -q '"standing by; another replica leads"' || fail "the standby $STANDBY did not log (in JSON) that it stands by"
+podlog "$LEADER" | grep -q '"became the leader"' || fail "the leader $LEADER did not log that it leads"
+transitions0=$(kubectl -n "$NS" get lease "$LEASE" -o jsonpath='{.spec.leaseTransitions}')
+
+RUN2=op2-$(date +%s)
+GATE=$RUN2-gate
+sed -e "s/name: $RUN,/name: $RUN2,/" -e "s#backfill-out/$RUN\"#backfill-out/$RUN2\"#" -e 's/parallelism: 2/parallelism: 1/' \
+  -e "s#worker: {image: milvus-backfill:e2e}#worker: {image: milvus-backfill:e2e, env: [{name: OP_GATE, valueFrom: {secretKeyRef: {name: $GATE, key: open}}}]}#" \
+  "$DATA/backfill.yaml" >"$DATA/backfill2.yaml"
+grep -q "$GATE" "$DATA/backfill2.yaml" || fail "backfill2.yaml was not derived"
+kubectl apply -f "$DATA/backfill2.yaml" >/dev/null
+# The first Job waits at its gate (a Secret that does not exist yet): the run is mid-way.
+for _ in $(seq 1 120); do
+  [ "$(kubectl -n "$NS" get jobs -l "milvusbackfill.io/backfill=$RUN2" -o name | wc -l)" -ge 1 ] && break
+  sleep 1
+done
+log "deleting the leader Pod $LEADER mid-run ($(kubectl -n "$NS" get jobs -l "milvusbackfill.io/backfill=$RUN2" -o name | wc -l) Job(s))"
+kubectl -n "$NS" delete pod "$LEADER" --wait=false >/dev/null
+kubectl -n "$NS" create secret generic "$GATE" --from-literal=open=yes >/dev/null
+for _ in $(seq 1 60); do
+  h=$(holder)
+  [ -n "$h" ] && [ "$h" != "$LEADER" ] && break
+  sleep 1
+done
+log "Lease $LEASE now held by $h"
+[ -n "$h" ] && [ "$h" != "$LEADER" ] || fail "no new leader after deleting $LEADER (holder: '$h')"
+# A crash this time: the process is killed, the Lease is not released, and a standby takes it
+# only once it has stopped changing for a whole lease duration (15 s).
+LEADER2=$h
+log "killing the new leader $LEADER2 (force delete: no release)"
+kubectl -n "$NS" delete pod "$LEADER2" --grace-period=0 --force >/dev/null 2>&1
+for _ in $(seq 1 60); do
+  h=$(holder)
+  [ -n "$h" ] && [ "$h" != "$LEADER2" ] && break
+  sleep 1
+done
+log "Lease $LEASE now held by $h"
+[ -n "$h" ] && [ "$h" != "$LEADER2" ] || fail "no new leader after killing $LEADER2 (holder: '$h')"
+for _ in $(seq 1 120); do
+  phase=$(kubectl -n "$NS" get bf "$RUN2" -o jsonpath='{.status.phase}' 2>/dev/null || true)
+  case "$phase" in Succeeded|Failed) break ;; esac
+  sleep 2
+done
+[ "$phase" = Succeeded ] || { kubectl -n "$NS" get bf "$RUN2" -o yaml; fail "$RUN2 after the failover: phase $phase"; }
+[ "$(kubectl -n "$NS" get lease "$LEASE" -o jsonpath='{.spec.leaseTransitions}')" -gt "$transitions0" ] || fail "leaseTransitions did not grow"
+names=$(kubectl -n "$NS" get jobs -l "milvusbackfill.io/backfill=$RUN2" -o jsonpath='{range .items[*]}{.metadata.labels.milvusbackfill\.io/task}-{.metadata.labels.milvusbackfill\.io/attempt}{"\n"}{end}')
+ntasks=$(kubectl -n "$NS" get bf "$RUN2" -o jsonpath='{.status.tasks}')
+[ "$(wc -l <<<"$names")" = "$ntasks" ] && [ "$(grep -c -- '-0$' <<<"$names")" = "$ntasks" ] ||
+  fail "expected one Job per task ($ntasks, attempt 0), got: $(tr '\n' ' ' <<<"$names")"
+kubectl -n "$NS" get bf "$RUN2" -o json >"$DATA/bf2.json"
+"$MB_PY" e2e/operator-scenarios/s3check.py check "$DATA/bf2.json" "$DATA/expected.json" op_int64 "$RUN2" ||
+  fail "status or output rows of $RUN2"
+log "failover ok: $LEADER -> $LEADER2 -> $h, $ntasks Jobs, one per task"
+
+# ---- 3. deleting a Backfill deletes its Jobs ----------------------------------------------------
+log "deleting bf/$RUN2: its Jobs go with it"
+kubectl -n "$NS" delete bf "$RUN2" --wait=true >/dev/null
+kubectl -n "$NS" delete secret "$GATE" >/dev/null
 for _ in $(seq 1 30); do
-  n=$(kubectl -n "$NS" get jobs -l "milvusbackfill.io/backfill=$RUN" -o name | wc -l)
+  n=$(kubectl -n "$NS" get jobs -l "milvusbackfill.io/backfill=$RUN2" -o name | wc -l)
   [ "$n" = 0 ] && break
   sleep 1
 done
 [ "$n" = 0 ] || fail "$n Jobs left after deleting the Backfill"
+
+# ---- 4. helm uninstall keeps the CRD and the Backfills ------------------------------------------
+log "helm uninstall: the CRD and bf/$RUN stay"
+helm uninstall mbf -n "$NS" --wait --timeout 120s >/dev/null
+kubectl get crd backfills.milvusbackfill.io >/dev/null || fail "the CRD went with helm uninstall"
+[ "$(kubectl -n "$NS" get bf "$RUN" -o jsonpath='{.status.phase}')" = Succeeded ] || fail "bf/$RUN went with helm uninstall"
+[ -z "$(kubectl -n "$NS" get deploy -l "$OPSEL" -o name)" ] || fail "the operator Deployment is still there"
+kubectl -n "$NS" delete bf "$RUN" >/dev/null
 log "PASS"

@@ -3,8 +3,8 @@
 # the Helm chart and the storage Secret in $NS, and on exit stops only what it started
 # (unless MB_KEEP_ENV=1). Expects REPO, MB_HOME and NS; sets MB_STATE and the env files' exports.
 
-[ -x target/release/milvus-backfill ] && [ -x target/release/milvus-backfill-operator ] && [ -x target/release/mb-pod-runner ] ||
-  cargo build --release --locked -p milvus-backfill -p milvus-backfill-operator -p mb-pod-runner
+# Always: a stale binary would test old code (a no-op build takes a second).
+cargo build --release --locked -p milvus-backfill -p milvus-backfill-operator -p mb-pod-runner
 testbed_started=()
 testbed_cleanup() {
   [ "${MB_KEEP_ENV:-0}" = 1 ] && return

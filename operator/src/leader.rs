@@ -142,9 +142,8 @@ pub fn claimed(previous: Option<&LeaseSpec>, me: &str, duration: Duration, now: 
             Some(MicroTime(now))
         },
         renew_time: Some(MicroTime(now)),
-        lease_transitions: Some(
-            prev.lease_transitions.unwrap_or(0) + i32::from(!ours && prev.holder_identity.is_some()),
-        ),
+        // As client-go counts: every change of holder, a take-over after a release included.
+        lease_transitions: Some(prev.lease_transitions.unwrap_or(0) + i32::from(!ours && previous.is_some())),
         ..prev
     }
 }
@@ -372,11 +371,11 @@ mod tests {
         assert_eq!(taken.holder_identity.as_deref(), Some("b"));
         assert_eq!(taken.acquire_time, Some(MicroTime(t2)));
         assert_eq!(taken.lease_transitions, Some(1));
-        // After a release nobody holds it: the next holder is not a transition away from anyone.
+        // A take-over after a release is a transition too.
         let free = released(&taken);
         assert_eq!(free.holder_identity, None);
         assert_eq!(free.lease_duration_seconds, Some(1));
-        assert_eq!(claimed(Some(&free), "a", D, t2).lease_transitions, Some(1));
+        assert_eq!(claimed(Some(&free), "a", D, t2).lease_transitions, Some(2));
         assert_eq!(
             Record::of(&Lease {
                 metadata: Default::default(),
