@@ -40,20 +40,21 @@ unit-test:
 e2e-test: build
 	e2e/run-e2e.sh
 
-test: lint unit-test e2e-test
+test: lint unit-test e2e-test k8s-test
 
 bench: build
 	bench/run.sh
 
-# The Kubernetes test bed (not yet part of `make test`): builds etcd, kube-apiserver,
-# kube-controller-manager, kubectl and helm from Go modules (about 15 min the first time,
-# cached after), then the pod runner smoke test, the chart tests and the operator's
-# control-plane check.
+# The Kubernetes suites (part of `make test`): builds etcd, kube-apiserver,
+# kube-controller-manager, kubectl and helm from Go modules into $(MB_HOME)/k8s (about 15 min
+# the first time, cached after), then the control-plane smoke test, the pod runner smoke test,
+# the chart tests (lint/template, then install/upgrade/uninstall on the real API server), the
+# operator's control-plane check, and the operator end to end with the real Milvus and S3.
 k8s-test: build
 	e2e/k8s/build.sh
 	e2e/k8s/smoke.sh
 	e2e/pod-runner/smoke.sh
-	charts/milvus-backfill/test.sh
+	e2e/k8s/with-control-plane.sh charts/milvus-backfill/test.sh --server
 	operator/e2e/control-plane-check.sh
 	e2e/operator-e2e.sh
 	e2e/operator-scenarios.sh

@@ -30,6 +30,9 @@ source "$MB_HOME/k8s/state/env"
 # and the storage credentials Secret `minio-creds`.
 testbed_install() {
   kubectl create namespace "$NS" --dry-run=client -o yaml | kubectl apply -f - >/dev/null
+  # Pod Security Admission "restricted": the operator Pod and every worker Pod must comply (the
+  # API server refuses them otherwise), which proves the default security contexts.
+  kubectl label namespace "$NS" pod-security.kubernetes.io/enforce=restricted --overwrite >/dev/null
   helm upgrade --install mbf charts/milvus-backfill -n "$NS" --wait --timeout 120s \
     --set logFormat=plain --set-json 'operator.extraArgs=["--http-addr","127.0.0.1:8080"]' >/dev/null
   kubectl -n "$NS" rollout status deploy -l app.kubernetes.io/name=milvus-backfill --timeout=120s >/dev/null
