@@ -13,7 +13,7 @@ use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::controller::{Action as Requeue, Config as ControllerConfig, Controller};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
-use kube::runtime::reflector::{self, Store};
+use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{watcher, WatchStreamExt};
 use kube::{Client, Resource, ResourceExt};
 use milvus_backfill::config::{BackfillDoc, MilvusToken, S3Credentials, Stores};
@@ -134,6 +134,16 @@ pub fn job_state(job: &Job) -> JobState {
         }
     }
     JobState::Active
+}
+
+/// Seconds from a finished Job's start to its end.
+pub fn job_seconds(job: &Job) -> Option<f64> {
+    let start = job.status.as_ref()?.start_time.as_ref()?.0;
+    let end = match job_state(job) {
+        JobState::Succeeded { finished } | JobState::Failed { finished, .. } => finished?,
+        JobState::Active => return None,
+    };
+    Some(end.duration_since(start).as_secs_f64().max(0.0))
 }
 
 /// A Job of this Backfill's run, as a [`JobView`] (`None` for anything else).
@@ -374,8 +384,9 @@ impl Context {
         }
     }
 
-    /// Reads the outcomes of finished Jobs not yet in the cache.
-    async fn refresh_outcomes(&self, uid: &str, views: &[JobView]) -> Result<(), Error> {
+    /// Reads the outcomes of finished Jobs not yet in the cache. Each Job is timed once, when
+    /// this operator first sees its outcome (a restarted operator loads old ones untimed).
+    async fn refresh_outcomes(&self, ns: &str, uid: &str, views: &[JobView]) -> Result<(), Error> {
         let mut runs = self.runs.lock().await;
         let Some(run) = runs.get_mut(uid) else { return Ok(()) };
         let want: Vec<String> = views
@@ -394,6 +405,13 @@ impl Context {
         }
         for (k, o) in run.storage.get_many::<TaskOutcome>(want).await? {
             if let Some(ta) = runs::parse_outcome_key(&k, &run.run_id) {
+                let job = views
+                    .iter()
+                    .find(|v| (v.task, v.attempt) == ta)
+                    .and_then(|v| self.jobs.get(&ObjectRef::new(&v.name).within(ns)));
+                if let Some(secs) = job.as_deref().and_then(job_seconds) {
+                    self.metrics.observe_job(o.success, secs);
+                }
                 run.outcomes.insert(ta, o);
             }
         }
@@ -443,7 +461,8 @@ async fn reconcile_inner(bf: &Backfill, ctx: &Context) -> Result<Requeue, Error>
         (Some(run_id), true) => {
             ctx.load_run(bf, &status, run_id).await?;
             let views = ctx.job_views(&uid, run_id).await;
-            ctx.refresh_outcomes(&uid, &views).await?;
+            ctx.refresh_outcomes(&bf.namespace().unwrap_or_default(), &uid, &views)
+                .await?;
             Some(views)
         }
         _ => None,
@@ -675,6 +694,23 @@ mod tests {
             job_state(&job(vec![("FailureTarget", "x"), ("Failed", "DeadlineExceeded")])),
             JobState::Failed { ref reason, .. } if reason == "DeadlineExceeded"
         ));
+    }
+
+    #[test]
+    fn finished_jobs_are_timed_from_start_to_end() {
+        let mut j = job(vec![("Complete", "x")]);
+        assert_eq!(job_seconds(&j), None, "no startTime");
+        let st = j.status.as_mut().unwrap();
+        st.start_time = Some(Time("2026-11-27T02:59:30Z".parse().unwrap()));
+        st.completion_time = Some(Time("2026-11-27T03:00:00Z".parse().unwrap()));
+        assert_eq!(job_seconds(&j), Some(30.0));
+        // A failed Job ends at its Failed condition.
+        let mut f = job(vec![("Failed", "DeadlineExceeded")]);
+        f.status.as_mut().unwrap().start_time = Some(Time("2026-11-27T02:58:00Z".parse().unwrap()));
+        assert_eq!(job_seconds(&f), Some(120.0));
+        let mut a = job(vec![]);
+        a.status.as_mut().unwrap().start_time = Some(Time("2026-11-27T02:58:00Z".parse().unwrap()));
+        assert_eq!(job_seconds(&a), None, "still running");
     }
 
     #[test]

@@ -57,6 +57,23 @@ impl Histogram {
             state: Mutex::new((vec![0; bounds.len()], 0.0, 0)),
         }
     }
+    /// Bucket, sum and count lines; `labels` is empty or ends with a comma.
+    fn render(&self, out: &mut String, name: &str, labels: &str) {
+        let st = self.state.lock().expect("not poisoned");
+        for (b, n) in self.bounds.iter().zip(&st.0) {
+            let _ = writeln!(out, "{PREFIX}_{name}_bucket{{{labels}le=\"{b}\"}} {n}");
+        }
+        let _ = writeln!(out, "{PREFIX}_{name}_bucket{{{labels}le=\"+Inf\"}} {}", st.2);
+        let plain = labels.trim_end_matches(',');
+        let braces = if plain.is_empty() {
+            String::new()
+        } else {
+            format!("{{{plain}}}")
+        };
+        let _ = writeln!(out, "{PREFIX}_{name}_sum{braces} {}", st.1);
+        let _ = writeln!(out, "{PREFIX}_{name}_count{braces} {}", st.2);
+    }
+
     pub fn observe(&self, v: f64) {
         let mut s = self.state.lock().expect("not poisoned");
         for (i, b) in self.bounds.iter().enumerate() {
@@ -75,6 +92,8 @@ pub struct Metrics {
     pub jobs_created: Counter,
     pub reconcile_seconds: Histogram,
     pub planning_seconds: Histogram,
+    /// Worker Jobs from start to end: [succeeded, failed].
+    pub job_seconds: [Histogram; 2],
     /// Controllers whose Job cache is filled (readiness).
     pub ready_scopes: Counter,
     /// 1 while this replica reconciles (the leader, or the only replica).
@@ -93,6 +112,7 @@ impl Default for Metrics {
             jobs_created: Counter::default(),
             reconcile_seconds: Histogram::new(&[0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 30.0]),
             planning_seconds: Histogram::new(&[1.0, 5.0, 30.0, 120.0, 600.0, 1800.0]),
+            job_seconds: [JOB_BOUNDS, JOB_BOUNDS].map(Histogram::new),
             ready_scopes: Counter::default(),
             leader: Gauge::default(),
             stores: Mutex::new(Vec::new()),
@@ -102,11 +122,16 @@ impl Default for Metrics {
 }
 
 const PREFIX: &str = "milvus_backfill_operator";
+const JOB_BOUNDS: &[f64] = &[10.0, 30.0, 60.0, 300.0, 900.0, 1800.0, 3600.0, 7200.0];
 
 impl Metrics {
     /// Counts the Backfills of this cache in the phase gauge.
     pub fn watch(&self, store: Store<Backfill>) {
         self.stores.lock().expect("not poisoned").push(store);
+    }
+
+    pub fn observe_job(&self, succeeded: bool, seconds: f64) {
+        self.job_seconds[usize::from(!succeeded)].observe(seconds);
     }
 
     pub fn set_phase(&self, uid: &str, phase: Phase) {
@@ -115,6 +140,24 @@ impl Metrics {
 
     pub fn forget(&self, uid: &str) {
         self.phases.lock().expect("not poisoned").remove(uid);
+    }
+
+    /// Segments [pending, running, succeeded, failed] and rows written, summed over the
+    /// Backfills in the caches (their status).
+    fn totals(&self) -> ([u64; 4], u64) {
+        let stores = self.stores.lock().expect("not poisoned");
+        let mut seg = [0u64; 4];
+        let mut rows = 0;
+        for bf in stores.iter().flat_map(|s| s.state()) {
+            let Some(st) = bf.status.as_ref() else { continue };
+            if let Some(c) = &st.segments {
+                for (acc, v) in seg.iter_mut().zip([c.pending, c.running, c.succeeded, c.failed]) {
+                    *acc += v;
+                }
+            }
+            rows += st.rows.as_ref().map_or(0, |r| r.written);
+        }
+        (seg, rows)
     }
 
     fn phase_counts(&self) -> Vec<Phase> {
@@ -164,15 +207,28 @@ impl Metrics {
                 &self.planning_seconds,
             ),
         ] {
-            let st = h.state.lock().expect("not poisoned");
             let _ = writeln!(s, "# HELP {PREFIX}_{name} {help}\n# TYPE {PREFIX}_{name} histogram");
-            for (b, n) in h.bounds.iter().zip(&st.0) {
-                let _ = writeln!(s, "{PREFIX}_{name}_bucket{{le=\"{b}\"}} {n}");
-            }
-            let _ = writeln!(s, "{PREFIX}_{name}_bucket{{le=\"+Inf\"}} {}", st.2);
-            let _ = writeln!(s, "{PREFIX}_{name}_sum {}", st.1);
-            let _ = writeln!(s, "{PREFIX}_{name}_count {}", st.2);
+            h.render(&mut s, name, "");
         }
+        let name = "job_duration_seconds";
+        let _ = writeln!(
+            s,
+            "# HELP {PREFIX}_{name} Worker Jobs from start to end, by result.\n# TYPE {PREFIX}_{name} histogram"
+        );
+        self.job_seconds[0].render(&mut s, name, "result=\"succeeded\",");
+        self.job_seconds[1].render(&mut s, name, "result=\"failed\",");
+        let (segments, rows_written) = self.totals();
+        let _ = writeln!(
+            s,
+            "# HELP {PREFIX}_segments Segments of the Backfills seen by this operator, by state.\n# TYPE {PREFIX}_segments gauge"
+        );
+        for (state, n) in ["pending", "running", "succeeded", "failed"].iter().zip(segments) {
+            let _ = writeln!(s, "{PREFIX}_segments{{state=\"{state}\"}} {n}");
+        }
+        let _ = writeln!(
+            s,
+            "# HELP {PREFIX}_rows_written Rows written by the Backfills seen by this operator.\n# TYPE {PREFIX}_rows_written gauge\n{PREFIX}_rows_written {rows_written}"
+        );
         let mut by_phase: BTreeMap<&str, u64> = [
             Phase::Pending,
             Phase::Planning,
@@ -221,10 +277,47 @@ mod tests {
         assert!(t.contains("milvus_backfill_operator_reconcile_duration_seconds_count 1\n"));
         assert!(t.contains("milvus_backfill_operator_backfills{phase=\"Running\"} 2\n"));
         assert!(t.contains("milvus_backfill_operator_backfills{phase=\"Pending\"} 0\n"));
+        m.observe_job(true, 42.0);
+        m.observe_job(false, 5.0);
+        let t = m.render();
+        assert!(t.contains("milvus_backfill_operator_job_duration_seconds_bucket{result=\"succeeded\",le=\"30\"} 0\n"));
+        assert!(t.contains("milvus_backfill_operator_job_duration_seconds_bucket{result=\"succeeded\",le=\"60\"} 1\n"));
+        assert!(t.contains("milvus_backfill_operator_job_duration_seconds_sum{result=\"succeeded\"} 42\n"));
+        assert!(t.contains("milvus_backfill_operator_job_duration_seconds_count{result=\"failed\"} 1\n"));
         m.forget("c");
         assert!(m
             .render()
             .contains("milvus_backfill_operator_backfills{phase=\"Failed\"} 0\n"));
+        // Segments and rows come from the Backfills' status in the caches.
+        let (store, mut writer) = kube::runtime::reflector::store::<Backfill>();
+        for (name, seg, written) in [("a", [1, 2, 3, 0], 300), ("b", [0, 0, 5, 1], 500)] {
+            let mut bf = crate::testutil::backfill(name);
+            bf.status = Some(crate::crd::BackfillStatus {
+                segments: Some(crate::crd::SegmentCounts {
+                    total: seg.iter().sum(),
+                    pending: seg[0],
+                    running: seg[1],
+                    succeeded: seg[2],
+                    failed: seg[3],
+                }),
+                rows: Some(crate::crd::RowCounts {
+                    total: written,
+                    written,
+                    matched: 0,
+                }),
+                ..Default::default()
+            });
+            writer.apply_watcher_event(&kube::runtime::watcher::Event::Apply(bf));
+        }
+        m.watch(store);
+        let t = m.render();
+        assert!(
+            t.contains("milvus_backfill_operator_segments{state=\"running\"} 2\n"),
+            "{t}"
+        );
+        assert!(t.contains("milvus_backfill_operator_segments{state=\"succeeded\"} 8\n"));
+        assert!(t.contains("milvus_backfill_operator_segments{state=\"failed\"} 1\n"));
+        assert!(t.contains("milvus_backfill_operator_rows_written 800\n"));
         // Every sample line is `name{labels} value` or `name value`.
         for line in t.lines().filter(|l| !l.starts_with('#')) {
             let (_, v) = line.rsplit_once(' ').unwrap();
