@@ -255,6 +255,11 @@ sc_restart() {
   ck "one Job per task ($NSEG), all attempt 0" test "$(grep -c -- '-0$' <<<"$names")" = "$NSEG" -a "$(wc -l <<<"$names")" = "$NSEG"
   ck "no duplicate task Jobs" test "$(sort -u <<<"$names" | wc -l)" = "$NSEG"
   kubectl -n "$NS" get bf "$n" -o json >"$DATA/$n.json"
+  # The bucket's ledger agrees: one outcome per task, all of attempt 0.
+  local outcomes
+  outcomes=$(check outcomes "$DATA/$n.json")
+  log "  outcomes (task-attempt): $(tr '\n' ' ' <<<"$outcomes")"
+  ck "one outcome per task, attempt 0" test "$(grep -c -- '-0$' <<<"$outcomes")" = "$NSEG" -a "$(wc -l <<<"$outcomes")" = "$NSEG"
   ck "status and manifests" check check "$DATA/$n.json" "$EXP" "$COLL" "$n"
   kubectl -n "$NS" rollout status deploy -l app.kubernetes.io/name=milvus-backfill --timeout=120s >/dev/null
   kubectl -n "$NS" delete bf "$n" >/dev/null

@@ -40,6 +40,7 @@ SCENARIOS=(
 	"default|"
 	"watch-namespaces|--set watchNamespaces={team-a,team-b}"
 	"replicas-2|--set replicaCount=2"
+	"no-leader-election|--set leaderElection.enabled=false"
 	"monitoring|--set serviceMonitor.enabled=true --set networkPolicy.enabled=true --set serviceMonitor.labels.release=prom"
 	"no-secrets|--set operator.readSecrets=false"
 	"no-crds|--set crds.install=false"

@@ -3,6 +3,7 @@
   s3check.py pick EXPECTED COLL                      -> prints one segment id (the smallest)
   s3check.py stash EXPECTED COLL SEG DIR             -> copies the segment's PK binlogs to DIR, deletes them
   s3check.py restore EXPECTED COLL SEG DIR           -> puts them back from DIR
+  s3check.py outcomes BF_JSON                        -> the run's task outcome objects, one "task-attempt" per line
   s3check.py check BF_JSON EXPECTED COLL RUN [--failed SEG --attempts N]
       status totals; per succeeded segment a manifest whose Parquet parts hold, row by row in
       the segment's storage order, the source's values of that row's key (nulls where the source
@@ -76,6 +77,15 @@ def main():
                 s3.put_object(Bucket=BUCKET, Key=key, Body=open(f, "rb").read())
                 assert exists(key), key
             print(f"{cmd}: {key}")
+    elif cmd == "outcomes":
+        st = json.load(open(sys.argv[2]))["status"]
+        prefix = f"{ROOT}/backfill/{st['collectionId']}/{st['runId']}/outcomes/"
+        for page in s3.get_paginator("list_objects_v2").paginate(Bucket=BUCKET, Prefix=prefix):
+            for o in page.get("Contents", []):
+                # {runId}-{task}-{attempt}.json
+                name = o["Key"][len(prefix):].removesuffix(".json")
+                task, attempt = name[len(st["runId"]) + 1:].split("-")
+                print(f"{task}-{attempt}")
     elif cmd == "check":
         bf, exp, run = json.load(open(sys.argv[2])), exp_of(sys.argv[3], sys.argv[4]), sys.argv[5]
         failed = sys.argv[sys.argv.index("--failed") + 1] if "--failed" in sys.argv else None

@@ -65,7 +65,7 @@ app.kubernetes.io/component: operator
 {{- if kindIs "bool" .Values.leaderElection.enabled }}
 {{- ternary "true" "false" .Values.leaderElection.enabled }}
 {{- else }}
-{{- ternary "true" "false" (gt (int .Values.replicaCount) 1) }}
+{{- "true" }}
 {{- end }}
 {{- end }}
 

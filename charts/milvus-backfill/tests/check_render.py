@@ -159,15 +159,16 @@ def main():
             check_rules(cr[0]["rules"], read_secrets, "ClusterRole")
             check(crb[0]["roleRef"]["name"] == cr[0]["metadata"]["name"], "ClusterRoleBinding refers to the ClusterRole")
 
-    if scenario == "replicas-2":
-        check(d["spec"]["replicas"] == 2, "replicas 2")
+    check(d["spec"]["replicas"] == (2 if scenario == "replicas-2" else 1), "replicas")
+    if scenario != "no-leader-election":
+        # On by default, with one replica too: a rolling update briefly runs two.
         check(e["LEADER_ELECTION"]["value"] == "true", "LEADER_ELECTION true")
+        check(e["LEASE_NAME"]["value"] == FULL, "LEASE_NAME is the release's full name")
         check(d["spec"]["strategy"]["type"] == "RollingUpdate", "strategy RollingUpdate")
         check(len(lroles) == 1 and rules_map(lroles[0]["rules"]) == {("coordination.k8s.io", "leases"): {"get", "create", "update"}},
               "leader-election Role: leases get/create/update in the release namespace")
         check(len(find(objs, "RoleBinding", FULL + "-leader-election", ns)) == 1, "leader-election RoleBinding")
     else:
-        check(d["spec"]["replicas"] == 1, "replicas 1")
         check(e["LEADER_ELECTION"]["value"] == "false", "LEADER_ELECTION false")
         check(d["spec"]["strategy"]["type"] == "Recreate", "strategy Recreate (never two controllers)")
         check(not lroles, "no leader-election Role")
