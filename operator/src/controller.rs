@@ -627,17 +627,22 @@ pub async fn run(client: Client, config: Config, metrics: Arc<Metrics>) {
                 .with_config(ControllerConfig::default().concurrency(config.concurrency.max(1)))
                 .shutdown_on_signal();
             metrics.watch(c.store());
-            let ready = async {
-                let _ = reader.wait_until_ready().await;
-                metrics.ready_scopes.inc();
-                tracing::info!(scope = %scope, "Job cache ready");
-            };
+            // Apart from the controller: a shutdown before the cache fills must not wait for it.
+            let ready = tokio::spawn({
+                let metrics = metrics.clone();
+                async move {
+                    let _ = reader.wait_until_ready().await;
+                    metrics.ready_scopes.inc();
+                    tracing::info!(scope = %scope, "Job cache ready");
+                }
+            });
             let run = c.run(reconcile, error_policy, ctx).for_each(|r| async move {
                 if let Err(e) = r {
                     tracing::debug!(error = %e, "controller event");
                 }
             });
-            futures_util::future::join(ready, run).await;
+            run.await;
+            ready.abort();
         });
     }
     futures_util::future::join_all(controllers).await;
