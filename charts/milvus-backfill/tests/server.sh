@@ -20,9 +20,12 @@ fi
 server_cleanup() {
 	"$HELM" uninstall mbt -n $SNS --wait >/dev/null 2>&1 || true
 	K delete backfill -n mbt-a sample --ignore-not-found --wait=false >/dev/null 2>&1 || true
-	K delete ns $SNS mbt-a mbt-b --ignore-not-found --wait=false >/dev/null 2>&1 || true
+	# Waits, so that a control plane stopped right after finds no half-deleted namespace.
+	K delete ns $SNS mbt-a mbt-b --ignore-not-found --wait=true --timeout=90s >/dev/null 2>&1 || true
 	if [ $crd_preexisting = 0 ]; then K delete crd $CRD --ignore-not-found >/dev/null 2>&1 || true; fi
 }
+# Namespaces of an earlier run may still be terminating (its control plane stopped too soon).
+K wait --for=delete ns/$SNS ns/mbt-a ns/mbt-b --timeout=120s >/dev/null 2>&1 || true
 for ns in $SNS mbt-a mbt-b; do K create ns $ns --dry-run=client -o yaml | K apply -f - >/dev/null; done
 # Pod Security Admission "restricted" in the release namespace: the ReplicaSet cannot create
 # the operator pod unless its security context complies.
@@ -75,7 +78,9 @@ for ns in default mbt-a; do
 	can yes $SA get secrets $ns; can no $SA list secrets $ns; can no $SA watch secrets $ns
 	can no $SA get configmaps $ns
 done
-can no $SA create leases.coordination.k8s.io $SNS
+# Leader election is on by default: Leases in the release namespace only.
+can yes $SA create leases.coordination.k8s.io $SNS; can yes $SA update leases.coordination.k8s.io $SNS
+can no $SA delete leases.coordination.k8s.io $SNS; can no $SA create leases.coordination.k8s.io default
 for v in get list create; do can no $WSA $v pods mbt-a; done
 can no $WSA get secrets $SNS; can no $WSA get backfills.milvusbackfill.io mbt-a
 [ "$(K get sa -n $SNS mbt-milvus-backfill-worker -o jsonpath='{.automountServiceAccountToken}')" = false ] &&
@@ -85,12 +90,11 @@ for _ in $(seq 30); do K get pods -n $SNS -l app.kubernetes.io/instance=mbt -o n
 pod=$(K get pods -n $SNS -l app.kubernetes.io/instance=mbt -o jsonpath='{.items[0].spec.serviceAccountName}' 2>/dev/null || true)
 [ "$pod" = mbt-milvus-backfill ] && ok "operator pod admitted under Pod Security \"restricted\" (created by the ReplicaSet, operator SA)" || ko "operator pod created (SA: '$pod')"
 
-echo "== helm upgrade --set replicaCount=2 (leader election)"
-if "$HELM" upgrade mbt "$CHART" -n $SNS --reuse-values --set replicaCount=2 >"$WORK/out" 2>&1; then ok "helm upgrade"; else cat "$WORK/out"; ko "helm upgrade"; fi
-can yes $SA create leases.coordination.k8s.io $SNS; can yes $SA update leases.coordination.k8s.io $SNS
-can no $SA delete leases.coordination.k8s.io $SNS; can no $SA create leases.coordination.k8s.io default
-[ "$(K get deploy -n $SNS mbt-milvus-backfill -o jsonpath='{.spec.template.spec.containers[0].env[?(@.name=="LEADER_ELECTION")].value}')" = true ] &&
-	ok "LEADER_ELECTION=true (live)" || ko "LEADER_ELECTION=true (live)"
+echo "== helm upgrade --set leaderElection.enabled=false"
+if "$HELM" upgrade mbt "$CHART" -n $SNS --reuse-values --set leaderElection.enabled=false >"$WORK/out" 2>&1; then ok "helm upgrade"; else cat "$WORK/out"; ko "helm upgrade"; fi
+can no $SA create leases.coordination.k8s.io $SNS
+[ "$(K get deploy -n $SNS mbt-milvus-backfill -o jsonpath='{.spec.template.spec.containers[0].env[?(@.name=="LEADER_ELECTION")].value}/{.spec.strategy.type}')" = false/Recreate ] &&
+	ok "LEADER_ELECTION=false and strategy Recreate (live)" || ko "LEADER_ELECTION=false and strategy Recreate (live)"
 
 if [ $crd_preexisting = 0 ]; then
 	echo "== helm upgrade with a changed CRD (the CRD upgrade path)"
