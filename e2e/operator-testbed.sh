@@ -33,8 +33,12 @@ testbed_install() {
   # Pod Security Admission "restricted": the operator Pod and every worker Pod must comply (the
   # API server refuses them otherwise), which proves the default security contexts.
   kubectl label namespace "$NS" pod-security.kubernetes.io/enforce=restricted --overwrite >/dev/null
+  # Recreate: every Pod of the pod runner shares the host's network, so during a rolling update
+  # the new operator Pod could not listen on 8080 while the old one runs (a chart changed since
+  # the last run on this machine rolls the Deployment).
   helm upgrade --install mbf charts/milvus-backfill -n "$NS" --wait --timeout 120s \
-    --set logFormat=plain --set-json 'operator.extraArgs=["--http-addr","127.0.0.1:8080"]' >/dev/null
+    --set logFormat=plain --set-json 'operator.extraArgs=["--http-addr","127.0.0.1:8080"]' \
+    --set-json 'updateStrategy={"type":"Recreate"}' >/dev/null
   kubectl -n "$NS" rollout status deploy -l app.kubernetes.io/name=milvus-backfill --timeout=120s >/dev/null
   kubectl -n "$NS" create secret generic minio-creds --from-literal=accesskey="$AWS_ACCESS_KEY_ID" \
     --from-literal=secretkey="$AWS_SECRET_ACCESS_KEY" --dry-run=client -o yaml | kubectl apply -f - >/dev/null
