@@ -109,25 +109,23 @@ done
 log "deleting the leader Pod $LEADER mid-run ($(kubectl -n "$NS" get jobs -l "milvusbackfill.io/backfill=$RUN2" -o name | wc -l) Job(s))"
 kubectl -n "$NS" delete pod "$LEADER" --wait=false >/dev/null
 kubectl -n "$NS" create secret generic "$GATE" --from-literal=open=yes >/dev/null
-for _ in $(seq 1 60); do
-  h=$(holder)
-  [ -n "$h" ] && [ "$h" != "$LEADER" ] && break
-  sleep 1
-done
-log "Lease $LEASE now held by $h"
-[ -n "$h" ] && [ "$h" != "$LEADER" ] || fail "no new leader after deleting $LEADER (holder: '$h')"
+# next_leader OLD: waits up to 60 s for a holder other than OLD, sets $h to it
+next_leader() {
+  for _ in $(seq 1 60); do
+    h=$(holder)
+    [ -n "$h" ] && [ "$h" != "$1" ] && break
+    sleep 1
+  done
+  log "Lease $LEASE now held by $h"
+  [ -n "$h" ] && [ "$h" != "$1" ] || fail "no new leader after $1 went (holder: '$h')"
+}
+next_leader "$LEADER"
 # A crash this time: the process is killed, the Lease is not released, and a standby takes it
 # only once it has stopped changing for a whole lease duration (15 s).
 LEADER2=$h
 log "killing the new leader $LEADER2 (force delete: no release)"
 kubectl -n "$NS" delete pod "$LEADER2" --grace-period=0 --force >/dev/null 2>&1
-for _ in $(seq 1 60); do
-  h=$(holder)
-  [ -n "$h" ] && [ "$h" != "$LEADER2" ] && break
-  sleep 1
-done
-log "Lease $LEASE now held by $h"
-[ -n "$h" ] && [ "$h" != "$LEADER2" ] || fail "no new leader after killing $LEADER2 (holder: '$h')"
+next_leader "$LEADER2"
 for _ in $(seq 1 120); do
   phase=$(kubectl -n "$NS" get bf "$RUN2" -o jsonpath='{.status.phase}' 2>/dev/null || true)
   case "$phase" in Succeeded|Failed) break ;; esac

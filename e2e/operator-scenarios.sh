@@ -103,23 +103,23 @@ ck() {
 }
 
 # ---------------------------------------------------------------------------------------------
+# refused NAME FIELD VALUE: a Backfill with spec.FIELD = VALUE must be refused, naming FIELD
+refused() {
+  local name=$1 field=$2 value=$3 out
+  backfill_yaml "$name" "$field: $value" "suspend: true" "worker: {image: milvus-backfill:e2e}" >"$DATA/$name.yaml"
+  if out=$(kubectl apply -f "$DATA/$name.yaml" 2>&1); then
+    problems+=("$field $value was accepted: $out")
+    kubectl -n "$NS" delete bf "$name" --wait=false >/dev/null 2>&1 || true
+  else
+    log "  $field $value refused: $out"
+    ck "the refusal names $field" grep -q "$field" <<<"$out"
+  fi
+}
+
 sc_cel() {
   local n=sc1-$TS out
-  backfill_yaml "$n-bs0" "batchSize: 0" "suspend: true" "worker: {image: milvus-backfill:e2e}" >"$DATA/$n-bs0.yaml"
-  if out=$(kubectl apply -f "$DATA/$n-bs0.yaml" 2>&1); then
-    problems+=("batchSize 0 was accepted: $out")
-    kubectl -n "$NS" delete bf "$n-bs0" --wait=false >/dev/null 2>&1 || true
-  else
-    log "  batchSize 0 refused: $out"
-    ck "the refusal names batchSize" grep -q batchSize <<<"$out"
-  fi
-  backfill_yaml "$n-bs0" "parallelism: 0" "suspend: true" "worker: {image: milvus-backfill:e2e}" >"$DATA/$n-p0.yaml"
-  if out=$(kubectl apply -f "$DATA/$n-p0.yaml" 2>&1); then
-    problems+=("parallelism 0 was accepted")
-    kubectl -n "$NS" delete bf "$n-bs0" --wait=false >/dev/null 2>&1 || true
-  else
-    log "  parallelism 0 refused: $out"
-  fi
+  refused "$n-bs0" batchSize 0
+  refused "$n-p0" parallelism 0
   backfill_yaml "$n" "suspend: true" "worker: {image: milvus-backfill:e2e}" | kubectl apply -f - >/dev/null
   if out=$(kubectl -n "$NS" patch bf "$n" --type merge -p "{\"spec\":{\"source\":{\"path\":\"s3://$DATA_BUCKET/elsewhere/\"}}}" 2>&1); then
     problems+=("spec.source.path change was accepted: $out")

@@ -389,26 +389,25 @@ impl Context {
     async fn refresh_outcomes(&self, ns: &str, uid: &str, views: &[JobView]) -> Result<(), Error> {
         let mut runs = self.runs.lock().await;
         let Some(run) = runs.get_mut(uid) else { return Ok(()) };
-        let want: Vec<String> = views
+        // Finished Jobs without a cached outcome, by (task, attempt).
+        let finished: HashMap<(u32, u32), &str> = views
             .iter()
             .filter(|v| v.state != JobState::Active && !run.outcomes.contains_key(&(v.task, v.attempt)))
-            .map(|v| {
-                runs::outcome_key(
-                    &runs::run_prefix(&run.plan),
-                    &runs::task_id(&run.run_id, v.task),
-                    v.attempt,
-                )
-            })
+            .map(|v| ((v.task, v.attempt), v.name.as_str()))
             .collect();
-        if want.is_empty() {
+        if finished.is_empty() {
             return Ok(());
         }
+        let prefix = runs::run_prefix(&run.plan);
+        let want: Vec<String> = finished
+            .keys()
+            .map(|&(task, attempt)| runs::outcome_key(&prefix, &runs::task_id(&run.run_id, task), attempt))
+            .collect();
         for (k, o) in run.storage.get_many::<TaskOutcome>(want).await? {
             if let Some(ta) = runs::parse_outcome_key(&k, &run.run_id) {
-                let job = views
-                    .iter()
-                    .find(|v| (v.task, v.attempt) == ta)
-                    .and_then(|v| self.jobs.get(&ObjectRef::new(&v.name).within(ns)));
+                let job = finished
+                    .get(&ta)
+                    .and_then(|name| self.jobs.get(&ObjectRef::new(name).within(ns)));
                 if let Some(secs) = job.as_deref().and_then(job_seconds) {
                     self.metrics.observe_job(o.success, secs);
                 }

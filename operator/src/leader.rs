@@ -46,7 +46,6 @@ pub struct Record {
     pub holder: Option<String>,
     pub renew_time: Option<String>,
     pub duration_seconds: Option<i32>,
-    pub transitions: i32,
 }
 
 impl Record {
@@ -56,7 +55,6 @@ impl Record {
             holder: spec.holder_identity.filter(|h| !h.is_empty()),
             renew_time: spec.renew_time.map(|t| t.0.to_string()),
             duration_seconds: spec.lease_duration_seconds,
-            transitions: spec.lease_transitions.unwrap_or(0),
         }
     }
 }
@@ -181,10 +179,6 @@ impl Elector {
         }
     }
 
-    pub fn config(&self) -> &LeaseConfig {
-        &self.cfg
-    }
-
     async fn attempt(&mut self) -> Result<Attempt, kube::Error> {
         let lease = self.api.get_opt(&self.cfg.name).await?;
         let record = lease.as_ref().map(Record::of);
@@ -296,7 +290,6 @@ mod tests {
             holder: holder.map(str::to_owned),
             renew_time: Some(renew.to_owned()),
             duration_seconds: Some(15),
-            transitions: 0,
         }
     }
 
