@@ -13,23 +13,23 @@ use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::controller::{Action as Requeue, Config as ControllerConfig, Controller};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
-use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::reflector::{self, ObjectRef};
 use kube::runtime::{watcher, WatchStreamExt};
 use kube::{Client, Resource, ResourceExt};
-use milvus_backfill::config::{BackfillDoc, MilvusToken, S3Credentials, Stores};
-use milvus_backfill::error::ErrorKind;
-use milvus_backfill::plan::Plan;
-use milvus_backfill::runner::TaskOutcome;
-use milvus_backfill_api::{ACCESS_KEY_KEY, API_VERSION, KIND, SECRET_KEY_KEY};
+use milvus_backfill::facade::{self, MilvusToken, PlanSecrets, S3Credentials, Store, StoreError};
+use milvus_backfill_api::layout::RunLayout;
+use milvus_backfill_api::outcome::TaskOutcome;
+use milvus_backfill_api::plan::Plan;
+use milvus_backfill_api::spec::{ACCESS_KEY_KEY, SECRET_KEY_KEY};
+use milvus_backfill_api::{API_VERSION, KIND};
 use tokio::sync::Mutex;
 
 use crate::crd::{Backfill, BackfillStatus};
-use crate::jobs::{self, labels, BuildError, JobInput, MANAGER};
+use crate::jobs::{self, labels, BuildError, MANAGER};
 use crate::metrics::Metrics;
-use crate::state::{self, Action, EventSpec, Observed, RunInput};
+use crate::state::{self, EventSpec, Observed, RunInput};
 use crate::status::{JobState, JobView, Outcomes};
-use crate::storage::{RunStorage, StorageError};
-use crate::{runs, validate};
+use crate::validate;
 
 /// How long a created Job counts as running before the watch shows it.
 const EXPECTATION_TTL: Duration = Duration::from_secs(120);
@@ -39,7 +39,7 @@ pub enum Error {
     #[error("Kubernetes API: {0}")]
     Kube(#[from] kube::Error),
     #[error("storage: {0}")]
-    Storage(#[from] StorageError),
+    Storage(#[from] StoreError),
     #[error("Secret {0}")]
     Secret(String),
     #[error("planning: {0}")]
@@ -76,30 +76,30 @@ pub struct Config {
 
 /// What the operator keeps about a run between passes: the plan and the outcomes read so far
 /// (outcome objects never change once written, so caching them is safe).
-struct RunCache {
-    run_id: String,
-    plan: Arc<Plan>,
-    storage: RunStorage,
-    outcomes: Outcomes,
+pub(crate) struct RunCache {
+    pub(crate) layout: RunLayout,
+    pub(crate) plan: Arc<Plan>,
+    pub(crate) storage: Store,
+    pub(crate) outcomes: Outcomes,
 }
 
 /// Job name to (task, attempt, created at).
-type Expected = BTreeMap<String, (u32, u32, Instant)>;
+pub(crate) type Expected = BTreeMap<String, (u32, u32, Instant)>;
 
 pub struct Context {
     pub client: Client,
     pub recorder: Recorder,
     pub config: Config,
     pub metrics: Arc<Metrics>,
-    jobs: Store<Job>,
-    runs: Mutex<HashMap<String, RunCache>>,
+    pub(crate) jobs: reflector::Store<Job>,
+    pub(crate) runs: Mutex<HashMap<String, RunCache>>,
     /// Jobs created but not yet seen in the cache, per Backfill uid.
-    expected: Mutex<HashMap<String, Expected>>,
+    pub(crate) expected: Mutex<HashMap<String, Expected>>,
     /// Consecutive failed passes per Backfill uid, for the backoff.
     failures: std::sync::Mutex<HashMap<String, u32>>,
 }
 
-fn now() -> Timestamp {
+pub(crate) fn now() -> Timestamp {
     Timestamp::now()
 }
 
@@ -185,55 +185,76 @@ impl Context {
         String::from_utf8(v.0.clone()).map_err(|_| Error::Secret(format!("{ns}/{name} key {key:?} is not UTF-8")))
     }
 
-    async fn storage_credentials(&self, bf: &Backfill) -> Result<Option<S3Credentials>, Error> {
+    /// Access keys from a `credentialsSecretRef` Secret (`accesskey`, `secretkey`).
+    async fn s3_credentials(&self, bf: &Backfill, secret: Option<&str>) -> Result<Option<S3Credentials>, Error> {
         let ns = bf.namespace().unwrap_or_default();
-        match &bf.spec.engine.storage.credentials_secret_ref {
-            Some(r) => Ok(Some(S3Credentials {
-                access_key: self.secret_value(&ns, &r.name, ACCESS_KEY_KEY).await?,
-                secret_key: self.secret_value(&ns, &r.name, SECRET_KEY_KEY).await?,
-            })),
-            None => Ok(None),
-        }
+        let Some(name) = secret else { return Ok(None) };
+        Ok(Some(S3Credentials {
+            access_key: self.secret_value(&ns, name, ACCESS_KEY_KEY).await?,
+            secret_key: self.secret_value(&ns, name, SECRET_KEY_KEY).await?,
+        }))
     }
 
-    async fn storage(&self, bf: &Backfill) -> Result<RunStorage, Error> {
+    async fn storage_credentials(&self, bf: &Backfill) -> Result<Option<S3Credentials>, Error> {
+        let r = bf.spec.engine.storage.credentials_secret_ref.as_ref();
+        self.s3_credentials(bf, r.map(|r| r.name.as_str())).await
+    }
+
+    pub(crate) async fn storage(&self, bf: &Backfill) -> Result<Store, Error> {
         let creds = self.storage_credentials(bf).await?;
-        Ok(RunStorage::connect(&bf.spec.engine, creds.as_ref()).await)
+        Ok(facade::open_storage(&bf.spec.engine, creds.as_ref()).await)
+    }
+
+    /// Every secret planning needs, from the Backfill's own Secrets.
+    pub(crate) async fn plan_secrets(&self, bf: &Backfill) -> Result<PlanSecrets, Error> {
+        let ns = bf.namespace().unwrap_or_default();
+        let e = &bf.spec.engine;
+        let milvus_token = match &e.milvus.token_secret_ref {
+            Some(r) => MilvusToken(Some(self.secret_value(&ns, &r.name, &r.key).await?)),
+            None => MilvusToken(None),
+        };
+        let source = e.source.credentials_secret_ref.as_ref().map(|r| r.name.as_str());
+        Ok(PlanSecrets {
+            milvus_token,
+            storage: self.storage_credentials(bf).await?,
+            source: self.s3_credentials(bf, source).await?,
+        })
     }
 
     /// The cached run, loading the plan and (once) every stored outcome.
     async fn load_run(&self, bf: &Backfill, status: &BackfillStatus, run_id: &str) -> Result<(), Error> {
         let uid = bf.uid().unwrap_or_default();
         let mut runs = self.runs.lock().await;
-        if runs.get(&uid).is_some_and(|r| r.run_id == run_id) {
+        let coll = status.collection_id.unwrap_or_default();
+        let layout = RunLayout::new(bf.spec.engine.storage.root_path(), coll, run_id);
+        if runs.get(&uid).is_some_and(|r| r.layout == layout) {
             return Ok(());
         }
         let storage = self.storage(bf).await?;
-        let coll = status.collection_id.unwrap_or_default();
-        let key = runs::plan_key(bf.spec.engine.storage.root_path(), coll, run_id);
+        let key = layout.plan_key();
         let plan: Plan = storage
             .get_json(&key)
             .await?
-            .ok_or_else(|| Error::PlanMissing(storage.uri(&key)))?;
-        let prefix = runs::run_prefix(&plan);
+            .ok_or_else(|| Error::PlanMissing(storage.display(&key)))?;
         let keys: Vec<String> = storage
-            .list(&runs::outcomes_prefix(&prefix))
+            .list_keys(&layout.outcomes_prefix())
             .await?
             .into_iter()
-            .filter(|k| runs::parse_outcome_key(k, run_id).is_some())
+            .filter(|k| layout.parse_outcome_key(k).is_some())
             .collect();
         let mut outcomes = Outcomes::new();
-        for (k, o) in storage.get_many::<TaskOutcome>(keys).await? {
-            if let Some(ta) = runs::parse_outcome_key(&k, run_id) {
+        for (k, o) in storage.get_json_many::<TaskOutcome>(keys).await? {
+            if let Some(ta) = layout.parse_outcome_key(&k) {
                 outcomes.insert(ta, o);
             }
         }
         tracing::info!(backfill = %bf.name_any(), run = run_id, outcomes = outcomes.len(), "run loaded");
+        let plan = Arc::new(plan);
         runs.insert(
             uid,
             RunCache {
-                run_id: run_id.to_owned(),
-                plan: Arc::new(plan),
+                layout,
+                plan,
                 storage,
                 outcomes,
             },
@@ -265,7 +286,7 @@ impl Context {
         views
     }
 
-    async fn publish(&self, bf: &Backfill, e: &EventSpec, action: &str) {
+    pub(crate) async fn publish(&self, bf: &Backfill, e: &EventSpec, action: &str) {
         let ev = Event {
             type_: if e.warning {
                 EventType::Warning
@@ -282,7 +303,7 @@ impl Context {
         }
     }
 
-    async fn patch_status(&self, bf: &Backfill, st: &BackfillStatus) -> Result<(), Error> {
+    pub(crate) async fn patch_status(&self, bf: &Backfill, st: &BackfillStatus) -> Result<(), Error> {
         let api: Api<Backfill> = Api::namespaced(self.client.clone(), &bf.namespace().unwrap_or_default());
         let patch = serde_json::json!({"apiVersion": API_VERSION, "kind": KIND, "status": st});
         api.patch_status(
@@ -294,87 +315,15 @@ impl Context {
         Ok(())
     }
 
-    /// Plans in-process with the engine's planner, stores the plan, records it in status.
-    async fn plan(&self, bf: &Backfill, status: &BackfillStatus) -> Result<Requeue, Error> {
-        let gen = bf.metadata.generation.unwrap_or_default();
-        let ns = bf.namespace().unwrap_or_default();
-        let token = match &bf.spec.engine.milvus.token_secret_ref {
-            Some(r) => MilvusToken(Some(self.secret_value(&ns, &r.name, &r.key).await?)),
-            None => MilvusToken(None),
-        };
-        let doc = BackfillDoc {
-            name: bf.name_any(),
-            spec: bf.spec.engine.clone(),
-        };
-        // Planning reads storage and the source with the Backfill's own Secrets.
-        let storage_creds = self.storage_credentials(bf).await?;
-        let source_creds = match &bf.spec.engine.source.credentials_secret_ref {
-            Some(r) => Some(S3Credentials {
-                access_key: self.secret_value(&ns, &r.name, ACCESS_KEY_KEY).await?,
-                secret_key: self.secret_value(&ns, &r.name, SECRET_KEY_KEY).await?,
-            }),
-            None => None,
-        };
-        let spec = &bf.spec.engine;
-        let stores = Stores::new(
-            &Stores::storage_endpoint(spec),
-            &spec.storage.bucket,
-            &Stores::source_endpoint(spec),
-            storage_creds,
-            source_creds,
-        )
-        .await;
-        let started = Instant::now();
-        let planned = milvus_backfill::planner::plan_with(&doc, &token, stores).await;
-        self.metrics.planning_seconds.observe(started.elapsed().as_secs_f64());
-        match planned {
-            Ok(p) => {
-                let plan = p.plan;
-                let storage = self.storage(bf).await?;
-                let key = runs::plan_key(&plan.root_path, plan.collection_id, &plan.run_id);
-                storage.put_json(&key, &plan).await?;
-                let (st, ev) = state::status_after_plan(status, &plan, &storage.uri(&key), &bf.spec, gen, now());
-                self.patch_status(bf, &st).await?;
-                self.publish(bf, &ev, "Plan").await;
-                for w in &plan.warnings {
-                    tracing::warn!(backfill = %bf.name_any(), "{w}");
-                }
-                self.runs.lock().await.insert(
-                    bf.uid().unwrap_or_default(),
-                    RunCache {
-                        run_id: plan.run_id.clone(),
-                        plan: Arc::new(plan),
-                        storage,
-                        outcomes: Outcomes::new(),
-                    },
-                );
-                Ok(Requeue::requeue(Duration::from_millis(100)))
-            }
-            Err(e) => {
-                let permanent = matches!(e.kind, ErrorKind::ConfigError | ErrorKind::SchemaValidationError);
-                let (st, ev) =
-                    state::status_after_plan_error(status, e.kind.as_str(), &e.message, permanent, gen, now());
-                self.patch_status(bf, &st).await?;
-                if permanent {
-                    self.publish(bf, &ev, "Plan").await;
-                    Ok(Requeue::await_change())
-                } else {
-                    // Published by the reconcile wrapper, with the backoff.
-                    Err(Error::Planning(e.to_string()))
-                }
-            }
-        }
-    }
-
     /// Before a Job is created: its attempt may have finished while its Job vanished unseen
     /// (a TTL of 0, an operator restart). The outcome tells; then no Job is needed.
-    async fn already_done(&self, uid: &str, task: u32, attempt: u32) -> Result<bool, Error> {
+    pub(crate) async fn already_done(&self, uid: &str, task: u32, attempt: u32) -> Result<bool, Error> {
         let mut runs = self.runs.lock().await;
         let Some(run) = runs.get_mut(uid) else { return Ok(false) };
         if run.outcomes.contains_key(&(task, attempt)) {
             return Ok(true);
         }
-        let key = runs::outcome_key(&runs::run_prefix(&run.plan), &runs::task_id(&run.run_id, task), attempt);
+        let key = run.layout.outcome_key(&run.layout.task_id(task), attempt);
         match run.storage.get_json::<TaskOutcome>(&key).await? {
             Some(o) => {
                 run.outcomes.insert((task, attempt), o);
@@ -398,13 +347,12 @@ impl Context {
         if finished.is_empty() {
             return Ok(());
         }
-        let prefix = runs::run_prefix(&run.plan);
         let want: Vec<String> = finished
             .keys()
-            .map(|&(task, attempt)| runs::outcome_key(&prefix, &runs::task_id(&run.run_id, task), attempt))
+            .map(|&(task, attempt)| run.layout.outcome_key(&run.layout.task_id(task), attempt))
             .collect();
-        for (k, o) in run.storage.get_many::<TaskOutcome>(want).await? {
-            if let Some(ta) = runs::parse_outcome_key(&k, &run.run_id) {
+        for (k, o) in run.storage.get_json_many::<TaskOutcome>(want).await? {
+            if let Some(ta) = run.layout.parse_outcome_key(&k) {
                 let job = finished
                     .get(&ta)
                     .and_then(|name| self.jobs.get(&ObjectRef::new(name).within(ns)));
@@ -443,6 +391,8 @@ pub async fn reconcile(bf: Arc<Backfill>, ctx: Arc<Context>) -> Result<Requeue, 
     r
 }
 
+/// observe → validate → decide → execute. Only [`state::decide`] chooses; the executor
+/// carries out its actions in order.
 async fn reconcile_inner(bf: &Backfill, ctx: &Context) -> Result<Requeue, Error> {
     let uid = bf.uid().unwrap_or_default();
     if bf.metadata.deletion_timestamp.is_some() {
@@ -456,119 +406,59 @@ async fn reconcile_inner(bf: &Backfill, ctx: &Context) -> Result<Requeue, Error>
         .err()
         .unwrap_or_default();
     let final_status = status.completion_time.is_some();
-    let views = match (&status.run_id, problems.is_empty() && !final_status) {
-        (Some(run_id), true) => {
-            ctx.load_run(bf, &status, run_id).await?;
-            let views = ctx.job_views(&uid, run_id).await;
-            ctx.refresh_outcomes(&bf.namespace().unwrap_or_default(), &uid, &views)
-                .await?;
-            Some(views)
-        }
-        _ => None,
-    };
-    // Decide, holding the cached run (plan and outcomes) for the pure function.
-    let decision = {
-        let runs = ctx.runs.lock().await;
-        let run = match (&views, runs.get(&uid)) {
-            (Some(v), Some(r)) => Some(RunInput {
-                plan: &r.plan,
-                outcomes: &r.outcomes,
-                jobs: v.as_slice(),
-            }),
-            _ => None,
-        };
-        state::decide(&Observed {
-            generation: bf.metadata.generation.unwrap_or_default(),
-            spec: &bf.spec,
-            status: &status,
-            problems: &problems,
-            run,
-            now: now(),
-        })
-    };
-    let mut requeue = match decision.requeue_after {
-        Some(d) => Requeue::requeue(d),
-        None => Requeue::await_change(),
-    };
-    // The status as stored so far in this pass.
-    let mut current = status.clone();
-    for action in decision.actions {
-        match action {
-            Action::UpdateStatus(st) => {
-                ctx.patch_status(bf, &st).await?;
-                current = *st;
-            }
-            Action::Event(e) => ctx.publish(bf, &e, "Reconcile").await,
-            Action::Plan => return ctx.plan(bf, &current).await,
-            Action::RecordOutcome { task, attempt, outcome } => {
-                let mut runs = ctx.runs.lock().await;
-                if let Some(run) = runs.get_mut(&uid) {
-                    let key = runs::outcome_key(&runs::run_prefix(&run.plan), &outcome.task_id, attempt);
-                    run.storage.put_json(&key, &outcome).await?;
-                    run.outcomes.insert((task, attempt), *outcome);
-                }
-            }
-            Action::CreateJobs(reqs) => {
-                let ns = bf.namespace().unwrap_or_default();
-                let api: Api<Job> = Api::namespaced(ctx.client.clone(), &ns);
-                for r in reqs {
-                    if ctx.already_done(&uid, r.task, r.attempt).await? {
-                        // Decide again with the outcome found.
-                        requeue = Requeue::requeue(Duration::from_millis(100));
-                        continue;
-                    }
-                    let (task, storage) = {
-                        let runs = ctx.runs.lock().await;
-                        let Some(run) = runs.get(&uid) else { break };
-                        let spj = status.segments_per_job.unwrap_or_else(|| bf.spec.segments_per_job());
-                        (runs::make_task(&run.plan, spj, r.task, r.attempt), run.storage.clone())
-                    };
-                    let key = runs::task_object_key(&task.run_prefix(), &task.task_id, r.attempt);
-                    storage.put_json(&key, &task).await?;
-                    let job = jobs::build_job(
-                        bf,
-                        &JobInput {
-                            run_id: &task.plan.run_id,
-                            task_index: r.task,
-                            attempt: r.attempt,
-                            task_key: &key,
-                            task_id: &task.task_id,
-                        },
-                        &ctx.config.worker,
-                    )?;
-                    let name = job.name_any();
-                    match api
-                        .patch(&name, &PatchParams::apply(MANAGER).force(), &Patch::Apply(&job))
-                        .await
-                    {
-                        Ok(_) => {}
-                        // It exists with an older template (the spec changed since): leave it.
-                        Err(kube::Error::Api(s)) if s.code == 422 && api.get_opt(&name).await?.is_some() => {
-                            tracing::info!(job = %name, "Job exists with another template; kept");
-                        }
-                        Err(e) => return Err(e.into()),
-                    }
-                    ctx.metrics.jobs_created.inc();
-                    ctx.expected
-                        .lock()
-                        .await
-                        .entry(uid.clone())
-                        .or_default()
-                        .insert(name, (r.task, r.attempt, Instant::now()));
-                }
-            }
-            Action::WriteResult(result) => {
-                let runs = ctx.runs.lock().await;
-                if let Some(run) = runs.get(&uid) {
-                    run.storage.put_json(&run.plan.result_key(), &result).await?;
-                }
-            }
-        }
-    }
+    let views = observe_run(bf, ctx, &status, problems.is_empty() && !final_status).await?;
+    let decision = decide(bf, ctx, &status, &problems, views.as_deref()).await;
+    let requeue = crate::executor::execute(bf, ctx, &status, decision).await?;
     if final_status {
         ctx.runs.lock().await.remove(&uid);
     }
     Ok(requeue)
+}
+
+/// Observe: the run's plan, outcomes and live Jobs (when there is a run worth looking at).
+async fn observe_run(
+    bf: &Backfill,
+    ctx: &Context,
+    status: &BackfillStatus,
+    active: bool,
+) -> Result<Option<Vec<JobView>>, Error> {
+    let (Some(run_id), true) = (&status.run_id, active) else {
+        return Ok(None);
+    };
+    let uid = bf.uid().unwrap_or_default();
+    ctx.load_run(bf, status, run_id).await?;
+    let views = ctx.job_views(&uid, run_id).await;
+    ctx.refresh_outcomes(&bf.namespace().unwrap_or_default(), &uid, &views)
+        .await?;
+    Ok(Some(views))
+}
+
+/// Decide, holding the cached run (plan and outcomes) for the pure function.
+async fn decide(
+    bf: &Backfill,
+    ctx: &Context,
+    status: &BackfillStatus,
+    problems: &[String],
+    views: Option<&[JobView]>,
+) -> state::Decision {
+    let uid = bf.uid().unwrap_or_default();
+    let runs = ctx.runs.lock().await;
+    let run = match (views, runs.get(&uid)) {
+        (Some(v), Some(r)) => Some(RunInput {
+            plan: &r.plan,
+            outcomes: &r.outcomes,
+            jobs: v,
+        }),
+        _ => None,
+    };
+    state::decide(&Observed {
+        generation: bf.metadata.generation.unwrap_or_default(),
+        spec: &bf.spec,
+        status,
+        problems,
+        run,
+        now: now(),
+    })
 }
 
 /// Capped exponential backoff per Backfill: 5 s, 10 s, ... 5 min.
@@ -650,6 +540,7 @@ pub async fn run(client: Client, config: Config, metrics: Arc<Metrics>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::jobs::JobInput;
     use k8s_openapi::api::batch::v1::{JobCondition, JobStatus};
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 

@@ -10,13 +10,15 @@ use k8s_openapi::api::core::v1::{
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::{Resource, ResourceExt};
-use milvus_backfill_api::{ACCESS_KEY_KEY, SECRET_KEY_KEY};
+use milvus_backfill_api::invocation::SegmentInvocation;
+use milvus_backfill_api::place::S3Uri;
+use milvus_backfill_api::spec::{ACCESS_KEY_KEY, SECRET_KEY_KEY};
 
 use crate::crd::Backfill;
 
 pub const MANAGER: &str = "milvus-backfill-operator";
 pub const CONTAINER: &str = "worker";
-pub const WORKER_BINARY: &str = "milvus-backfill";
+pub const WORKER_BINARY: &str = milvus_backfill_api::invocation::flags::BINARY;
 
 pub mod labels {
     pub const NAME: &str = "app.kubernetes.io/name";
@@ -35,15 +37,7 @@ pub mod annotations {
     pub const TASK_ID: &str = "milvusbackfill.io/task-id";
 }
 
-pub mod env_names {
-    pub const MILVUS_TOKEN: &str = "MILVUS_TOKEN";
-    pub const AWS_ACCESS_KEY_ID: &str = "AWS_ACCESS_KEY_ID";
-    pub const AWS_SECRET_ACCESS_KEY: &str = "AWS_SECRET_ACCESS_KEY";
-    pub const SOURCE_AWS_ACCESS_KEY_ID: &str = "SOURCE_AWS_ACCESS_KEY_ID";
-    pub const SOURCE_AWS_SECRET_ACCESS_KEY: &str = "SOURCE_AWS_SECRET_ACCESS_KEY";
-    pub const MB_TASK_ENDPOINT: &str = "MB_TASK_ENDPOINT";
-    pub const LOG_FORMAT: &str = "LOG_FORMAT";
-}
+pub use milvus_backfill_api::invocation::env as env_names;
 
 /// Kubernetes names and label values are at most 63 characters.
 pub const MAX_NAME: usize = 63;
@@ -202,19 +196,16 @@ pub fn worker_env(bf: &Backfill) -> Vec<EnvVar> {
 /// (without the binary). The task is data in the bucket; the arguments only point at it.
 pub fn worker_args(bf: &Backfill, task_key: &str) -> Vec<String> {
     let s = &bf.spec.engine.storage;
-    let mut args = vec![
-        "segment".to_owned(),
-        "--task".to_owned(),
-        format!("s3://{}/{}", s.bucket, task_key),
-        "--endpoint".to_owned(),
-        s.endpoint.clone(),
-        "--region".to_owned(),
-        s.region().to_owned(),
-    ];
-    if s.use_ssl() {
-        args.push("--use-ssl".to_owned());
+    SegmentInvocation {
+        task: S3Uri {
+            bucket: s.bucket.clone(),
+            key: task_key.to_owned(),
+        },
+        endpoint: s.endpoint.clone(),
+        region: s.region().to_owned(),
+        use_ssl: s.use_ssl(),
     }
-    args
+    .args()
 }
 
 /// What the operator's installation fills in where `spec.worker` says nothing.
@@ -336,7 +327,7 @@ mod tests {
     }
     use k8s_openapi::api::core::v1::{Affinity, PodSecurityContext, ResourceRequirements, Toleration};
     use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
-    use milvus_backfill_api::SecretRef;
+    use milvus_backfill_api::spec::SecretRef;
 
     fn input(task_key: &str) -> JobInput<'_> {
         JobInput {

@@ -1,21 +1,23 @@
 //! milvus-backfill-operator: runs `Backfill` resources as Kubernetes Jobs.
 //!
-//! Pure parts, each tested alone: [`validate`] (the spec), [`runs`] (the run's layout in the
-//! bucket), [`jobs`] (Job objects), [`status`] (task states, counters, the result) and
-//! [`state`] (the reconcile state machine). The IO edges: `controller` (Kubernetes),
-//! `storage` (the bucket), `http` (probes and metrics), `leader` (the Lease).
+//! A reconcile pass is observe → validate → decide → build → execute (see ARCHITECTURE.md).
+//! Pure parts, each tested alone: [`validate`] (the spec), [`status`] (task states, counters,
+//! the result), [`state`] (decide: the state machine), [`conditions`] (conditions from the
+//! phase), [`jobs`] (build: Job objects). The IO edges: [`controller`] (observe, watches),
+//! [`executor`] (carries out decisions), `http` (probes and metrics), `leader` (the Lease).
+//! The run's bucket keys and all contract types come from `milvus_backfill_api`.
 
 pub mod cli;
+pub mod conditions;
 pub mod controller;
 pub mod crd;
+pub mod executor;
 pub mod http;
 pub mod jobs;
 pub mod leader;
 pub mod metrics;
-pub mod runs;
 pub mod state;
 pub mod status;
-pub mod storage;
 pub mod validate;
 
 #[cfg(test)]

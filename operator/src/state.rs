@@ -19,13 +19,15 @@ use std::time::Duration;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
-use milvus_backfill::plan::Plan;
-use milvus_backfill::result::BackfillResult;
-use milvus_backfill::runner::TaskOutcome;
+use milvus_backfill_api::outcome::{BackfillResult, TaskOutcome};
+use milvus_backfill_api::plan::Plan;
 
-use crate::crd::{condition, truncate, BackfillSpec, BackfillStatus, Condition, Phase, MAX_MESSAGE_BYTES};
-use crate::runs;
-use crate::status::{self, JobView, OutcomeView, Outcomes, RetryPolicy, TaskState};
+use milvus_backfill_api::layout::{RunLayout, TaskSplit};
+
+use crate::conditions::{self, Situation};
+pub use crate::conditions::{get_condition, is_true};
+use crate::crd::{condition, truncate, BackfillSpec, BackfillStatus, Phase, RetryPolicy, MAX_MESSAGE_BYTES};
+use crate::status::{self, Aggregate, JobView, OutcomeView, Outcomes, TaskState};
 
 /// How often a running Backfill is looked at even without events.
 pub const RESYNC: Duration = Duration::from_secs(300);
@@ -131,94 +133,8 @@ fn time(t: Timestamp) -> Time {
     Time(t)
 }
 
-/// Sets a condition; its `lastTransitionTime` moves only when its status changes.
-pub fn set_condition(
-    conds: &mut Vec<Condition>,
-    type_: &str,
-    status: bool,
-    reason: &str,
-    message: &str,
-    now: Timestamp,
-    generation: i64,
-) {
-    let status = if status { "True" } else { "False" };
-    let message = truncate(message, MAX_MESSAGE_BYTES);
-    match conds.iter_mut().find(|c| c.type_ == type_) {
-        Some(c) => {
-            if c.status != status {
-                c.last_transition_time = time(now);
-            }
-            c.status = status.to_owned();
-            c.reason = reason.to_owned();
-            c.message = message;
-            c.observed_generation = Some(generation);
-        }
-        None => conds.push(Condition {
-            type_: type_.to_owned(),
-            status: status.to_owned(),
-            reason: reason.to_owned(),
-            message,
-            last_transition_time: time(now),
-            observed_generation: Some(generation),
-        }),
-    }
-    let order = |t: &str| {
-        [
-            condition::PLANNED,
-            condition::PROGRESSING,
-            condition::SUSPENDED,
-            condition::COMPLETE,
-            condition::FAILED,
-        ]
-        .iter()
-        .position(|x| *x == t)
-        .unwrap_or(usize::MAX)
-    };
-    conds.sort_by_key(|c| order(&c.type_));
-}
-
-pub fn get_condition<'a>(conds: &'a [Condition], type_: &str) -> Option<&'a Condition> {
-    conds.iter().find(|c| c.type_ == type_)
-}
-
-fn is_true(conds: &[Condition], type_: &str, reason: &str) -> bool {
-    get_condition(conds, type_).is_some_and(|c| c.status == "True" && c.reason == reason)
-}
-
 fn is_final(s: &BackfillStatus) -> bool {
     s.completion_time.is_some() && matches!(s.phase, Some(Phase::Succeeded | Phase::Failed))
-}
-
-fn policy(spec: &BackfillSpec) -> RetryPolicy {
-    RetryPolicy {
-        max_attempts: spec.max_attempts(),
-        backoff_seconds: spec.backoff_seconds(),
-    }
-}
-
-/// Suspended plus the conditions that say so.
-fn suspend_conditions(st: &mut BackfillStatus, suspended: bool, now: Timestamp, generation: i64) {
-    if suspended {
-        set_condition(
-            &mut st.conditions,
-            condition::SUSPENDED,
-            true,
-            reason::SUSPENDED,
-            "spec.suspend is true: no new Jobs; running Jobs finish",
-            now,
-            generation,
-        );
-    } else {
-        set_condition(
-            &mut st.conditions,
-            condition::SUSPENDED,
-            false,
-            reason::NOT_SUSPENDED,
-            "",
-            now,
-            generation,
-        );
-    }
 }
 
 fn finish(st: BackfillStatus, old: &BackfillStatus, phase: Phase, mut actions: Vec<Action>) -> Decision {
@@ -232,55 +148,41 @@ fn finish(st: BackfillStatus, old: &BackfillStatus, phase: Phase, mut actions: V
     }
 }
 
+fn event(warning: bool, reason: &'static str, message: impl Into<String>) -> Action {
+    Action::Event(EventSpec {
+        warning,
+        reason,
+        message: truncate(&message.into(), MAX_MESSAGE_BYTES),
+    })
+}
+
+/// A spec that was invalid is valid now: the failure it caused is over.
+fn clear_invalid_spec(st: &mut BackfillStatus, now: Timestamp, generation: i64) {
+    if is_true(&st.conditions, condition::FAILED, reason::INVALID_SPEC) {
+        conditions::set_condition(
+            &mut st.conditions,
+            condition::FAILED,
+            false,
+            reason::NOT_FINISHED,
+            "",
+            now,
+            generation,
+        );
+    }
+}
+
 /// The next step.
 pub fn decide(o: &Observed<'_>) -> Decision {
-    let (now, generation) = (o.now, o.generation);
     let mut st = o.status.clone();
-
+    st.observed_generation = Some(o.generation);
     // A finished run never changes again.
     if is_final(o.status) {
-        st.observed_generation = Some(generation);
         let phase = st.phase.unwrap_or_default();
         return finish(st, o.status, phase, vec![]);
     }
-
-    // An invalid spec: say so, start nothing, wait for a change.
     if !o.problems.is_empty() {
-        let msg = o.problems.join("; ");
-        let was = get_condition(&o.status.conditions, condition::FAILED).is_some_and(|c| {
-            c.status == "True" && c.reason == reason::INVALID_SPEC && c.message == truncate(&msg, MAX_MESSAGE_BYTES)
-        });
-        st.observed_generation = Some(generation);
-        st.phase = Some(Phase::Failed);
-        set_condition(
-            &mut st.conditions,
-            condition::FAILED,
-            true,
-            reason::INVALID_SPEC,
-            &msg,
-            now,
-            generation,
-        );
-        set_condition(
-            &mut st.conditions,
-            condition::PROGRESSING,
-            false,
-            reason::INVALID_SPEC,
-            "fix the spec; nothing new starts until then",
-            now,
-            generation,
-        );
-        let mut actions = vec![];
-        if !was {
-            actions.push(Action::Event(EventSpec {
-                warning: true,
-                reason: reason::INVALID_SPEC,
-                message: truncate(&msg, MAX_MESSAGE_BYTES),
-            }));
-        }
-        return finish(st, o.status, Phase::Failed, actions);
+        return decide_invalid(o, st);
     }
-
     match (&o.status.run_id, o.run) {
         (None, _) => decide_unplanned(o, st),
         (Some(_), Some(run)) => decide_run(o, st, run),
@@ -293,43 +195,28 @@ pub fn decide(o: &Observed<'_>) -> Decision {
     }
 }
 
+/// An invalid spec: say so, start nothing, wait for a change.
+fn decide_invalid(o: &Observed<'_>, mut st: BackfillStatus) -> Decision {
+    let msg = o.problems.join("; ");
+    let was = get_condition(&o.status.conditions, condition::FAILED).is_some_and(|c| {
+        c.status == "True" && c.reason == reason::INVALID_SPEC && c.message == truncate(&msg, MAX_MESSAGE_BYTES)
+    });
+    st.phase = Some(Phase::Failed);
+    conditions::apply(&mut st, Situation::InvalidSpec { problems: &msg }, o.now, o.generation);
+    let mut actions = vec![];
+    if !was {
+        actions.push(event(true, reason::INVALID_SPEC, msg));
+    }
+    finish(st, o.status, Phase::Failed, actions)
+}
+
 fn decide_unplanned(o: &Observed<'_>, mut st: BackfillStatus) -> Decision {
     let (now, generation) = (o.now, o.generation);
-    st.observed_generation = Some(generation);
     let old_phase = o.status.phase;
-    // A spec that was invalid is valid now.
-    if is_true(&st.conditions, condition::FAILED, reason::INVALID_SPEC) {
-        set_condition(
-            &mut st.conditions,
-            condition::FAILED,
-            false,
-            reason::NOT_FINISHED,
-            "",
-            now,
-            generation,
-        );
-    }
+    clear_invalid_spec(&mut st, now, generation);
     if o.spec.suspend() {
         st.phase = Some(Phase::Suspended);
-        suspend_conditions(&mut st, true, now, generation);
-        set_condition(
-            &mut st.conditions,
-            condition::PLANNED,
-            false,
-            reason::SUSPENDED,
-            "planning starts when spec.suspend is false",
-            now,
-            generation,
-        );
-        set_condition(
-            &mut st.conditions,
-            condition::PROGRESSING,
-            false,
-            reason::SUSPENDED,
-            "",
-            now,
-            generation,
-        );
+        conditions::apply(&mut st, Situation::SuspendedBeforePlanning, now, generation);
         let mut actions = vec![];
         if old_phase != Some(Phase::Suspended) {
             actions.push(event(false, reason::SUSPENDED, "suspended before planning"));
@@ -337,56 +224,18 @@ fn decide_unplanned(o: &Observed<'_>, mut st: BackfillStatus) -> Decision {
         return finish(st, o.status, Phase::Suspended, actions);
     }
     // Planning failed for good at this generation: wait for a spec change.
-    if let Some(c) = get_condition(&o.status.conditions, condition::FAILED) {
-        if c.status == "True" && c.reason == reason::PLAN_FAILED && c.observed_generation == Some(generation) {
-            return finish(st, o.status, Phase::Failed, vec![]);
-        }
+    if get_condition(&o.status.conditions, condition::FAILED).is_some_and(|c| {
+        c.status == "True" && c.reason == reason::PLAN_FAILED && c.observed_generation == Some(generation)
+    }) {
+        return finish(st, o.status, Phase::Failed, vec![]);
     }
     st.phase = Some(Phase::Planning);
     st.start_time = st.start_time.or_else(|| Some(time(now)));
-    suspend_conditions(&mut st, false, now, generation);
     // Keep the last planning error on display while planning is retried: flipping the
     // condition on every pass would make every pass a new watch event.
-    if !get_condition(&st.conditions, condition::PLANNED)
-        .is_some_and(|c| c.status == "False" && c.reason == reason::PLANNING_ERROR)
-    {
-        set_condition(
-            &mut st.conditions,
-            condition::PLANNED,
-            false,
-            reason::PLANNING,
-            "listing segments and binlogs, checking the source",
-            now,
-            generation,
-        );
-    }
-    set_condition(
-        &mut st.conditions,
-        condition::PROGRESSING,
-        true,
-        reason::PLANNING,
-        "",
-        now,
-        generation,
-    );
-    set_condition(
-        &mut st.conditions,
-        condition::COMPLETE,
-        false,
-        reason::NOT_FINISHED,
-        "",
-        now,
-        generation,
-    );
-    set_condition(
-        &mut st.conditions,
-        condition::FAILED,
-        false,
-        reason::NOT_FINISHED,
-        "",
-        now,
-        generation,
-    );
+    let keep_error = get_condition(&st.conditions, condition::PLANNED)
+        .is_some_and(|c| c.status == "False" && c.reason == reason::PLANNING_ERROR);
+    conditions::apply(&mut st, Situation::Planning { keep_error }, now, generation);
     let mut actions = vec![];
     if st != *o.status {
         actions.push(Action::UpdateStatus(Box::new(st)));
@@ -405,24 +254,94 @@ fn decide_unplanned(o: &Observed<'_>, mut st: BackfillStatus) -> Decision {
     }
 }
 
-fn event(warning: bool, reason: &'static str, message: impl Into<String>) -> Action {
-    Action::Event(EventSpec {
-        warning,
-        reason,
-        message: truncate(&message.into(), MAX_MESSAGE_BYTES),
-    })
+/// The Jobs to create this pass: at most `parallelism` running, none while suspended, none
+/// before its retry delay. Marks them Running in `states`; returns them and the earliest
+/// time a delayed retry falls due.
+fn schedule(spec: &BackfillSpec, states: &mut [TaskState], now: Timestamp) -> (Vec<JobRequest>, Option<Timestamp>) {
+    let mut wake: Option<Timestamp> = None;
+    let mut create = Vec::new();
+    if spec.suspend() {
+        return (create, wake);
+    }
+    let running = states.iter().filter(|s| matches!(s, TaskState::Running { .. })).count();
+    let slots = (spec.parallelism() as usize)
+        .saturating_sub(running)
+        .min(MAX_CREATE_PER_PASS);
+    for (t, s) in states.iter_mut().enumerate() {
+        if let TaskState::Pending { attempt, not_before } = *s {
+            match not_before {
+                Some(at) if at > now => wake = Some(wake.map_or(at, |w| w.min(at))),
+                _ if create.len() < slots => {
+                    create.push(JobRequest {
+                        task: t as u32,
+                        attempt,
+                    });
+                    *s = TaskState::Running { attempt };
+                }
+                _ => {}
+            }
+        }
+    }
+    (create, wake)
+}
+
+/// A Retrying Event for the retries among `create`, if any.
+fn retry_event(create: &[JobRequest], policy: RetryPolicy) -> Option<Action> {
+    let retries: Vec<&JobRequest> = create.iter().filter(|j| j.attempt > 0).collect();
+    if retries.is_empty() {
+        return None;
+    }
+    let list: Vec<String> = retries
+        .iter()
+        .take(10)
+        // Counted from 1, as failedSegments[].attempts; the Job label counts from 0.
+        .map(|j| {
+            format!(
+                "task {} attempt {} of {} (Job label attempt={})",
+                j.task,
+                j.attempt + 1,
+                policy.max_attempts,
+                j.attempt
+            )
+        })
+        .collect();
+    let more = if retries.len() > 10 { ", ..." } else { "" };
+    Some(event(
+        true,
+        reason::RETRYING,
+        format!("retrying {} task(s): {}{more}", retries.len(), list.join(", ")),
+    ))
+}
+
+/// A SegmentsFailed Event when more segments failed than the status said.
+fn failures_event(old: &BackfillStatus, agg: &Aggregate) -> Option<Action> {
+    let old_failed = old.segments.as_ref().map_or(0, |c| c.failed);
+    if agg.segments.failed <= old_failed {
+        return None;
+    }
+    let latest = agg
+        .failed_segments
+        .last()
+        .map(|f| format!("; e.g. segment {}: {}", f.segment_id, f.reason));
+    Some(event(
+        true,
+        reason::SEGMENTS_FAILED,
+        format!(
+            "{} segment(s) failed so far{}",
+            agg.segments.failed,
+            latest.unwrap_or_default()
+        ),
+    ))
 }
 
 fn decide_run(o: &Observed<'_>, mut st: BackfillStatus, run: RunInput<'_>) -> Decision {
-    let (now, generation, spec) = (o.now, o.generation, o.spec);
-    let plan = run.plan;
-    let spj = o.status.segments_per_job.unwrap_or_else(|| spec.segments_per_job());
-    let policy = policy(spec);
-    st.observed_generation = Some(generation);
+    let (now, generation, spec, plan) = (o.now, o.generation, o.spec, run.plan);
+    let split = TaskSplit::new(o.status.segments_per_job.unwrap_or_else(|| spec.segments_per_job()));
+    let policy = spec.retry_policy();
     st.start_time = st.start_time.or_else(|| Some(time(now)));
     if get_condition(&st.conditions, condition::PLANNED).is_none_or(|c| c.status != "True") {
         let msg = format!("run {}", plan.run_id);
-        set_condition(
+        conditions::set_condition(
             &mut st.conditions,
             condition::PLANNED,
             true,
@@ -432,21 +351,11 @@ fn decide_run(o: &Observed<'_>, mut st: BackfillStatus, run: RunInput<'_>) -> De
             generation,
         );
     }
-    if is_true(&st.conditions, condition::FAILED, reason::INVALID_SPEC) {
-        set_condition(
-            &mut st.conditions,
-            condition::FAILED,
-            false,
-            reason::NOT_FINISHED,
-            "",
-            now,
-            generation,
-        );
-    }
+    clear_invalid_spec(&mut st, now, generation);
     let mut actions = vec![];
 
     // 1. Finished Jobs without an outcome: record one, so their Jobs may go.
-    let recorded = status::missing_outcomes(plan, spj, run.outcomes, run.jobs);
+    let recorded = status::missing_outcomes(plan, split.segments_per_task(), run.outcomes, run.jobs);
     for ((task, attempt), outcome) in &recorded {
         actions.push(Action::RecordOutcome {
             task: *task,
@@ -458,163 +367,102 @@ fn decide_run(o: &Observed<'_>, mut st: BackfillStatus, run: RunInput<'_>) -> De
         stored: run.outcomes,
         recorded: &recorded,
     };
-    let mut states = status::task_states(plan, spj, view, run.jobs, policy);
+    let mut states = status::task_states(plan, split.segments_per_task(), view, run.jobs, policy);
 
-    // 2. New Jobs: at most `parallelism` running, none while suspended.
-    let suspended = spec.suspend();
-    let running = states.iter().filter(|s| matches!(s, TaskState::Running { .. })).count();
-    let mut wake: Option<Timestamp> = None;
-    let mut create = Vec::new();
-    if !suspended {
-        let slots = (spec.parallelism() as usize)
-            .saturating_sub(running)
-            .min(MAX_CREATE_PER_PASS);
-        for (t, s) in states.iter_mut().enumerate() {
-            if let TaskState::Pending { attempt, not_before } = *s {
-                match not_before {
-                    Some(at) if at > now => wake = Some(wake.map_or(at, |w| w.min(at))),
-                    _ if create.len() < slots => {
-                        create.push(JobRequest {
-                            task: t as u32,
-                            attempt,
-                        });
-                        *s = TaskState::Running { attempt };
-                    }
-                    _ => {}
-                }
-            }
-        }
-    }
-    let retries: Vec<&JobRequest> = create.iter().filter(|j| j.attempt > 0).collect();
-    if !retries.is_empty() {
-        let list: Vec<String> = retries
-            .iter()
-            .take(10)
-            // Counted from 1, as failedSegments[].attempts; the Job label counts from 0.
-            .map(|j| {
-                format!(
-                    "task {} attempt {} of {} (Job label attempt={})",
-                    j.task,
-                    j.attempt + 1,
-                    policy.max_attempts,
-                    j.attempt
-                )
-            })
-            .collect();
-        actions.push(event(
-            true,
-            reason::RETRYING,
-            format!(
-                "retrying {} task(s): {}{}",
-                retries.len(),
-                list.join(", "),
-                if retries.len() > 10 { ", ..." } else { "" }
-            ),
-        ));
-    }
+    // 2. New Jobs.
+    let (create, wake) = schedule(spec, &mut states, now);
+    actions.extend(retry_event(&create, policy));
     let more_to_create = !create.is_empty();
     if more_to_create {
         actions.push(Action::CreateJobs(create));
     }
 
     // 3. Status from outcomes and Jobs.
-    let agg = status::aggregate(plan, spj, &states, view);
-    let old_failed = o.status.segments.as_ref().map_or(0, |c| c.failed);
-    if agg.segments.failed > old_failed {
-        let latest = agg
-            .failed_segments
-            .last()
-            .map(|f| format!("; e.g. segment {}: {}", f.segment_id, f.reason));
-        actions.push(event(
-            true,
-            reason::SEGMENTS_FAILED,
-            format!(
-                "{} segment(s) failed so far{}",
-                agg.segments.failed,
-                latest.unwrap_or_default()
-            ),
-        ));
-    }
+    let agg = status::aggregate(plan, split.segments_per_task(), &states, view);
+    actions.extend(failures_event(o.status, &agg));
     st.progress = Some(status::progress(&agg.segments));
     st.segments = Some(agg.segments.clone());
     st.rows = Some(agg.rows.clone());
     st.failed_segments = agg.failed_segments.clone();
-    st.segments_per_job = Some(spj);
-    st.tasks = Some(runs::task_count(plan, spj));
+    st.segments_per_job = Some(split.segments_per_task());
+    st.tasks = Some(split.count(plan));
 
     // 4. All tasks final: the result, then the final status.
     if agg.done {
-        let start = st.start_time.as_ref().map_or(now, |t| t.0);
-        let ms = now.duration_since(start).as_millis().max(0) as u64;
-        let result = status::build_result(plan, &states, view, ms);
-        let phase = if result.success {
-            Phase::Succeeded
-        } else {
-            Phase::Failed
-        };
-        let c = &agg.segments;
-        let summary = format!(
-            "{} of {} segments succeeded, {} failed; {} rows written, {} matched",
-            c.succeeded, c.total, c.failed, agg.rows.written, agg.rows.matched
-        );
-        st.phase = Some(phase);
-        st.completion_time = Some(time(now));
-        st.execution_time_ms = Some(ms);
-        st.result_path = Some(format!("s3://{}/{}", plan.storage_bucket, plan.result_key()));
-        set_condition(
-            &mut st.conditions,
-            condition::PROGRESSING,
-            false,
-            phase.as_str(),
-            &summary,
-            now,
-            generation,
-        );
-        set_condition(
-            &mut st.conditions,
-            condition::COMPLETE,
-            result.success,
-            if result.success {
-                reason::SUCCEEDED
-            } else {
-                reason::SEGMENTS_FAILED
-            },
-            &summary,
-            now,
-            generation,
-        );
-        set_condition(
-            &mut st.conditions,
-            condition::FAILED,
-            !result.success,
-            if result.success {
-                reason::SUCCEEDED
-            } else {
-                reason::SEGMENTS_FAILED
-            },
-            &summary,
-            now,
-            generation,
-        );
-        suspend_conditions(&mut st, false, now, generation);
-        actions.push(Action::WriteResult(Box::new(result)));
-        actions.push(Action::UpdateStatus(Box::new(st)));
-        actions.push(event(
-            phase == Phase::Failed,
-            if phase == Phase::Failed {
-                reason::FAILED
-            } else {
-                reason::SUCCEEDED
-            },
-            summary,
-        ));
-        return Decision {
-            phase,
-            actions,
-            requeue_after: None,
-        };
+        return finish_run(o, st, plan, &states, view, &agg, actions);
     }
+    let requeue = if more_to_create {
+        // More may be due right away (capped per pass); the Job events will also wake us.
+        Duration::from_secs(1)
+    } else {
+        let until_wake = wake.map(|w| Duration::from_secs(w.duration_since(now).as_secs().max(1) as u64));
+        until_wake.map_or(RESYNC, |d| d.min(RESYNC))
+    };
+    running(o, st, &agg, actions, requeue)
+}
 
+/// Every task is final: store the result, then the final status and its Event.
+fn finish_run(
+    o: &Observed<'_>,
+    mut st: BackfillStatus,
+    plan: &Plan,
+    states: &[TaskState],
+    view: OutcomeView<'_>,
+    agg: &Aggregate,
+    mut actions: Vec<Action>,
+) -> Decision {
+    let now = o.now;
+    let start = st.start_time.as_ref().map_or(now, |t| t.0);
+    let ms = now.duration_since(start).as_millis().max(0) as u64;
+    let result = status::build_result(plan, states, view, ms);
+    let phase = if result.success {
+        Phase::Succeeded
+    } else {
+        Phase::Failed
+    };
+    let c = &agg.segments;
+    let summary = format!(
+        "{} of {} segments succeeded, {} failed; {} rows written, {} matched",
+        c.succeeded, c.total, c.failed, agg.rows.written, agg.rows.matched
+    );
+    st.phase = Some(phase);
+    st.completion_time = Some(time(now));
+    st.execution_time_ms = Some(ms);
+    st.result_path = Some(format!(
+        "s3://{}/{}",
+        plan.storage_bucket,
+        RunLayout::of_plan(plan).result_key()
+    ));
+    let success = result.success;
+    conditions::apply(
+        &mut st,
+        Situation::Finished {
+            summary: &summary,
+            success,
+        },
+        now,
+        o.generation,
+    );
+    actions.push(Action::WriteResult(Box::new(result)));
+    actions.push(Action::UpdateStatus(Box::new(st)));
+    let why = if success { reason::SUCCEEDED } else { reason::FAILED };
+    actions.push(event(!success, why, summary));
+    Decision {
+        phase,
+        actions,
+        requeue_after: None,
+    }
+}
+
+/// Tasks still running or waiting: the counters, and Events for suspend and resume.
+fn running(
+    o: &Observed<'_>,
+    mut st: BackfillStatus,
+    agg: &Aggregate,
+    mut actions: Vec<Action>,
+    requeue: Duration,
+) -> Decision {
+    let suspended = o.spec.suspend();
     let phase = if suspended { Phase::Suspended } else { Phase::Running };
     let c = &agg.segments;
     let summary = format!(
@@ -622,15 +470,14 @@ fn decide_run(o: &Observed<'_>, mut st: BackfillStatus, run: RunInput<'_>) -> De
         c.succeeded, c.total, c.running, c.pending, c.failed
     );
     st.phase = Some(phase);
-    suspend_conditions(&mut st, suspended, now, generation);
-    set_condition(
-        &mut st.conditions,
-        condition::PROGRESSING,
-        !suspended,
-        if suspended { reason::SUSPENDED } else { reason::RUNNING },
-        &summary,
-        now,
-        generation,
+    conditions::apply(
+        &mut st,
+        Situation::Running {
+            summary: &summary,
+            suspended,
+        },
+        o.now,
+        o.generation,
     );
     match (o.status.phase, phase) {
         (Some(Phase::Suspended), Phase::Running) => actions.push(event(false, reason::RESUMED, "resumed")),
@@ -645,16 +492,6 @@ fn decide_run(o: &Observed<'_>, mut st: BackfillStatus, run: RunInput<'_>) -> De
         // The status goes first: counters move before new Jobs exist.
         actions.insert(0, Action::UpdateStatus(Box::new(st)));
     }
-    let requeue = if more_to_create {
-        // More may be due right away (capped per pass); the Job events will also wake us.
-        Duration::from_secs(1)
-    } else {
-        let until_wake = wake.map(|w| {
-            let secs = w.duration_since(now).as_secs().max(1) as u64;
-            Duration::from_secs(secs)
-        });
-        until_wake.map_or(RESYNC, |d| d.min(RESYNC))
-    };
     Decision {
         phase,
         actions,
@@ -672,7 +509,7 @@ pub fn status_after_plan(
     now: Timestamp,
 ) -> (BackfillStatus, EventSpec) {
     let mut st = old.clone();
-    let spj = spec.segments_per_job();
+    let split = TaskSplit::new(spec.segments_per_job());
     st.observed_generation = Some(generation);
     st.run_id = Some(plan.run_id.clone());
     st.collection_id = Some(plan.collection_id);
@@ -682,26 +519,22 @@ pub fn status_after_plan(
         .take(64)
         .map(|f| truncate(&f.name, 256))
         .collect();
-    st.segments_per_job = Some(spj);
-    st.tasks = Some(runs::task_count(plan, spj));
+    st.segments_per_job = Some(split.segments_per_task());
+    st.tasks = Some(split.count(plan));
     st.plan_path = Some(plan_path.to_owned());
     st.start_time = st.start_time.or_else(|| Some(time(now)));
-    let states: Vec<TaskState> = (0..runs::task_count(plan, spj))
+    let states: Vec<TaskState> = (0..split.count(plan))
         .map(|_| TaskState::Pending {
             attempt: 0,
             not_before: None,
         })
         .collect();
     let empty = Outcomes::new();
-    let agg = status::aggregate(
-        plan,
-        spj,
-        &states,
-        OutcomeView {
-            stored: &empty,
-            recorded: &empty,
-        },
-    );
+    let view = OutcomeView {
+        stored: &empty,
+        recorded: &empty,
+    };
+    let agg = status::aggregate(plan, split.segments_per_task(), &states, view);
     st.progress = Some(status::progress(&agg.segments));
     st.segments = Some(agg.segments);
     st.rows = Some(agg.rows);
@@ -710,42 +543,30 @@ pub fn status_after_plan(
         "run {}: {} segment(s) in {} task(s), {} skipped, {} failed planning",
         plan.run_id,
         plan.segments.len(),
-        runs::task_count(plan, spj),
+        split.count(plan),
         plan.skipped.len(),
         plan.failed.len()
     );
     if let Some(w) = plan.warnings.first() {
         msg.push_str(&format!("; warning: {w}"));
     }
-    set_condition(
-        &mut st.conditions,
-        condition::PLANNED,
-        true,
-        reason::PLANNED,
-        &msg,
-        now,
-        generation,
-    );
     let suspended = spec.suspend();
     st.phase = Some(if suspended { Phase::Suspended } else { Phase::Running });
-    suspend_conditions(&mut st, suspended, now, generation);
-    set_condition(
-        &mut st.conditions,
-        condition::PROGRESSING,
-        !suspended,
-        if suspended { reason::SUSPENDED } else { reason::RUNNING },
-        "",
+    conditions::apply(
+        &mut st,
+        Situation::Planned {
+            message: &msg,
+            suspended,
+        },
         now,
         generation,
     );
-    (
-        st,
-        EventSpec {
-            warning: false,
-            reason: reason::PLANNED,
-            message: truncate(&msg, MAX_MESSAGE_BYTES),
-        },
-    )
+    let ev = EventSpec {
+        warning: false,
+        reason: reason::PLANNED,
+        message: truncate(&msg, MAX_MESSAGE_BYTES),
+    };
+    (st, ev)
 }
 
 /// The status after planning failed. `permanent` (a config or schema error) waits for a spec
@@ -761,59 +582,27 @@ pub fn status_after_plan_error(
     let mut st = old.clone();
     st.observed_generation = Some(generation);
     let msg = format!("{kind}: {message}");
-    if permanent {
-        st.phase = Some(Phase::Failed);
-        set_condition(
-            &mut st.conditions,
-            condition::PLANNED,
-            false,
+    let (phase, situation, why) = if permanent {
+        (
+            Phase::Failed,
+            Situation::PlanFailed { message: &msg },
             reason::PLAN_FAILED,
-            &msg,
-            now,
-            generation,
-        );
-        set_condition(
-            &mut st.conditions,
-            condition::FAILED,
-            true,
-            reason::PLAN_FAILED,
-            &msg,
-            now,
-            generation,
-        );
-        set_condition(
-            &mut st.conditions,
-            condition::PROGRESSING,
-            false,
-            reason::PLAN_FAILED,
-            "fix the cause, then change the spec (e.g. toggle suspend) to plan again",
-            now,
-            generation,
-        );
+        )
     } else {
-        st.phase = Some(Phase::Planning);
-        set_condition(
-            &mut st.conditions,
-            condition::PLANNED,
-            false,
+        (
+            Phase::Planning,
+            Situation::PlanningError { message: &msg },
             reason::PLANNING_ERROR,
-            &msg,
-            now,
-            generation,
-        );
-    }
-    (
-        st,
-        EventSpec {
-            warning: true,
-            reason: if permanent {
-                reason::PLAN_FAILED
-            } else {
-                reason::PLANNING_ERROR
-            },
-            message: truncate(&msg, MAX_MESSAGE_BYTES),
-        },
-    )
+        )
+    };
+    st.phase = Some(phase);
+    conditions::apply(&mut st, situation, now, generation);
+    let ev = EventSpec {
+        warning: true,
+        reason: why,
+        message: truncate(&msg, MAX_MESSAGE_BYTES),
+    };
+    (st, ev)
 }
 
 #[cfg(test)]

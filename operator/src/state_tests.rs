@@ -6,6 +6,7 @@ use super::*;
 use crate::crd::{RetrySpec, SegmentCounts};
 use crate::status::JobState;
 use crate::testutil::{failed_outcome, ok_outcome, plan_with, spec, Rng};
+use milvus_backfill_api::error::ErrorKind;
 
 fn t0() -> Timestamp {
     "2026-11-27T03:00:00Z".parse().unwrap()
@@ -166,7 +167,7 @@ fn decisions_reach_a_fixed_point() {
                     outcomes.insert((t, 0), ok_outcome(&plan, 1, t, 0, 1));
                 }
                 1 => {
-                    outcomes.insert((t, 0), failed_outcome(&plan, 1, t, 0, "SchemaValidationError"));
+                    outcomes.insert((t, 0), failed_outcome(&plan, 1, t, 0, ErrorKind::SchemaValidationError));
                 }
                 2 => jobs.push(JobView {
                     name: format!("j{t}"),
@@ -282,7 +283,7 @@ fn a_final_status_never_changes() {
     assert_eq!(fin.execution_time_ms, Some(90_000));
     assert_eq!(
         fin.result_path.as_deref(),
-        Some(format!("s3://milvus-bucket/{}", plan.result_key()).as_str())
+        Some(format!("s3://milvus-bucket/{}", RunLayout::of_plan(&plan).result_key()).as_str())
     );
     assert!(is_true(&fin.conditions, condition::COMPLETE, reason::SUCCEEDED));
     assert_eq!(fin.progress.as_deref(), Some("2/2"));
@@ -334,7 +335,7 @@ fn retries_wait_for_their_backoff() {
     let plan = plan_with(1, 0);
     let st = planned(&s, &plan);
     let mut outcomes = Outcomes::new();
-    outcomes.insert((0, 0), failed_outcome(&plan, 1, 0, 0, "DataReadError"));
+    outcomes.insert((0, 0), failed_outcome(&plan, 1, 0, 0, ErrorKind::DataReadError));
     let jobs = vec![JobView {
         name: "j".into(),
         task: 0,
@@ -417,7 +418,7 @@ fn random_runs_keep_the_invariants_and_finish() {
             backoff_seconds: Some(rng.below(20) as u32),
         });
         let spj = s.segments_per_job();
-        let tasks = runs::task_count(&plan, spj);
+        let tasks = TaskSplit::new(spj).count(&plan);
         // Per task: how each attempt ends (0 ok, 1 retryable failure, 2 permanent, 3 dies).
         let fate: Vec<u64> = (0..tasks).map(|_| rng.below(100)).collect();
         let mut w = World {
@@ -495,7 +496,10 @@ fn random_runs_keep_the_invariants_and_finish() {
                     }
                     Action::CreateJobs(reqs) => {
                         for r in reqs {
-                            assert!(r.attempt < s.max_attempts(), "case {case}: retry past maxAttempts");
+                            assert!(
+                                r.attempt < s.retry_policy().max_attempts,
+                                "case {case}: retry past maxAttempts"
+                            );
                             assert!(
                                 !w.outcomes.contains_key(&(r.task, r.attempt)),
                                 "case {case}: a finished attempt started again"
@@ -529,7 +533,7 @@ fn random_runs_keep_the_invariants_and_finish() {
                                 message: String::new(),
                                 finished: Some(w.now),
                             },
-                            Some(failed_outcome(&plan, spj, t, a, "DataReadError")),
+                            Some(failed_outcome(&plan, spj, t, a, ErrorKind::DataReadError)),
                         )
                     } else if f < 92 {
                         (
@@ -538,7 +542,7 @@ fn random_runs_keep_the_invariants_and_finish() {
                                 message: String::new(),
                                 finished: Some(w.now),
                             },
-                            Some(failed_outcome(&plan, spj, t, a, "SchemaValidationError")),
+                            Some(failed_outcome(&plan, spj, t, a, ErrorKind::SchemaValidationError)),
                         )
                     } else {
                         (

@@ -7,23 +7,22 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
-use milvus_backfill::engine::SegmentOutcome;
-use milvus_backfill::plan::Plan;
-use milvus_backfill::result::{BackfillResult, FailedSegment};
-use milvus_backfill::runner::TaskOutcome;
+use milvus_backfill_api::error::ErrorKind;
+use milvus_backfill_api::outcome::SegmentOutcome;
+use milvus_backfill_api::outcome::TaskOutcome;
+use milvus_backfill_api::outcome::{BackfillResult, FailedSegment};
+use milvus_backfill_api::plan::Plan;
 
 use crate::crd::{
     truncate, FailedSegmentStatus, RowCounts, SegmentCounts, MAX_FAILED_SEGMENTS_IN_STATUS, MAX_REASON_BYTES,
 };
-use crate::runs;
+use milvus_backfill_api::layout::{RunLayout, TaskSplit};
 
 /// Outcomes by `(task index, attempt)`.
 pub type Outcomes = BTreeMap<(u32, u32), TaskOutcome>;
 
-/// Error kinds a retry cannot fix.
-pub const PERMANENT_KINDS: &[&str] = &["SchemaValidationError", "ConfigError"];
 /// Kind of the failures the operator records for Jobs that died without an outcome.
-pub const JOB_FAILURE_KIND: &str = "UnexpectedError";
+pub const JOB_FAILURE_KIND: ErrorKind = ErrorKind::UnexpectedError;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum JobState {
@@ -102,33 +101,7 @@ impl TaskState {
     }
 }
 
-/// Retry settings, read from the (mutable) spec on every pass.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct RetryPolicy {
-    pub max_attempts: u32,
-    pub backoff_seconds: u32,
-}
-
-impl RetryPolicy {
-    pub fn delay(&self, attempt: u32) -> SignedDuration {
-        let spec = crate::crd::BackfillSpec {
-            retry: Some(crate::crd::RetrySpec {
-                max_attempts: Some(self.max_attempts),
-                backoff_seconds: Some(self.backoff_seconds),
-            }),
-            ..Default::default()
-        };
-        SignedDuration::from_secs(spec.retry_delay_seconds(attempt) as i64)
-    }
-}
-
-/// Whether a failed attempt is worth another one.
-pub fn retryable(o: &TaskOutcome) -> bool {
-    o.failed_segments.is_empty()
-        || o.failed_segments
-            .iter()
-            .any(|f| !PERMANENT_KINDS.contains(&f.kind.as_str()))
-}
+pub use crate::crd::RetryPolicy;
 
 /// The outcome the operator records for a finished Job that left none.
 pub fn synthetic_outcome(plan: &Plan, spj: u32, job: &JobView) -> TaskOutcome {
@@ -143,16 +116,17 @@ pub fn synthetic_outcome(plan: &Plan, spj: u32, job: &JobView) -> TaskOutcome {
         _ => format!("Job {} finished without storing its outcome", job.name),
     };
     TaskOutcome {
-        task_id: runs::task_id(&plan.run_id, job.task),
+        task_id: RunLayout::of_plan(plan).task_id(job.task),
         attempt: job.attempt,
         success: false,
         segments: vec![],
-        failed_segments: runs::task_segments(plan, spj, job.task)
+        failed_segments: TaskSplit::new(spj)
+            .segments(plan, job.task)
             .iter()
             .map(|s| FailedSegment {
                 segment_id: s.segment_id,
                 partition_id: s.partition_id,
-                kind: JOB_FAILURE_KIND.into(),
+                kind: JOB_FAILURE_KIND,
                 reason: truncate(&why, MAX_REASON_BYTES),
             })
             .collect(),
@@ -164,7 +138,7 @@ pub fn synthetic_outcome(plan: &Plan, spj: u32, job: &JobView) -> TaskOutcome {
 /// Finished Jobs of this run that have no outcome: the operator records one for each,
 /// so that the Job may be deleted (TTL, by hand) without losing the attempt.
 pub fn missing_outcomes(plan: &Plan, spj: u32, stored: &Outcomes, jobs: &[JobView]) -> Outcomes {
-    let tasks = runs::task_count(plan, spj);
+    let tasks = TaskSplit::new(spj).count(plan);
     jobs.iter()
         .filter(|j| j.task < tasks && j.state != JobState::Active)
         .filter(|j| !stored.contains_key(&(j.task, j.attempt)))
@@ -180,7 +154,7 @@ pub fn task_states(
     jobs: &[JobView],
     policy: RetryPolicy,
 ) -> Vec<TaskState> {
-    let tasks = runs::task_count(plan, spj);
+    let tasks = TaskSplit::new(spj).count(plan);
     let mut by_task: BTreeMap<u32, Vec<&JobView>> = BTreeMap::new();
     for j in jobs.iter().filter(|j| j.task < tasks) {
         by_task.entry(j.task).or_default().push(j);
@@ -203,10 +177,12 @@ pub fn task_states(
                 Some(o) if o.success => TaskState::Succeeded { attempt },
                 Some(o) => {
                     let next = attempt + 1;
-                    if retryable(o) && next < policy.max_attempts {
+                    if o.retryable() && policy.allows(next) {
                         TaskState::Pending {
                             attempt: next,
-                            not_before: job.and_then(|j| j.finished_at()).map(|at| at + policy.delay(next)),
+                            not_before: job
+                                .and_then(|j| j.finished_at())
+                                .map(|at| at + SignedDuration::from_secs(policy.delay_seconds(next) as i64)),
                         }
                     } else {
                         TaskState::Failed { attempt }
@@ -259,7 +235,7 @@ pub fn aggregate(plan: &Plan, spj: u32, states: &[TaskState], outcomes: OutcomeV
         );
     }
     for (t, state) in states.iter().enumerate() {
-        let n = runs::task_segments(plan, spj, t as u32).len() as u64;
+        let n = TaskSplit::new(spj).segments(plan, t as u32).len() as u64;
         match state {
             TaskState::Pending { .. } => a.segments.pending += n,
             TaskState::Running { .. } => {
@@ -375,11 +351,11 @@ mod tests {
         let t0: Timestamp = "2026-11-27T03:00:00Z".parse().unwrap();
         let mut o = Outcomes::new();
         o.insert((0, 0), ok_outcome(&p, 1, 0, 0, 10));
-        o.insert((1, 0), failed_outcome(&p, 1, 1, 0, "DataReadError"));
-        o.insert((2, 0), failed_outcome(&p, 1, 2, 0, "SchemaValidationError"));
-        o.insert((3, 0), failed_outcome(&p, 1, 3, 0, "WriteError"));
-        o.insert((3, 1), failed_outcome(&p, 1, 3, 1, "WriteError"));
-        o.insert((3, 2), failed_outcome(&p, 1, 3, 2, "WriteError"));
+        o.insert((1, 0), failed_outcome(&p, 1, 1, 0, ErrorKind::DataReadError));
+        o.insert((2, 0), failed_outcome(&p, 1, 2, 0, ErrorKind::SchemaValidationError));
+        o.insert((3, 0), failed_outcome(&p, 1, 3, 0, ErrorKind::WriteError));
+        o.insert((3, 1), failed_outcome(&p, 1, 3, 1, ErrorKind::WriteError));
+        o.insert((3, 2), failed_outcome(&p, 1, 3, 2, ErrorKind::WriteError));
         let jobs = vec![
             failed_job(1, 0, t0),
             job(4, 0, JobState::Active),
@@ -446,7 +422,7 @@ mod tests {
         let rec = missing_outcomes(&p, 1, &stored, &jobs);
         assert_eq!(rec.keys().copied().collect::<Vec<_>>(), vec![(0, 0)]);
         let o = &rec[&(0, 0)];
-        assert!(!o.success && retryable(o));
+        assert!(!o.success && o.retryable());
         assert_eq!(o.failed_segments[0].segment_id, 1000);
         assert!(o.failed_segments[0].reason.contains("DeadlineExceeded"));
         assert!(o.failed_segments[0].reason.contains("too slow"));
@@ -466,17 +442,16 @@ mod tests {
 
     #[test]
     fn retry_delays_grow_and_are_capped() {
-        let d: Vec<i64> = (1..=12).map(|a| POLICY.delay(a).as_secs()).collect();
+        let d: Vec<i64> = (1..=12).map(|a| POLICY.delay_seconds(a) as i64).collect();
         assert_eq!(&d[..4], &[10, 20, 40, 80]);
         assert_eq!(*d.last().unwrap(), 3600);
-        assert_eq!(POLICY.delay(0).as_secs(), 0);
+        assert_eq!(POLICY.delay_seconds(0), 0);
         assert_eq!(
             RetryPolicy {
                 max_attempts: 1,
                 backoff_seconds: 0
             }
-            .delay(5)
-            .as_secs(),
+            .delay_seconds(5),
             0
         );
     }
@@ -492,7 +467,7 @@ mod tests {
         mixed.failed_segments = vec![FailedSegment {
             segment_id: bad.segment_id,
             partition_id: bad.partition_id,
-            kind: "SchemaValidationError".into(),
+            kind: ErrorKind::SchemaValidationError,
             reason: "type".into(),
         }];
         o.insert((0, 0), mixed);
@@ -540,7 +515,7 @@ mod tests {
                 max_attempts: 1 + rng.below(4) as u32,
                 backoff_seconds: rng.below(30) as u32,
             };
-            let tasks = runs::task_count(&p, spj);
+            let tasks = TaskSplit::new(spj).count(&p);
             let mut o = Outcomes::new();
             let mut jobs = Vec::new();
             for t in 0..tasks {
@@ -552,10 +527,10 @@ mod tests {
                             o.insert((t, a), ok_outcome(&p, spj, t, a, rng.below(100)));
                         }
                         1 => {
-                            o.insert((t, a), failed_outcome(&p, spj, t, a, "SchemaValidationError"));
+                            o.insert((t, a), failed_outcome(&p, spj, t, a, ErrorKind::SchemaValidationError));
                         }
                         2 => {
-                            o.insert((t, a), failed_outcome(&p, spj, t, a, "DataReadError"));
+                            o.insert((t, a), failed_outcome(&p, spj, t, a, ErrorKind::DataReadError));
                         }
                         3 if last => jobs.push(job(t, a, JobState::Active)),
                         _ => jobs.push(failed_job(t, a, t0)),
@@ -588,7 +563,7 @@ mod tests {
                     TaskState::Failed { attempt } => {
                         let last = v.get(t as u32, *attempt).unwrap();
                         assert!(!last.success);
-                        assert!(!retryable(last) || attempt + 1 >= policy.max_attempts, "case {case}");
+                        assert!(!last.retryable() || attempt + 1 >= policy.max_attempts, "case {case}");
                     }
                 }
             }
@@ -617,7 +592,7 @@ mod tests {
         let p = plan_with(n, 0);
         let mut o = Outcomes::new();
         for t in 0..n as u32 {
-            let mut f = failed_outcome(&p, 1, t, 2, "DataReadError");
+            let mut f = failed_outcome(&p, 1, t, 2, ErrorKind::DataReadError);
             f.failed_segments[0].reason = "x".repeat(10_000);
             o.insert((t, 2), f);
         }
@@ -651,7 +626,10 @@ mod tests {
             start_time: Some(now.clone()),
             completion_time: Some(now),
             execution_time_ms: Some(123_456_789),
-            plan_path: Some(format!("s3://milvus-bucket/{}", runs::plan_key("files", 1, &p.run_id))),
+            plan_path: Some(format!(
+                "s3://milvus-bucket/{}",
+                RunLayout::new("files", 1, &p.run_id).plan_key()
+            )),
             result_path: Some("s3://milvus-bucket/files/backfill/1/r/result.json".into()),
             failed_segments: a.failed_segments,
         };

@@ -1,12 +1,11 @@
 //! Fixtures for the unit tests.
 
-use milvus_backfill::config::{Place, S3Endpoint};
-use milvus_backfill::engine::SegmentOutcome;
-use milvus_backfill::keys::PkType;
-use milvus_backfill::plan::{Binlog, NewField, PkField, Plan, SegmentPlan, SkippedSegment};
-use milvus_backfill::result::FailedSegment;
-use milvus_backfill::runner::TaskOutcome;
-use milvus_backfill_api::{MilvusSpec, SourceSpec, StorageSpec};
+use milvus_backfill_api::error::ErrorKind;
+use milvus_backfill_api::layout::{RunLayout, TaskSplit};
+use milvus_backfill_api::outcome::{FailedSegment, SegmentOutcome, TaskOutcome};
+use milvus_backfill_api::place::{Place, S3Endpoint};
+use milvus_backfill_api::plan::{BatchSize, Binlog, NewField, PkField, PkType, Plan, SegmentPlan, SkippedSegment};
+use milvus_backfill_api::spec::{MilvusSpec, SourceSpec, StorageSpec};
 
 use crate::crd::{Backfill, BackfillSpec, EngineSpec, WorkerSpec};
 
@@ -86,7 +85,7 @@ pub fn plan_with(n: usize, failed: usize) -> Plan {
         source_files: vec![],
         source_rows: 1_000_000,
         output_place: Place::Storage { prefix: String::new() },
-        batch_size: 1024,
+        batch_size: BatchSize::DEFAULT,
         parallelism: 4,
         segments: (0..n)
             .map(|i| {
@@ -123,9 +122,9 @@ pub fn plan_with(n: usize, failed: usize) -> Plan {
 
 /// The outcome of a task whose segments all succeeded (`matched` rows each).
 pub fn ok_outcome(plan: &Plan, spj: u32, task: u32, attempt: u32, matched: u64) -> TaskOutcome {
-    let segs = crate::runs::task_segments(plan, spj, task);
+    let segs = TaskSplit::new(spj).segments(plan, task);
     TaskOutcome {
-        task_id: crate::runs::task_id(&plan.run_id, task),
+        task_id: RunLayout::of_plan(plan).task_id(task),
         attempt,
         success: true,
         segments: segs
@@ -148,10 +147,10 @@ pub fn ok_outcome(plan: &Plan, spj: u32, task: u32, attempt: u32, matched: u64) 
 }
 
 /// The outcome of a task whose segments all failed with `kind`.
-pub fn failed_outcome(plan: &Plan, spj: u32, task: u32, attempt: u32, kind: &str) -> TaskOutcome {
-    let segs = crate::runs::task_segments(plan, spj, task);
+pub fn failed_outcome(plan: &Plan, spj: u32, task: u32, attempt: u32, kind: ErrorKind) -> TaskOutcome {
+    let segs = TaskSplit::new(spj).segments(plan, task);
     TaskOutcome {
-        task_id: crate::runs::task_id(&plan.run_id, task),
+        task_id: RunLayout::of_plan(plan).task_id(task),
         attempt,
         success: false,
         segments: vec![],
@@ -160,7 +159,7 @@ pub fn failed_outcome(plan: &Plan, spj: u32, task: u32, attempt: u32, kind: &str
             .map(|s| FailedSegment {
                 segment_id: s.segment_id,
                 partition_id: s.partition_id,
-                kind: kind.into(),
+                kind,
                 reason: format!("segment {} broke", s.segment_id),
             })
             .collect(),

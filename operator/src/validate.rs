@@ -3,24 +3,16 @@
 //! all of them are reported at once.
 
 use crate::crd::BackfillSpec;
-use crate::jobs::env_names;
 
-/// Environment variables the operator sets on workers from Secret references; `worker.env`
-/// may not set them (credentials never come from the spec).
-pub const RESERVED_ENV: &[&str] = &[
-    env_names::MILVUS_TOKEN,
-    env_names::AWS_ACCESS_KEY_ID,
-    env_names::AWS_SECRET_ACCESS_KEY,
-    env_names::SOURCE_AWS_ACCESS_KEY_ID,
-    env_names::SOURCE_AWS_SECRET_ACCESS_KEY,
-    env_names::MB_TASK_ENDPOINT,
-];
+/// Environment variables the operator sets on workers; `worker.env` may not set them
+/// (credentials never come from the spec).
+pub use milvus_backfill_api::invocation::env::RESERVED as RESERVED_ENV;
 
 /// Checks `spec`; `default_image` is the operator's `--worker-image`.
 pub fn validate(spec: &BackfillSpec, default_image: Option<&str>) -> Result<(), Vec<String>> {
     let mut problems: Vec<String> = Vec::new();
-    if let Err(e) = milvus_backfill::config::validate(&spec.engine) {
-        problems.extend(e.message.split("; ").map(str::to_owned));
+    if let Err(engine) = milvus_backfill_api::spec::validate(&spec.engine) {
+        problems.extend(engine);
     }
     let e = &spec.engine;
 
@@ -40,7 +32,7 @@ pub fn validate(spec: &BackfillSpec, default_image: Option<&str>) -> Result<(), 
         );
     }
     if let Some(out) = e.output_path() {
-        if out.starts_with('/') || out.starts_with("file://") || out.starts_with("./") {
+        if milvus_backfill_api::place::Place::is_local_output(out) {
             problems.push("spec.output.path: a local directory does not work in a cluster; use s3://bucket/prefix or a key prefix".into());
         }
     }
@@ -175,7 +167,7 @@ mod tests {
     use crate::crd::{RetrySpec, WorkerSpec};
     use crate::testutil::spec;
     use k8s_openapi::api::core::v1::{EnvVar, EnvVarSource, LocalObjectReference, SecretKeySelector};
-    use milvus_backfill_api::{SecretKeySelector as ApiKeyRef, SecretRef};
+    use milvus_backfill_api::spec::{SecretKeySelector as ApiKeyRef, SecretRef};
 
     fn problems(s: &BackfillSpec) -> Vec<String> {
         validate(s, None).err().unwrap_or_default()
@@ -221,7 +213,7 @@ mod tests {
         let mut s = spec();
         s.engine.storage.endpoint = "file:///data".into();
         s.engine.source.path = "/data/x.parquet".into();
-        s.engine.output = Some(milvus_backfill_api::OutputSpec {
+        s.engine.output = Some(milvus_backfill_api::spec::OutputSpec {
             path: Some("/out".into()),
         });
         let ps = problems(&s);
@@ -232,7 +224,7 @@ mod tests {
         s.engine.storage.endpoint = "http://minio:9000".into();
         assert!(has(&problems(&s), "without a scheme"));
         let mut s = spec();
-        s.engine.output = Some(milvus_backfill_api::OutputSpec {
+        s.engine.output = Some(milvus_backfill_api::spec::OutputSpec {
             path: Some("s3://b/out".into()),
         });
         assert_eq!(validate(&s, None), Ok(()));

@@ -38,7 +38,11 @@ fn schema() -> serde_json::Value {
         .iter()
         .map(|c| c["name"].as_str().unwrap())
         .collect();
-    assert_eq!(cols, ["Phase", "Segments", "Failed", "Rows", "Age"]);
+    assert_eq!(cols, ["Phase", "Ready", "Segments", "Failed", "Rows", "Age", "Message"]);
+    let cols = v["additionalPrinterColumns"].as_array().unwrap();
+    // kstatus' Ready beside the phase; its message only with `-o wide`.
+    assert_eq!(cols[1]["jsonPath"], ".status.conditions[?(@.type==\"Ready\")].status");
+    assert_eq!(cols[6]["priority"], 1);
     v["schema"]["openAPIV3Schema"].clone()
 }
 
@@ -142,6 +146,7 @@ fn cel_rules_guard_the_plan_defining_fields() {
         "output",
         "primaryKeyFieldId",
         "segmentsPerJob",
+        "batchSize",
     ] {
         assert!(
             rules.iter().any(|r| r.contains(&format!("oldSelf.{f}"))),
@@ -240,6 +245,8 @@ mod cel {
             ("", "  primaryKeyFieldId: 101\n"),
             ("  primaryKeyFieldId: 100\n", "  primaryKeyFieldId: 101\n"),
             ("  segmentsPerJob: 2\n", "  segmentsPerJob: 3\n"),
+            ("  batchSize: 64\n", "  batchSize: 128\n"),
+            ("", "  batchSize: 128\n"),
         ] {
             assert!(update(old, new).is_err(), "{old:?} -> {new:?} accepted");
         }

@@ -170,7 +170,7 @@ fn main() {
                 first_row: 0,
             }],
             output_place: Place::Local { path: out_dir.clone() },
-            batch_size: 1024,
+            batch_size: milvus_backfill_api::plan::BatchSize::DEFAULT,
             root_path: "files".into(),
         },
         segments: vec![SegmentPlan {

@@ -1,9 +1,13 @@
 //! The `milvus-backfill` command line.
 
 use std::fmt::Write as _;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use clap::{Parser, Subcommand, ValueEnum};
+
+use milvus_backfill_api::invocation::{env, flags};
+use milvus_backfill_api::layout::TaskSplit;
+use milvus_backfill_api::place::{S3Endpoint, S3Uri};
 
 use crate::config::{BackfillDoc, MilvusToken, Stores};
 use crate::error::{BackfillError, ErrorKind, Result};
@@ -23,7 +27,7 @@ pub const EXIT_RESULT_NOT_WRITTEN: i32 = 2;
 )]
 pub struct Cli {
     /// Log format on stderr (also LOG_FORMAT).
-    #[arg(long, global = true, env = "LOG_FORMAT", default_value = "plain")]
+    #[arg(long, global = true, env = env::LOG_FORMAT, default_value = "plain")]
     pub log_format: LogFormat,
     /// More detail: per-segment summary and debug logs.
     #[arg(short, long, global = true)]
@@ -51,7 +55,7 @@ pub enum Command {
         output: Output,
         /// Segments per task in the JSON output's `tasks`.
         #[arg(long, default_value_t = 1)]
-        segments_per_task: usize,
+        segments_per_task: u32,
     },
     /// Plan, then backfill every segment in this process.
     Run {
@@ -65,17 +69,18 @@ pub enum Command {
     Segment {
         /// Task JSON, as emitted in `plan --output json` under `tasks`: a local file, or
         /// `s3://bucket/key` read with the storage credentials from the environment.
-        #[arg(long)]
+        #[arg(long = flags::TASK)]
         task: String,
         /// `host:port` of the S3 API holding an `s3://` task (the plan's storage endpoint).
-        #[arg(long, env = "MB_TASK_ENDPOINT")]
+        #[arg(long = flags::ENDPOINT, env = env::MB_TASK_ENDPOINT)]
         endpoint: Option<String>,
-        #[arg(long, default_value = milvus_backfill_api::DEFAULT_REGION)]
+        #[arg(long = flags::REGION, default_value = milvus_backfill_api::spec::DEFAULT_REGION)]
         region: String,
-        #[arg(long)]
+        #[arg(long = flags::USE_SSL)]
         use_ssl: bool,
-        /// Retry attempt, overriding the task's (a controller reuses one task object per task).
-        #[arg(long, env = "MB_TASK_ATTEMPT")]
+        /// Overrides the task's attempt, to re-run a stored task by hand (the operator stores
+        /// one task object per attempt, so its Jobs never pass this).
+        #[arg(long, env = env::MB_TASK_ATTEMPT)]
         attempt: Option<u32>,
         /// Also write the task outcome JSON here.
         #[arg(long)]
@@ -109,64 +114,8 @@ async fn dispatch(cli: Cli) -> Result<i32> {
             file,
             output,
             segments_per_task,
-        } => {
-            let doc = BackfillDoc::load(&file)?;
-            let planned = planner::plan(&doc, &MilvusToken::from_env()).await?;
-            let p = &planned.plan;
-            match output {
-                Output::Json => {
-                    let tasks = p.tasks(segments_per_task);
-                    let v = serde_json::json!({ "plan": p, "tasks": tasks });
-                    println!("{}", serde_json::to_string_pretty(&v).expect("plan serializes"));
-                }
-                Output::Text => print!("{}", plan_text(p)),
-            }
-            for w in &p.warnings {
-                tracing::warn!("{w}");
-            }
-            Ok(0)
-        }
-        Command::Run { file, result } => {
-            let doc = BackfillDoc::load(&file)?;
-            let planned = planner::plan(&doc, &MilvusToken::from_env()).await?;
-            let p = &planned.plan;
-            for w in &p.warnings {
-                tracing::warn!("{w}");
-            }
-            tracing::info!(
-                run_id = %p.run_id,
-                collection = p.collection_id,
-                segments = p.segments.len(),
-                parallelism = p.parallelism,
-                "plan ready, running"
-            );
-            let progress = Progress::new(p.segments.len(), false);
-            let r = runner::run_plan(p, &planned.stores, &progress).await;
-            print!("{}", r.summary());
-            if cli.verbose {
-                print!("{}", r.segment_summary());
-            }
-            let mut code = if r.success { 0 } else { 1 };
-            match runner::store_result(p, &planned.stores, &r).await {
-                Ok(at) => println!("  result:               {at}"),
-                Err(e) => {
-                    eprintln!("{}: {}", e.kind, e.message);
-                    if code == 0 {
-                        code = EXIT_RESULT_NOT_WRITTEN;
-                    }
-                }
-            }
-            if let Some(path) = result {
-                let body = serde_json::to_vec_pretty(&r).expect("result serializes");
-                if let Err(e) = std::fs::write(&path, body) {
-                    eprintln!("WriteError: cannot write {}: {e}", path.display());
-                    if code == 0 {
-                        code = EXIT_RESULT_NOT_WRITTEN;
-                    }
-                }
-            }
-            Ok(code)
-        }
+        } => plan_command(&file, output, segments_per_task).await,
+        Command::Run { file, result } => run_command(&file, result.as_deref(), cli.verbose).await,
         Command::Segment {
             task,
             result,
@@ -175,66 +124,146 @@ async fn dispatch(cli: Cli) -> Result<i32> {
             use_ssl,
             attempt,
         } => {
-            let text = read_task(&task, endpoint, region, use_ssl).await?;
-            let mut task: Task = serde_json::from_slice(&text)
-                .map_err(|e| BackfillError::config(format!("{task} is not a task JSON: {e}")))?;
-            if let Some(a) = attempt {
-                task.attempt = a;
-            }
-            let stores = Stores::from_env(&task.plan.storage, &task.plan.storage_bucket, &task.plan.source).await?;
-            let outcome = runner::run_task(&task, &stores).await;
-            let body = serde_json::to_vec_pretty(&outcome).expect("outcome serializes");
-            println!("{}", String::from_utf8_lossy(&body));
-            let mut code = if outcome.success { 0 } else { 1 };
-            if let Err(e) = stores.storage.put(&task.outcome_key(), body.clone().into()).await {
-                eprintln!(
-                    "WriteError: cannot store the task outcome at {}: {e}",
-                    stores.storage.display(&task.outcome_key())
-                );
-                if code == 0 {
-                    code = EXIT_RESULT_NOT_WRITTEN;
-                }
-            }
-            if let Some(path) = result {
-                std::fs::write(&path, &body).map_err(|e| BackfillError::write(None, path.display().to_string(), e))?;
-            }
-            if !outcome.success {
-                let kinds: Vec<&str> = outcome.failed_segments.iter().map(|f| f.kind.as_str()).collect();
-                // A schema problem will not go away on retry; tell the caller.
-                if kinds
-                    .iter()
-                    .all(|k| *k == ErrorKind::SchemaValidationError.as_str() || *k == ErrorKind::ConfigError.as_str())
-                {
-                    code = ErrorKind::SchemaValidationError.exit_code();
-                }
-            }
-            Ok(code)
+            let at = TaskAt {
+                task,
+                endpoint,
+                region,
+                use_ssl,
+            };
+            segment_command(&at, attempt, result.as_deref()).await
         }
     }
 }
 
+async fn plan_command(file: &Path, output: Output, segments_per_task: u32) -> Result<i32> {
+    let doc = BackfillDoc::load(file)?;
+    let planned = planner::plan(&doc, &MilvusToken::from_env()).await?;
+    let p = &planned.plan;
+    match output {
+        Output::Json => {
+            let tasks = TaskSplit::new(segments_per_task).tasks(p);
+            let v = serde_json::json!({ "plan": p, "tasks": tasks });
+            println!("{}", serde_json::to_string_pretty(&v).expect("plan serializes"));
+        }
+        Output::Text => print!("{}", plan_text(p)),
+    }
+    for w in &p.warnings {
+        tracing::warn!("{w}");
+    }
+    Ok(0)
+}
+
+async fn run_command(file: &Path, result: Option<&Path>, verbose: bool) -> Result<i32> {
+    let doc = BackfillDoc::load(file)?;
+    let planned = planner::plan(&doc, &MilvusToken::from_env()).await?;
+    let p = &planned.plan;
+    for w in &p.warnings {
+        tracing::warn!("{w}");
+    }
+    tracing::info!(
+        run_id = %p.run_id,
+        collection = p.collection_id,
+        segments = p.segments.len(),
+        parallelism = p.parallelism,
+        "plan ready, running"
+    );
+    let progress = Progress::new(p.segments.len(), false);
+    let r = runner::run_plan(p, &planned.stores, &progress).await;
+    print!("{}", r.summary());
+    if verbose {
+        print!("{}", r.segment_summary());
+    }
+    let mut code = if r.success { 0 } else { 1 };
+    match runner::store_result(p, &planned.stores, &r).await {
+        Ok(at) => println!("  result:               {at}"),
+        Err(e) => {
+            eprintln!("{}: {}", e.kind, e.message);
+            code = not_written(code);
+        }
+    }
+    if let Some(path) = result {
+        let body = serde_json::to_vec_pretty(&r).expect("result serializes");
+        if let Err(e) = std::fs::write(path, body) {
+            eprintln!("WriteError: cannot write {}: {e}", path.display());
+            code = not_written(code);
+        }
+    }
+    Ok(code)
+}
+
+/// A run whose record could not be stored: success becomes [`EXIT_RESULT_NOT_WRITTEN`].
+fn not_written(code: i32) -> i32 {
+    if code == 0 {
+        EXIT_RESULT_NOT_WRITTEN
+    } else {
+        code
+    }
+}
+
+/// Where `segment` finds its task: a local file, or `s3://bucket/key` on an endpoint.
+struct TaskAt {
+    task: String,
+    endpoint: Option<String>,
+    region: String,
+    use_ssl: bool,
+}
+
+async fn segment_command(at: &TaskAt, attempt: Option<u32>, result: Option<&Path>) -> Result<i32> {
+    let text = read_task(at).await?;
+    let mut task: Task = serde_json::from_slice(&text)
+        .map_err(|e| BackfillError::config(format!("{} is not a task JSON: {e}", at.task)))?;
+    if let Some(a) = attempt {
+        task.attempt = a;
+    }
+    let stores = Stores::from_env(&task.plan.storage, &task.plan.storage_bucket, &task.plan.source).await?;
+    let outcome = runner::run_task(&task, &stores).await;
+    let body = serde_json::to_vec_pretty(&outcome).expect("outcome serializes");
+    println!("{}", String::from_utf8_lossy(&body));
+    let mut code = if outcome.success { 0 } else { 1 };
+    // The outcome is the attempt's record in the run ledger: a Job without it counts as lost.
+    let key = task.outcome_key();
+    if let Err(e) = stores.storage.put(&key, body.clone().into()).await {
+        eprintln!(
+            "WriteError: cannot store the task outcome at {}: {e}",
+            stores.storage.display(&key)
+        );
+        code = not_written(code);
+    }
+    if let Some(path) = result {
+        std::fs::write(path, &body).map_err(|e| BackfillError::write(None, path.display().to_string(), e))?;
+    }
+    if !outcome.success && !outcome.retryable() {
+        // Input problems will not go away on retry; tell the caller.
+        code = ErrorKind::SchemaValidationError.exit_code();
+    }
+    Ok(code)
+}
+
 /// The task JSON from a local file or from `s3://bucket/key`.
-async fn read_task(task: &str, endpoint: Option<String>, region: String, use_ssl: bool) -> Result<Vec<u8>> {
-    let Some(rest) = task.strip_prefix("s3://") else {
+async fn read_task(at: &TaskAt) -> Result<Vec<u8>> {
+    let task = &at.task;
+    if !task.starts_with("s3://") {
         return std::fs::read(task).map_err(|e| BackfillError::config(format!("cannot read task {task}: {e}")));
-    };
-    let (bucket, key) = rest
-        .split_once('/')
-        .filter(|(b, k)| !b.is_empty() && !k.is_empty())
+    }
+    let uri = S3Uri::parse(task)
+        .filter(|u| !u.key.is_empty())
         .ok_or_else(|| BackfillError::config(format!("--task {task}: expected s3://bucket/key")))?;
-    let endpoint = endpoint.ok_or_else(|| BackfillError::config("--task s3://... needs --endpoint host:port"))?;
-    let ep = crate::config::S3Endpoint {
+    let endpoint = at
+        .endpoint
+        .clone()
+        .ok_or_else(|| BackfillError::config("--task s3://... needs --endpoint host:port"))?;
+    let ep = S3Endpoint {
         endpoint,
-        region,
-        use_ssl,
+        region: at.region.clone(),
+        use_ssl: at.use_ssl,
     };
     let creds = crate::config::S3Credentials::storage_from_env()?;
     let store = crate::store::Store::S3 {
-        client: ep.client(creds.as_ref()).await,
-        bucket: bucket.to_owned(),
+        client: crate::config::s3_client(&ep, creds.as_ref()).await,
+        bucket: uri.bucket.clone(),
         endpoint: ep.url(),
     };
-    let body = store.get(key).await.map_err(|e| match e {
+    let body = store.get(&uri.key).await.map_err(|e| match e {
         crate::store::StoreError::NotFound(w) => BackfillError::config(format!("task {w} does not exist")),
         e => BackfillError::connection(e.to_string()),
     })?;
@@ -309,4 +338,43 @@ pub fn plan_text(p: &Plan) -> String {
         let _ = writeln!(s, "  warning: {w}");
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use milvus_backfill_api::invocation::SegmentInvocation;
+
+    #[test]
+    fn the_operators_command_line_parses() {
+        let inv = SegmentInvocation {
+            task: S3Uri::parse("s3://b/files/backfill/1/r/tasks/r-0.json").unwrap(),
+            endpoint: "minio:9000".into(),
+            region: "eu-west-1".into(),
+            use_ssl: true,
+        };
+        let cli = Cli::try_parse_from(std::iter::once(flags::BINARY.to_owned()).chain(inv.args())).unwrap();
+        match cli.command {
+            Command::Segment {
+                task,
+                endpoint,
+                region,
+                use_ssl,
+                attempt,
+                result,
+            } => {
+                assert_eq!(task, inv.task.to_string());
+                assert_eq!(endpoint.as_deref(), Some("minio:9000"));
+                assert_eq!((region.as_str(), use_ssl), ("eu-west-1", true));
+                assert_eq!((attempt, result), (None, None));
+            }
+            other => panic!("parsed as {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_missing_record_turns_success_into_code_2() {
+        assert_eq!(not_written(0), EXIT_RESULT_NOT_WRITTEN);
+        assert_eq!(not_written(1), 1);
+    }
 }

@@ -8,7 +8,11 @@
 use std::fmt;
 use std::path::{Path, PathBuf};
 
-use milvus_backfill_api::{BackfillSpec, API_VERSION, KIND};
+use milvus_backfill_api::invocation::env;
+use milvus_backfill_api::spec::EngineSpec;
+use milvus_backfill_api::{API_VERSION, KIND};
+
+pub use milvus_backfill_api::place::{Place, S3Endpoint};
 use serde::Deserialize;
 
 use crate::error::{BackfillError, Result};
@@ -18,7 +22,7 @@ use crate::store::Store;
 #[derive(Clone, Debug)]
 pub struct BackfillDoc {
     pub name: String,
-    pub spec: BackfillSpec,
+    pub spec: EngineSpec,
 }
 
 #[derive(Deserialize)]
@@ -62,56 +66,16 @@ impl BackfillDoc {
         } else {
             ("backfill".to_owned(), value)
         };
-        let spec: BackfillSpec =
+        let spec: EngineSpec =
             serde_yaml::from_value(spec_value).map_err(|e| BackfillError::config(format!("spec: {e}")))?;
         validate(&spec)?;
         Ok(Self { name, spec })
     }
 }
 
-/// Checks that need no network. Every problem is listed, each naming its field.
-pub fn validate(spec: &BackfillSpec) -> Result<()> {
-    let mut problems = Vec::new();
-    let mut need = |ok: bool, msg: &str| {
-        if !ok {
-            problems.push(msg.to_owned());
-        }
-    };
-    need(
-        !spec.milvus.uri.trim().is_empty(),
-        "spec.milvus.uri is empty (e.g. http://127.0.0.1:19530)",
-    );
-    need(
-        spec.milvus.uri.starts_with("http://") || spec.milvus.uri.starts_with("https://") || spec.milvus.uri.is_empty(),
-        "spec.milvus.uri must start with http:// or https://",
-    );
-    need(
-        !spec.milvus.collection.trim().is_empty(),
-        "spec.milvus.collection is empty",
-    );
-    need(
-        !spec.storage.endpoint.trim().is_empty(),
-        "spec.storage.endpoint is empty (host:port)",
-    );
-    need(!spec.storage.bucket.trim().is_empty(), "spec.storage.bucket is empty");
-    need(!spec.source.path.trim().is_empty(), "spec.source.path is empty");
-    need(spec.batch_size != Some(0), "spec.batchSize must be > 0");
-    need(spec.parallelism != Some(0), "spec.parallelism must be > 0");
-    need(
-        spec.primary_key_field_id.is_none_or(|f| f >= 100),
-        "spec.primaryKeyFieldId must be a user field ID (>= 100)",
-    );
-    if let Some(p) = spec.source.path.strip_prefix("s3://") {
-        need(
-            p.split_once('/').is_some_and(|(b, _)| !b.is_empty()),
-            "spec.source.path: s3:// needs a bucket and a key or prefix",
-        );
-    }
-    if problems.is_empty() {
-        Ok(())
-    } else {
-        Err(BackfillError::config(problems.join("; ")))
-    }
+/// Checks that need no network ([`milvus_backfill_api::spec::validate`]), as one config error.
+pub fn validate(spec: &EngineSpec) -> Result<()> {
+    milvus_backfill_api::spec::validate(spec).map_err(|problems| BackfillError::config(problems.join("; ")))
 }
 
 /// S3 access keys. `Debug` and `Display` never show the secret.
@@ -142,11 +106,11 @@ impl S3Credentials {
     }
     /// Storage credentials; `None` means "use the default AWS credential chain".
     pub fn storage_from_env() -> Result<Option<Self>> {
-        Self::from_env_pair("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
+        Self::from_env_pair(env::AWS_ACCESS_KEY_ID, env::AWS_SECRET_ACCESS_KEY)
     }
     /// Source credentials; `None` means "same as storage".
     pub fn source_from_env() -> Result<Option<Self>> {
-        Self::from_env_pair("SOURCE_AWS_ACCESS_KEY_ID", "SOURCE_AWS_SECRET_ACCESS_KEY")
+        Self::from_env_pair(env::SOURCE_AWS_ACCESS_KEY_ID, env::SOURCE_AWS_SECRET_ACCESS_KEY)
     }
 }
 
@@ -166,106 +130,40 @@ impl fmt::Debug for MilvusToken {
 
 impl MilvusToken {
     pub fn from_env() -> Self {
-        Self(std::env::var("MILVUS_TOKEN").ok().filter(|t| !t.is_empty()))
+        Self(std::env::var(env::MILVUS_TOKEN).ok().filter(|t| !t.is_empty()))
     }
 }
 
-/// How to reach one S3 endpoint.
-#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct S3Endpoint {
-    pub endpoint: String,
-    pub region: String,
-    #[serde(rename = "useSSL")]
-    pub use_ssl: bool,
-}
-
-impl S3Endpoint {
-    pub fn url(&self) -> String {
-        if self.endpoint.contains("://") {
-            self.endpoint.clone()
-        } else {
-            format!("{}://{}", if self.use_ssl { "https" } else { "http" }, self.endpoint)
-        }
+/// An S3 client for an endpoint, with explicit keys or the default AWS credential chain.
+pub async fn s3_client(ep: &S3Endpoint, creds: Option<&S3Credentials>) -> aws_sdk_s3::Client {
+    use aws_config::BehaviorVersion;
+    use aws_sdk_s3::config::{RequestChecksumCalculation, ResponseChecksumValidation};
+    use aws_smithy_http_client::tls::{rustls_provider::CryptoMode, Provider};
+    let http = aws_smithy_http_client::Builder::new()
+        .tls_provider(Provider::Rustls(CryptoMode::Ring))
+        .build_https();
+    let mut loader = aws_config::defaults(BehaviorVersion::latest())
+        .http_client(http)
+        .region(aws_config::Region::new(ep.region.clone()));
+    if let Some(c) = creds {
+        loader = loader.credentials_provider(aws_sdk_s3::config::Credentials::new(
+            c.access_key.clone(),
+            c.secret_key.clone(),
+            None,
+            None,
+            "milvus-backfill",
+        ));
     }
-
-    pub async fn client(&self, creds: Option<&S3Credentials>) -> aws_sdk_s3::Client {
-        use aws_config::BehaviorVersion;
-        use aws_sdk_s3::config::{RequestChecksumCalculation, ResponseChecksumValidation};
-        use aws_smithy_http_client::tls::{rustls_provider::CryptoMode, Provider};
-        let http = aws_smithy_http_client::Builder::new()
-            .tls_provider(Provider::Rustls(CryptoMode::Ring))
-            .build_https();
-        let mut loader = aws_config::defaults(BehaviorVersion::latest())
-            .http_client(http)
-            .region(aws_config::Region::new(self.region.clone()));
-        if let Some(c) = creds {
-            loader = loader.credentials_provider(aws_sdk_s3::config::Credentials::new(
-                c.access_key.clone(),
-                c.secret_key.clone(),
-                None,
-                None,
-                "milvus-backfill",
-            ));
-        }
-        let shared = loader.load().await;
-        // Path-style addressing as Milvus uses; checksums only where the API requires
-        // them, since several S3-compatible servers reject the newer default.
-        let conf = aws_sdk_s3::config::Builder::from(&shared)
-            .endpoint_url(self.url())
-            .force_path_style(true)
-            .request_checksum_calculation(RequestChecksumCalculation::WhenRequired)
-            .response_checksum_validation(ResponseChecksumValidation::WhenRequired)
-            .build();
-        aws_sdk_s3::Client::from_conf(conf)
-    }
-}
-
-/// Where something lives: a store plus a key (or key prefix) inside it.
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(tag = "kind", rename_all = "camelCase")]
-pub enum Place {
-    /// In the Milvus storage bucket.
-    Storage { prefix: String },
-    /// In another bucket on the source's (or storage's) endpoint.
-    Bucket { bucket: String, prefix: String },
-    /// On the local file system.
-    Local { path: PathBuf },
-}
-
-impl Place {
-    /// `s3://bucket/key` → another bucket; anything else → a local path.
-    pub fn parse_source(path: &str) -> Self {
-        match path.strip_prefix("s3://").or_else(|| path.strip_prefix("s3a://")) {
-            Some(rest) => {
-                let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
-                Place::Bucket {
-                    bucket: bucket.into(),
-                    prefix: prefix.into(),
-                }
-            }
-            None => Place::Local {
-                path: PathBuf::from(path.strip_prefix("file://").unwrap_or(path)),
-            },
-        }
-    }
-
-    /// `s3://bucket/prefix`, an absolute local directory, or a key prefix in the storage bucket.
-    pub fn parse_output(path: &str, storage_bucket: &str) -> Self {
-        let p = path.trim_end_matches('/');
-        if p.starts_with('/') || p.starts_with("file://") || p.starts_with("./") {
-            return Place::Local {
-                path: PathBuf::from(p.strip_prefix("file://").unwrap_or(p)),
-            };
-        }
-        match Self::parse_source(p) {
-            Place::Bucket { bucket, prefix } if bucket == storage_bucket => Place::Storage { prefix },
-            Place::Local { path } => Place::Storage {
-                prefix: path.to_string_lossy().trim_matches('/').to_owned(),
-            },
-            other => other,
-        }
-    }
+    let shared = loader.load().await;
+    // Path-style addressing as Milvus uses; checksums only where the API requires
+    // them, since several S3-compatible servers reject the newer default.
+    let conf = aws_sdk_s3::config::Builder::from(&shared)
+        .endpoint_url(ep.url())
+        .force_path_style(true)
+        .request_checksum_calculation(RequestChecksumCalculation::WhenRequired)
+        .response_checksum_validation(ResponseChecksumValidation::WhenRequired)
+        .build();
+    aws_sdk_s3::Client::from_conf(conf)
 }
 
 /// The stores a run needs, built once from the spec and the environment.
@@ -278,7 +176,7 @@ pub struct Stores {
 }
 
 impl Stores {
-    pub fn storage_endpoint(spec: &BackfillSpec) -> S3Endpoint {
+    pub fn storage_endpoint(spec: &EngineSpec) -> S3Endpoint {
         S3Endpoint {
             endpoint: spec.storage.endpoint.clone(),
             region: spec.storage.region().to_owned(),
@@ -286,7 +184,7 @@ impl Stores {
         }
     }
 
-    pub fn source_endpoint(spec: &BackfillSpec) -> S3Endpoint {
+    pub fn source_endpoint(spec: &EngineSpec) -> S3Endpoint {
         S3Endpoint {
             endpoint: spec
                 .source
@@ -325,7 +223,7 @@ impl Stores {
                 root: PathBuf::from(dir).join(bucket),
             },
             None => Store::S3 {
-                client: storage.client(storage_creds.as_ref()).await,
+                client: s3_client(storage, storage_creds.as_ref()).await,
                 bucket: bucket.to_owned(),
                 endpoint: storage.url(),
             },
@@ -361,7 +259,7 @@ impl Stores {
                         );
                     }
                 }
-                let client = self.source_endpoint.client(self.source_creds.as_ref()).await;
+                let client = s3_client(&self.source_endpoint, self.source_creds.as_ref()).await;
                 (
                     Store::S3 {
                         client,
@@ -409,7 +307,7 @@ spec:
     fn reads_the_resource_and_the_bare_spec() {
         let d = BackfillDoc::parse(DOC).unwrap();
         assert_eq!(d.name, "add-title");
-        assert_eq!(d.spec.batch_size(), 10);
+        assert_eq!(d.spec.batch_size().map(|b| b.rows()), Some(10));
         let bare =
             "milvus: {uri: 'http://h:1', collection: c}\nstorage: {endpoint: e, bucket: b}\nsource: {path: /x}\n";
         assert_eq!(BackfillDoc::parse(bare).unwrap().spec.source.path, "/x");
@@ -432,34 +330,6 @@ spec:
             .contains("kind is Job"));
         let typo = DOC.replace("batchSize", "batchsize");
         assert!(BackfillDoc::parse(&typo).unwrap_err().message.contains("batchsize"));
-    }
-
-    #[test]
-    fn places() {
-        assert_eq!(
-            Place::parse_source("s3://data/a/b.parquet"),
-            Place::Bucket {
-                bucket: "data".into(),
-                prefix: "a/b.parquet".into()
-            }
-        );
-        assert_eq!(Place::parse_source("/tmp/x"), Place::Local { path: "/tmp/x".into() });
-        assert_eq!(
-            Place::parse_output("s3://mb/out/", "mb"),
-            Place::Storage { prefix: "out".into() }
-        );
-        assert_eq!(
-            Place::parse_output("backfills/run", "mb"),
-            Place::Storage {
-                prefix: "backfills/run".into()
-            }
-        );
-        assert_eq!(
-            Place::parse_output("/data/out", "mb"),
-            Place::Local {
-                path: "/data/out".into()
-            }
-        );
     }
 
     #[test]

@@ -5,7 +5,8 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use futures_util::{StreamExt, TryStreamExt};
-use serde::{Deserialize, Serialize};
+
+use milvus_backfill_api::outcome::SegmentOutcome;
 
 use crate::binlog;
 use crate::error::{BackfillError, Result};
@@ -15,24 +16,6 @@ use crate::output;
 use crate::plan::{SegmentPlan, TaskPlan};
 use crate::source;
 use crate::store::Store;
-
-/// What a segment produced; the result JSON's per-segment entry.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct SegmentOutcome {
-    pub segment_id: i64,
-    pub partition_id: i64,
-    /// Rows written: the segment's physical row count.
-    pub row_count: u64,
-    pub matched_row_count: u64,
-    pub output_path: String,
-    pub manifest_paths: Vec<String>,
-    pub execution_time_ms: u64,
-    /// Global indices of the source rows this segment used (for the run's
-    /// unmatched count); not part of the result JSON.
-    #[serde(skip)]
-    pub used_source_rows: Vec<u64>,
-}
 
 /// The stores a task reads and writes, opened once.
 #[derive(Clone, Debug)]
@@ -73,7 +56,7 @@ pub async fn process_segment(
         &plan.source_files,
         index.clone(),
         &plan.new_fields,
-        plan.batch_size as usize,
+        plan.batch_size.rows(),
     )
     .await?;
     tracing::debug!(
@@ -111,7 +94,7 @@ pub async fn process_segment(
         &plan.run_id,
         task_id,
         attempt,
-        plan.batch_size as usize,
+        plan.batch_size.rows(),
     )
     .await?;
     let mut manifest_paths: Vec<String> = written.files.iter().map(|f| stores.output.display(&f.path)).collect();

@@ -5,38 +5,14 @@ use std::hash::{BuildHasherDefault, Hasher};
 
 use arrow_array::{Array, Int64Array, LargeStringArray, StringArray};
 use arrow_schema::DataType;
-use serde::{Deserialize, Serialize};
 
-/// The two primary key types Milvus supports.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub enum PkType {
-    Int64,
-    VarChar,
-}
+pub use milvus_backfill_api::plan::PkType;
 
-impl PkType {
-    /// From `schemapb.DataType`.
-    pub fn from_milvus(data_type: i32) -> Option<Self> {
-        match data_type {
-            5 => Some(Self::Int64),
-            21 => Some(Self::VarChar),
-            _ => None,
-        }
-    }
-
-    /// Whether a source `pk` column of this Arrow type joins with this key type.
-    pub fn accepts(self, arrow: &DataType) -> bool {
-        match self {
-            Self::Int64 => arrow == &DataType::Int64,
-            Self::VarChar => matches!(arrow, DataType::Utf8 | DataType::LargeUtf8),
-        }
-    }
-
-    pub fn expected_arrow(self) -> &'static str {
-        match self {
-            Self::Int64 => "Int64 (parquet INT64)",
-            Self::VarChar => "Utf8 or LargeUtf8 (parquet BYTE_ARRAY/UTF8)",
-        }
+/// Whether a source `pk` column of this Arrow type joins with this key type.
+pub fn pk_accepts(pk: PkType, arrow: &DataType) -> bool {
+    match pk {
+        PkType::Int64 => arrow == &DataType::Int64,
+        PkType::VarChar => matches!(arrow, DataType::Utf8 | DataType::LargeUtf8),
     }
 }
 
@@ -415,10 +391,10 @@ mod tests {
 
     #[test]
     fn pk_type_compatibility() {
-        assert!(PkType::Int64.accepts(&DataType::Int64));
-        assert!(!PkType::Int64.accepts(&DataType::Int32));
-        assert!(PkType::VarChar.accepts(&DataType::LargeUtf8));
-        assert!(!PkType::VarChar.accepts(&DataType::Binary));
+        assert!(pk_accepts(PkType::Int64, &DataType::Int64));
+        assert!(!pk_accepts(PkType::Int64, &DataType::Int32));
+        assert!(pk_accepts(PkType::VarChar, &DataType::LargeUtf8));
+        assert!(!pk_accepts(PkType::VarChar, &DataType::Binary));
         assert_eq!(PkType::from_milvus(21), Some(PkType::VarChar));
         assert_eq!(PkType::from_milvus(101), None);
     }

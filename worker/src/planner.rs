@@ -9,7 +9,9 @@ use futures_util::{StreamExt, TryStreamExt};
 use crate::binlog;
 use crate::config::{BackfillDoc, MilvusToken, Place, Stores};
 use crate::error::{BackfillError, Result};
-use crate::keys::PkType;
+use milvus_backfill_api::layout::segment_output_dir;
+use milvus_backfill_api::plan::PkType;
+
 use crate::milvus::{CollectionInfo, MilvusClient};
 use crate::plan::{self, Binlog, PkField, Plan, SegmentInfo, SegmentPlan, SkippedSegment, Triage};
 use crate::source;
@@ -46,23 +48,6 @@ pub fn pk_field(info: &CollectionInfo, requested: Option<i64>) -> Result<PkField
         name: field.name.clone(),
         pk_type,
     })
-}
-
-/// Where a segment's outputs go: beside its binlogs, or under `output.path`.
-pub fn output_dir(custom_prefix: Option<&str>, root: &str, coll: i64, part: i64, seg: i64) -> String {
-    match custom_prefix {
-        Some(p) => join(p, &format!("{coll}/{part}/{seg}/new_field")),
-        None => format!("{root}/insert_log/{coll}/{part}/{seg}/new_field"),
-    }
-}
-
-fn join(prefix: &str, rest: &str) -> String {
-    let p = prefix.trim_end_matches('/');
-    if p.is_empty() {
-        rest.to_owned()
-    } else {
-        format!("{p}/{rest}")
-    }
 }
 
 pub struct Planned {
@@ -206,7 +191,7 @@ pub async fn plan_with(doc: &BackfillDoc, token: &MilvusToken, stores: Stores) -
                     num_rows: s.num_rows as u64,
                     storage_version: s.storage_version,
                     pk_binlogs: binlogs,
-                    output_dir: output_dir(custom, &root, info.collection_id, s.partition_id, s.segment_id),
+                    output_dir: segment_output_dir(custom, &root, info.collection_id, s.partition_id, s.segment_id),
                 });
             }
             Err(e) => failed.push(skip(e.message)),
@@ -240,7 +225,9 @@ pub async fn plan_with(doc: &BackfillDoc, token: &MilvusToken, stores: Stores) -
         source_rows: schema.rows,
         source_files: schema.files,
         output_place,
-        batch_size: spec.batch_size(),
+        batch_size: spec
+            .batch_size()
+            .ok_or_else(|| BackfillError::config("spec.batchSize must be > 0"))?,
         parallelism: spec.parallelism(),
         segments: planned,
         skipped,
@@ -300,12 +287,5 @@ mod tests {
             .message
             .contains("Int64 or VarChar"));
         assert!(pk_field(&info(), Some(7)).unwrap_err().message.contains("100 (id)"));
-    }
-
-    #[test]
-    fn output_dirs() {
-        assert_eq!(output_dir(None, "files", 1, 2, 3), "files/insert_log/1/2/3/new_field");
-        assert_eq!(output_dir(Some("out/"), "files", 1, 2, 3), "out/1/2/3/new_field");
-        assert_eq!(output_dir(Some(""), "files", 1, 2, 3), "1/2/3/new_field");
     }
 }

@@ -6,14 +6,15 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use futures_util::StreamExt;
-use serde::{Deserialize, Serialize};
 
 use crate::config::Stores;
-use crate::engine::{self, SegmentOutcome, TaskStores};
+use milvus_backfill_api::layout::RunLayout;
+use milvus_backfill_api::outcome::{BackfillResult, FailedSegment, SegmentOutcome, TaskOutcome};
+
+use crate::engine::{self, TaskStores};
 use crate::error::{BackfillError, Result};
 use crate::plan::{Plan, Task, TaskPlan};
 use crate::progress::Progress;
-use crate::result::{BackfillResult, FailedSegment};
 
 pub async fn task_stores(stores: &Stores, plan: &TaskPlan) -> TaskStores {
     let (source, _) = stores.open(&plan.source_place).await;
@@ -55,7 +56,7 @@ pub async fn run_plan(plan: &Plan, stores: &Stores, progress: &Progress) -> Back
     let tp = TaskPlan::from_plan(plan);
     let ts = task_stores(stores, &tp).await;
     let used = UsedRows::new(plan.source_rows);
-    let task_id = format!("{}-local", plan.run_id);
+    let task_id = RunLayout::of_plan(plan).local_task_id();
     let results: Vec<(i64, i64, Result<SegmentOutcome>)> =
         futures_util::stream::iter(plan.segments.iter().map(|seg| {
             let (ts, tp, task_id, used) = (&ts, &tp, &task_id, &used);
@@ -95,7 +96,7 @@ pub async fn run_plan(plan: &Plan, stores: &Stores, progress: &Progress) -> Back
 
 /// Writes the result JSON beside the outputs; returns its location.
 pub async fn store_result(plan: &Plan, stores: &Stores, result: &BackfillResult) -> Result<String> {
-    let key = plan.result_key();
+    let key = RunLayout::of_plan(plan).result_key();
     let body = serde_json::to_vec_pretty(result).map_err(|e| BackfillError::unexpected(e.to_string()))?;
     stores
         .storage
@@ -105,24 +106,10 @@ pub async fn store_result(plan: &Plan, stores: &Stores, result: &BackfillResult)
     Ok(stores.storage.display(&key))
 }
 
-/// What `segment --task` reports, on stdout and in storage at [`Task::outcome_key`].
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct TaskOutcome {
-    pub task_id: String,
-    pub attempt: u32,
-    pub success: bool,
-    pub segments: Vec<SegmentOutcome>,
-    pub failed_segments: Vec<FailedSegment>,
-    /// Distinct source rows this task's segments used.
-    pub used_source_rows: u64,
-    pub execution_time_ms: u64,
-}
-
 pub async fn run_task(task: &Task, stores: &Stores) -> TaskOutcome {
     let started = Instant::now();
     let ts = task_stores(stores, &task.plan).await;
-    let used = Arc::new(UsedRows::new(task.plan.source_files.iter().map(|f| f.rows).sum()));
+    let used = Arc::new(UsedRows::new(task.plan.source_rows()));
     let mut segments = Vec::new();
     let mut failed_segments = Vec::new();
     for seg in &task.segments {

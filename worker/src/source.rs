@@ -275,7 +275,7 @@ pub fn check_schema(schema: &SchemaRef, pk_type: PkType, existing_fields: &[Stri
             describe(schema)
         ))
     })?;
-    if !pk_type.accepts(key.data_type()) {
+    if !crate::keys::pk_accepts(pk_type, key.data_type()) {
         return Err(BackfillError::schema(format!(
             "source column `{KEY_COLUMN}` is {}, but the collection's primary key is {:?}: write `{KEY_COLUMN}` as {}",
             key.data_type(),

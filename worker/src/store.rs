@@ -1,11 +1,15 @@
 //! Object storage: S3-compatible buckets and the local file system behind one type,
-//! so that the engine is the same in a cluster, on a laptop and in tests.
+//! so that the engine is the same in a cluster, on a laptop and in tests. The one storage
+//! layer of both binaries: raw objects, JSON records, and create-if-absent writes.
 
 use std::ops::Range;
 use std::path::PathBuf;
 
 use aws_sdk_s3::primitives::ByteStream;
 use bytes::Bytes;
+use futures_util::{StreamExt, TryStreamExt};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
 
 /// An object, as listed.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -32,6 +36,11 @@ pub enum Store {
 pub enum StoreError {
     #[error("{0} does not exist")]
     NotFound(String),
+    /// A create-if-absent write found the object there already.
+    #[error("{0} exists already")]
+    AlreadyExists(String),
+    #[error("{key}: not valid JSON: {error}")]
+    Decode { key: String, error: String },
     #[error("{0}")]
     Other(String),
 }
@@ -195,6 +204,68 @@ impl Store {
         }
     }
 
+    /// Writes an object only if there is none at `key` (S3 `If-None-Match: *`; locally an
+    /// exclusive create). Of two writers racing for one key, exactly one wins; the other gets
+    /// [`StoreError::AlreadyExists`].
+    pub async fn put_if_absent(&self, key: &str, data: Bytes) -> Result<(), StoreError> {
+        match self {
+            Store::S3 { client, bucket, .. } => {
+                let sent = client
+                    .put_object()
+                    .bucket(bucket)
+                    .key(key)
+                    .if_none_match("*")
+                    .body(ByteStream::from(data))
+                    .send()
+                    .await;
+                match sent {
+                    Ok(_) => Ok(()),
+                    Err(e) if is_precondition_failed(&e) => Err(StoreError::AlreadyExists(self.display(key))),
+                    Err(e) => Err(s3_err(self, key, e)),
+                }
+            }
+            Store::Local { root } => put_local_if_absent(&root.join(key), &data).await,
+        }
+    }
+
+    /// The JSON object at `key`, or `None` when there is none.
+    pub async fn get_json<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>, StoreError> {
+        match self.get(key).await {
+            Ok(body) => serde_json::from_slice(&body).map(Some).map_err(|e| StoreError::Decode {
+                key: self.display(key),
+                error: e.to_string(),
+            }),
+            Err(StoreError::NotFound(_)) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    pub async fn put_json<T: Serialize>(&self, key: &str, value: &T) -> Result<(), StoreError> {
+        self.put(key, json_body(self, key, value)?).await
+    }
+
+    /// [`Store::put_if_absent`] of a JSON record.
+    pub async fn put_json_if_absent<T: Serialize>(&self, key: &str, value: &T) -> Result<(), StoreError> {
+        self.put_if_absent(key, json_body(self, key, value)?).await
+    }
+
+    /// Keys under `prefix`, sorted.
+    pub async fn list_keys(&self, prefix: &str) -> Result<Vec<String>, StoreError> {
+        Ok(self.list(prefix).await?.into_iter().map(|o| o.key).collect())
+    }
+
+    /// Reads many JSON objects, 16 at a time, in order; absent ones are skipped.
+    pub async fn get_json_many<T: DeserializeOwned>(&self, keys: Vec<String>) -> Result<Vec<(String, T)>, StoreError> {
+        futures_util::stream::iter(keys.into_iter().map(|k| async move {
+            let v: Option<T> = self.get_json(&k).await?;
+            Ok::<_, StoreError>(v.map(|v| (k, v)))
+        }))
+        .buffered(16)
+        .try_filter_map(|x| async move { Ok(x) })
+        .try_collect()
+        .await
+    }
+
     pub async fn delete(&self, key: &str) -> Result<(), StoreError> {
         match self {
             Store::S3 { client, bucket, .. } => {
@@ -216,6 +287,49 @@ impl Store {
                 }
             }
         }
+    }
+}
+
+fn json_body<T: Serialize>(store: &Store, key: &str, value: &T) -> Result<Bytes, StoreError> {
+    serde_json::to_vec_pretty(value)
+        .map(Bytes::from)
+        .map_err(|e| StoreError::Decode {
+            key: store.display(key),
+            error: e.to_string(),
+        })
+}
+
+/// Written to a temporary file, then hard-linked into place: the link fails if the name is
+/// taken, and a reader never sees half an object.
+async fn put_local_if_absent(p: &std::path::Path, data: &[u8]) -> Result<(), StoreError> {
+    if let Some(dir) = p.parent() {
+        tokio::fs::create_dir_all(dir).await.map_err(|e| io_err(dir, e))?;
+    }
+    let tmp = p.with_extension(format!("tmp-{}", std::process::id()));
+    tokio::fs::write(&tmp, data).await.map_err(|e| io_err(&tmp, e))?;
+    let linked = tokio::fs::hard_link(&tmp, p).await;
+    let _ = tokio::fs::remove_file(&tmp).await;
+    match linked {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            Err(StoreError::AlreadyExists(p.display().to_string()))
+        }
+        Err(e) => Err(io_err(p, e)),
+    }
+}
+
+fn is_precondition_failed<E, R>(e: &aws_sdk_s3::error::SdkError<E, R>) -> bool
+where
+    E: aws_sdk_s3::error::ProvideErrorMetadata,
+{
+    match e {
+        aws_sdk_s3::error::SdkError::ServiceError(se) => {
+            matches!(
+                se.err().code(),
+                Some("PreconditionFailed" | "ConditionalRequestConflict")
+            )
+        }
+        _ => false,
     }
 }
 
@@ -317,5 +431,35 @@ mod tests {
         s.delete("a/b/1").await.unwrap();
         s.delete("a/b/1").await.unwrap();
         assert_eq!(s.list("a/b/").await.unwrap().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn json_records_and_create_if_absent() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::Local {
+            root: dir.path().to_path_buf(),
+        };
+        assert_eq!(s.get_json::<serde_json::Value>("r/x.json").await.unwrap(), None);
+        s.put_json("r/x.json", &serde_json::json!({"k": 1})).await.unwrap();
+        s.put_json_if_absent("r/y.json", &serde_json::json!({"k": 2}))
+            .await
+            .unwrap();
+        let again = s.put_json_if_absent("r/y.json", &serde_json::json!({"k": 3})).await;
+        assert!(matches!(again, Err(StoreError::AlreadyExists(_))), "{again:?}");
+        assert_eq!(s.get_json("r/y.json").await.unwrap(), Some(serde_json::json!({"k": 2})));
+        assert_eq!(s.list_keys("r/").await.unwrap(), vec!["r/x.json", "r/y.json"]);
+        let many: Vec<(String, serde_json::Value)> = s
+            .get_json_many(vec!["r/x.json".into(), "r/none.json".into(), "r/y.json".into()])
+            .await
+            .unwrap();
+        assert_eq!(
+            many.iter().map(|(k, _)| k.as_str()).collect::<Vec<_>>(),
+            ["r/x.json", "r/y.json"]
+        );
+        s.put("r/bad.json", Bytes::from_static(b"{")).await.unwrap();
+        assert!(matches!(
+            s.get_json::<serde_json::Value>("r/bad.json").await,
+            Err(StoreError::Decode { .. })
+        ));
     }
 }

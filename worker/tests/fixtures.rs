@@ -288,7 +288,7 @@ async fn case(collection: &str, segment: &str, pk_type: PkType) -> (Case, Vec<Va
         output_place: Place::Local {
             path: tmp.path().join("out"),
         },
-        batch_size: 100,
+        batch_size: milvus_backfill_api::plan::BatchSize::new(100).unwrap(),
         root_path: "files".into(),
     };
     let seg = SegmentPlan {
@@ -496,7 +496,7 @@ async fn a_failed_segment_does_not_stop_the_others() {
         source_rows: source_files[0].rows,
         source_files,
         output_place: a.plan.output_place.clone(),
-        batch_size: 100,
+        batch_size: milvus_backfill_api::plan::BatchSize::new(100).unwrap(),
         parallelism: 2,
         segments: vec![seg_a, broken],
         skipped: vec![],

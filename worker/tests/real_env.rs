@@ -104,7 +104,7 @@ async fn plan_and_run(
 ) -> (
     milvus_backfill::plan::Plan,
     Stores,
-    milvus_backfill::result::BackfillResult,
+    milvus_backfill_api::outcome::BackfillResult,
 ) {
     let doc = BackfillDoc::parse(text).unwrap();
     let planned = planner::plan(&doc, &MilvusToken::from_env()).await.unwrap();
@@ -123,7 +123,7 @@ async fn verify_outputs(
     collection: &str,
     plan: &milvus_backfill::plan::Plan,
     stores: &Stores,
-    result: &milvus_backfill::result::BackfillResult,
+    result: &milvus_backfill_api::outcome::BackfillResult,
 ) -> u64 {
     let exp = &e.expected[collection];
     let values = source_values(Path::new(exp["newField"]["local"].as_str().unwrap()));
@@ -214,7 +214,14 @@ async fn int64_collection_single_object_default_output() {
     assert_eq!(r.unmatched_backfill_rows, unmatched);
     assert_eq!(r.total_backfill_data_rows, src.len() as u64);
     // The result JSON is stored beside the outputs.
-    let stored: Value = serde_json::from_slice(&stores.storage.get(&plan.result_key()).await.unwrap()).unwrap();
+    let stored: Value = serde_json::from_slice(
+        &stores
+            .storage
+            .get(&milvus_backfill_api::layout::RunLayout::of_plan(&plan).result_key())
+            .await
+            .unwrap(),
+    )
+    .unwrap();
     assert_eq!(stored["totalRowsWritten"], total);
     assert!(plan.warnings.iter().any(|w| w.contains("garbage collector")));
 }

@@ -1,20 +1,61 @@
-//! The run's result: the JSON Milvus' commit path and people read, and the summary.
+//! What a run produced: per segment, per task attempt, and the run's result JSON (what Milvus'
+//! commit path and people read), with its summary. Pure.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
 use serde::{Deserialize, Serialize};
 
-use crate::engine::SegmentOutcome;
-use crate::error::BackfillError;
-use crate::plan::{self, Plan};
+use crate::error::{BackfillError, ErrorKind};
+use crate::plan::{shared_partition, Plan, SkippedSegment};
+
+/// What a segment produced; the result JSON's per-segment entry.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SegmentOutcome {
+    pub segment_id: i64,
+    pub partition_id: i64,
+    /// Rows written: the segment's physical row count.
+    pub row_count: u64,
+    pub matched_row_count: u64,
+    pub output_path: String,
+    pub manifest_paths: Vec<String>,
+    pub execution_time_ms: u64,
+    /// Global indices of the source rows this segment used (for the run's
+    /// unmatched count); not part of the result JSON.
+    #[serde(skip)]
+    pub used_source_rows: Vec<u64>,
+}
+
+/// What one attempt of a task reports: on the worker's stdout and in the bucket at
+/// [`crate::layout::RunLayout::outcome_key`].
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TaskOutcome {
+    pub task_id: String,
+    pub attempt: u32,
+    pub success: bool,
+    pub segments: Vec<SegmentOutcome>,
+    pub failed_segments: Vec<FailedSegment>,
+    /// Distinct source rows this task's segments used.
+    pub used_source_rows: u64,
+    pub execution_time_ms: u64,
+}
+
+impl TaskOutcome {
+    /// Whether a failed attempt is worth another one: not when every failed segment failed
+    /// with an error the same input would give again.
+    pub fn retryable(&self) -> bool {
+        self.failed_segments.is_empty() || self.failed_segments.iter().any(|f| !f.kind.is_permanent())
+    }
+}
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct FailedSegment {
     pub segment_id: i64,
     pub partition_id: i64,
-    pub kind: String,
+    pub kind: ErrorKind,
     pub reason: String,
 }
 
@@ -42,7 +83,7 @@ pub struct BackfillResult {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub failed_segments: Vec<FailedSegment>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub skipped_segments: Vec<plan::SkippedSegment>,
+    pub skipped_segments: Vec<SkippedSegment>,
 }
 
 impl BackfillResult {
@@ -60,13 +101,13 @@ impl BackfillResult {
             .map(|s| FailedSegment {
                 segment_id: s.segment_id,
                 partition_id: s.partition_id,
-                kind: "SegmentProcessingError".into(),
+                kind: ErrorKind::SegmentProcessingError,
                 reason: s.reason.clone(),
             })
             .collect();
         failed_segments.extend(failures);
         failed_segments.sort_by_key(|f| f.segment_id);
-        let partition_id = plan::shared_partition(outcomes.iter().map(|o| o.partition_id));
+        let partition_id = shared_partition(outcomes.iter().map(|o| o.partition_id));
         let total_rows_written = outcomes.iter().map(|o| o.row_count).sum();
         let total_matched_rows = outcomes.iter().map(|o| o.matched_row_count).sum();
         let manifest_paths = outcomes.iter().flat_map(|o| o.manifest_paths.iter().cloned()).collect();
@@ -167,7 +208,7 @@ impl FailedSegment {
         Self {
             segment_id,
             partition_id,
-            kind: e.kind.to_string(),
+            kind: e.kind,
             reason: e.message.clone(),
         }
     }
@@ -176,7 +217,6 @@ impl FailedSegment {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::plan::SkippedSegment;
 
     fn plan() -> Plan {
         Plan {
@@ -244,6 +284,28 @@ mod tests {
         assert!(seg.get("usedSourceRows").is_none());
         assert!(r.summary().contains("33.3%"));
         assert!(r.summary().contains("FAILED segment 9"));
+    }
+
+    #[test]
+    fn permanent_failures_are_not_retried() {
+        let failed = |kind| TaskOutcome {
+            task_id: "t".into(),
+            attempt: 0,
+            success: false,
+            segments: vec![],
+            failed_segments: vec![FailedSegment {
+                segment_id: 1,
+                partition_id: 1,
+                kind,
+                reason: "r".into(),
+            }],
+            used_source_rows: 0,
+            execution_time_ms: 0,
+        };
+        assert!(!failed(ErrorKind::SchemaValidationError).retryable());
+        assert!(failed(ErrorKind::ConnectionError).retryable());
+        let json = serde_json::to_value(failed(ErrorKind::ConfigError)).unwrap();
+        assert_eq!(json["failedSegments"][0]["kind"], "ConfigError");
     }
 
     #[test]

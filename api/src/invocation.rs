@@ -1,0 +1,103 @@
+//! How the operator starts a worker: the `segment` command line and the environment names.
+//! The worker's argument parser uses these names; a worker test parses [`SegmentInvocation`]
+//! with it, so the two cannot drift.
+
+use crate::place::S3Uri;
+
+/// Environment variables both binaries agree on. Credentials only ever travel this way
+/// (never in arguments, files or the spec).
+pub mod env {
+    /// `user:password` or an API key (local runs and planning; workers never get it).
+    pub const MILVUS_TOKEN: &str = "MILVUS_TOKEN";
+    pub const AWS_ACCESS_KEY_ID: &str = "AWS_ACCESS_KEY_ID";
+    pub const AWS_SECRET_ACCESS_KEY: &str = "AWS_SECRET_ACCESS_KEY";
+    pub const SOURCE_AWS_ACCESS_KEY_ID: &str = "SOURCE_AWS_ACCESS_KEY_ID";
+    pub const SOURCE_AWS_SECRET_ACCESS_KEY: &str = "SOURCE_AWS_SECRET_ACCESS_KEY";
+    /// `segment --endpoint`.
+    pub const MB_TASK_ENDPOINT: &str = "MB_TASK_ENDPOINT";
+    /// `segment --attempt`.
+    pub const MB_TASK_ATTEMPT: &str = "MB_TASK_ATTEMPT";
+    /// `text` or `json`.
+    pub const LOG_FORMAT: &str = "LOG_FORMAT";
+
+    /// What the operator sets from Secret references and its own settings; a user's
+    /// `spec.worker.env` may not set these.
+    pub const RESERVED: &[&str] = &[
+        MILVUS_TOKEN,
+        AWS_ACCESS_KEY_ID,
+        AWS_SECRET_ACCESS_KEY,
+        SOURCE_AWS_ACCESS_KEY_ID,
+        SOURCE_AWS_SECRET_ACCESS_KEY,
+        MB_TASK_ENDPOINT,
+        MB_TASK_ATTEMPT,
+    ];
+}
+
+/// The worker binary's name and its `segment` subcommand and flags.
+pub mod flags {
+    pub const BINARY: &str = "milvus-backfill";
+    pub const SEGMENT: &str = "segment";
+    pub const TASK: &str = "task";
+    pub const ENDPOINT: &str = "endpoint";
+    pub const REGION: &str = "region";
+    pub const USE_SSL: &str = "use-ssl";
+}
+
+/// `milvus-backfill segment --task s3://bucket/key --endpoint host:port --region R [--use-ssl]`.
+/// The task is data in the bucket; the arguments only point at it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SegmentInvocation {
+    pub task: S3Uri,
+    pub endpoint: String,
+    pub region: String,
+    pub use_ssl: bool,
+}
+
+impl SegmentInvocation {
+    /// The arguments, without the binary.
+    pub fn args(&self) -> Vec<String> {
+        let mut args = vec![
+            flags::SEGMENT.to_owned(),
+            format!("--{}", flags::TASK),
+            self.task.to_string(),
+            format!("--{}", flags::ENDPOINT),
+            self.endpoint.clone(),
+            format!("--{}", flags::REGION),
+            self.region.clone(),
+        ];
+        if self.use_ssl {
+            args.push(format!("--{}", flags::USE_SSL));
+        }
+        args
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_command_line_points_at_the_task() {
+        let inv = SegmentInvocation {
+            task: S3Uri::parse("s3://b/files/backfill/1/r/tasks/r-0.json").unwrap(),
+            endpoint: "minio:9000".into(),
+            region: "us-east-1".into(),
+            use_ssl: true,
+        };
+        assert_eq!(
+            inv.args(),
+            [
+                "segment",
+                "--task",
+                "s3://b/files/backfill/1/r/tasks/r-0.json",
+                "--endpoint",
+                "minio:9000",
+                "--region",
+                "us-east-1",
+                "--use-ssl"
+            ]
+        );
+        assert!(env::RESERVED.contains(&env::AWS_SECRET_ACCESS_KEY));
+        assert!(!env::RESERVED.contains(&env::LOG_FORMAT));
+    }
+}

@@ -1,0 +1,277 @@
+//! The plan: what a run reads and writes, computed once by the planner and handed to workers
+//! as tasks. Data only; the bucket keys of all of it are in [`crate::layout`].
+
+use std::num::NonZeroU32;
+
+use serde::{Deserialize, Serialize};
+
+use crate::place::{Place, S3Endpoint};
+
+/// The two primary key types Milvus supports.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum PkType {
+    Int64,
+    VarChar,
+}
+
+impl PkType {
+    /// From `schemapb.DataType`.
+    pub fn from_milvus(data_type: i32) -> Option<Self> {
+        match data_type {
+            5 => Some(Self::Int64),
+            21 => Some(Self::VarChar),
+            _ => None,
+        }
+    }
+
+    /// The source `pk` column types that join with this key type, for error messages.
+    pub fn expected_arrow(self) -> &'static str {
+        match self {
+            Self::Int64 => "Int64 (parquet INT64)",
+            Self::VarChar => "Utf8 or LargeUtf8 (parquet BYTE_ARRAY/UTF8)",
+        }
+    }
+}
+
+/// Rows per write batch, never zero (Parquet row groups are multiples of it).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct BatchSize(NonZeroU32);
+
+impl BatchSize {
+    pub const DEFAULT: Self = Self(NonZeroU32::new(crate::spec::DEFAULT_BATCH_SIZE).unwrap());
+
+    pub fn new(rows: u32) -> Option<Self> {
+        NonZeroU32::new(rows).map(Self)
+    }
+    pub fn rows(self) -> usize {
+        self.0.get() as usize
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PkField {
+    pub field_id: i64,
+    pub name: String,
+    pub pk_type: PkType,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NewField {
+    pub name: String,
+    /// Arrow type of the source column, as Arrow prints it (e.g. `Float64`, `Utf8`).
+    #[serde(rename = "type")]
+    pub arrow_type: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SourceFile {
+    pub key: String,
+    pub size: u64,
+    pub rows: u64,
+    /// Index of this file's first row among all source rows (files in plan order).
+    pub first_row: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Binlog {
+    pub key: String,
+    pub log_id: i64,
+    pub size: u64,
+    pub rows: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SegmentPlan {
+    pub segment_id: i64,
+    pub partition_id: i64,
+    pub partition_name: String,
+    pub num_rows: u64,
+    /// 0 = V1 (also when Milvus does not report it), 2 = V2, 3 = V3.
+    pub storage_version: i64,
+    /// The primary key binlogs in row order (numeric log ID).
+    pub pk_binlogs: Vec<Binlog>,
+    /// Directory (key prefix) of this segment's outputs ([`crate::layout::segment_output_dir`]).
+    pub output_dir: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SkippedSegment {
+    pub segment_id: i64,
+    pub partition_id: i64,
+    pub num_rows: i64,
+    pub reason: String,
+}
+
+/// Everything a worker needs to process segments without asking Milvus.
+/// It holds no secrets: those come from the worker's environment.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Plan {
+    pub run_id: String,
+    pub database: String,
+    pub collection_name: String,
+    pub collection_id: i64,
+    /// Set when `spec.milvus.partition` names one partition.
+    pub partition_id: Option<i64>,
+    /// `CollectionSchema.version` (0 before Milvus 2.6.8).
+    pub schema_version: i32,
+    pub pk_field: PkField,
+    pub new_fields: Vec<NewField>,
+    pub storage: S3Endpoint,
+    pub storage_bucket: String,
+    pub root_path: String,
+    pub source: S3Endpoint,
+    pub source_place: Place,
+    pub source_files: Vec<SourceFile>,
+    pub source_rows: u64,
+    pub output_place: Place,
+    /// Frozen at planning (`spec.batchSize` is immutable for that reason).
+    pub batch_size: BatchSize,
+    pub parallelism: u32,
+    pub segments: Vec<SegmentPlan>,
+    pub skipped: Vec<SkippedSegment>,
+    /// Segments that failed planning (unsupported format, binlogs not matching
+    /// `num_rows`); the run reports them as failed.
+    pub failed: Vec<SkippedSegment>,
+    pub warnings: Vec<String>,
+}
+
+/// The plan fields every task carries.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TaskPlan {
+    pub run_id: String,
+    pub collection_id: i64,
+    pub pk_field: PkField,
+    pub new_fields: Vec<NewField>,
+    pub storage: S3Endpoint,
+    pub storage_bucket: String,
+    pub source: S3Endpoint,
+    pub source_place: Place,
+    pub source_files: Vec<SourceFile>,
+    pub output_place: Place,
+    pub batch_size: BatchSize,
+    pub root_path: String,
+}
+
+impl TaskPlan {
+    pub fn from_plan(p: &Plan) -> Self {
+        Self {
+            run_id: p.run_id.clone(),
+            collection_id: p.collection_id,
+            pk_field: p.pk_field.clone(),
+            new_fields: p.new_fields.clone(),
+            storage: p.storage.clone(),
+            storage_bucket: p.storage_bucket.clone(),
+            source: p.source.clone(),
+            source_place: p.source_place.clone(),
+            source_files: p.source_files.clone(),
+            output_place: p.output_place.clone(),
+            batch_size: p.batch_size,
+            root_path: p.root_path.clone(),
+        }
+    }
+
+    pub fn source_rows(&self) -> u64 {
+        self.source_files.iter().map(|f| f.rows).sum()
+    }
+}
+
+/// One unit of work: what `milvus-backfill segment --task` executes. A controller stores one
+/// object per attempt ([`crate::layout::RunLayout::task_key`]), since the attempt names the
+/// part files and the outcome.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Task {
+    pub task_id: String,
+    /// Retry attempt; part files of different attempts never overwrite each other.
+    pub attempt: u32,
+    #[serde(flatten)]
+    pub plan: TaskPlan,
+    pub segments: Vec<SegmentPlan>,
+}
+
+/// The partition ID the result JSON reports: the one all segments share, else 0
+/// (never -1, which Milvus' commit rejects for multi-partition results).
+pub fn shared_partition(segments: impl IntoIterator<Item = i64>) -> i64 {
+    let mut it = segments.into_iter();
+    match it.next() {
+        Some(first) if it.all(|p| p == first) => first,
+        _ => 0,
+    }
+}
+
+/// A small plan for unit tests of both binaries (not part of the contract).
+#[doc(hidden)]
+pub fn sample_plan() -> Plan {
+    let ep = S3Endpoint {
+        endpoint: "e".into(),
+        region: "r".into(),
+        use_ssl: false,
+    };
+    Plan {
+        run_id: "r1".into(),
+        database: "default".into(),
+        collection_name: "c".into(),
+        collection_id: 10,
+        partition_id: None,
+        schema_version: 0,
+        pk_field: PkField {
+            field_id: 100,
+            name: "id".into(),
+            pk_type: PkType::Int64,
+        },
+        new_fields: vec![NewField {
+            name: "score".into(),
+            arrow_type: "Float64".into(),
+        }],
+        storage: ep.clone(),
+        storage_bucket: "b".into(),
+        root_path: "files".into(),
+        source: ep,
+        source_place: Place::Local { path: "/x".into() },
+        source_files: vec![],
+        source_rows: 0,
+        output_place: Place::Storage { prefix: String::new() },
+        batch_size: BatchSize::new(10).unwrap(),
+        parallelism: 1,
+        segments: vec![],
+        skipped: vec![],
+        failed: vec![],
+        warnings: vec![],
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shared_partition_is_never_negative() {
+        assert_eq!(shared_partition([5, 5]), 5);
+        assert_eq!(shared_partition([5, 6]), 0);
+        assert_eq!(shared_partition([]), 0);
+    }
+
+    #[test]
+    fn a_zero_batch_size_does_not_parse() {
+        assert!(serde_json::from_str::<BatchSize>("0").is_err());
+        assert_eq!(serde_json::from_str::<BatchSize>("64").unwrap().rows(), 64);
+        assert_eq!(BatchSize::DEFAULT.rows(), 1024);
+        assert_eq!(BatchSize::new(0), None);
+    }
+
+    #[test]
+    fn pk_types_from_milvus() {
+        assert_eq!(PkType::from_milvus(5), Some(PkType::Int64));
+        assert_eq!(PkType::from_milvus(21), Some(PkType::VarChar));
+        assert_eq!(PkType::from_milvus(10), None);
+    }
+}

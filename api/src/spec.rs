@@ -1,0 +1,272 @@
+//! The engine's spec: the fields of a `Backfill` that local runs and the cluster share
+//! (`milvus-backfill run -f` reads exactly these; the resource adds the cluster's fields in
+//! [`crate::cluster`]). Defaults live in code, not in the schema, so that GitOps tools never
+//! see a field the user did not write.
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::place::S3Uri;
+use crate::plan::BatchSize;
+
+pub const DEFAULT_DATABASE: &str = "default";
+pub const DEFAULT_ROOT_PATH: &str = "files";
+pub const DEFAULT_REGION: &str = "us-east-1";
+pub const DEFAULT_BATCH_SIZE: u32 = 1024;
+pub const DEFAULT_PARALLELISM: u32 = 4;
+/// Keys read from `credentialsSecretRef` Secrets.
+pub const ACCESS_KEY_KEY: &str = "accesskey";
+pub const SECRET_KEY_KEY: &str = "secretkey";
+
+/// What the engine needs: the fields shared by local and cluster mode.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct EngineSpec {
+    pub milvus: MilvusSpec,
+    /// Field ID of the join key (the seed's `pkFieldToRead`). Defaults to the schema's primary key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub primary_key_field_id: Option<i64>,
+    pub storage: StorageSpec,
+    pub source: SourceSpec,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output: Option<OutputSpec>,
+    /// Rows per write batch (Parquet row groups are multiples of it). Default 1024.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub batch_size: Option<u32>,
+    /// Maximum segments in flight (local threads, or Jobs in a cluster). Default 4.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parallelism: Option<u32>,
+    /// Flush the collection before planning, so that recent inserts are in sealed segments.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub flush: Option<bool>,
+}
+
+impl EngineSpec {
+    /// `spec.batchSize`, or the default; `None` when it is 0 ([`validate`] reports that).
+    pub fn batch_size(&self) -> Option<BatchSize> {
+        self.batch_size.map_or(Some(BatchSize::DEFAULT), BatchSize::new)
+    }
+    pub fn parallelism(&self) -> u32 {
+        self.parallelism.unwrap_or(DEFAULT_PARALLELISM)
+    }
+    pub fn flush(&self) -> bool {
+        self.flush.unwrap_or(false)
+    }
+    pub fn output_path(&self) -> Option<&str> {
+        self.output.as_ref().and_then(|o| o.path.as_deref())
+    }
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct MilvusSpec {
+    /// gRPC endpoint, `http://host:19530` or `https://...`.
+    pub uri: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub database: Option<String>,
+    pub collection: String,
+    /// Only this partition's segments.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub partition: Option<String>,
+    /// Secret key holding `user:password` or an API token. Locally: `MILVUS_TOKEN`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_secret_ref: Option<SecretKeySelector>,
+}
+
+impl MilvusSpec {
+    pub fn database(&self) -> &str {
+        self.database.as_deref().unwrap_or(DEFAULT_DATABASE)
+    }
+}
+
+/// The object storage where Milvus keeps its binlogs.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct StorageSpec {
+    /// `host:port`, without scheme (`useSSL` picks it).
+    pub endpoint: String,
+    pub bucket: String,
+    /// Milvus `minio.rootPath`. Default `files`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub root_path: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub region: Option<String>,
+    #[serde(default, rename = "useSSL", skip_serializing_if = "Option::is_none")]
+    pub use_ssl: Option<bool>,
+    /// Secret with keys `accesskey` and `secretkey`. Locally: the AWS environment
+    /// variables or the default AWS credential chain.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credentials_secret_ref: Option<SecretRef>,
+}
+
+impl StorageSpec {
+    pub fn root_path(&self) -> &str {
+        self.root_path
+            .as_deref()
+            .map(|p| p.trim_matches('/'))
+            .unwrap_or(DEFAULT_ROOT_PATH)
+    }
+    pub fn region(&self) -> &str {
+        self.region.as_deref().unwrap_or(DEFAULT_REGION)
+    }
+    pub fn use_ssl(&self) -> bool {
+        self.use_ssl.unwrap_or(false)
+    }
+}
+
+/// Where the new-field Parquet data is.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SourceSpec {
+    /// `s3://bucket/key.parquet`, `s3://bucket/prefix/`, or a local file or directory.
+    pub path: String,
+    /// S3 endpoint of the source; defaults to `storage.endpoint`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub region: Option<String>,
+    #[serde(default, rename = "useSSL", skip_serializing_if = "Option::is_none")]
+    pub use_ssl: Option<bool>,
+    /// Defaults to `storage.credentialsSecretRef`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credentials_secret_ref: Option<SecretRef>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct OutputSpec {
+    /// Base for outputs instead of Milvus' `insert_log` tree: `s3://bucket/prefix`,
+    /// a key prefix in the storage bucket, or an absolute local directory.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SecretKeySelector {
+    pub name: String,
+    pub key: String,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SecretRef {
+    pub name: String,
+}
+
+/// Checks that need no network. Every problem is listed, each naming its field.
+pub fn validate(spec: &EngineSpec) -> Result<(), Vec<String>> {
+    let mut problems = Vec::new();
+    let mut need = |ok: bool, msg: &str| {
+        if !ok {
+            problems.push(msg.to_owned());
+        }
+    };
+    let uri = &spec.milvus.uri;
+    need(
+        !uri.trim().is_empty(),
+        "spec.milvus.uri is empty (e.g. http://127.0.0.1:19530)",
+    );
+    need(
+        uri.starts_with("http://") || uri.starts_with("https://") || uri.is_empty(),
+        "spec.milvus.uri must start with http:// or https://",
+    );
+    need(
+        !spec.milvus.collection.trim().is_empty(),
+        "spec.milvus.collection is empty",
+    );
+    need(
+        !spec.storage.endpoint.trim().is_empty(),
+        "spec.storage.endpoint is empty (host:port)",
+    );
+    need(!spec.storage.bucket.trim().is_empty(), "spec.storage.bucket is empty");
+    need(!spec.source.path.trim().is_empty(), "spec.source.path is empty");
+    need(spec.batch_size().is_some(), "spec.batchSize must be > 0");
+    need(spec.parallelism != Some(0), "spec.parallelism must be > 0");
+    need(
+        spec.primary_key_field_id.is_none_or(|f| f >= 100),
+        "spec.primaryKeyFieldId must be a user field ID (>= 100)",
+    );
+    let is_s3 = spec.source.path.starts_with("s3://") || spec.source.path.starts_with("s3a://");
+    need(
+        !is_s3 || S3Uri::parse(&spec.source.path).is_some_and(|u| !u.key.is_empty() || spec.source.path.ends_with('/')),
+        "spec.source.path: s3:// needs a bucket and a key or prefix",
+    );
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(problems)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = r#"{
+        "milvus": {"uri": "http://127.0.0.1:19530", "collection": "c"},
+        "storage": {"endpoint": "127.0.0.1:9000", "bucket": "b"},
+        "source": {"path": "s3://data/x.parquet"}
+    }"#;
+
+    #[test]
+    fn defaults_come_from_code_not_from_the_document() {
+        let spec: EngineSpec = serde_json::from_str(MINIMAL).unwrap();
+        assert_eq!(spec.milvus.database(), "default");
+        assert_eq!(spec.storage.root_path(), "files");
+        assert_eq!(spec.storage.region(), "us-east-1");
+        assert!(!spec.storage.use_ssl());
+        assert_eq!(spec.batch_size(), Some(BatchSize::DEFAULT));
+        assert_eq!(spec.parallelism(), 4);
+        // Serializing back adds nothing the user did not write (no GitOps drift).
+        let back = serde_json::to_value(&spec).unwrap();
+        let orig: serde_json::Value = serde_json::from_str(MINIMAL).unwrap();
+        assert_eq!(back, orig);
+    }
+
+    #[test]
+    fn every_problem_is_named() {
+        let mut spec: EngineSpec = serde_json::from_str(MINIMAL).unwrap();
+        assert_eq!(validate(&spec), Ok(()));
+        spec.batch_size = Some(0);
+        spec.parallelism = Some(0);
+        spec.milvus.collection = String::new();
+        spec.source.path = "s3://bucket-only".into();
+        let problems = validate(&spec).unwrap_err();
+        for part in [
+            "spec.batchSize",
+            "spec.parallelism",
+            "spec.milvus.collection",
+            "spec.source.path",
+        ] {
+            assert!(
+                problems.iter().any(|p| p.contains(part)),
+                "{part} missing in {problems:?}"
+            );
+        }
+        assert_eq!(problems.len(), 4);
+    }
+
+    #[test]
+    fn wire_names_are_the_documented_ones() {
+        let spec: EngineSpec = serde_json::from_str(
+            r#"{"milvus": {"uri": "u", "collection": "c",
+                 "tokenSecretRef": {"name": "milvus-auth", "key": "token"}},
+                "primaryKeyFieldId": 100,
+                "storage": {"endpoint": "e", "bucket": "b", "rootPath": "/r/", "useSSL": true,
+                            "credentialsSecretRef": {"name": "minio"}},
+                "source": {"path": "p"}, "output": {"path": "s3://o/p"},
+                "batchSize": 7, "parallelism": 2, "flush": true}"#,
+        )
+        .unwrap();
+        assert_eq!(spec.milvus.token_secret_ref.as_ref().unwrap().key, "token");
+        assert_eq!(spec.primary_key_field_id, Some(100));
+        assert_eq!(spec.storage.root_path(), "r");
+        assert!(spec.storage.use_ssl());
+        assert_eq!(spec.output_path(), Some("s3://o/p"));
+        assert_eq!(
+            (spec.batch_size(), spec.parallelism(), spec.flush()),
+            (BatchSize::new(7), 2, true)
+        );
+    }
+}

@@ -1,0 +1,352 @@
+//! Conditions, computed in one place from what the run is doing (pure).
+//!
+//! Two families, side by side:
+//! - Job-like: `Planned`, `Progressing`, `Suspended`, `Complete`, `Failed` (as `kubectl get
+//!   job` users read them, and the Argo CD health check);
+//! - kstatus: `Ready`, `Reconciling`, `Stalled` (Flux `wait`/`dependsOn`, kpt,
+//!   `kubectl wait --for=condition=Ready`), derived from the phase and the other conditions
+//!   by [`kstatus`], after every change, so they can never disagree.
+//!
+//! The decider names a [`Situation`]; [`apply`] sets the phase-specific conditions it
+//! determines (others keep their last value, which is what they still mean), then the
+//! kstatus ones. `lastTransitionTime` moves only when a condition's status changes.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::jiff::Timestamp;
+
+use crate::crd::{condition, truncate, BackfillStatus, Condition, Phase, MAX_MESSAGE_BYTES};
+use crate::state::reason;
+
+/// What the run is doing, as far as conditions go.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Situation<'a> {
+    /// The spec does not validate; `problems` names every field.
+    InvalidSpec { problems: &'a str },
+    /// Not planned, and `spec.suspend` is true.
+    SuspendedBeforePlanning,
+    /// Planning (again). `keep_error`: the last planning error stays on display.
+    Planning { keep_error: bool },
+    /// Planning failed and will be retried.
+    PlanningError { message: &'a str },
+    /// Planning failed for good (config or schema): waits for a spec change.
+    PlanFailed { message: &'a str },
+    /// The plan is stored (`message` says what is in it).
+    Planned { message: &'a str, suspended: bool },
+    /// Tasks are running or waiting; `summary` gives the counts.
+    Running { summary: &'a str, suspended: bool },
+    /// Every task is final.
+    Finished { summary: &'a str, success: bool },
+}
+
+/// Sets the conditions `situation` determines, then the kstatus ones from the phase.
+pub fn apply(st: &mut BackfillStatus, situation: Situation<'_>, now: Timestamp, generation: i64) {
+    let mut set = |t: &str, status: bool, reason: &str, message: &str| {
+        set_condition(&mut st.conditions, t, status, reason, message, now, generation)
+    };
+    use condition::*;
+    match situation {
+        Situation::InvalidSpec { problems } => {
+            set(FAILED, true, reason::INVALID_SPEC, problems);
+            set(
+                PROGRESSING,
+                false,
+                reason::INVALID_SPEC,
+                "fix the spec; nothing new starts until then",
+            );
+        }
+        Situation::SuspendedBeforePlanning => {
+            set(SUSPENDED, true, reason::SUSPENDED, SUSPENDED_MESSAGE);
+            set(
+                PLANNED,
+                false,
+                reason::SUSPENDED,
+                "planning starts when spec.suspend is false",
+            );
+            set(PROGRESSING, false, reason::SUSPENDED, "");
+        }
+        Situation::Planning { keep_error } => {
+            set(SUSPENDED, false, reason::NOT_SUSPENDED, "");
+            if !keep_error {
+                set(
+                    PLANNED,
+                    false,
+                    reason::PLANNING,
+                    "listing segments and binlogs, checking the source",
+                );
+            }
+            set(PROGRESSING, true, reason::PLANNING, "");
+            set(COMPLETE, false, reason::NOT_FINISHED, "");
+            set(FAILED, false, reason::NOT_FINISHED, "");
+        }
+        Situation::PlanningError { message } => set(PLANNED, false, reason::PLANNING_ERROR, message),
+        Situation::PlanFailed { message } => {
+            set(PLANNED, false, reason::PLAN_FAILED, message);
+            set(FAILED, true, reason::PLAN_FAILED, message);
+            set(
+                PROGRESSING,
+                false,
+                reason::PLAN_FAILED,
+                "fix the cause, then change the spec (e.g. toggle suspend) to plan again",
+            );
+        }
+        Situation::Planned { message, suspended } => {
+            set(PLANNED, true, reason::PLANNED, message);
+            suspension(&mut set, suspended, "");
+        }
+        Situation::Running { summary, suspended } => suspension(&mut set, suspended, summary),
+        Situation::Finished { summary, success } => {
+            let (phase, why) = if success {
+                (Phase::Succeeded, reason::SUCCEEDED)
+            } else {
+                (Phase::Failed, reason::SEGMENTS_FAILED)
+            };
+            set(PROGRESSING, false, phase.as_str(), summary);
+            set(COMPLETE, success, why, summary);
+            set(FAILED, !success, why, summary);
+            set(SUSPENDED, false, reason::NOT_SUSPENDED, "");
+        }
+    }
+    kstatus(st, now, generation);
+}
+
+const SUSPENDED_MESSAGE: &str = "spec.suspend is true: no new Jobs; running Jobs finish";
+
+fn suspension(set: &mut impl FnMut(&str, bool, &str, &str), suspended: bool, progress: &str) {
+    if suspended {
+        set(condition::SUSPENDED, true, reason::SUSPENDED, SUSPENDED_MESSAGE);
+        set(condition::PROGRESSING, false, reason::SUSPENDED, progress);
+    } else {
+        set(condition::SUSPENDED, false, reason::NOT_SUSPENDED, "");
+        set(condition::PROGRESSING, true, reason::RUNNING, progress);
+    }
+}
+
+/// `Ready`, `Reconciling` and `Stalled` from the phase and the Job-like conditions:
+///
+/// | phase | Ready | Reconciling | Stalled |
+/// |---|---|---|---|
+/// | Pending, Planning, Running | False | True | False |
+/// | Suspended | False (Suspended) | False | False |
+/// | Succeeded | True | False | False |
+/// | Failed | False | False | True (InvalidSpec, PlanFailed or SegmentsFailed) |
+pub fn kstatus(st: &mut BackfillStatus, now: Timestamp, generation: i64) {
+    let phase = st.phase.unwrap_or_default();
+    let message_of = |t: &str| {
+        get_condition(&st.conditions, t)
+            .map(|c| c.message.clone())
+            .unwrap_or_default()
+    };
+    let (ready, reconciling, stalled, why, message) = match phase {
+        Phase::Pending | Phase::Planning => (false, true, false, phase.as_str(), message_of(condition::PLANNED)),
+        Phase::Running => (false, true, false, phase.as_str(), message_of(condition::PROGRESSING)),
+        Phase::Suspended => (false, false, false, reason::SUSPENDED, message_of(condition::SUSPENDED)),
+        Phase::Succeeded => (true, false, false, reason::SUCCEEDED, message_of(condition::COMPLETE)),
+        Phase::Failed => {
+            let failed = get_condition(&st.conditions, condition::FAILED);
+            let why = match failed.map(|c| c.reason.as_str()) {
+                Some(reason::INVALID_SPEC) => reason::INVALID_SPEC,
+                Some(reason::PLAN_FAILED) => reason::PLAN_FAILED,
+                _ => reason::SEGMENTS_FAILED,
+            };
+            (false, false, true, why, message_of(condition::FAILED))
+        }
+    };
+    let c = &mut st.conditions;
+    set_condition(c, condition::READY, ready, why, &message, now, generation);
+    set_condition(c, condition::RECONCILING, reconciling, why, "", now, generation);
+    set_condition(
+        c,
+        condition::STALLED,
+        stalled,
+        why,
+        if stalled { &message } else { "" },
+        now,
+        generation,
+    );
+}
+
+/// Sets a condition; its `lastTransitionTime` moves only when its status changes.
+pub fn set_condition(
+    conds: &mut Vec<Condition>,
+    type_: &str,
+    status: bool,
+    reason: &str,
+    message: &str,
+    now: Timestamp,
+    generation: i64,
+) {
+    let status = if status { "True" } else { "False" };
+    let message = truncate(message, MAX_MESSAGE_BYTES);
+    match conds.iter_mut().find(|c| c.type_ == type_) {
+        Some(c) => {
+            if c.status != status {
+                c.last_transition_time = Time(now);
+            }
+            c.status = status.to_owned();
+            c.reason = reason.to_owned();
+            c.message = message;
+            c.observed_generation = Some(generation);
+        }
+        None => conds.push(Condition {
+            type_: type_.to_owned(),
+            status: status.to_owned(),
+            reason: reason.to_owned(),
+            message,
+            last_transition_time: Time(now),
+            observed_generation: Some(generation),
+        }),
+    }
+    conds.sort_by_key(|c| ORDER.iter().position(|x| *x == c.type_).unwrap_or(usize::MAX));
+}
+
+const ORDER: [&str; 8] = [
+    condition::READY,
+    condition::RECONCILING,
+    condition::STALLED,
+    condition::PLANNED,
+    condition::PROGRESSING,
+    condition::SUSPENDED,
+    condition::COMPLETE,
+    condition::FAILED,
+];
+
+pub fn get_condition<'a>(conds: &'a [Condition], type_: &str) -> Option<&'a Condition> {
+    conds.iter().find(|c| c.type_ == type_)
+}
+
+/// Whether `type_` is True with `reason`.
+pub fn is_true(conds: &[Condition], type_: &str, reason: &str) -> bool {
+    get_condition(conds, type_).is_some_and(|c| c.status == "True" && c.reason == reason)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(phase: Phase, situation: Situation<'_>) -> BackfillStatus {
+        let mut st = BackfillStatus {
+            phase: Some(phase),
+            ..Default::default()
+        };
+        apply(&mut st, situation, Timestamp::UNIX_EPOCH, 3);
+        st
+    }
+
+    fn status_of(st: &BackfillStatus, t: &str) -> (String, String) {
+        let c = get_condition(&st.conditions, t).unwrap_or_else(|| panic!("no {t} in {:?}", st.conditions));
+        (c.status.clone(), c.reason.clone())
+    }
+
+    fn kstatus_of(st: &BackfillStatus) -> [(String, String); 3] {
+        [condition::READY, condition::RECONCILING, condition::STALLED].map(|t| status_of(st, t))
+    }
+
+    fn pair(s: &str, r: &str) -> (String, String) {
+        (s.to_owned(), r.to_owned())
+    }
+
+    #[test]
+    fn kstatus_follows_the_phase() {
+        let running = at(
+            Phase::Running,
+            Situation::Running {
+                summary: "1/2",
+                suspended: false,
+            },
+        );
+        assert_eq!(
+            kstatus_of(&running),
+            [
+                pair("False", "Running"),
+                pair("True", "Running"),
+                pair("False", "Running")
+            ]
+        );
+        assert_eq!(
+            get_condition(&running.conditions, condition::READY).unwrap().message,
+            "1/2"
+        );
+        let planning = at(Phase::Planning, Situation::Planning { keep_error: false });
+        assert_eq!(status_of(&planning, condition::RECONCILING), pair("True", "Planning"));
+        let suspended = at(Phase::Suspended, Situation::SuspendedBeforePlanning);
+        assert_eq!(
+            kstatus_of(&suspended),
+            [
+                pair("False", "Suspended"),
+                pair("False", "Suspended"),
+                pair("False", "Suspended")
+            ]
+        );
+        let done = at(
+            Phase::Succeeded,
+            Situation::Finished {
+                summary: "all",
+                success: true,
+            },
+        );
+        assert_eq!(kstatus_of(&done)[0], pair("True", "Succeeded"));
+        assert_eq!(kstatus_of(&done)[2].0, "False");
+    }
+
+    #[test]
+    fn a_failure_stalls_with_its_reason() {
+        let cases = [
+            (Situation::InvalidSpec { problems: "spec.x" }, "InvalidSpec"),
+            (Situation::PlanFailed { message: "m" }, "PlanFailed"),
+            (
+                Situation::Finished {
+                    summary: "s",
+                    success: false,
+                },
+                "SegmentsFailed",
+            ),
+        ];
+        for (situation, why) in cases {
+            let st = at(Phase::Failed, situation);
+            assert_eq!(
+                kstatus_of(&st),
+                [pair("False", why), pair("False", why), pair("True", why)],
+                "{situation:?}"
+            );
+            assert_eq!(status_of(&st, condition::FAILED), pair("True", why));
+        }
+    }
+
+    #[test]
+    fn transitions_move_only_on_a_status_change() {
+        let mut st = at(
+            Phase::Running,
+            Situation::Running {
+                summary: "a",
+                suspended: false,
+            },
+        );
+        let later = Timestamp::UNIX_EPOCH + std::time::Duration::from_secs(60);
+        apply(
+            &mut st,
+            Situation::Running {
+                summary: "b",
+                suspended: false,
+            },
+            later,
+            4,
+        );
+        let ready = get_condition(&st.conditions, condition::READY).unwrap();
+        assert_eq!(ready.last_transition_time, Time(Timestamp::UNIX_EPOCH));
+        assert_eq!((ready.message.as_str(), ready.observed_generation), ("b", Some(4)));
+        st.phase = Some(Phase::Succeeded);
+        apply(
+            &mut st,
+            Situation::Finished {
+                summary: "c",
+                success: true,
+            },
+            later,
+            4,
+        );
+        let ready = get_condition(&st.conditions, condition::READY).unwrap();
+        assert_eq!(ready.last_transition_time, Time(later));
+        let types: Vec<&str> = st.conditions.iter().map(|c| c.type_.as_str()).collect();
+        assert_eq!(types[..3], ["Ready", "Reconciling", "Stalled"]);
+    }
+}

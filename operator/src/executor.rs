@@ -1,0 +1,185 @@
+//! Execute (IO): carries out the actions [`crate::state::decide`] returned, in order, and
+//! nothing else. It stops at the first that fails; the next pass decides again. Order
+//! matters and is the decider's: the status goes before new Jobs, the result before the
+//! final status.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::batch::v1::Job;
+use kube::api::{Api, Patch, PatchParams};
+use kube::runtime::controller::Action as Requeue;
+use kube::ResourceExt;
+use milvus_backfill::facade;
+use milvus_backfill_api::layout::{RunLayout, TaskSplit};
+use milvus_backfill_api::outcome::{BackfillResult, TaskOutcome};
+
+use crate::controller::{now, Context, Error, RunCache};
+use crate::crd::{Backfill, BackfillStatus};
+use crate::jobs::{self, JobInput, MANAGER};
+use crate::state::{self, Action, Decision, JobRequest};
+use crate::status::Outcomes;
+
+/// Runs `decision`'s actions; returns when to look again.
+pub async fn execute(
+    bf: &Backfill,
+    ctx: &Context,
+    status: &BackfillStatus,
+    decision: Decision,
+) -> Result<Requeue, Error> {
+    let mut requeue = match decision.requeue_after {
+        Some(d) => Requeue::requeue(d),
+        None => Requeue::await_change(),
+    };
+    // The status as stored so far in this pass.
+    let mut current = status.clone();
+    for action in decision.actions {
+        match action {
+            Action::UpdateStatus(st) => {
+                ctx.patch_status(bf, &st).await?;
+                current = *st;
+            }
+            Action::Event(e) => ctx.publish(bf, &e, "Reconcile").await,
+            Action::Plan => return plan(bf, ctx, &current).await,
+            Action::RecordOutcome { task, attempt, outcome } => {
+                record_outcome(bf, ctx, task, attempt, *outcome).await?
+            }
+            Action::CreateJobs(reqs) => {
+                if create_jobs(bf, ctx, status, reqs).await? {
+                    // An attempt turned out done already: decide again with its outcome.
+                    requeue = Requeue::requeue(Duration::from_millis(100));
+                }
+            }
+            Action::WriteResult(result) => write_result(bf, ctx, &result).await?,
+        }
+    }
+    Ok(requeue)
+}
+
+/// Plans in-process with the engine's planner, stores the plan, records it in status.
+async fn plan(bf: &Backfill, ctx: &Context, status: &BackfillStatus) -> Result<Requeue, Error> {
+    let gen = bf.metadata.generation.unwrap_or_default();
+    // Planning reads Milvus, storage and the source with the Backfill's own Secrets.
+    let secrets = ctx.plan_secrets(bf).await?;
+    let started = Instant::now();
+    let planned = facade::plan(&bf.name_any(), &bf.spec.engine, secrets).await;
+    ctx.metrics.planning_seconds.observe(started.elapsed().as_secs_f64());
+    let plan = match planned {
+        Ok(plan) => plan,
+        Err(e) => {
+            let permanent = e.kind.is_permanent();
+            let (st, ev) = state::status_after_plan_error(status, e.kind.as_str(), &e.message, permanent, gen, now());
+            ctx.patch_status(bf, &st).await?;
+            if !permanent {
+                // Published by the reconcile wrapper, with the backoff.
+                return Err(Error::Planning(e.to_string()));
+            }
+            ctx.publish(bf, &ev, "Plan").await;
+            return Ok(Requeue::await_change());
+        }
+    };
+    let storage = ctx.storage(bf).await?;
+    let layout = RunLayout::of_plan(&plan);
+    storage.put_json(&layout.plan_key(), &plan).await?;
+    let plan_uri = storage.display(&layout.plan_key());
+    let (st, ev) = state::status_after_plan(status, &plan, &plan_uri, &bf.spec, gen, now());
+    ctx.patch_status(bf, &st).await?;
+    ctx.publish(bf, &ev, "Plan").await;
+    for w in &plan.warnings {
+        tracing::warn!(backfill = %bf.name_any(), "{w}");
+    }
+    let run = RunCache {
+        layout,
+        plan: Arc::new(plan),
+        storage,
+        outcomes: Outcomes::new(),
+    };
+    ctx.runs.lock().await.insert(bf.uid().unwrap_or_default(), run);
+    Ok(Requeue::requeue(Duration::from_millis(100)))
+}
+
+/// Stores the outcome of an attempt whose Job finished without one.
+async fn record_outcome(
+    bf: &Backfill,
+    ctx: &Context,
+    task: u32,
+    attempt: u32,
+    outcome: TaskOutcome,
+) -> Result<(), Error> {
+    let mut runs = ctx.runs.lock().await;
+    if let Some(run) = runs.get_mut(&bf.uid().unwrap_or_default()) {
+        let key = run.layout.outcome_key(&outcome.task_id, attempt);
+        run.storage.put_json(&key, &outcome).await?;
+        run.outcomes.insert((task, attempt), outcome);
+    }
+    Ok(())
+}
+
+/// Stores each task object, then applies its Job. True when an attempt was found done.
+async fn create_jobs(
+    bf: &Backfill,
+    ctx: &Context,
+    status: &BackfillStatus,
+    reqs: Vec<JobRequest>,
+) -> Result<bool, Error> {
+    let uid = bf.uid().unwrap_or_default();
+    let api: Api<Job> = Api::namespaced(ctx.client.clone(), &bf.namespace().unwrap_or_default());
+    let split = TaskSplit::new(status.segments_per_job.unwrap_or_else(|| bf.spec.segments_per_job()));
+    let mut found_done = false;
+    for r in reqs {
+        if ctx.already_done(&uid, r.task, r.attempt).await? {
+            found_done = true;
+            continue;
+        }
+        let (task, storage, layout) = {
+            let runs = ctx.runs.lock().await;
+            let Some(run) = runs.get(&uid) else { break };
+            let task = split.task(&run.plan, r.task, r.attempt);
+            (task, run.storage.clone(), run.layout.clone())
+        };
+        let key = layout.task_key(&task.task_id, r.attempt);
+        storage.put_json(&key, &task).await?;
+        let input = JobInput {
+            run_id: &task.plan.run_id,
+            task_index: r.task,
+            attempt: r.attempt,
+            task_key: &key,
+            task_id: &task.task_id,
+        };
+        let job = jobs::build_job(bf, &input, &ctx.config.worker)?;
+        let name = apply_job(&api, &job).await?;
+        ctx.metrics.jobs_created.inc();
+        let mut expected = ctx.expected.lock().await;
+        expected
+            .entry(uid.clone())
+            .or_default()
+            .insert(name, (r.task, r.attempt, Instant::now()));
+    }
+    Ok(found_done)
+}
+
+/// Server-side apply of a Job; returns its name.
+async fn apply_job(api: &Api<Job>, job: &Job) -> Result<String, Error> {
+    let name = job.name_any();
+    match api
+        .patch(&name, &PatchParams::apply(MANAGER).force(), &Patch::Apply(job))
+        .await
+    {
+        Ok(_) => Ok(name),
+        // It exists with an older template (the spec changed since; a Job's template is
+        // immutable): leave it, it runs the same task.
+        Err(kube::Error::Api(s)) if s.code == 422 && api.get_opt(&name).await?.is_some() => {
+            tracing::info!(job = %name, "Job exists with another template; kept");
+            Ok(name)
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+async fn write_result(bf: &Backfill, ctx: &Context, result: &BackfillResult) -> Result<(), Error> {
+    let runs = ctx.runs.lock().await;
+    if let Some(run) = runs.get(&bf.uid().unwrap_or_default()) {
+        run.storage.put_json(&run.layout.result_key(), result).await?;
+    }
+    Ok(())
+}
