@@ -7,7 +7,7 @@ E2E_STATE := $(MB_HOME)/e2e
 BIN := target/release/milvus-backfill
 DATA := target/e2e-data
 
-.PHONY: build demo test unit-test e2e-test env-up env-down lint bench crds k8s-test operator-e2e
+.PHONY: build demo test unit-test gitops-test e2e-test env-up env-down lint bench crds k8s-test operator-e2e
 
 build:
 	cargo build --release --workspace --locked
@@ -40,7 +40,11 @@ unit-test:
 e2e-test: build
 	e2e/run-e2e.sh
 
-test: lint unit-test e2e-test k8s-test
+# What Argo CD (its Lua health check) and Flux (kstatus) conclude of the sample statuses.
+gitops-test:
+	docs/argocd/test.sh
+
+test: lint unit-test gitops-test e2e-test k8s-test
 
 bench: build
 	bench/run.sh

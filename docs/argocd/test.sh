@@ -18,4 +18,6 @@ if ! "$VENV/bin/python" -c 'import lupa.lua51, lupa.lua54, yaml' 2>/dev/null; th
 	python3 -m venv "$VENV"
 	"$VENV/bin/pip" install -q 'lupa==2.8' 'PyYAML>=6,<7'
 fi
-exec "$VENV/bin/python" "$HERE/test_health.py" "$@"
+"$VENV/bin/python" "$HERE/test_health.py" "$@"
+echo "test.sh: kstatus (fluxcd/cli-utils) of every sample"
+(cd "$HERE/kstatus" && go test -count=1 ./...)

@@ -153,7 +153,16 @@ pub fn kstatus(st: &mut BackfillStatus, now: Timestamp, generation: i64) {
     };
     let c = &mut st.conditions;
     set_condition(c, condition::READY, ready, why, &message, now, generation);
-    set_condition(c, condition::RECONCILING, reconciling, why, "", now, generation);
+    let reconciling_message = if reconciling { message.as_str() } else { "" };
+    set_condition(
+        c,
+        condition::RECONCILING,
+        reconciling,
+        why,
+        reconciling_message,
+        now,
+        generation,
+    );
     set_condition(
         c,
         condition::STALLED,
