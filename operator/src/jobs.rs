@@ -14,7 +14,7 @@ use milvus_backfill_api::invocation::SegmentInvocation;
 use milvus_backfill_api::place::S3Uri;
 use milvus_backfill_api::spec::{ACCESS_KEY_KEY, SECRET_KEY_KEY};
 
-use crate::crd::Backfill;
+use crate::crd::{Backfill, WorkerSpec};
 
 pub const MANAGER: &str = "milvus-backfill-operator";
 pub const CONTAINER: &str = "worker";
@@ -246,46 +246,8 @@ pub fn build_job(bf: &Backfill, input: &JobInput<'_>, defaults: &WorkerDefaults)
         (annotations::TASK_URI.to_owned(), args[2].clone()),
         (annotations::TASK_ID.to_owned(), input.task_id.to_owned()),
     ]);
-    let container = Container {
-        name: CONTAINER.to_owned(),
-        image: Some(image),
-        image_pull_policy: w.image_pull_policy.map(|p| p.as_str().to_owned()),
-        command: Some(vec![WORKER_BINARY.to_owned()]),
-        args: Some(args),
-        env: Some(worker_env(bf)),
-        resources: w.resources.clone(),
-        security_context: Some(SecurityContext {
-            allow_privilege_escalation: Some(false),
-            capabilities: Some(Capabilities {
-                drop: Some(vec!["ALL".to_owned()]),
-                add: None,
-            }),
-            // The worker streams from and to the bucket; it writes no local files.
-            read_only_root_filesystem: Some(true),
-            ..Default::default()
-        }),
-        ..Default::default()
-    };
-    let pod = PodSpec {
-        restart_policy: Some("Never".to_owned()),
-        // Workers never call the Kubernetes API.
-        automount_service_account_token: Some(false),
-        service_account_name: w
-            .service_account_name
-            .clone()
-            .or_else(|| defaults.service_account.clone()),
-        security_context: Some(
-            w.pod_security_context
-                .clone()
-                .unwrap_or_else(default_pod_security_context),
-        ),
-        image_pull_secrets: (!w.image_pull_secrets.is_empty()).then(|| w.image_pull_secrets.clone()),
-        node_selector: (!w.node_selector.is_empty()).then(|| w.node_selector.clone()),
-        tolerations: (!w.tolerations.is_empty()).then(|| w.tolerations.clone()),
-        affinity: w.affinity.clone(),
-        containers: vec![container],
-        ..Default::default()
-    };
+    let container = worker_container(bf, &w, image, args);
+    let pod = worker_pod(&w, defaults, container);
     Ok(Job {
         metadata: ObjectMeta {
             name: Some(job_name(&name, input.run_id, input.task_index, input.attempt)),
@@ -313,10 +275,58 @@ pub fn build_job(bf: &Backfill, input: &JobInput<'_>, defaults: &WorkerDefaults)
     })
 }
 
+/// The worker container: the `segment` command, credentials from Secrets, no privileges.
+fn worker_container(bf: &Backfill, w: &WorkerSpec, image: String, args: Vec<String>) -> Container {
+    Container {
+        name: CONTAINER.to_owned(),
+        image: Some(image),
+        image_pull_policy: w.image_pull_policy.map(|p| p.as_str().to_owned()),
+        command: Some(vec![WORKER_BINARY.to_owned()]),
+        args: Some(args),
+        env: Some(worker_env(bf)),
+        resources: w.resources.clone(),
+        security_context: Some(SecurityContext {
+            allow_privilege_escalation: Some(false),
+            capabilities: Some(Capabilities {
+                drop: Some(vec!["ALL".to_owned()]),
+                add: None,
+            }),
+            // The worker streams from and to the bucket; it writes no local files.
+            read_only_root_filesystem: Some(true),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// The worker Pod: one attempt, no API token, the `restricted` Pod Security defaults.
+fn worker_pod(w: &WorkerSpec, defaults: &WorkerDefaults, container: Container) -> PodSpec {
+    PodSpec {
+        restart_policy: Some("Never".to_owned()),
+        // Workers never call the Kubernetes API.
+        automount_service_account_token: Some(false),
+        service_account_name: w
+            .service_account_name
+            .clone()
+            .or_else(|| defaults.service_account.clone()),
+        security_context: Some(
+            w.pod_security_context
+                .clone()
+                .unwrap_or_else(default_pod_security_context),
+        ),
+        image_pull_secrets: (!w.image_pull_secrets.is_empty()).then(|| w.image_pull_secrets.clone()),
+        node_selector: (!w.node_selector.is_empty()).then(|| w.node_selector.clone()),
+        tolerations: (!w.tolerations.is_empty()).then(|| w.tolerations.clone()),
+        affinity: w.affinity.clone(),
+        containers: vec![container],
+        ..Default::default()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::crd::{PullPolicy, WorkerSpec};
+    use crate::crd::PullPolicy;
     use crate::testutil::{backfill, Rng};
 
     fn image(i: &str) -> WorkerDefaults {

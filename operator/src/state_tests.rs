@@ -399,6 +399,198 @@ impl World {
     }
 }
 
+/// One random run: its plan, spec and how each task's attempts end.
+struct Case {
+    id: usize,
+    plan: Plan,
+    spec: BackfillSpec,
+    /// Per task: how each attempt ends (below 60 ok, then retryable, permanent, or the Job dies).
+    fate: Vec<u64>,
+}
+
+impl Case {
+    fn random(id: usize, rng: &mut Rng) -> Self {
+        let n = rng.below(30) as usize;
+        let plan = plan_with(n, if rng.chance(10) { 1 } else { 0 });
+        let mut spec = spec();
+        spec.segments_per_job = Some(1 + rng.below(3) as u32);
+        spec.engine.parallelism = Some(1 + rng.below(5) as u32);
+        spec.retry = Some(RetrySpec {
+            max_attempts: Some(1 + rng.below(3) as u32),
+            backoff_seconds: Some(rng.below(20) as u32),
+        });
+        let tasks = TaskSplit::new(spec.segments_per_job()).count(&plan);
+        let fate = (0..tasks).map(|_| rng.below(100)).collect();
+        Self { id, plan, spec, fate }
+    }
+
+    fn spj(&self) -> u32 {
+        self.spec.segments_per_job()
+    }
+}
+
+/// No Job before the plan, none while suspended, never more than `parallelism` running.
+fn check_new_jobs(case: &Case, w: &World, before: &BackfillStatus, d: &Decision) {
+    let (id, s) = (case.id, &case.spec);
+    let active = w.jobs.values().filter(|j| **j == JobState::Active).count();
+    let new: Vec<JobRequest> = d.jobs_to_create().cloned().collect();
+    if new.is_empty() {
+        return;
+    }
+    assert!(before.run_id.is_some(), "case {id}: a Job before the plan");
+    assert!(!s.suspend(), "case {id}: a Job while suspended");
+    assert!(
+        active + new.len() <= s.parallelism() as usize,
+        "case {id}: {active} running + {} new > {}",
+        new.len(),
+        s.parallelism()
+    );
+}
+
+/// Carries out `actions` as the controller would, up to `crash_after` (an operator restart).
+fn carry_out(case: &Case, w: &mut World, actions: &[Action], crash_after: usize) {
+    let id = case.id;
+    for a in actions.iter().take(crash_after) {
+        match a {
+            Action::UpdateStatus(st) => w.status = (**st).clone(),
+            Action::Plan => {
+                let (st, _) = status_after_plan(&w.status, &case.plan, "s3://b/p", &case.spec, 1, w.now);
+                w.status = st;
+            }
+            Action::RecordOutcome { task, attempt, outcome } => {
+                let prev = w.outcomes.insert((*task, *attempt), (**outcome).clone());
+                assert!(prev.is_none(), "case {id}: an outcome recorded twice");
+            }
+            Action::CreateJobs(reqs) => {
+                for r in reqs {
+                    assert!(
+                        r.attempt < case.spec.retry_policy().max_attempts,
+                        "case {id}: retry past maxAttempts"
+                    );
+                    assert!(
+                        !w.outcomes.contains_key(&(r.task, r.attempt)),
+                        "case {id}: a finished attempt started again"
+                    );
+                    if w.jobs.contains_key(&(r.task, r.attempt)) {
+                        continue; // Same name: the apply is a no-op.
+                    }
+                    *w.created.entry((r.task, r.attempt)).or_default() += 1;
+                    w.jobs.insert((r.task, r.attempt), JobState::Active);
+                }
+            }
+            Action::WriteResult(r) => w.result = Some((**r).clone()),
+            Action::Event(_) => {}
+        }
+    }
+}
+
+/// How attempt `a` of task `t` ends, by the task's fate.
+fn ending(case: &Case, t: u32, a: u32, now: Timestamp) -> (JobState, Option<TaskOutcome>) {
+    let (plan, spj, f) = (&case.plan, case.spj(), case.fate[t as usize]);
+    let failed = |reason: &str| JobState::Failed {
+        reason: reason.into(),
+        message: String::new(),
+        finished: Some(now),
+    };
+    if f < 60 || (f < 80 && a > 0) {
+        (
+            JobState::Succeeded { finished: Some(now) },
+            Some(ok_outcome(plan, spj, t, a, 3)),
+        )
+    } else if f < 85 {
+        let o = failed_outcome(plan, spj, t, a, ErrorKind::DataReadError);
+        (failed("BackoffLimitExceeded"), Some(o))
+    } else if f < 92 {
+        let o = failed_outcome(plan, spj, t, a, ErrorKind::SchemaValidationError);
+        (failed("BackoffLimitExceeded"), Some(o))
+    } else {
+        (failed("DeadlineExceeded"), None)
+    }
+}
+
+/// Time passes; Jobs finish; some vanish (TTL, by hand).
+fn advance(case: &Case, w: &mut World, rng: &mut Rng) {
+    w.now += SignedDuration::from_secs(1 + rng.below(15) as i64);
+    let keys: Vec<(u32, u32)> = w.jobs.keys().copied().collect();
+    for (t, a) in keys {
+        if w.jobs[&(t, a)] == JobState::Active && rng.chance(40) {
+            let (state, outcome) = ending(case, t, a, w.now);
+            w.jobs.insert((t, a), state);
+            if let Some(o) = outcome {
+                w.outcomes.insert((t, a), o);
+            }
+        } else if w.jobs[&(t, a)] != JobState::Active && rng.chance(20) {
+            w.jobs.remove(&(t, a));
+        }
+    }
+}
+
+/// Runs one case to its end; the result then matches the ledger.
+fn run_case(mut case: Case, rng: &mut Rng) -> World {
+    let mut w = World {
+        now: t0(),
+        jobs: BTreeMap::new(),
+        outcomes: Outcomes::new(),
+        created: BTreeMap::new(),
+        result: None,
+        status: BackfillStatus::default(),
+    };
+    for steps in 1.. {
+        assert!(steps < 5000, "case {}: no end", case.id);
+        // The user changes mutable knobs now and then.
+        if rng.chance(5) {
+            case.spec.suspend = Some(!case.spec.suspend());
+        }
+        if rng.chance(3) {
+            case.spec.engine.parallelism = Some(1 + rng.below(5) as u32);
+        }
+        if steps > 300 {
+            case.spec.suspend = Some(false);
+        }
+        let views = w.job_views();
+        let run = w.status.run_id.as_ref().map(|_| RunInput {
+            plan: &case.plan,
+            outcomes: &w.outcomes,
+            jobs: &views,
+        });
+        let before = w.status.clone();
+        let d = decide(&Observed {
+            generation: 1,
+            spec: &case.spec,
+            status: &before,
+            problems: &[],
+            run,
+            now: w.now,
+        });
+        check_new_jobs(&case, &w, &before, &d);
+        if is_final(&before) {
+            assert!(d.actions.iter().all(|a| matches!(a, Action::UpdateStatus(_))));
+            break;
+        }
+        // The operator may die after any action.
+        let crash_after = if rng.chance(10) {
+            rng.below(d.actions.len() as u64 + 1) as usize
+        } else {
+            usize::MAX
+        };
+        carry_out(&case, &mut w, &d.actions, crash_after);
+        advance(&case, &mut w, rng);
+    }
+    check_end(case.id, &w);
+    w
+}
+
+fn check_end(case: usize, w: &World) {
+    let st = &w.status;
+    let r = w.result.as_ref().unwrap_or_else(|| panic!("case {case}: no result"));
+    let c = st.segments.as_ref().unwrap();
+    assert_eq!(c.succeeded + c.failed, c.total, "case {case}");
+    assert_eq!(r.segments_processed as u64, c.succeeded, "case {case}");
+    assert_eq!(r.success, c.failed == 0, "case {case}");
+    assert_eq!(st.phase, Some(if r.success { Phase::Succeeded } else { Phase::Failed }));
+    assert!(st.failed_segments.len() <= 50);
+}
+
 /// Property-style: random runs (segment counts, tasks per Job, failures, Jobs dying or
 /// vanishing, suspends, parallelism and retry changes, operator restarts between any two
 /// actions). Every run ends Succeeded or Failed, and the invariants hold at every step.
@@ -407,172 +599,11 @@ fn random_runs_keep_the_invariants_and_finish() {
     let mut rng = Rng::new(4242);
     // Succeeded runs, failed runs, retries, outcomes recorded by the operator.
     let mut stats = [0usize; 4];
-    for case in 0..300 {
-        let n = rng.below(30) as usize;
-        let plan = plan_with(n, if rng.chance(10) { 1 } else { 0 });
-        let mut s = spec();
-        s.segments_per_job = Some(1 + rng.below(3) as u32);
-        s.engine.parallelism = Some(1 + rng.below(5) as u32);
-        s.retry = Some(RetrySpec {
-            max_attempts: Some(1 + rng.below(3) as u32),
-            backoff_seconds: Some(rng.below(20) as u32),
-        });
-        let spj = s.segments_per_job();
-        let tasks = TaskSplit::new(spj).count(&plan);
-        // Per task: how each attempt ends (0 ok, 1 retryable failure, 2 permanent, 3 dies).
-        let fate: Vec<u64> = (0..tasks).map(|_| rng.below(100)).collect();
-        let mut w = World {
-            now: t0(),
-            jobs: BTreeMap::new(),
-            outcomes: Outcomes::new(),
-            created: BTreeMap::new(),
-            result: None,
-            status: BackfillStatus::default(),
-        };
-        let mut steps = 0;
-        loop {
-            steps += 1;
-            assert!(steps < 5000, "case {case}: no end");
-            // The user changes mutable knobs now and then.
-            if rng.chance(5) {
-                s.suspend = Some(!s.suspend());
-            }
-            if rng.chance(3) {
-                s.engine.parallelism = Some(1 + rng.below(5) as u32);
-            }
-            if steps > 300 {
-                s.suspend = Some(false);
-            }
-            let views = w.job_views();
-            let run = w.status.run_id.as_ref().map(|_| RunInput {
-                plan: &plan,
-                outcomes: &w.outcomes,
-                jobs: &views,
-            });
-            let before = w.status.clone();
-            let d = decide(&Observed {
-                generation: 1,
-                spec: &s,
-                status: &before,
-                problems: &[],
-                run,
-                now: w.now,
-            });
-            let active = w.jobs.values().filter(|j| **j == JobState::Active).count();
-            let new: Vec<JobRequest> = d.jobs_to_create().cloned().collect();
-            if !new.is_empty() {
-                assert!(before.run_id.is_some(), "case {case}: a Job before the plan");
-                assert!(!s.suspend(), "case {case}: a Job while suspended");
-                assert!(
-                    active + new.len() <= s.parallelism() as usize,
-                    "case {case}: {active} running + {} new > {}",
-                    new.len(),
-                    s.parallelism()
-                );
-            }
-            if is_final(&before) {
-                assert!(d.actions.iter().all(|a| matches!(a, Action::UpdateStatus(_))));
-                break;
-            }
-            // Carry out the actions; the operator may die after any of them.
-            let crash_after = if rng.chance(10) {
-                rng.below(d.actions.len() as u64 + 1) as usize
-            } else {
-                usize::MAX
-            };
-            for (i, a) in d.actions.iter().enumerate() {
-                if i >= crash_after {
-                    break;
-                }
-                match a {
-                    Action::UpdateStatus(st) => w.status = (**st).clone(),
-                    Action::Plan => {
-                        let (st, _) = status_after_plan(&w.status, &plan, "s3://b/p", &s, 1, w.now);
-                        w.status = st;
-                    }
-                    Action::RecordOutcome { task, attempt, outcome } => {
-                        let prev = w.outcomes.insert((*task, *attempt), (**outcome).clone());
-                        assert!(prev.is_none(), "case {case}: an outcome recorded twice");
-                    }
-                    Action::CreateJobs(reqs) => {
-                        for r in reqs {
-                            assert!(
-                                r.attempt < s.retry_policy().max_attempts,
-                                "case {case}: retry past maxAttempts"
-                            );
-                            assert!(
-                                !w.outcomes.contains_key(&(r.task, r.attempt)),
-                                "case {case}: a finished attempt started again"
-                            );
-                            if w.jobs.contains_key(&(r.task, r.attempt)) {
-                                continue; // Same name: the apply is a no-op.
-                            }
-                            *w.created.entry((r.task, r.attempt)).or_default() += 1;
-                            w.jobs.insert((r.task, r.attempt), JobState::Active);
-                        }
-                    }
-                    Action::WriteResult(r) => w.result = Some((**r).clone()),
-                    Action::Event(_) => {}
-                }
-            }
-            // Time passes; Jobs finish; some vanish (TTL, by hand).
-            w.now += SignedDuration::from_secs(1 + rng.below(15) as i64);
-            let keys: Vec<(u32, u32)> = w.jobs.keys().copied().collect();
-            for (t, a) in keys {
-                if w.jobs[&(t, a)] == JobState::Active && rng.chance(40) {
-                    let f = fate[t as usize];
-                    let (state, outcome) = if f < 60 || (f < 80 && a > 0) {
-                        (
-                            JobState::Succeeded { finished: Some(w.now) },
-                            Some(ok_outcome(&plan, spj, t, a, 3)),
-                        )
-                    } else if f < 85 {
-                        (
-                            JobState::Failed {
-                                reason: "BackoffLimitExceeded".into(),
-                                message: String::new(),
-                                finished: Some(w.now),
-                            },
-                            Some(failed_outcome(&plan, spj, t, a, ErrorKind::DataReadError)),
-                        )
-                    } else if f < 92 {
-                        (
-                            JobState::Failed {
-                                reason: "BackoffLimitExceeded".into(),
-                                message: String::new(),
-                                finished: Some(w.now),
-                            },
-                            Some(failed_outcome(&plan, spj, t, a, ErrorKind::SchemaValidationError)),
-                        )
-                    } else {
-                        (
-                            JobState::Failed {
-                                reason: "DeadlineExceeded".into(),
-                                message: String::new(),
-                                finished: Some(w.now),
-                            },
-                            None,
-                        )
-                    };
-                    w.jobs.insert((t, a), state);
-                    if let Some(o) = outcome {
-                        w.outcomes.insert((t, a), o);
-                    }
-                } else if w.jobs[&(t, a)] != JobState::Active && rng.chance(20) {
-                    w.jobs.remove(&(t, a));
-                }
-            }
-        }
-        // The end: the result matches the ledger.
-        let st = &w.status;
-        let r = w.result.as_ref().unwrap_or_else(|| panic!("case {case}: no result"));
-        let c = st.segments.as_ref().unwrap();
-        assert_eq!(c.succeeded + c.failed, c.total, "case {case}");
-        assert_eq!(r.segments_processed as u64, c.succeeded, "case {case}");
-        assert_eq!(r.success, c.failed == 0, "case {case}");
-        assert_eq!(st.phase, Some(if r.success { Phase::Succeeded } else { Phase::Failed }));
-        assert!(st.failed_segments.len() <= 50);
-        stats[usize::from(!r.success)] += 1;
+    for id in 0..300 {
+        let case = Case::random(id, &mut rng);
+        let w = run_case(case, &mut rng);
+        let success = w.result.as_ref().is_some_and(|r| r.success);
+        stats[usize::from(!success)] += 1;
         stats[2] += w.created.keys().filter(|(_, a)| *a > 0).count();
         stats[3] += w.outcomes.values().filter(|o| o.execution_time_ms == 0).count();
     }

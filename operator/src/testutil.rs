@@ -4,7 +4,7 @@ use milvus_backfill_api::error::ErrorKind;
 use milvus_backfill_api::layout::{RunLayout, TaskSplit};
 use milvus_backfill_api::outcome::{FailedSegment, SegmentOutcome, TaskOutcome};
 use milvus_backfill_api::place::{Place, S3Endpoint};
-use milvus_backfill_api::plan::{BatchSize, Binlog, NewField, PkField, PkType, Plan, SegmentPlan, SkippedSegment};
+use milvus_backfill_api::plan::{sample_plan, BatchSize, Binlog, NewField, Plan, SegmentPlan, SkippedSegment};
 use milvus_backfill_api::spec::{MilvusSpec, SourceSpec, StorageSpec};
 
 use crate::crd::{Backfill, BackfillSpec, EngineSpec, WorkerSpec};
@@ -54,16 +54,7 @@ pub fn plan_with(n: usize, failed: usize) -> Plan {
     };
     Plan {
         run_id: "20261127t032700-2ee0f5".into(),
-        database: "default".into(),
-        collection_name: "c".into(),
         collection_id: 470745036076876812,
-        partition_id: None,
-        schema_version: 0,
-        pk_field: PkField {
-            field_id: 100,
-            name: "id".into(),
-            pk_type: PkType::Int64,
-        },
         new_fields: vec![
             NewField {
                 name: "score".into(),
@@ -82,9 +73,7 @@ pub fn plan_with(n: usize, failed: usize) -> Plan {
             bucket: "data".into(),
             prefix: "new.parquet".into(),
         },
-        source_files: vec![],
         source_rows: 1_000_000,
-        output_place: Place::Storage { prefix: String::new() },
         batch_size: BatchSize::DEFAULT,
         parallelism: 4,
         segments: (0..n)
@@ -107,7 +96,6 @@ pub fn plan_with(n: usize, failed: usize) -> Plan {
                 }
             })
             .collect(),
-        skipped: vec![],
         failed: (0..failed)
             .map(|i| SkippedSegment {
                 segment_id: 9000 + i as i64,
@@ -116,7 +104,7 @@ pub fn plan_with(n: usize, failed: usize) -> Plan {
                 reason: "stale binlogs".into(),
             })
             .collect(),
-        warnings: vec![],
+        ..sample_plan()
     }
 }
 

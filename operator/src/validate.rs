@@ -2,7 +2,10 @@
 //! `milvus-backfill plan`) plus what only a cluster needs. Every problem names its field, and
 //! all of them are reported at once.
 
-use crate::crd::BackfillSpec;
+use k8s_openapi::api::core::v1::EnvVar;
+use milvus_backfill_api::place::Place;
+
+use crate::crd::{BackfillSpec, EngineSpec, WorkerSpec};
 
 /// Environment variables the operator sets on workers; `worker.env` may not set them
 /// (credentials never come from the spec).
@@ -14,9 +17,22 @@ pub fn validate(spec: &BackfillSpec, default_image: Option<&str>) -> Result<(), 
     if let Err(engine) = milvus_backfill_api::spec::validate(&spec.engine) {
         problems.extend(engine);
     }
-    let e = &spec.engine;
+    cluster_places(&mut problems, &spec.engine);
+    secret_refs(&mut problems, &spec.engine);
+    cluster_knobs(&mut problems, spec);
+    worker_image(&mut problems, spec, default_image);
+    if let Some(w) = &spec.worker {
+        worker_pod(&mut problems, w);
+    }
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(problems)
+    }
+}
 
-    // Jobs see no local files: everything goes through S3.
+/// Jobs see no local files: everything goes through S3.
+fn cluster_places(problems: &mut Vec<String>, e: &EngineSpec) {
     if e.storage.endpoint.starts_with("file://") {
         problems.push(
             "spec.storage.endpoint: file:// is for local runs; a cluster needs an S3 endpoint (host:port)".into(),
@@ -31,37 +47,38 @@ pub fn validate(spec: &BackfillSpec, default_image: Option<&str>) -> Result<(), 
                 .into(),
         );
     }
-    if let Some(out) = e.output_path() {
-        if milvus_backfill_api::place::Place::is_local_output(out) {
-            problems.push("spec.output.path: a local directory does not work in a cluster; use s3://bucket/prefix or a key prefix".into());
-        }
+    if e.output_path().is_some_and(Place::is_local_output) {
+        problems.push(
+            "spec.output.path: a local directory does not work in a cluster; use s3://bucket/prefix or a key prefix"
+                .into(),
+        );
     }
     if let Some(ep) = &e.source.endpoint {
         if ep.trim().is_empty() || ep.starts_with("file://") {
             problems.push("spec.source.endpoint must be an S3 host:port".into());
         }
     }
+}
 
-    // Secret references.
+fn secret_refs(problems: &mut Vec<String>, e: &EngineSpec) {
     if let Some(r) = &e.milvus.token_secret_ref {
-        check_name(&mut problems, "spec.milvus.tokenSecretRef.name", &r.name);
-        check_secret_key(&mut problems, "spec.milvus.tokenSecretRef.key", &r.key);
+        check_name(problems, "spec.milvus.tokenSecretRef.name", &r.name);
+        check_secret_key(problems, "spec.milvus.tokenSecretRef.key", &r.key);
     }
     if let Some(r) = &e.storage.credentials_secret_ref {
-        check_name(&mut problems, "spec.storage.credentialsSecretRef.name", &r.name);
+        check_name(problems, "spec.storage.credentialsSecretRef.name", &r.name);
     }
     if let Some(r) = &e.source.credentials_secret_ref {
-        check_name(&mut problems, "spec.source.credentialsSecretRef.name", &r.name);
+        check_name(problems, "spec.source.credentialsSecretRef.name", &r.name);
     }
+}
 
-    // Cluster-only knobs.
+fn cluster_knobs(problems: &mut Vec<String>, spec: &BackfillSpec) {
     if spec.segments_per_job == Some(0) {
         problems.push("spec.segmentsPerJob must be >= 1".into());
     }
-    if let Some(r) = &spec.retry {
-        if r.max_attempts == Some(0) {
-            problems.push("spec.retry.maxAttempts must be >= 1 (the first attempt counts)".into());
-        }
+    if spec.retry.as_ref().is_some_and(|r| r.max_attempts == Some(0)) {
+        problems.push("spec.retry.maxAttempts must be >= 1 (the first attempt counts)".into());
     }
     if spec.active_deadline_seconds.is_some_and(|s| s < 1) {
         problems.push("spec.activeDeadlineSeconds must be >= 1".into());
@@ -69,56 +86,50 @@ pub fn validate(spec: &BackfillSpec, default_image: Option<&str>) -> Result<(), 
     if spec.ttl_seconds_after_finished.is_some_and(|s| s < 0) {
         problems.push("spec.ttlSecondsAfterFinished must be >= 0".into());
     }
+}
 
-    // The worker pod.
-    let w = spec.worker.as_ref();
-    match w.and_then(|w| w.image.as_deref()).or(default_image) {
+fn worker_image(problems: &mut Vec<String>, spec: &BackfillSpec, default_image: Option<&str>) {
+    match spec.worker.as_ref().and_then(|w| w.image.as_deref()).or(default_image) {
         None => problems.push("spec.worker.image is required (the operator has no default --worker-image)".into()),
         Some(img) if img.trim().is_empty() || img.chars().any(char::is_whitespace) => {
             problems.push(format!("spec.worker.image {img:?} is not an image reference"));
         }
         Some(_) => {}
     }
-    if let Some(w) = w {
-        if let Some(sa) = &w.service_account_name {
-            check_name(&mut problems, "spec.worker.serviceAccountName", sa);
-        }
-        for (i, s) in w.image_pull_secrets.iter().enumerate() {
-            check_name(
-                &mut problems,
-                &format!("spec.worker.imagePullSecrets[{i}].name"),
-                &s.name,
-            );
-        }
-        let mut seen = std::collections::BTreeSet::new();
-        for (i, v) in w.env.iter().enumerate() {
-            let field = format!("spec.worker.env[{i}]");
-            if !is_env_name(&v.name) {
-                problems.push(format!("{field}.name {:?} is not a valid variable name", v.name));
-            }
-            if RESERVED_ENV.contains(&v.name.as_str()) {
-                problems.push(format!(
-                    "{field}.name {} is reserved: credentials come from spec.milvus.tokenSecretRef, spec.storage.credentialsSecretRef and spec.source.credentialsSecretRef",
-                    v.name
-                ));
-            }
-            if !seen.insert(v.name.as_str()) {
-                problems.push(format!("{field}.name {} is set twice", v.name));
-            }
-            if v.value.is_some() && v.value_from.is_some() {
-                problems.push(format!("{field}: set value or valueFrom, not both"));
-            }
-        }
-        for k in w.node_selector.keys() {
-            if k.trim().is_empty() {
-                problems.push("spec.worker.nodeSelector has an empty key".into());
-            }
-        }
+}
+
+fn worker_pod(problems: &mut Vec<String>, w: &WorkerSpec) {
+    if let Some(sa) = &w.service_account_name {
+        check_name(problems, "spec.worker.serviceAccountName", sa);
     }
-    if problems.is_empty() {
-        Ok(())
-    } else {
-        Err(problems)
+    for (i, s) in w.image_pull_secrets.iter().enumerate() {
+        check_name(problems, &format!("spec.worker.imagePullSecrets[{i}].name"), &s.name);
+    }
+    worker_env(problems, &w.env);
+    if w.node_selector.keys().any(|k| k.trim().is_empty()) {
+        problems.push("spec.worker.nodeSelector has an empty key".into());
+    }
+}
+
+fn worker_env(problems: &mut Vec<String>, env: &[EnvVar]) {
+    let mut seen = std::collections::BTreeSet::new();
+    for (i, v) in env.iter().enumerate() {
+        let field = format!("spec.worker.env[{i}]");
+        if !is_env_name(&v.name) {
+            problems.push(format!("{field}.name {:?} is not a valid variable name", v.name));
+        }
+        if RESERVED_ENV.contains(&v.name.as_str()) {
+            problems.push(format!(
+                "{field}.name {} is reserved: credentials come from spec.milvus.tokenSecretRef, spec.storage.credentialsSecretRef and spec.source.credentialsSecretRef",
+                v.name
+            ));
+        }
+        if !seen.insert(v.name.as_str()) {
+            problems.push(format!("{field}.name {} is set twice", v.name));
+        }
+        if v.value.is_some() && v.value_from.is_some() {
+            problems.push(format!("{field}: set value or valueFrom, not both"));
+        }
     }
 }
 
