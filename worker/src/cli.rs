@@ -9,12 +9,14 @@ use milvus_backfill_api::invocation::{env, flags};
 use milvus_backfill_api::layout::TaskSplit;
 use milvus_backfill_api::place::{S3Endpoint, S3Uri};
 
-use crate::config::{BackfillDoc, MilvusToken, Stores};
+use crate::config::{BackfillDoc, MilvusToken, S3Credentials};
 use crate::error::{BackfillError, ErrorKind, Result};
 use crate::plan::{Plan, Task};
 use crate::planner;
 use crate::progress::Progress;
 use crate::runner;
+use crate::store::{Store, StoreError};
+use crate::stores::RunStores;
 
 /// Exit code when the backfill succeeded but its result JSON could not be written.
 pub const EXIT_RESULT_NOT_WRITTEN: i32 = 2;
@@ -174,7 +176,7 @@ async fn run_command(file: &Path, result: Option<&Path>, verbose: bool) -> Resul
         print!("{}", r.segment_summary());
     }
     let mut code = if r.success { 0 } else { 1 };
-    match runner::store_result(p, &planned.stores, &r).await {
+    match runner::store_result(p, &planned.stores.storage, &r).await {
         Ok(at) => println!("  result:               {at}"),
         Err(e) => {
             eprintln!("{}: {}", e.kind, e.message);
@@ -215,7 +217,7 @@ async fn segment_command(at: &TaskAt, attempt: Option<u32>, result: Option<&Path
     if let Some(a) = attempt {
         task.attempt = a;
     }
-    let stores = Stores::from_env(&task.plan.storage, &task.plan.storage_bucket, &task.plan.source).await?;
+    let stores = RunStores::for_task(&task.plan).await?;
     let outcome = runner::run_task(&task, &stores).await;
     let body = serde_json::to_vec_pretty(&outcome).expect("outcome serializes");
     println!("{}", String::from_utf8_lossy(&body));
@@ -257,14 +259,10 @@ async fn read_task(at: &TaskAt) -> Result<Vec<u8>> {
         region: at.region.clone(),
         use_ssl: at.use_ssl,
     };
-    let creds = crate::config::S3Credentials::storage_from_env()?;
-    let store = crate::store::Store::S3 {
-        client: crate::config::s3_client(&ep, creds.as_ref()).await,
-        bucket: uri.bucket.clone(),
-        endpoint: ep.url(),
-    };
+    let creds = S3Credentials::storage_from_env()?;
+    let store = Store::s3(&ep, &uri.bucket, creds.as_ref()).await;
     let body = store.get(&uri.key).await.map_err(|e| match e {
-        crate::store::StoreError::NotFound(w) => BackfillError::config(format!("task {w} does not exist")),
+        StoreError::NotFound(w) => BackfillError::config(format!("task {w} does not exist")),
         e => BackfillError::connection(e.to_string()),
     })?;
     Ok(body.to_vec())

@@ -6,7 +6,7 @@
 //! bucket) or from the default AWS credential chain.
 
 use std::fmt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use milvus_backfill_api::invocation::env;
 use milvus_backfill_api::spec::EngineSpec;
@@ -16,7 +16,6 @@ pub use milvus_backfill_api::place::{Place, S3Endpoint};
 use serde::Deserialize;
 
 use crate::error::{BackfillError, Result};
-use crate::store::Store;
 
 /// A `Backfill` read from YAML: either the full resource or its bare `spec`.
 #[derive(Clone, Debug)]
@@ -132,160 +131,6 @@ impl MilvusToken {
     pub fn from_env() -> Self {
         Self(std::env::var(env::MILVUS_TOKEN).ok().filter(|t| !t.is_empty()))
     }
-}
-
-/// An S3 client for an endpoint, with explicit keys or the default AWS credential chain.
-pub async fn s3_client(ep: &S3Endpoint, creds: Option<&S3Credentials>) -> aws_sdk_s3::Client {
-    use aws_config::BehaviorVersion;
-    use aws_sdk_s3::config::{RequestChecksumCalculation, ResponseChecksumValidation};
-    use aws_smithy_http_client::tls::{rustls_provider::CryptoMode, Provider};
-    let http = aws_smithy_http_client::Builder::new()
-        .tls_provider(Provider::Rustls(CryptoMode::Ring))
-        .build_https();
-    let mut loader = aws_config::defaults(BehaviorVersion::latest())
-        .http_client(http)
-        .region(aws_config::Region::new(ep.region.clone()));
-    if let Some(c) = creds {
-        loader = loader.credentials_provider(aws_sdk_s3::config::Credentials::new(
-            c.access_key.clone(),
-            c.secret_key.clone(),
-            None,
-            None,
-            "milvus-backfill",
-        ));
-    }
-    let shared = loader.load().await;
-    // Path-style addressing as Milvus uses; checksums only where the API requires
-    // them, since several S3-compatible servers reject the newer default.
-    let conf = aws_sdk_s3::config::Builder::from(&shared)
-        .endpoint_url(ep.url())
-        .force_path_style(true)
-        .request_checksum_calculation(RequestChecksumCalculation::WhenRequired)
-        .response_checksum_validation(ResponseChecksumValidation::WhenRequired)
-        .build();
-    aws_sdk_s3::Client::from_conf(conf)
-}
-
-/// The stores a run needs, built once from the spec and the environment.
-#[derive(Clone, Debug)]
-pub struct Stores {
-    pub storage: Store,
-    pub source_endpoint: S3Endpoint,
-    pub source_creds: Option<S3Credentials>,
-    pub storage_creds: Option<S3Credentials>,
-}
-
-impl Stores {
-    pub fn storage_endpoint(spec: &EngineSpec) -> S3Endpoint {
-        S3Endpoint {
-            endpoint: spec.storage.endpoint.clone(),
-            region: spec.storage.region().to_owned(),
-            use_ssl: spec.storage.use_ssl(),
-        }
-    }
-
-    pub fn source_endpoint(spec: &EngineSpec) -> S3Endpoint {
-        S3Endpoint {
-            endpoint: spec
-                .source
-                .endpoint
-                .clone()
-                .unwrap_or_else(|| spec.storage.endpoint.clone()),
-            region: spec
-                .source
-                .region
-                .clone()
-                .unwrap_or_else(|| spec.storage.region().to_owned()),
-            use_ssl: spec.source.use_ssl.unwrap_or(spec.storage.use_ssl()),
-        }
-    }
-
-    pub async fn from_env(storage: &S3Endpoint, bucket: &str, source: &S3Endpoint) -> Result<Self> {
-        let storage_creds = S3Credentials::storage_from_env()?;
-        let source_creds = S3Credentials::source_from_env()?;
-        Ok(Self::new(storage, bucket, source, storage_creds, source_creds).await)
-    }
-
-    /// Stores with explicit credentials (a controller reads them from Secrets);
-    /// `None` storage credentials mean the default AWS chain, `None` source ones "as storage".
-    pub async fn new(
-        storage: &S3Endpoint,
-        bucket: &str,
-        source: &S3Endpoint,
-        storage_creds: Option<S3Credentials>,
-        source_creds: Option<S3Credentials>,
-    ) -> Self {
-        let source_creds = source_creds.or_else(|| storage_creds.clone());
-        // `file:///dir` serves a copy of a bucket from disk (`/dir/<bucket>/...`):
-        // offline runs, benchmarks and debugging on a downloaded segment.
-        let storage_store = match storage.endpoint.strip_prefix("file://") {
-            Some(dir) => Store::Local {
-                root: PathBuf::from(dir).join(bucket),
-            },
-            None => Store::S3 {
-                client: s3_client(storage, storage_creds.as_ref()).await,
-                bucket: bucket.to_owned(),
-                endpoint: storage.url(),
-            },
-        };
-        Self {
-            storage: storage_store,
-            source_endpoint: source.clone(),
-            source_creds,
-            storage_creds,
-        }
-    }
-
-    /// The store and key prefix for a place.
-    pub async fn open(&self, place: &Place) -> (Store, String) {
-        match place {
-            Place::Storage { prefix } => (self.storage.clone(), prefix.clone()),
-            Place::Bucket { bucket, prefix } => {
-                if let Store::S3 {
-                    client,
-                    bucket: b,
-                    endpoint,
-                } = &self.storage
-                {
-                    if b == bucket && self.source_endpoint.url() == *endpoint && self.source_creds == self.storage_creds
-                    {
-                        return (
-                            Store::S3 {
-                                client: client.clone(),
-                                bucket: bucket.clone(),
-                                endpoint: endpoint.clone(),
-                            },
-                            prefix.clone(),
-                        );
-                    }
-                }
-                let client = s3_client(&self.source_endpoint, self.source_creds.as_ref()).await;
-                (
-                    Store::S3 {
-                        client,
-                        bucket: bucket.clone(),
-                        endpoint: self.source_endpoint.url(),
-                    },
-                    prefix.clone(),
-                )
-            }
-            Place::Local { path } => local_place(path),
-        }
-    }
-}
-
-fn local_place(path: &Path) -> (Store, String) {
-    // A local "store" rooted at the parent directory keeps keys relative, like S3.
-    let abs = if path.is_absolute() {
-        path.to_path_buf()
-    } else {
-        std::env::current_dir()
-            .map(|d| d.join(path))
-            .unwrap_or_else(|_| path.to_path_buf())
-    };
-    let root: PathBuf = PathBuf::from("/");
-    let key = abs.strip_prefix(&root).unwrap_or(&abs).to_string_lossy().into_owned();
-    (Store::Local { root }, key)
 }
 
 #[cfg(test)]

@@ -14,77 +14,24 @@ use crate::join::Joined;
 use crate::keys::KeyIndex;
 use crate::output;
 use crate::plan::{SegmentPlan, TaskPlan};
-use crate::source;
-use crate::store::Store;
-
-/// The stores a task reads and writes, opened once.
-#[derive(Clone, Debug)]
-pub struct TaskStores {
-    pub storage: Store,
-    pub source: Store,
-    pub output: Store,
-}
+use crate::source::{self, Matches};
+use crate::store::{Store, StoreError};
+use crate::stores::RunStores;
 
 pub async fn process_segment(
-    stores: &TaskStores,
+    stores: &RunStores,
     plan: &TaskPlan,
     seg: &SegmentPlan,
     task_id: &str,
     attempt: u32,
 ) -> Result<SegmentOutcome> {
     let started = Instant::now();
-    if seg.storage_version != 0 {
-        return Err(BackfillError::segment(
-            seg.segment_id,
-            format!(
-                "storage version {} is not supported yet (only V1 segments)",
-                seg.storage_version
-            ),
-        ));
-    }
-    let num_rows = u32::try_from(seg.num_rows).map_err(|_| {
-        BackfillError::segment(
-            seg.segment_id,
-            format!("{} rows exceed the 2^32 rows a segment can hold", seg.num_rows),
-        )
-    })?;
+    let num_rows = supported_rows(seg)?;
     let index = Arc::new(read_keys(&stores.storage, plan, seg, num_rows).await?);
     tracing::debug!(segment = seg.segment_id, rows = num_rows, range = ?index.range(), "primary keys indexed");
-
-    let matches = source::read_matches(
-        &stores.source,
-        &plan.source_files,
-        index.clone(),
-        &plan.new_fields,
-        plan.batch_size.rows(),
-    )
-    .await?;
-    tracing::debug!(
-        segment = seg.segment_id,
-        matched = matches.offsets.len(),
-        row_groups_read = matches.row_groups_read,
-        row_groups_skipped = matches.row_groups_skipped,
-        "source scanned"
-    );
-    let fields = if matches.fields.is_empty() {
-        // No source row group could match; the types still come from the plan's schema.
-        return Err(BackfillError::unexpected(format!(
-            "segment {}: the source files could not be opened to learn the new fields' types",
-            seg.segment_id
-        )));
-    } else {
-        matches.fields.clone()
-    };
-    let joined = Joined::build(num_rows, &index, &matches.offsets, &matches.batches, &fields).map_err(|d| {
-        BackfillError::schema(format!(
-            "segment {}: {} source row(s) hit a row that another source row already set (at segment offsets {:?}); the source has duplicate `pk` values",
-            seg.segment_id, d.count, d.example_offsets
-        ))
-        .with_segment(seg.segment_id)
-    })?;
-    drop(matches.batches);
+    let matches = scan_source(&stores.source, plan, seg, index.clone()).await?;
+    let (joined, used_source_rows) = join_matches(seg, num_rows, &index, matches)?;
     let joined = Arc::new(joined);
-
     let written = output::write_segment(
         &stores.output,
         seg,
@@ -107,8 +54,68 @@ pub async fn process_segment(
         output_path: stores.output.display(&seg.output_dir),
         manifest_paths,
         execution_time_ms: started.elapsed().as_millis() as u64,
-        used_source_rows: matches.source_rows,
+        used_source_rows,
     })
+}
+
+/// The segment's row count, if this version can backfill the segment at all.
+fn supported_rows(seg: &SegmentPlan) -> Result<u32> {
+    if seg.storage_version != 0 {
+        return Err(BackfillError::segment(
+            seg.segment_id,
+            format!(
+                "storage version {} is not supported yet (only V1 segments)",
+                seg.storage_version
+            ),
+        ));
+    }
+    u32::try_from(seg.num_rows).map_err(|_| {
+        BackfillError::segment(
+            seg.segment_id,
+            format!("{} rows exceed the 2^32 rows a segment can hold", seg.num_rows),
+        )
+    })
+}
+
+async fn scan_source(source: &Store, plan: &TaskPlan, seg: &SegmentPlan, index: Arc<KeyIndex>) -> Result<Matches> {
+    let matches = source::read_matches(
+        source,
+        &plan.source_files,
+        index,
+        &plan.new_fields,
+        plan.batch_size.rows(),
+    )
+    .await?;
+    tracing::debug!(
+        segment = seg.segment_id,
+        matched = matches.offsets.len(),
+        row_groups_read = matches.row_groups_read,
+        row_groups_skipped = matches.row_groups_skipped,
+        "source scanned"
+    );
+    Ok(matches)
+}
+
+/// Aligns the matched source rows on the segment's rows; returns the join and the source rows
+/// it used. The matched batches are dropped here, before the output is encoded.
+fn join_matches(seg: &SegmentPlan, num_rows: u32, index: &KeyIndex, matches: Matches) -> Result<(Joined, Vec<u64>)> {
+    // `read_matches` takes the fields from the first source file's schema whether or not any of
+    // its row groups match, so they are missing only for a plan without source files or without
+    // new fields, which planning never makes.
+    if matches.fields.is_empty() {
+        return Err(BackfillError::unexpected(format!(
+            "segment {}: the source files could not be opened to learn the new fields' types",
+            seg.segment_id
+        )));
+    }
+    let joined = Joined::build(num_rows, index, &matches.offsets, &matches.batches, &matches.fields).map_err(|d| {
+        BackfillError::schema(format!(
+            "segment {}: {} source row(s) hit a row that another source row already set (at segment offsets {:?}); the source has duplicate `pk` values",
+            seg.segment_id, d.count, d.example_offsets
+        ))
+        .with_segment(seg.segment_id)
+    })?;
+    Ok((joined, matches.source_rows))
 }
 
 /// Reads the PK binlogs in row order (a few fetched ahead) into a key index, and
@@ -117,7 +124,7 @@ async fn read_keys(storage: &Store, plan: &TaskPlan, seg: &SegmentPlan, num_rows
     let mut index = KeyIndex::new(plan.pk_field.pk_type, num_rows as usize);
     let mut files = futures_util::stream::iter(seg.pk_binlogs.iter().map(|b| async move {
         let data = storage.get(&b.key).await.map_err(|e| match e {
-            crate::store::StoreError::NotFound(_) => BackfillError::segment(
+            StoreError::NotFound(_) => BackfillError::segment(
                 seg.segment_id,
                 format!(
                     "binlog {} is gone (compacted or garbage-collected since planning?); plan again",

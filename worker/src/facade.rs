@@ -2,13 +2,13 @@
 //! operator reaches the worker crate only through this module (and `logging`); everything
 //! else it exchanges with the engine is a contract type of `milvus_backfill_api`.
 
-
 use milvus_backfill_api::error::Result;
 use milvus_backfill_api::outcome::TaskOutcome;
 use milvus_backfill_api::plan::{Plan, Task};
 use milvus_backfill_api::spec::EngineSpec;
 
-use crate::config::{s3_client, BackfillDoc, Stores};
+use crate::config::BackfillDoc;
+use crate::stores::{RunLocations, RunStores, StoreCredentials};
 
 pub use crate::config::{MilvusToken, S3Credentials};
 pub use crate::store::{Store, StoreError};
@@ -30,38 +30,23 @@ pub async fn plan(name: &str, spec: &EngineSpec, secrets: PlanSecrets) -> Result
         name: name.to_owned(),
         spec: spec.clone(),
     };
-    let stores = Stores::new(
-        &Stores::storage_endpoint(spec),
-        &spec.storage.bucket,
-        &Stores::source_endpoint(spec),
-        secrets.storage,
-        secrets.source,
-    )
-    .await;
-    Ok(crate::planner::plan_with(&doc, &secrets.milvus_token, stores)
+    let creds = StoreCredentials {
+        storage: secrets.storage,
+        source: secrets.source,
+    };
+    Ok(crate::planner::plan_with(&doc, &secrets.milvus_token, &creds)
         .await?
         .plan)
 }
 
 /// The Milvus storage bucket of `spec`, where the run layout lives.
 pub async fn open_storage(spec: &EngineSpec, creds: Option<&S3Credentials>) -> Store {
-    let ep = Stores::storage_endpoint(spec);
-    match ep.local_dir() {
-        // A local copy of a bucket, as the engine reads it (tests, debugging).
-        Some(dir) => Store::Local {
-            root: dir.join(&spec.storage.bucket),
-        },
-        None => Store::S3 {
-            client: s3_client(&ep, creds).await,
-            bucket: spec.storage.bucket.clone(),
-            endpoint: ep.url(),
-        },
-    }
+    let at = RunLocations::of_spec(spec);
+    Store::open_bucket(&at.storage, &at.storage_bucket, creds).await
 }
 
 /// Runs one task with credentials from the environment, as `milvus-backfill segment` does.
 pub async fn run_task(task: &Task) -> Result<TaskOutcome> {
-    let p = &task.plan;
-    let stores = Stores::from_env(&p.storage, &p.storage_bucket, &p.source).await?;
+    let stores = RunStores::for_task(&task.plan).await?;
     Ok(crate::runner::run_task(task, &stores).await)
 }

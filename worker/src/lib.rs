@@ -1,6 +1,6 @@
 //! milvus-backfill: adds new fields to the sealed segments of a Milvus collection.
 //!
-//! IO sits at the edges (`milvus`, `store`, `planner`, `runner`); the middle is a
+//! IO sits at the edges (`milvus`, `store`/`stores`, `planner`, `runner`); the middle is a
 //! streaming pipeline of small parts that are tested alone: `binlog` (reader),
 //! `keys` (key index), `source` (matched rows), `join` (alignment), `output` (writer).
 
@@ -22,3 +22,4 @@ pub mod progress;
 pub mod runner;
 pub mod source;
 pub mod store;
+pub mod stores;

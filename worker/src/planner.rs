@@ -1,21 +1,23 @@
 //! Planning: asks Milvus for the collection and its segments, lists the binlogs,
 //! checks the source, and produces a [`Plan`]. Writes nothing.
 
-use std::collections::BTreeMap;
+use std::collections::btree_map::{BTreeMap, Entry};
 use std::time::Duration;
 
 use futures_util::{StreamExt, TryStreamExt};
 
-use crate::binlog;
-use crate::config::{BackfillDoc, MilvusToken, Place, Stores};
-use crate::error::{BackfillError, Result};
 use milvus_backfill_api::layout::segment_output_dir;
 use milvus_backfill_api::plan::PkType;
+use milvus_backfill_api::spec::EngineSpec;
 
+use crate::binlog;
+use crate::config::{BackfillDoc, MilvusToken, Place};
+use crate::error::{BackfillError, Result};
 use crate::milvus::{CollectionInfo, MilvusClient};
 use crate::plan::{self, Binlog, PkField, Plan, SegmentInfo, SegmentPlan, SkippedSegment, Triage};
-use crate::source;
-use crate::store::Store;
+use crate::source::{self, SourceSchema};
+use crate::store::{ObjectMeta, Store};
+use crate::stores::{place_key, RunLocations, RunStores, StoreCredentials};
 
 /// Picks the join key: `spec.primaryKeyFieldId`, else the schema's primary key.
 pub fn pk_field(info: &CollectionInfo, requested: Option<i64>) -> Result<PkField> {
@@ -50,85 +52,159 @@ pub fn pk_field(info: &CollectionInfo, requested: Option<i64>) -> Result<PkField
     })
 }
 
+/// A plan and the stores it was made with, which its run reuses.
 pub struct Planned {
     pub plan: Plan,
-    pub stores: Stores,
+    pub stores: RunStores,
 }
 
 /// Plans with storage credentials from the environment (the CLI).
 pub async fn plan(doc: &BackfillDoc, token: &MilvusToken) -> Result<Planned> {
-    let spec = &doc.spec;
-    let stores = Stores::from_env(
-        &Stores::storage_endpoint(spec),
-        &spec.storage.bucket,
-        &Stores::source_endpoint(spec),
-    )
-    .await?;
-    plan_with(doc, token, stores).await
+    plan_with(doc, token, &StoreCredentials::from_env()?).await
 }
 
-/// Plans with the given stores (a controller builds them from the Backfill's Secrets).
-pub async fn plan_with(doc: &BackfillDoc, token: &MilvusToken, stores: Stores) -> Result<Planned> {
+/// Plans with the given credentials (a controller reads them from the Backfill's Secrets).
+pub async fn plan_with(doc: &BackfillDoc, token: &MilvusToken, creds: &StoreCredentials) -> Result<Planned> {
     let spec = &doc.spec;
-    let storage_ep = Stores::storage_endpoint(spec);
-    let source_ep = Stores::source_endpoint(spec);
-    let root = spec.storage.root_path().to_owned();
+    let at = RunLocations::of_spec(spec);
+    let stores = RunStores::open(&at, creds).await;
+    let coll = read_collection(spec, token).await?;
+    let schema = check_source(&stores.source, &at.source_place, &coll).await?;
+    // Without `spec.output.path` outputs sit beside the binlogs, in `insert_log/`.
+    let custom_output = spec.output_path().map(|_| place_key(&at.output_place));
+    let mut segments = plan_segments(spec, &stores.storage, &coll, custom_output.as_deref()).await?;
+    segments.add_run_warnings(&coll.name, custom_output.is_some());
+    let plan = Plan {
+        run_id: plan::new_run_id(),
+        database: spec.milvus.database().to_owned(),
+        collection_name: coll.name,
+        collection_id: coll.info.collection_id,
+        partition_id: coll.only_partition,
+        schema_version: coll.info.schema_version,
+        pk_field: coll.pk,
+        new_fields: schema.new_fields,
+        storage: at.storage,
+        storage_bucket: at.storage_bucket,
+        root_path: spec.storage.root_path().to_owned(),
+        source: at.source,
+        source_place: at.source_place,
+        source_rows: schema.rows,
+        source_files: schema.files,
+        output_place: at.output_place,
+        batch_size: spec
+            .batch_size()
+            .ok_or_else(|| BackfillError::config("spec.batchSize must be > 0"))?,
+        parallelism: spec.parallelism(),
+        segments: segments.planned,
+        skipped: segments.skipped,
+        failed: segments.failed,
+        warnings: segments.warnings,
+    };
+    Ok(Planned { plan, stores })
+}
 
+/// What planning learns from Milvus.
+struct Collection {
+    name: String,
+    info: CollectionInfo,
+    pk: PkField,
+    /// `spec.milvus.partition`'s ID.
+    only_partition: Option<i64>,
+    partition_names: BTreeMap<i64, String>,
+    /// Of the one partition, if the spec names one.
+    segments: Vec<SegmentInfo>,
+}
+
+async fn read_collection(spec: &EngineSpec, token: &MilvusToken) -> Result<Collection> {
     let mut milvus = MilvusClient::connect(&spec.milvus.uri, spec.milvus.database(), token).await?;
-    let coll = &spec.milvus.collection;
+    let name = &spec.milvus.collection;
     if spec.flush() {
-        tracing::info!(collection = %coll, "flushing before planning");
-        milvus.flush(coll, Duration::from_secs(300)).await?;
+        tracing::info!(collection = %name, "flushing before planning");
+        milvus.flush(name, Duration::from_secs(300)).await?;
     }
-    let info = milvus.describe_collection(coll).await?;
+    let info = milvus.describe_collection(name).await?;
     let pk = pk_field(&info, spec.primary_key_field_id)?;
-    let partitions = milvus.show_partitions(coll).await?;
+    let partitions = milvus.show_partitions(name).await?;
     let only_partition = match &spec.milvus.partition {
-        Some(name) => Some(
-            partitions
-                .iter()
-                .find(|(n, _)| n == name)
-                .map(|(_, id)| *id)
-                .ok_or_else(|| {
-                    let names: Vec<&str> = partitions.iter().map(|(n, _)| n.as_str()).collect();
-                    BackfillError::config(format!(
-                        "spec.milvus.partition {name:?} does not exist; partitions: {names:?}"
-                    ))
-                })?,
-        ),
+        Some(p) => Some(partition_id(&partitions, p)?),
         None => None,
     };
-    let part_names: BTreeMap<i64, String> = partitions.iter().map(|(n, id)| (*id, n.clone())).collect();
-    let segments: Vec<SegmentInfo> = milvus
-        .segments(coll)
+    let segments = milvus
+        .segments(name)
         .await?
         .into_iter()
         .filter(|s| only_partition.is_none_or(|p| s.partition_id == p))
         .collect();
+    Ok(Collection {
+        name: name.clone(),
+        info,
+        pk,
+        only_partition,
+        partition_names: partitions.into_iter().map(|(n, id)| (id, n)).collect(),
+        segments,
+    })
+}
 
-    // The source: schema and keys are checked before anything is written.
-    let source_place = Place::parse_source(&spec.source.path);
-    let (source_store, source_key) = stores.open(&source_place).await;
-    let files = source::list_files(&source_store, &source_key).await?;
-    let existing: Vec<String> = info.fields.iter().map(|f| f.name.clone()).collect();
-    let schema = source::inspect(&source_store, &files, pk.pk_type, &existing).await?;
-    source::check_keys(&source_store, &schema.files, pk.pk_type)
+fn partition_id(partitions: &[(String, i64)], name: &str) -> Result<i64> {
+    partitions
+        .iter()
+        .find(|(n, _)| n == name)
+        .map(|(_, id)| *id)
+        .ok_or_else(|| {
+            let names: Vec<&str> = partitions.iter().map(|(n, _)| n.as_str()).collect();
+            BackfillError::config(format!(
+                "spec.milvus.partition {name:?} does not exist; partitions: {names:?}"
+            ))
+        })
+}
+
+/// The source's schema and keys, checked before anything is written.
+async fn check_source(source: &Store, place: &Place, coll: &Collection) -> Result<SourceSchema> {
+    let files = source::list_files(source, &place_key(place)).await?;
+    let existing: Vec<String> = coll.info.fields.iter().map(|f| f.name.clone()).collect();
+    let schema = source::inspect(source, &files, coll.pk.pk_type, &existing).await?;
+    source::check_keys(source, &schema.files, coll.pk.pk_type)
         .await?
         .into_result()?;
+    Ok(schema)
+}
 
-    let output_place = match spec.output_path() {
-        Some(p) => Place::parse_output(p, &spec.storage.bucket),
-        None => Place::Storage { prefix: String::new() },
-    };
-    let (output_store, output_prefix) = stores.open(&output_place).await;
-    let custom = spec.output_path().map(|_| output_prefix.as_str());
+/// The segments sorted into planned, skipped and failed, with the warnings on the way.
+#[derive(Default)]
+struct SegmentPlans {
+    planned: Vec<SegmentPlan>,
+    skipped: Vec<SkippedSegment>,
+    failed: Vec<SkippedSegment>,
+    warnings: Vec<String>,
+}
 
-    let mut warnings = Vec::new();
-    let mut skipped = Vec::new();
-    let mut failed = Vec::new();
-    let mut planned = Vec::new();
-    let mut listings: BTreeMap<i64, Vec<crate::store::ObjectMeta>> = BTreeMap::new();
-    for s in &segments {
+impl SegmentPlans {
+    fn add_run_warnings(&mut self, collection: &str, custom_output: bool) {
+        if self.planned.is_empty() && self.failed.is_empty() {
+            // Milvus 2.3 does not list Growing segments in GetPersistentSegmentInfo at all.
+            self.warnings.push(format!(
+                "collection {collection:?} has no Flushed segment to backfill; rows inserted since the last flush sit in Growing \
+                 segments that are not backfilled: flush first (spec.flush: true)"
+            ));
+        }
+        if !custom_output && !self.planned.is_empty() {
+            self.warnings.push(crate::gc::DEFAULT_OUTPUT_WARNING.to_owned());
+        }
+    }
+}
+
+/// Triages every segment and plans the ones to backfill. A segment that cannot be planned
+/// fails alone; only a storage that cannot be listed fails planning.
+async fn plan_segments(
+    spec: &EngineSpec,
+    storage: &Store,
+    coll: &Collection,
+    custom_output: Option<&str>,
+) -> Result<SegmentPlans> {
+    let mut out = SegmentPlans::default();
+    // One listing per partition serves all of its segments.
+    let mut listings: BTreeMap<i64, Vec<ObjectMeta>> = BTreeMap::new();
+    for s in &coll.segments {
         let skip = |reason: String| SkippedSegment {
             segment_id: s.segment_id,
             partition_id: s.partition_id,
@@ -137,104 +213,87 @@ pub async fn plan_with(doc: &BackfillDoc, token: &MilvusToken, stores: Stores) -
         };
         match plan::triage(s) {
             Triage::Skip(r) => {
-                skipped.push(skip(r));
+                out.skipped.push(skip(r));
                 continue;
             }
             Triage::Warn(w) => {
-                warnings.push(w.clone());
-                skipped.push(skip(w));
+                out.warnings.push(w.clone());
+                out.skipped.push(skip(w));
                 continue;
             }
             Triage::Fail(r) => {
-                failed.push(skip(r));
+                out.failed.push(skip(r));
                 continue;
             }
             Triage::Backfill => {}
         }
-        if let std::collections::btree_map::Entry::Vacant(slot) = listings.entry(s.partition_id) {
-            let prefix = format!("{root}/insert_log/{}/{}/", info.collection_id, s.partition_id);
-            let l = stores
-                .storage
-                .list(&prefix)
-                .await
-                .map_err(|e| BackfillError::connection(e.to_string()))?;
-            slot.insert(l);
-        }
-        let seg_prefix = format!(
-            "{root}/insert_log/{}/{}/{}/",
-            info.collection_id, s.partition_id, s.segment_id
-        );
-        let binlogs = plan::pk_binlogs(&listings[&s.partition_id], &seg_prefix, pk.field_id);
-        if binlogs.is_empty() {
-            failed.push(skip(format!(
-                "no primary key binlogs under {}; is spec.storage (bucket {}, rootPath {root}) the storage this Milvus uses?",
-                stores.storage.display(&format!("{seg_prefix}{}/", pk.field_id)),
-                spec.storage.bucket
-            )));
-            continue;
-        }
-        match count_binlog_rows(&stores.storage, binlogs).await {
-            Ok(binlogs) => {
-                let total: u64 = binlogs.iter().map(|b| b.rows).sum();
-                if total != s.num_rows as u64 {
-                    failed.push(skip(format!(
-                        "its {} primary key binlogs hold {total} rows but Milvus reports num_rows {}; the files are stale or incomplete (a compaction or flush in progress?): plan again later",
-                        binlogs.len(),
-                        s.num_rows
-                    )));
-                    continue;
-                }
-                planned.push(SegmentPlan {
-                    segment_id: s.segment_id,
-                    partition_id: s.partition_id,
-                    partition_name: part_names.get(&s.partition_id).cloned().unwrap_or_default(),
-                    num_rows: s.num_rows as u64,
-                    storage_version: s.storage_version,
-                    pk_binlogs: binlogs,
-                    output_dir: segment_output_dir(custom, &root, info.collection_id, s.partition_id, s.segment_id),
-                });
-            }
-            Err(e) => failed.push(skip(e.message)),
+        let listing = match listings.entry(s.partition_id) {
+            Entry::Occupied(l) => l.into_mut(),
+            Entry::Vacant(slot) => slot.insert(list_partition(spec, storage, coll, s.partition_id).await?),
+        };
+        match plan_segment(spec, storage, coll, s, listing, custom_output).await {
+            Ok(p) => out.planned.push(p),
+            Err(reason) => out.failed.push(skip(reason)),
         }
     }
-    if planned.is_empty() && failed.is_empty() {
-        // Milvus 2.3 does not list Growing segments in GetPersistentSegmentInfo at all.
-        warnings.push(format!(
-            "collection {coll:?} has no Flushed segment to backfill; rows inserted since the last flush sit in Growing \
-             segments that are not backfilled: flush first (spec.flush: true)"
+    Ok(out)
+}
+
+async fn list_partition(
+    spec: &EngineSpec,
+    storage: &Store,
+    coll: &Collection,
+    partition_id: i64,
+) -> Result<Vec<ObjectMeta>> {
+    let prefix = format!(
+        "{}/insert_log/{}/{partition_id}/",
+        spec.storage.root_path(),
+        coll.info.collection_id
+    );
+    storage
+        .list(&prefix)
+        .await
+        .map_err(|e| BackfillError::connection(e.to_string()))
+}
+
+/// One segment's plan from its partition's listing, or why it cannot be backfilled.
+async fn plan_segment(
+    spec: &EngineSpec,
+    storage: &Store,
+    coll: &Collection,
+    s: &SegmentInfo,
+    listing: &[ObjectMeta],
+    custom_output: Option<&str>,
+) -> Result<SegmentPlan, String> {
+    let root = spec.storage.root_path();
+    let collection_id = coll.info.collection_id;
+    let seg_prefix = format!("{root}/insert_log/{collection_id}/{}/{}/", s.partition_id, s.segment_id);
+    let binlogs = plan::pk_binlogs(listing, &seg_prefix, coll.pk.field_id);
+    if binlogs.is_empty() {
+        return Err(format!(
+            "no primary key binlogs under {}; is spec.storage (bucket {}, rootPath {root}) the storage this Milvus uses?",
+            storage.display(&format!("{seg_prefix}{}/", coll.pk.field_id)),
+            spec.storage.bucket
         ));
     }
-    if custom.is_none() && !planned.is_empty() {
-        warnings.push(crate::gc::DEFAULT_OUTPUT_WARNING.to_owned());
+    let binlogs = count_binlog_rows(storage, binlogs).await.map_err(|e| e.message)?;
+    let total: u64 = binlogs.iter().map(|b| b.rows).sum();
+    if total != s.num_rows as u64 {
+        return Err(format!(
+            "its {} primary key binlogs hold {total} rows but Milvus reports num_rows {}; the files are stale or incomplete (a compaction or flush in progress?): plan again later",
+            binlogs.len(),
+            s.num_rows
+        ));
     }
-    let _ = output_store;
-    let plan = Plan {
-        run_id: plan::new_run_id(),
-        database: spec.milvus.database().to_owned(),
-        collection_name: coll.clone(),
-        collection_id: info.collection_id,
-        partition_id: only_partition,
-        schema_version: info.schema_version,
-        pk_field: pk,
-        new_fields: schema.new_fields,
-        storage: storage_ep,
-        storage_bucket: spec.storage.bucket.clone(),
-        root_path: root,
-        source: source_ep,
-        source_place,
-        source_rows: schema.rows,
-        source_files: schema.files,
-        output_place,
-        batch_size: spec
-            .batch_size()
-            .ok_or_else(|| BackfillError::config("spec.batchSize must be > 0"))?,
-        parallelism: spec.parallelism(),
-        segments: planned,
-        skipped,
-        failed,
-        warnings,
-    };
-    Ok(Planned { plan, stores })
+    Ok(SegmentPlan {
+        segment_id: s.segment_id,
+        partition_id: s.partition_id,
+        partition_name: coll.partition_names.get(&s.partition_id).cloned().unwrap_or_default(),
+        num_rows: s.num_rows as u64,
+        storage_version: s.storage_version,
+        pk_binlogs: binlogs,
+        output_dir: segment_output_dir(custom_output, root, collection_id, s.partition_id, s.segment_id),
+    })
 }
 
 /// Fills in each binlog's row count from its framing and Parquet footer (ranged reads).

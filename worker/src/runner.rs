@@ -7,24 +7,15 @@ use std::time::Instant;
 use bytes::Bytes;
 use futures_util::StreamExt;
 
-use crate::config::Stores;
 use milvus_backfill_api::layout::RunLayout;
 use milvus_backfill_api::outcome::{BackfillResult, FailedSegment, SegmentOutcome, TaskOutcome};
 
-use crate::engine::{self, TaskStores};
+use crate::engine;
 use crate::error::{BackfillError, Result};
 use crate::plan::{Plan, Task, TaskPlan};
 use crate::progress::Progress;
-
-pub async fn task_stores(stores: &Stores, plan: &TaskPlan) -> TaskStores {
-    let (source, _) = stores.open(&plan.source_place).await;
-    let (output, _) = stores.open(&plan.output_place).await;
-    TaskStores {
-        storage: stores.storage.clone(),
-        source,
-        output,
-    }
-}
+use crate::store::Store;
+use crate::stores::RunStores;
 
 /// A bitmap over all source rows, shared by the segments of one run, so that
 /// rows used by several segments are counted once.
@@ -51,18 +42,17 @@ impl UsedRows {
 
 /// Runs every planned segment with at most `plan.parallelism` in flight. A failed
 /// segment does not stop the others.
-pub async fn run_plan(plan: &Plan, stores: &Stores, progress: &Progress) -> BackfillResult {
+pub async fn run_plan(plan: &Plan, stores: &RunStores, progress: &Progress) -> BackfillResult {
     let started = Instant::now();
     let tp = TaskPlan::from_plan(plan);
-    let ts = task_stores(stores, &tp).await;
     let used = UsedRows::new(plan.source_rows);
     let task_id = RunLayout::of_plan(plan).local_task_id();
     let results: Vec<(i64, i64, Result<SegmentOutcome>)> =
         futures_util::stream::iter(plan.segments.iter().map(|seg| {
-            let (ts, tp, task_id, used) = (&ts, &tp, &task_id, &used);
+            let (tp, task_id, used) = (&tp, &task_id, &used);
             async move {
                 progress.started(seg.segment_id);
-                let r = engine::process_segment(ts, tp, seg, task_id, 0).await;
+                let r = engine::process_segment(stores, tp, seg, task_id, 0).await;
                 match &r {
                     Ok(o) => {
                         used.mark(&o.used_source_rows);
@@ -94,26 +84,24 @@ pub async fn run_plan(plan: &Plan, stores: &Stores, progress: &Progress) -> Back
     )
 }
 
-/// Writes the result JSON beside the outputs; returns its location.
-pub async fn store_result(plan: &Plan, stores: &Stores, result: &BackfillResult) -> Result<String> {
+/// Writes the result JSON into the run's directory in the storage bucket; returns its location.
+pub async fn store_result(plan: &Plan, storage: &Store, result: &BackfillResult) -> Result<String> {
     let key = RunLayout::of_plan(plan).result_key();
     let body = serde_json::to_vec_pretty(result).map_err(|e| BackfillError::unexpected(e.to_string()))?;
-    stores
-        .storage
+    storage
         .put(&key, Bytes::from(body))
         .await
-        .map_err(|e| BackfillError::write(None, stores.storage.display(&key), e))?;
-    Ok(stores.storage.display(&key))
+        .map_err(|e| BackfillError::write(None, storage.display(&key), e))?;
+    Ok(storage.display(&key))
 }
 
-pub async fn run_task(task: &Task, stores: &Stores) -> TaskOutcome {
+pub async fn run_task(task: &Task, stores: &RunStores) -> TaskOutcome {
     let started = Instant::now();
-    let ts = task_stores(stores, &task.plan).await;
     let used = Arc::new(UsedRows::new(task.plan.source_rows()));
     let mut segments = Vec::new();
     let mut failed_segments = Vec::new();
     for seg in &task.segments {
-        match engine::process_segment(&ts, &task.plan, seg, &task.task_id, task.attempt).await {
+        match engine::process_segment(stores, &task.plan, seg, &task.task_id, task.attempt).await {
             Ok(o) => {
                 used.mark(&o.used_source_rows);
                 tracing::info!(

@@ -422,6 +422,7 @@ fn may_match(stats: Option<&Statistics>, range: &KeyRange) -> bool {
 
 /// The source rows that match one segment: their values (new fields only) and the
 /// segment offsets they belong to, in the same order.
+#[derive(Default)]
 pub struct Matches {
     pub batches: Vec<RecordBatch>,
     /// For each matched row, in order: its first offset in the segment.
@@ -444,30 +445,143 @@ pub async fn read_matches(
     batch_size: usize,
 ) -> Result<Matches> {
     let range = index.range();
-    let mut m = Matches {
-        batches: Vec::new(),
-        offsets: Vec::new(),
-        source_rows: Vec::new(),
-        row_groups_read: 0,
-        row_groups_skipped: 0,
-        fields: Vec::new(),
-    };
+    let mut m = Matches::default();
     // Row groups are decoded on all cores: the scan of the source dominates a segment.
     let workers = std::thread::available_parallelism().map_or(1, |n| n.get()).clamp(1, 8);
     let value_names: Arc<Vec<String>> = Arc::new(new_fields.iter().map(|f| f.name.clone()).collect());
     for f in files {
+        let file = OpenedFile::open(store, f, new_fields).await?;
+        if m.fields.is_empty() {
+            m.fields = file.value_fields();
+        }
+        file.check_rows(f)?;
+        let (groups, skipped) = file.matching_groups(f.first_row, &range);
+        m.row_groups_read += groups.len();
+        m.row_groups_skipped += skipped;
+        if groups.is_empty() {
+            continue;
+        }
+        let scans: Vec<_> = groups
+            .chunks(groups.len().div_ceil(workers))
+            .map(|chunk| {
+                let scan = ChunkScan {
+                    whole: file.whole.clone(),
+                    store: store.clone(),
+                    key: f.key.clone(),
+                    size: f.size,
+                    meta: file.meta.clone(),
+                    groups: chunk.to_vec(),
+                    key_idx: file.key_idx,
+                    value_idx: file.value_idx.clone(),
+                    value_names: value_names.clone(),
+                    index: index.clone(),
+                    batch_size,
+                };
+                tokio::spawn(scan.run())
+            })
+            .collect();
+        // Chunks are contiguous and joined in order, so rows stay in source order.
+        for scan in scans {
+            let part = scan
+                .await
+                .map_err(|e| BackfillError::unexpected(format!("{}: scan task: {e}", file.what)))??;
+            m.batches.extend(part.batches);
+            m.offsets.extend(part.offsets);
+            m.source_rows.extend(part.source_rows);
+        }
+    }
+    Ok(m)
+}
+
+/// A source file opened for a scan: its footer, and where the key and the planned new
+/// fields are among its columns.
+struct OpenedFile {
+    what: String,
+    /// The whole object, when it was small enough to fetch at once; the scans share it.
+    whole: Option<Bytes>,
+    meta: ArrowReaderMetadata,
+    key_idx: usize,
+    value_idx: Vec<usize>,
+}
+
+impl OpenedFile {
+    async fn open(store: &Store, f: &SourceFile, new_fields: &[NewField]) -> Result<Self> {
         let what = store.display(&f.key);
         let mut r = ObjectReader::new(store.clone(), f.key.clone(), f.size);
         r.prefetch_if_small().await?;
         let md = r.metadata().await?;
-        let meta = ArrowReaderMetadata::try_new(md.clone(), ArrowReaderOptions::default())
+        let meta = ArrowReaderMetadata::try_new(md, ArrowReaderOptions::default())
             .map_err(|e| BackfillError::data_read(&what, e))?;
         let schema = meta.schema().clone();
         let key_idx = schema
             .index_of(KEY_COLUMN)
             .map_err(|e| BackfillError::data_read(&what, e))?;
-        let mut value_idx = Vec::with_capacity(new_fields.len());
-        for nf in new_fields {
+        let value_idx = planned_columns(&what, &schema, new_fields)?;
+        Ok(Self {
+            what,
+            whole: r.whole,
+            meta,
+            key_idx,
+            value_idx,
+        })
+    }
+
+    fn value_fields(&self) -> Vec<(String, DataType)> {
+        let schema = self.meta.schema();
+        self.value_idx
+            .iter()
+            .map(|&i| (schema.field(i).name().clone(), schema.field(i).data_type().clone()))
+            .collect()
+    }
+
+    fn check_rows(&self, f: &SourceFile) -> Result<()> {
+        let rows = self.meta.metadata().file_metadata().num_rows();
+        if rows as u64 != f.rows {
+            return Err(BackfillError::data_read(
+                &self.what,
+                format!(
+                    "has {rows} rows, the plan expected {}; the source changed after planning, plan again",
+                    f.rows
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The row groups whose key statistics can overlap `range`, and how many cannot (those
+    /// are never fetched). `first_row` is the file's first global source row.
+    fn matching_groups(&self, first_row: u64, range: &KeyRange) -> (Vec<GroupSpan>, usize) {
+        let key_leaf = self
+            .meta
+            .parquet_schema()
+            .columns()
+            .iter()
+            .position(|c| c.path().parts() == [KEY_COLUMN]);
+        let mut groups = Vec::new();
+        let mut skipped = 0;
+        let mut row = first_row;
+        for (i, rg) in self.meta.metadata().row_groups().iter().enumerate() {
+            let stats = key_leaf.and_then(|k| rg.column(k).statistics());
+            if may_match(stats, range) {
+                groups.push(GroupSpan {
+                    index: i,
+                    first_row: row,
+                    rows: rg.num_rows() as u64,
+                });
+            } else {
+                skipped += 1;
+            }
+            row += rg.num_rows() as u64;
+        }
+        (groups, skipped)
+    }
+}
+
+/// The column index of each planned new field, which must still have its planned type.
+fn planned_columns(what: &str, schema: &SchemaRef, new_fields: &[NewField]) -> Result<Vec<usize>> {
+    new_fields
+        .iter()
+        .map(|nf| {
             let i = schema.index_of(&nf.name).map_err(|_| {
                 BackfillError::schema(format!(
                     "{what} has no column `{}` that the plan expects; was the source changed after planning?",
@@ -482,80 +596,9 @@ pub async fn read_matches(
                     nf.arrow_type
                 )));
             }
-            value_idx.push(i);
-        }
-        if m.fields.is_empty() {
-            m.fields = value_idx
-                .iter()
-                .map(|&i| (schema.field(i).name().clone(), schema.field(i).data_type().clone()))
-                .collect();
-        }
-        if md.file_metadata().num_rows() as u64 != f.rows {
-            return Err(BackfillError::data_read(
-                &what,
-                format!(
-                    "has {} rows, the plan expected {}; the source changed after planning, plan again",
-                    md.file_metadata().num_rows(),
-                    f.rows
-                ),
-            ));
-        }
-        // Row groups whose key statistics cannot overlap the segment are never fetched.
-        let key_leaf = meta
-            .parquet_schema()
-            .columns()
-            .iter()
-            .position(|c| c.path().parts() == [KEY_COLUMN]);
-        let mut groups = Vec::new();
-        let mut row = f.first_row;
-        for (i, rg) in md.row_groups().iter().enumerate() {
-            let stats = key_leaf.and_then(|k| rg.column(k).statistics());
-            if may_match(stats, &range) {
-                groups.push(GroupSpan {
-                    index: i,
-                    first_row: row,
-                    rows: rg.num_rows() as u64,
-                });
-                m.row_groups_read += 1;
-            } else {
-                m.row_groups_skipped += 1;
-            }
-            row += rg.num_rows() as u64;
-        }
-        if groups.is_empty() {
-            continue;
-        }
-        let per_worker = groups.len().div_ceil(workers);
-        let scans: Vec<_> = groups
-            .chunks(per_worker)
-            .map(|chunk| {
-                let scan = ChunkScan {
-                    whole: r.whole.clone(),
-                    store: store.clone(),
-                    key: f.key.clone(),
-                    size: f.size,
-                    meta: meta.clone(),
-                    groups: chunk.to_vec(),
-                    key_idx,
-                    value_idx: value_idx.clone(),
-                    value_names: value_names.clone(),
-                    index: index.clone(),
-                    batch_size,
-                };
-                tokio::spawn(scan.run())
-            })
-            .collect();
-        // Chunks are contiguous and joined in order, so rows stay in source order.
-        for scan in scans {
-            let part = scan
-                .await
-                .map_err(|e| BackfillError::unexpected(format!("{what}: scan task: {e}")))??;
-            m.batches.extend(part.batches);
-            m.offsets.extend(part.offsets);
-            m.source_rows.extend(part.source_rows);
-        }
-    }
-    Ok(m)
+            Ok(i)
+        })
+        .collect()
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -700,14 +743,6 @@ impl PredicateState {
         self.consumed += n as u64;
         self.hits = hits;
         BooleanArray::new(mask.finish(), None)
-    }
-}
-
-/// Arrow type of the key column for a PK type, for writers of test data.
-pub fn key_arrow_type(pk: PkType) -> DataType {
-    match pk {
-        PkType::Int64 => DataType::Int64,
-        PkType::VarChar => DataType::Utf8,
     }
 }
 

@@ -1,15 +1,18 @@
 //! Object storage: S3-compatible buckets and the local file system behind one type,
 //! so that the engine is the same in a cluster, on a laptop and in tests. The one storage
-//! layer of both binaries: raw objects, JSON records, and create-if-absent writes.
+//! layer of both binaries: raw objects, JSON records, and create-if-absent writes. A run's
+//! stores are opened together, once, by [`crate::stores::RunStores`].
 
 use std::ops::Range;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use aws_sdk_s3::primitives::ByteStream;
 use bytes::Bytes;
 use futures_util::{StreamExt, TryStreamExt};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
+
+use crate::config::{S3Credentials, S3Endpoint};
 
 /// An object, as listed.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -46,6 +49,24 @@ pub enum StoreError {
 }
 
 impl Store {
+    /// A bucket on an endpoint; a `file:///dir` endpoint serves `/dir/<bucket>/` from disk
+    /// ([`S3Endpoint::local_dir`]).
+    pub async fn open_bucket(ep: &S3Endpoint, bucket: &str, creds: Option<&S3Credentials>) -> Store {
+        match ep.local_dir() {
+            Some(dir) => Store::Local { root: dir.join(bucket) },
+            None => Store::s3(ep, bucket, creds).await,
+        }
+    }
+
+    /// A bucket on an S3 endpoint; `None` credentials mean the default AWS credential chain.
+    pub async fn s3(ep: &S3Endpoint, bucket: &str, creds: Option<&S3Credentials>) -> Store {
+        Store::S3 {
+            client: s3_client(ep, creds).await,
+            bucket: bucket.to_owned(),
+            endpoint: ep.url(),
+        }
+    }
+
     /// Human-readable location of a key, for messages and results (no secrets).
     pub fn display(&self, key: &str) -> String {
         match self {
@@ -290,6 +311,38 @@ impl Store {
     }
 }
 
+/// An S3 client for an endpoint, with explicit keys or the default AWS credential chain.
+async fn s3_client(ep: &S3Endpoint, creds: Option<&S3Credentials>) -> aws_sdk_s3::Client {
+    use aws_config::BehaviorVersion;
+    use aws_sdk_s3::config::{RequestChecksumCalculation, ResponseChecksumValidation};
+    use aws_smithy_http_client::tls::{rustls_provider::CryptoMode, Provider};
+    let http = aws_smithy_http_client::Builder::new()
+        .tls_provider(Provider::Rustls(CryptoMode::Ring))
+        .build_https();
+    let mut loader = aws_config::defaults(BehaviorVersion::latest())
+        .http_client(http)
+        .region(aws_config::Region::new(ep.region.clone()));
+    if let Some(c) = creds {
+        loader = loader.credentials_provider(aws_sdk_s3::config::Credentials::new(
+            c.access_key.clone(),
+            c.secret_key.clone(),
+            None,
+            None,
+            "milvus-backfill",
+        ));
+    }
+    let shared = loader.load().await;
+    // Path-style addressing as Milvus uses; checksums only where the API requires
+    // them, since several S3-compatible servers reject the newer default.
+    let conf = aws_sdk_s3::config::Builder::from(&shared)
+        .endpoint_url(ep.url())
+        .force_path_style(true)
+        .request_checksum_calculation(RequestChecksumCalculation::WhenRequired)
+        .response_checksum_validation(ResponseChecksumValidation::WhenRequired)
+        .build();
+    aws_sdk_s3::Client::from_conf(conf)
+}
+
 fn json_body<T: Serialize>(store: &Store, key: &str, value: &T) -> Result<Bytes, StoreError> {
     serde_json::to_vec_pretty(value)
         .map(Bytes::from)
@@ -301,7 +354,7 @@ fn json_body<T: Serialize>(store: &Store, key: &str, value: &T) -> Result<Bytes,
 
 /// Written to a temporary file, then hard-linked into place: the link fails if the name is
 /// taken, and a reader never sees half an object.
-async fn put_local_if_absent(p: &std::path::Path, data: &[u8]) -> Result<(), StoreError> {
+async fn put_local_if_absent(p: &Path, data: &[u8]) -> Result<(), StoreError> {
     if let Some(dir) = p.parent() {
         tokio::fs::create_dir_all(dir).await.map_err(|e| io_err(dir, e))?;
     }
@@ -333,7 +386,7 @@ where
     }
 }
 
-fn list_local(root: &std::path::Path, prefix: &str) -> Result<Vec<ObjectMeta>, StoreError> {
+fn list_local(root: &Path, prefix: &str) -> Result<Vec<ObjectMeta>, StoreError> {
     // Walk from the deepest directory the prefix names, then filter by the full prefix.
     let dir_part = match prefix.rfind('/') {
         Some(i) => &prefix[..i],
@@ -367,7 +420,7 @@ fn list_local(root: &std::path::Path, prefix: &str) -> Result<Vec<ObjectMeta>, S
     Ok(out)
 }
 
-fn io_err(path: &std::path::Path, e: std::io::Error) -> StoreError {
+fn io_err(path: &Path, e: std::io::Error) -> StoreError {
     if e.kind() == std::io::ErrorKind::NotFound {
         StoreError::NotFound(path.display().to_string())
     } else {

@@ -9,13 +9,14 @@ use arrow_schema::{DataType, Field, Schema};
 use bytes::Bytes;
 use milvus_backfill::binlog::{self, BinlogWriter};
 use milvus_backfill::config::{Place, S3Endpoint};
-use milvus_backfill::engine::{process_segment, TaskStores};
+use milvus_backfill::engine::process_segment;
 use milvus_backfill::error::ErrorKind;
 use milvus_backfill::keys::PkType;
 use milvus_backfill::output::{read_back, read_manifest};
 use milvus_backfill::plan::{self, NewField, PkField, SegmentPlan, SourceFile, TaskPlan};
 use milvus_backfill::source;
 use milvus_backfill::store::Store;
+use milvus_backfill::stores::{RunLocations, RunStores, StoreCredentials};
 use serde_json::Value;
 
 fn data_dir() -> PathBuf {
@@ -190,7 +191,7 @@ fn key_str(keys: &ArrayRef, i: usize) -> String {
 }
 
 struct Case {
-    stores: TaskStores,
+    stores: RunStores,
     plan: TaskPlan,
     seg: SegmentPlan,
     _tmp: tempfile::TempDir,
@@ -300,7 +301,7 @@ async fn case(collection: &str, segment: &str, pk_type: PkType) -> (Case, Vec<Va
         pk_binlogs: binlogs,
         output_dir: format!("out/{coll_id}/{part_id}/{seg_id}/new_field"),
     };
-    let stores = TaskStores {
+    let stores = RunStores {
         storage: fixtures,
         source: src_store.clone(),
         output: src_store,
@@ -461,14 +462,13 @@ async fn schema_checks_name_what_to_fix() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_segment_does_not_stop_the_others() {
-    use milvus_backfill::config::Stores;
     use milvus_backfill::plan::Plan;
     use milvus_backfill::progress::Progress;
     let (a, _) = case("bf_multi", "470712559048465179", PkType::Int64).await;
     let (b, truth_b) = case("bf_int64", "470712559048265072", PkType::Int64).await;
     let mut broken = b.seg.clone();
     broken.pk_binlogs[0].key.push_str("-missing");
-    // `run_plan` opens local places at the file system root, as the planner does.
+    // `RunStores` opens local places at the file system root, as the planner does.
     let tmp = match &a.plan.source_place {
         Place::Local { path } => path.strip_prefix("/").unwrap().display().to_string(),
         _ => unreachable!(),
@@ -479,6 +479,17 @@ async fn a_failed_segment_does_not_stop_the_others() {
     let mut source_files = a.plan.source_files.clone();
     source_files[0].key = format!("{tmp}/src.parquet");
     let ep = a.plan.storage.clone();
+    // The fixture bucket through a `file://` storage endpoint.
+    let at = RunLocations {
+        storage: S3Endpoint {
+            endpoint: format!("file://{}", data_dir().parent().unwrap().display()),
+            ..ep.clone()
+        },
+        storage_bucket: "milvus-2.3.5".into(),
+        source: ep.clone(),
+        source_place: a.plan.source_place.clone(),
+        output_place: a.plan.output_place.clone(),
+    };
     let plan = Plan {
         run_id: "r".into(),
         database: "default".into(),
@@ -488,10 +499,10 @@ async fn a_failed_segment_does_not_stop_the_others() {
         schema_version: 0,
         pk_field: a.plan.pk_field.clone(),
         new_fields: a.plan.new_fields.clone(),
-        storage: ep.clone(),
-        storage_bucket: "milvus-bucket".into(),
+        storage: at.storage.clone(),
+        storage_bucket: at.storage_bucket.clone(),
         root_path: "files".into(),
-        source: ep.clone(),
+        source: ep,
         source_place: a.plan.source_place.clone(),
         source_rows: source_files[0].rows,
         source_files,
@@ -503,12 +514,7 @@ async fn a_failed_segment_does_not_stop_the_others() {
         failed: vec![],
         warnings: vec![],
     };
-    let stores = Stores {
-        storage: a.stores.storage.clone(),
-        source_endpoint: ep,
-        source_creds: None,
-        storage_creds: None,
-    };
+    let stores = RunStores::open(&at, &StoreCredentials::default()).await;
     let r = milvus_backfill::runner::run_plan(&plan, &stores, &Progress::new(2, true)).await;
     assert!(!r.success);
     assert_eq!(r.segments_processed, 1);

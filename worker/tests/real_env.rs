@@ -10,12 +10,13 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use arrow_array::{Array, Float64Array, Int64Array, StringArray};
-use milvus_backfill::config::{BackfillDoc, MilvusToken, Place, Stores};
+use milvus_backfill::config::{BackfillDoc, MilvusToken, Place};
 use milvus_backfill::error::ErrorKind;
 use milvus_backfill::output::{read_back, read_manifest};
 use milvus_backfill::planner;
 use milvus_backfill::progress::Progress;
 use milvus_backfill::runner;
+use milvus_backfill::stores::{RunLocations, RunStores, StoreCredentials};
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use serde_json::Value;
 
@@ -103,14 +104,14 @@ async fn plan_and_run(
     text: &str,
 ) -> (
     milvus_backfill::plan::Plan,
-    Stores,
+    RunStores,
     milvus_backfill_api::outcome::BackfillResult,
 ) {
     let doc = BackfillDoc::parse(text).unwrap();
     let planned = planner::plan(&doc, &MilvusToken::from_env()).await.unwrap();
     let progress = Progress::new(planned.plan.segments.len(), true);
     let result = runner::run_plan(&planned.plan, &planned.stores, &progress).await;
-    runner::store_result(&planned.plan, &planned.stores, &result)
+    runner::store_result(&planned.plan, &planned.stores.storage, &result)
         .await
         .unwrap();
     (planned.plan, planned.stores, result)
@@ -122,12 +123,12 @@ async fn verify_outputs(
     e: &Env,
     collection: &str,
     plan: &milvus_backfill::plan::Plan,
-    stores: &Stores,
+    stores: &RunStores,
     result: &milvus_backfill_api::outcome::BackfillResult,
 ) -> u64 {
     let exp = &e.expected[collection];
     let values = source_values(Path::new(exp["newField"]["local"].as_str().unwrap()));
-    let (out_store, _) = stores.open(&plan.output_place).await;
+    let out_store = &stores.output;
     let mut checked = 0u64;
     let mut matched = 0u64;
     for seg in &plan.segments {
@@ -136,13 +137,13 @@ async fn verify_outputs(
             .unwrap_or_else(|| {
                 panic!("segment {} is not in expected.json", seg.segment_id);
             });
-        let manifest = read_manifest(&out_store, &seg.manifest_key())
+        let manifest = read_manifest(out_store, &seg.manifest_key())
             .await
             .unwrap()
             .expect("manifest written");
         assert_eq!(manifest.row_count as usize, truth.len());
         assert_eq!(manifest.run_id, plan.run_id);
-        let batches = read_back(&out_store, &manifest).await.unwrap();
+        let batches = read_back(out_store, &manifest).await.unwrap();
         let mut offset = 0usize;
         for b in &batches {
             let score = b
@@ -356,13 +357,8 @@ fn cli_plan_json_then_segment_task_then_run() {
         .build()
         .unwrap();
     rt.block_on(async {
-        let stores = Stores::from_env(
-            &Stores::storage_endpoint(&doc.spec),
-            &doc.spec.storage.bucket,
-            &Stores::source_endpoint(&doc.spec),
-        )
-        .await
-        .unwrap();
+        let creds = StoreCredentials::from_env().unwrap();
+        let stores = RunStores::open(&RunLocations::of_spec(&doc.spec), &creds).await;
         stores
             .storage
             .put("files/backfill/e2e-cli-task.json", task.to_string().into_bytes().into())
