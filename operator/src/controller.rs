@@ -171,6 +171,26 @@ fn slim(job: &mut Job) {
 }
 
 impl Context {
+    /// A context on `client` (a mock API server in the tests): an empty Job cache, no runs.
+    #[cfg(test)]
+    pub(crate) fn for_tests(client: Client, config: Config) -> Self {
+        let (jobs, _writer) = reflector::store::<Job>();
+        let reporter = Reporter {
+            controller: MANAGER.to_owned(),
+            instance: None,
+        };
+        Self {
+            recorder: Recorder::new(client.clone(), reporter),
+            client,
+            config,
+            metrics: Arc::new(Metrics::default()),
+            jobs,
+            runs: Mutex::new(HashMap::new()),
+            expected: Mutex::new(HashMap::new()),
+            failures: std::sync::Mutex::new(HashMap::new()),
+        }
+    }
+
     async fn secret_value(&self, ns: &str, name: &str, key: &str) -> Result<String, Error> {
         let api: Api<Secret> = Api::namespaced(self.client.clone(), ns);
         let s = api

@@ -183,3 +183,7 @@ async fn write_result(bf: &Backfill, ctx: &Context, result: &BackfillResult) -> 
     }
     Ok(())
 }
+
+#[cfg(test)]
+#[path = "executor_tests.rs"]
+mod tests;
