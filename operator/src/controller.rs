@@ -29,7 +29,7 @@ use crate::jobs::{self, labels, BuildError, MANAGER};
 use crate::metrics::Metrics;
 use crate::state::{self, EventSpec, Observed, RunInput};
 use crate::status::{JobState, JobView, Outcomes};
-use crate::validate;
+use crate::validate::{self, ValidSpec};
 
 /// How long a created Job counts as running before the watch shows it.
 const EXPECTATION_TTL: Duration = Duration::from_secs(120);
@@ -422,12 +422,11 @@ async fn reconcile_inner(bf: &Backfill, ctx: &Context) -> Result<Requeue, Error>
         return Ok(Requeue::await_change());
     }
     let status = bf.status.clone().unwrap_or_default();
-    let problems = validate::validate(&bf.spec, ctx.config.worker.image.as_deref())
-        .err()
-        .unwrap_or_default();
+    let validated = validate::validate(&bf.spec, ctx.config.worker.image.as_deref());
     let final_status = status.completion_time.is_some();
-    let views = observe_run(bf, ctx, &status, problems.is_empty() && !final_status).await?;
-    let decision = decide(bf, ctx, &status, &problems, views.as_deref()).await;
+    let views = observe_run(bf, ctx, &status, validated.is_ok() && !final_status).await?;
+    let spec = validated.as_ref().map_err(Vec::as_slice).copied();
+    let decision = decide(bf, ctx, &status, spec, views.as_deref()).await;
     let requeue = crate::executor::execute(bf, ctx, &status, decision).await?;
     if final_status {
         ctx.runs.lock().await.remove(&uid);
@@ -458,7 +457,7 @@ async fn decide(
     bf: &Backfill,
     ctx: &Context,
     status: &BackfillStatus,
-    problems: &[String],
+    spec: Result<ValidSpec<'_>, &[String]>,
     views: Option<&[JobView]>,
 ) -> state::Decision {
     let uid = bf.uid().unwrap_or_default();
@@ -473,9 +472,8 @@ async fn decide(
     };
     state::decide(&Observed {
         generation: bf.metadata.generation.unwrap_or_default(),
-        spec: &bf.spec,
+        spec,
         status,
-        problems,
         run,
         now: now(),
     })

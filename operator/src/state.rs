@@ -28,6 +28,7 @@ use crate::conditions::{self, Situation};
 pub use crate::conditions::{get_condition, is_true};
 use crate::crd::{condition, truncate, BackfillSpec, BackfillStatus, Phase, RetryPolicy, MAX_MESSAGE_BYTES};
 use crate::status::{self, Aggregate, JobView, OutcomeView, Outcomes, TaskState};
+use crate::validate::ValidSpec;
 
 /// How often a running Backfill is looked at even without events.
 pub const RESYNC: Duration = Duration::from_secs(300);
@@ -56,11 +57,11 @@ pub mod reason {
 #[derive(Clone, Copy)]
 pub struct Observed<'a> {
     pub generation: i64,
-    pub spec: &'a BackfillSpec,
+    /// The spec as [`crate::validate::validate`] left it: valid, or every problem (each
+    /// naming its field). Only a valid spec is planned or gets Jobs.
+    pub spec: Result<ValidSpec<'a>, &'a [String]>,
     /// The current status (default when there is none).
     pub status: &'a BackfillStatus,
-    /// From [`crate::validate::validate`].
-    pub problems: &'a [String],
     /// The stored plan and what happened to it; `Some` exactly when `status.runId` is set.
     pub run: Option<RunInput<'a>>,
     pub now: Timestamp,
@@ -180,12 +181,13 @@ pub fn decide(o: &Observed<'_>) -> Decision {
         let phase = st.phase.unwrap_or_default();
         return finish(st, o.status, phase, vec![]);
     }
-    if !o.problems.is_empty() {
-        return decide_invalid(o, st);
-    }
+    let spec = match o.spec {
+        Ok(valid) => valid.spec,
+        Err(problems) => return decide_invalid(o, st, problems),
+    };
     match (&o.status.run_id, o.run) {
-        (None, _) => decide_unplanned(o, st),
-        (Some(_), Some(run)) => decide_run(o, st, run),
+        (None, _) => decide_unplanned(o, spec, st),
+        (Some(_), Some(run)) => decide_run(o, spec, st, run),
         // The plan is recorded but could not be loaded: the controller retries; nothing here.
         (Some(_), None) => Decision {
             phase: o.status.phase.unwrap_or_default(),
@@ -196,8 +198,8 @@ pub fn decide(o: &Observed<'_>) -> Decision {
 }
 
 /// An invalid spec: say so, start nothing, wait for a change.
-fn decide_invalid(o: &Observed<'_>, mut st: BackfillStatus) -> Decision {
-    let msg = o.problems.join("; ");
+fn decide_invalid(o: &Observed<'_>, mut st: BackfillStatus, problems: &[String]) -> Decision {
+    let msg = problems.join("; ");
     let was = get_condition(&o.status.conditions, condition::FAILED).is_some_and(|c| {
         c.status == "True" && c.reason == reason::INVALID_SPEC && c.message == truncate(&msg, MAX_MESSAGE_BYTES)
     });
@@ -210,11 +212,11 @@ fn decide_invalid(o: &Observed<'_>, mut st: BackfillStatus) -> Decision {
     finish(st, o.status, Phase::Failed, actions)
 }
 
-fn decide_unplanned(o: &Observed<'_>, mut st: BackfillStatus) -> Decision {
+fn decide_unplanned(o: &Observed<'_>, spec: &BackfillSpec, mut st: BackfillStatus) -> Decision {
     let (now, generation) = (o.now, o.generation);
     let old_phase = o.status.phase;
     clear_invalid_spec(&mut st, now, generation);
-    if o.spec.suspend() {
+    if spec.suspend() {
         st.phase = Some(Phase::Suspended);
         conditions::apply(&mut st, Situation::SuspendedBeforePlanning, now, generation);
         let mut actions = vec![];
@@ -334,8 +336,8 @@ fn failures_event(old: &BackfillStatus, agg: &Aggregate) -> Option<Action> {
     ))
 }
 
-fn decide_run(o: &Observed<'_>, mut st: BackfillStatus, run: RunInput<'_>) -> Decision {
-    let (now, generation, spec, plan) = (o.now, o.generation, o.spec, run.plan);
+fn decide_run(o: &Observed<'_>, spec: &BackfillSpec, mut st: BackfillStatus, run: RunInput<'_>) -> Decision {
+    let (now, generation, plan) = (o.now, o.generation, run.plan);
     let split = TaskSplit::new(o.status.segments_per_job.unwrap_or_else(|| spec.segments_per_job()));
     let policy = spec.retry_policy();
     st.start_time = st.start_time.or_else(|| Some(time(now)));
@@ -398,7 +400,7 @@ fn decide_run(o: &Observed<'_>, mut st: BackfillStatus, run: RunInput<'_>) -> De
         let until_wake = wake.map(|w| Duration::from_secs(w.duration_since(now).as_secs().max(1) as u64));
         until_wake.map_or(RESYNC, |d| d.min(RESYNC))
     };
-    running(o, st, &agg, actions, requeue)
+    running(o, spec.suspend(), st, &agg, actions, requeue)
 }
 
 /// Every task is final: store the result, then the final status and its Event.
@@ -457,12 +459,12 @@ fn finish_run(
 /// Tasks still running or waiting: the counters, and Events for suspend and resume.
 fn running(
     o: &Observed<'_>,
+    suspended: bool,
     mut st: BackfillStatus,
     agg: &Aggregate,
     mut actions: Vec<Action>,
     requeue: Duration,
 ) -> Decision {
-    let suspended = o.spec.suspend();
     let phase = if suspended { Phase::Suspended } else { Phase::Running };
     let c = &agg.segments;
     let summary = format!(

@@ -6,6 +6,7 @@ use super::*;
 use crate::crd::{RetrySpec, SegmentCounts};
 use crate::status::JobState;
 use crate::testutil::{failed_outcome, ok_outcome, plan_with, spec, Rng};
+use crate::validate::ValidSpec;
 use milvus_backfill_api::error::ErrorKind;
 
 fn t0() -> Timestamp {
@@ -21,9 +22,12 @@ fn observe<'a>(
 ) -> Observed<'a> {
     Observed {
         generation: 1,
-        spec,
+        spec: if problems.is_empty() {
+            Ok(ValidSpec { spec, image: "img" })
+        } else {
+            Err(problems)
+        },
         status,
-        problems,
         run,
         now,
     }
@@ -556,9 +560,11 @@ fn run_case(mut case: Case, rng: &mut Rng) -> World {
         let before = w.status.clone();
         let d = decide(&Observed {
             generation: 1,
-            spec: &case.spec,
+            spec: Ok(ValidSpec {
+                spec: &case.spec,
+                image: "img",
+            }),
             status: &before,
-            problems: &[],
             run,
             now: w.now,
         });

@@ -11,8 +11,18 @@ use crate::crd::{BackfillSpec, EngineSpec, WorkerSpec};
 /// (credentials never come from the spec).
 pub use milvus_backfill_api::invocation::env::RESERVED as RESERVED_ENV;
 
-/// Checks `spec`; `default_image` is the operator's `--worker-image`.
-pub fn validate(spec: &BackfillSpec, default_image: Option<&str>) -> Result<(), Vec<String>> {
+/// A spec that passed [`validate`], with what validation settled. The decider plans and
+/// creates Jobs only for one of these.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct ValidSpec<'a> {
+    pub spec: &'a BackfillSpec,
+    /// The worker image: `spec.worker.image`, else the operator's `--worker-image`.
+    pub image: &'a str,
+}
+
+/// Checks `spec`; `default_image` is the operator's `--worker-image`. Every problem is
+/// reported at once.
+pub fn validate<'a>(spec: &'a BackfillSpec, default_image: Option<&'a str>) -> Result<ValidSpec<'a>, Vec<String>> {
     let mut problems: Vec<String> = Vec::new();
     if let Err(engine) = milvus_backfill_api::spec::validate(&spec.engine) {
         problems.extend(engine);
@@ -20,14 +30,13 @@ pub fn validate(spec: &BackfillSpec, default_image: Option<&str>) -> Result<(), 
     cluster_places(&mut problems, &spec.engine);
     secret_refs(&mut problems, &spec.engine);
     cluster_knobs(&mut problems, spec);
-    worker_image(&mut problems, spec, default_image);
+    let image = worker_image(&mut problems, spec, default_image);
     if let Some(w) = &spec.worker {
         worker_pod(&mut problems, w);
     }
-    if problems.is_empty() {
-        Ok(())
-    } else {
-        Err(problems)
+    match image {
+        Some(image) if problems.is_empty() => Ok(ValidSpec { spec, image }),
+        _ => Err(problems),
     }
 }
 
@@ -88,13 +97,21 @@ fn cluster_knobs(problems: &mut Vec<String>, spec: &BackfillSpec) {
     }
 }
 
-fn worker_image(problems: &mut Vec<String>, spec: &BackfillSpec, default_image: Option<&str>) {
+fn worker_image<'a>(
+    problems: &mut Vec<String>,
+    spec: &'a BackfillSpec,
+    default_image: Option<&'a str>,
+) -> Option<&'a str> {
     match spec.worker.as_ref().and_then(|w| w.image.as_deref()).or(default_image) {
-        None => problems.push("spec.worker.image is required (the operator has no default --worker-image)".into()),
+        None => {
+            problems.push("spec.worker.image is required (the operator has no default --worker-image)".into());
+            None
+        }
         Some(img) if img.trim().is_empty() || img.chars().any(char::is_whitespace) => {
             problems.push(format!("spec.worker.image {img:?} is not an image reference"));
+            None
         }
-        Some(_) => {}
+        Some(img) => Some(img),
     }
 }
 
@@ -190,7 +207,8 @@ mod tests {
 
     #[test]
     fn a_good_spec_passes() {
-        assert_eq!(validate(&spec(), None), Ok(()));
+        let s = spec();
+        assert_eq!(validate(&s, None).map(|v| v.image), Ok("reg/milvus-backfill:1"));
     }
 
     #[test]
@@ -198,7 +216,7 @@ mod tests {
         let mut s = spec();
         s.worker = None;
         assert!(has(&problems(&s), "spec.worker.image is required"));
-        assert_eq!(validate(&s, Some("reg/mb:1")), Ok(()));
+        assert_eq!(validate(&s, Some("reg/mb:1")).map(|v| v.image), Ok("reg/mb:1"));
         s.worker = Some(WorkerSpec {
             image: Some("bad image".into()),
             ..Default::default()
@@ -238,7 +256,7 @@ mod tests {
         s.engine.output = Some(milvus_backfill_api::spec::OutputSpec {
             path: Some("s3://b/out".into()),
         });
-        assert_eq!(validate(&s, None), Ok(()));
+        assert!(validate(&s, None).is_ok());
     }
 
     #[test]
