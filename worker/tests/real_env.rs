@@ -450,3 +450,32 @@ async fn unflushed_rows_are_a_warning_and_flush_true_seals_them() {
         "after Flush + GetFlushState the rows are in sealed segments"
     );
 }
+
+/// Create-if-absent on the real S3 server: of two writers of one key exactly one wins
+/// (`If-None-Match: *`, answered 412 PreconditionFailed), and the first body stays.
+#[tokio::test(flavor = "multi_thread")]
+async fn create_if_absent_on_the_real_s3_server() {
+    if env().is_none() {
+        return;
+    }
+    use milvus_backfill::config::{S3Credentials, S3Endpoint};
+    use milvus_backfill::store::{Store, StoreError};
+    let ep = S3Endpoint {
+        endpoint: var("S3_ENDPOINT"),
+        region: "us-east-1".into(),
+        use_ssl: false,
+    };
+    let creds = S3Credentials::storage_from_env().unwrap();
+    let store = Store::s3(&ep, &var("S3_BUCKET"), creds.as_ref()).await;
+    let key = format!("e2e-probe/if-absent-{}.json", std::process::id());
+    store.delete(&key).await.unwrap();
+    store
+        .put_json_if_absent(&key, &serde_json::json!({"writer": 1}))
+        .await
+        .unwrap();
+    let second = store.put_json_if_absent(&key, &serde_json::json!({"writer": 2})).await;
+    assert!(matches!(second, Err(StoreError::AlreadyExists(_))), "{second:?}");
+    let kept: Option<Value> = store.get_json(&key).await.unwrap();
+    assert_eq!(kept, Some(serde_json::json!({"writer": 1})));
+    store.delete(&key).await.unwrap();
+}
