@@ -54,7 +54,11 @@ done
 kubectl -n "$NS" get bf "$RUN" | tee "$DATA/get-bf.txt"
 [ "$phase" = Succeeded ] || { kubectl -n "$NS" get bf "$RUN" -o yaml; fail "phase $phase"; }
 [ "$max_jobs" -le 2 ] || fail "$max_jobs Jobs ran at once with parallelism 2"
-grep -q "PHASE" "$DATA/get-bf.txt" && grep -q "SEGMENTS" "$DATA/get-bf.txt" || fail "printer columns missing"
+grep -q "PHASE" "$DATA/get-bf.txt" && grep -q "READY" "$DATA/get-bf.txt" && grep -q "SEGMENTS" "$DATA/get-bf.txt" || fail "printer columns missing"
+# kstatus, as Flux and kpt read it: Ready=True, Reconciling and Stalled False.
+kubectl -n "$NS" wait --for=condition=Ready "bf/$RUN" --timeout=10s >/dev/null || fail "kubectl wait --for=condition=Ready"
+[ "$(kubectl -n "$NS" get bf "$RUN" -o jsonpath='{.status.conditions[?(@.type=="Reconciling")].status}/{.status.conditions[?(@.type=="Stalled")].status}')" = False/False ] ||
+  fail "a succeeded Backfill is still Reconciling or Stalled"
 kubectl -n "$NS" get events --field-selector "involvedObject.name=$RUN" -o name | grep -q . || fail "no Events for the Backfill"
 spec_after=$(kubectl -n "$NS" get bf "$RUN" -o jsonpath='{.spec}')
 [ "$spec_before" = "$spec_after" ] || fail "the operator changed the spec"

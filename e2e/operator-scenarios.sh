@@ -141,6 +141,7 @@ sc_invalid() {
   dump "$n"
   ck "phase Failed (got $(phase_of "$n"))" test "$(phase_of "$n")" = Failed
   ck "condition Failed=True/InvalidSpec" test "$(kubectl -n "$NS" get bf "$n" -o jsonpath='{.status.conditions[?(@.type=="Failed")].status}/{.status.conditions[?(@.type=="Failed")].reason}')" = True/InvalidSpec
+  ck "kstatus Stalled=True/InvalidSpec, Ready=False" test "$(kubectl -n "$NS" get bf "$n" -o jsonpath='{.status.conditions[?(@.type=="Stalled")].status}/{.status.conditions[?(@.type=="Stalled")].reason}/{.status.conditions[?(@.type=="Ready")].status}')" = True/InvalidSpec/False
   ck "the condition message names the field" grep -q "spec.worker.env\[0\].name AWS_SECRET_ACCESS_KEY is reserved" <(kubectl -n "$NS" get bf "$n" -o jsonpath='{.status.conditions[?(@.type=="Failed")].message}')
   ck "a Warning Event InvalidSpec" grep -q . <(kubectl -n "$NS" get events --field-selector "involvedObject.name=$n,type=Warning,reason=InvalidSpec" -o name)
   ck "no runId (not planned)" test -z "$(kubectl -n "$NS" get bf "$n" -o jsonpath='{.status.runId}')"
@@ -166,12 +167,14 @@ sc_suspend() {
   dump "$n"
   ck "phase Suspended while suspended (got $p)" test "$p" = Suspended
   ck "condition Suspended=True" test "$(kubectl -n "$NS" get bf "$n" -o jsonpath='{.status.conditions[?(@.type=="Suspended")].status}')" = True
+  ck "kstatus Ready=False/Suspended while suspended" test "$(kubectl -n "$NS" get bf "$n" -o jsonpath='{.status.conditions[?(@.type=="Ready")].status}/{.status.conditions[?(@.type=="Ready")].reason}')" = False/Suspended
   ck "no Jobs for 12 s" test "$bad" = 0
   ck "not planned while suspended" test -z "$(kubectl -n "$NS" get bf "$n" -o jsonpath='{.status.runId}')"
   kubectl -n "$NS" patch bf "$n" --type merge -p '{"spec":{"suspend":false}}' >/dev/null
   p=$(wait_final "$n" 180)
   dump "$n"
   ck "resumed: Succeeded (got $p)" test "$p" = Succeeded
+  ck "kubectl wait --for=condition=Ready after resuming" kubectl -n "$NS" wait --for=condition=Ready "bf/$n" --timeout=10s
   ck "condition Suspended not True" test "$(kubectl -n "$NS" get bf "$n" -o jsonpath='{.status.conditions[?(@.type=="Suspended")].status}')" != True
   # resumed before planning: Events Suspended, Resumed and Planning
   local reasons
@@ -278,6 +281,7 @@ sc_failing() {
   dump "$n"
   ck "Failed (got $p)" test "$p" = Failed
   ck "condition Failed=True/SegmentsFailed" test "$(kubectl -n "$NS" get bf "$n" -o jsonpath='{.status.conditions[?(@.type=="Failed")].status}/{.status.conditions[?(@.type=="Failed")].reason}')" = True/SegmentsFailed
+  ck "kstatus Stalled=True/SegmentsFailed, Ready=False" test "$(kubectl -n "$NS" get bf "$n" -o jsonpath='{.status.conditions[?(@.type=="Stalled")].status}/{.status.conditions[?(@.type=="Stalled")].reason}/{.status.conditions[?(@.type=="Ready")].status}')" = True/SegmentsFailed/False
   ck "$NSEG + 1 Jobs (one retry)" test "$(jobs_of "$n")" = $((NSEG + 1))
   kubectl -n "$NS" get bf "$n" -o json >"$DATA/$n.json"
   ck "failedSegments [$seg, attempts 2], the rest succeeded with manifests" check check "$DATA/$n.json" "$EXP" "$COLL" "$n" --failed "$seg" --attempts 2

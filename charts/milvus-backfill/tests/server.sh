@@ -101,7 +101,7 @@ if [ $crd_preexisting = 0 ]; then
 	rm -rf "$WORK/chart2"; cp -r "$CHART" "$WORK/chart2"
 	sed -i 's|description: segments done/total$|description: segments done/total (upgraded)|' "$WORK/chart2"/files/crds/*.yaml
 	if "$HELM" upgrade mbt "$WORK/chart2" -n $SNS --reuse-values >"$WORK/out" 2>&1; then ok "helm upgrade with a changed CRD"; else cat "$WORK/out"; ko "helm upgrade with a changed CRD"; fi
-	K get crd $CRD -o jsonpath='{.spec.versions[0].additionalPrinterColumns[1].description}' | grep -q upgraded &&
+	K get crd $CRD -o jsonpath='{.spec.versions[0].additionalPrinterColumns[?(@.name=="Segments")].description}' | grep -q upgraded &&
 		ok "helm upgrade updated the live CRD" || ko "helm upgrade updated the live CRD"
 	K get bf -n mbt-a sample >/dev/null 2>&1 && ok "Backfill survives the CRD upgrade" || ko "Backfill survives the CRD upgrade"
 fi
