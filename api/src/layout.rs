@@ -126,11 +126,22 @@ impl TaskSplit {
     }
 }
 
+/// Milvus' StorageV1 insert logs of one partition: `{root}/insert_log/{coll}/{part}/`.
+pub fn partition_insert_log_prefix(root: &str, coll: i64, part: i64) -> String {
+    format!("{root}/insert_log/{coll}/{part}/")
+}
+
+/// One segment's insert logs, `{root}/insert_log/{coll}/{part}/{seg}/`; a field's binlogs are
+/// `{fieldID}/{logID}` below it.
+pub fn segment_insert_log_prefix(root: &str, coll: i64, part: i64, seg: i64) -> String {
+    format!("{}{seg}/", partition_insert_log_prefix(root, coll, part))
+}
+
 /// Where a segment's outputs go: beside its binlogs, or under `output.path`.
 pub fn segment_output_dir(custom_prefix: Option<&str>, root: &str, coll: i64, part: i64, seg: i64) -> String {
     match custom_prefix {
         Some(p) => join(p, &format!("{coll}/{part}/{seg}/new_field")),
-        None => format!("{root}/insert_log/{coll}/{part}/{seg}/new_field"),
+        None => format!("{}new_field", segment_insert_log_prefix(root, coll, part, seg)),
     }
 }
 

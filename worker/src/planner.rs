@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use futures_util::{StreamExt, TryStreamExt};
 
-use milvus_backfill_api::layout::segment_output_dir;
+use milvus_backfill_api::layout::{self, segment_output_dir};
 use milvus_backfill_api::plan::PkType;
 use milvus_backfill_api::spec::EngineSpec;
 
@@ -245,11 +245,7 @@ async fn list_partition(
     coll: &Collection,
     partition_id: i64,
 ) -> Result<Vec<ObjectMeta>> {
-    let prefix = format!(
-        "{}/insert_log/{}/{partition_id}/",
-        spec.storage.root_path(),
-        coll.info.collection_id
-    );
+    let prefix = layout::partition_insert_log_prefix(spec.storage.root_path(), coll.info.collection_id, partition_id);
     storage
         .list(&prefix)
         .await
@@ -267,7 +263,7 @@ async fn plan_segment(
 ) -> Result<SegmentPlan, String> {
     let root = spec.storage.root_path();
     let collection_id = coll.info.collection_id;
-    let seg_prefix = format!("{root}/insert_log/{collection_id}/{}/{}/", s.partition_id, s.segment_id);
+    let seg_prefix = layout::segment_insert_log_prefix(root, collection_id, s.partition_id, s.segment_id);
     let binlogs = plan::pk_binlogs(listing, &seg_prefix, coll.pk.field_id);
     if binlogs.is_empty() {
         return Err(format!(
