@@ -10,13 +10,14 @@ use futures_util::StreamExt;
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::jiff::Timestamp;
+use k8s_openapi::ByteString;
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::controller::{Action as Requeue, Config as ControllerConfig, Controller};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::reflector::{self, ObjectRef};
 use kube::runtime::{watcher, WatchStreamExt};
 use kube::{Client, Resource, ResourceExt};
-use milvus_backfill::facade::{self, MilvusToken, PlanSecrets, S3Credentials, Store, StoreError};
+use milvus_backfill::facade::{self, MilvusToken, PlanSecrets, S3Credentials, Store, StoreCredentials, StoreError};
 use milvus_backfill_api::layout::RunLayout;
 use milvus_backfill_api::outcome::TaskOutcome;
 use milvus_backfill_api::plan::Plan;
@@ -101,6 +102,14 @@ pub struct Context {
 
 pub(crate) fn now() -> Timestamp {
     Timestamp::now()
+}
+
+/// One key of a Secret's data, as UTF-8; the error names the Secret and the key, never a value.
+fn secret_key(data: &BTreeMap<String, ByteString>, ns: &str, name: &str, key: &str) -> Result<String, Error> {
+    let v = data
+        .get(key)
+        .ok_or_else(|| Error::Secret(format!("{ns}/{name} has no key {key:?}")))?;
+    String::from_utf8(v.0.clone()).map_err(|_| Error::Secret(format!("{ns}/{name} key {key:?} is not UTF-8")))
 }
 
 /// Job status to [`JobState`].
@@ -191,27 +200,29 @@ impl Context {
         }
     }
 
-    async fn secret_value(&self, ns: &str, name: &str, key: &str) -> Result<String, Error> {
+    /// The data of Secret `ns/name`, read once however many keys are wanted from it.
+    async fn secret_data(&self, ns: &str, name: &str) -> Result<BTreeMap<String, ByteString>, Error> {
         let api: Api<Secret> = Api::namespaced(self.client.clone(), ns);
         let s = api
             .get_opt(name)
             .await?
             .ok_or_else(|| Error::Secret(format!("{ns}/{name} does not exist")))?;
-        let v = s
-            .data
-            .as_ref()
-            .and_then(|d| d.get(key))
-            .ok_or_else(|| Error::Secret(format!("{ns}/{name} has no key {key:?}")))?;
-        String::from_utf8(v.0.clone()).map_err(|_| Error::Secret(format!("{ns}/{name} key {key:?} is not UTF-8")))
+        Ok(s.data.unwrap_or_default())
+    }
+
+    async fn secret_value(&self, ns: &str, name: &str, key: &str) -> Result<String, Error> {
+        let data = self.secret_data(ns, name).await?;
+        secret_key(&data, ns, name, key)
     }
 
     /// Access keys from a `credentialsSecretRef` Secret (`accesskey`, `secretkey`).
     async fn s3_credentials(&self, bf: &Backfill, secret: Option<&str>) -> Result<Option<S3Credentials>, Error> {
         let ns = bf.namespace().unwrap_or_default();
         let Some(name) = secret else { return Ok(None) };
+        let data = self.secret_data(&ns, name).await?;
         Ok(Some(S3Credentials {
-            access_key: self.secret_value(&ns, name, ACCESS_KEY_KEY).await?,
-            secret_key: self.secret_value(&ns, name, SECRET_KEY_KEY).await?,
+            access_key: secret_key(&data, &ns, name, ACCESS_KEY_KEY)?,
+            secret_key: secret_key(&data, &ns, name, SECRET_KEY_KEY)?,
         }))
     }
 
@@ -236,8 +247,10 @@ impl Context {
         let source = e.source.credentials_secret_ref.as_ref().map(|r| r.name.as_str());
         Ok(PlanSecrets {
             milvus_token,
-            storage: self.storage_credentials(bf).await?,
-            source: self.s3_credentials(bf, source).await?,
+            stores: StoreCredentials {
+                storage: self.storage_credentials(bf).await?,
+                source: self.s3_credentials(bf, source).await?,
+            },
         })
     }
 

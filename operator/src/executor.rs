@@ -61,6 +61,8 @@ async fn plan(bf: &Backfill, ctx: &Context, status: &BackfillStatus) -> Result<R
     let gen = bf.metadata.generation.unwrap_or_default();
     // Planning reads Milvus, storage and the source with the Backfill's own Secrets.
     let secrets = ctx.plan_secrets(bf).await?;
+    // The run layout lives in the storage bucket, opened with the keys just read.
+    let storage_creds = secrets.stores.storage.clone();
     let started = Instant::now();
     let planned = facade::plan(&bf.name_any(), &bf.spec.engine, secrets).await;
     ctx.metrics.planning_seconds.observe(started.elapsed().as_secs_f64());
@@ -78,7 +80,7 @@ async fn plan(bf: &Backfill, ctx: &Context, status: &BackfillStatus) -> Result<R
             return Ok(Requeue::await_change());
         }
     };
-    let storage = ctx.storage(bf).await?;
+    let storage = facade::open_storage(&bf.spec.engine, storage_creds.as_ref()).await;
     let layout = RunLayout::of_plan(&plan);
     storage.put_json(&layout.plan_key(), &plan).await?;
     let plan_uri = storage.display(&layout.plan_key());
