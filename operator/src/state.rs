@@ -357,7 +357,7 @@ fn decide_run(o: &Observed<'_>, spec: &BackfillSpec, mut st: BackfillStatus, run
     let mut actions = vec![];
 
     // 1. Finished Jobs without an outcome: record one, so their Jobs may go.
-    let recorded = status::missing_outcomes(plan, split.segments_per_task(), run.outcomes, run.jobs);
+    let recorded = status::missing_outcomes(plan, split, run.outcomes, run.jobs);
     for ((task, attempt), outcome) in &recorded {
         actions.push(Action::RecordOutcome {
             task: *task,
@@ -369,7 +369,7 @@ fn decide_run(o: &Observed<'_>, spec: &BackfillSpec, mut st: BackfillStatus, run
         stored: run.outcomes,
         recorded: &recorded,
     };
-    let mut states = status::task_states(plan, split.segments_per_task(), view, run.jobs, policy);
+    let mut states = status::task_states(plan, split, view, run.jobs, policy);
 
     // 2. New Jobs.
     let (create, wake) = schedule(spec, &mut states, now);
@@ -380,7 +380,7 @@ fn decide_run(o: &Observed<'_>, spec: &BackfillSpec, mut st: BackfillStatus, run
     }
 
     // 3. Status from outcomes and Jobs.
-    let agg = status::aggregate(plan, split.segments_per_task(), &states, view);
+    let agg = status::aggregate(plan, split, &states, view);
     actions.extend(failures_event(o.status, &agg));
     st.progress = Some(status::progress(&agg.segments));
     st.segments = Some(agg.segments.clone());
@@ -536,7 +536,7 @@ pub fn status_after_plan(
         stored: &empty,
         recorded: &empty,
     };
-    let agg = status::aggregate(plan, split.segments_per_task(), &states, view);
+    let agg = status::aggregate(plan, split, &states, view);
     st.progress = Some(status::progress(&agg.segments));
     st.segments = Some(agg.segments);
     st.rows = Some(agg.rows);

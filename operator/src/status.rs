@@ -104,7 +104,7 @@ impl TaskState {
 pub use crate::crd::RetryPolicy;
 
 /// The outcome the operator records for a finished Job that left none.
-pub fn synthetic_outcome(plan: &Plan, spj: u32, job: &JobView) -> TaskOutcome {
+pub fn synthetic_outcome(plan: &Plan, split: TaskSplit, job: &JobView) -> TaskOutcome {
     let why = match &job.state {
         JobState::Failed { reason, message, .. } => {
             if message.is_empty() {
@@ -120,7 +120,7 @@ pub fn synthetic_outcome(plan: &Plan, spj: u32, job: &JobView) -> TaskOutcome {
         attempt: job.attempt,
         success: false,
         segments: vec![],
-        failed_segments: TaskSplit::new(spj)
+        failed_segments: split
             .segments(plan, job.task)
             .iter()
             .map(|s| FailedSegment {
@@ -137,24 +137,24 @@ pub fn synthetic_outcome(plan: &Plan, spj: u32, job: &JobView) -> TaskOutcome {
 
 /// Finished Jobs of this run that have no outcome: the operator records one for each,
 /// so that the Job may be deleted (TTL, by hand) without losing the attempt.
-pub fn missing_outcomes(plan: &Plan, spj: u32, stored: &Outcomes, jobs: &[JobView]) -> Outcomes {
-    let tasks = TaskSplit::new(spj).count(plan);
+pub fn missing_outcomes(plan: &Plan, split: TaskSplit, stored: &Outcomes, jobs: &[JobView]) -> Outcomes {
+    let tasks = split.count(plan);
     jobs.iter()
         .filter(|j| j.task < tasks && j.state != JobState::Active)
         .filter(|j| !stored.contains_key(&(j.task, j.attempt)))
-        .map(|j| ((j.task, j.attempt), synthetic_outcome(plan, spj, j)))
+        .map(|j| ((j.task, j.attempt), synthetic_outcome(plan, split, j)))
         .collect()
 }
 
 /// The state of every task of the plan.
 pub fn task_states(
     plan: &Plan,
-    spj: u32,
+    split: TaskSplit,
     outcomes: OutcomeView<'_>,
     jobs: &[JobView],
     policy: RetryPolicy,
 ) -> Vec<TaskState> {
-    let tasks = TaskSplit::new(spj).count(plan);
+    let tasks = split.count(plan);
     let mut by_task: BTreeMap<u32, Vec<&JobView>> = BTreeMap::new();
     for j in jobs.iter().filter(|j| j.task < tasks) {
         by_task.entry(j.task).or_default().push(j);
@@ -209,7 +209,7 @@ pub struct Aggregate {
     pub done: bool,
 }
 
-pub fn aggregate(plan: &Plan, spj: u32, states: &[TaskState], outcomes: OutcomeView<'_>) -> Aggregate {
+pub fn aggregate(plan: &Plan, split: TaskSplit, states: &[TaskState], outcomes: OutcomeView<'_>) -> Aggregate {
     let mut a = Aggregate {
         done: states.iter().all(TaskState::is_final),
         ..Default::default()
@@ -235,7 +235,7 @@ pub fn aggregate(plan: &Plan, spj: u32, states: &[TaskState], outcomes: OutcomeV
         );
     }
     for (t, state) in states.iter().enumerate() {
-        let n = TaskSplit::new(spj).segments(plan, t as u32).len() as u64;
+        let n = split.segments(plan, t as u32).len() as u64;
         match state {
             TaskState::Pending { .. } => a.segments.pending += n,
             TaskState::Running { .. } => {
@@ -336,7 +336,7 @@ mod tests {
     #[test]
     fn a_fresh_plan_is_all_pending() {
         let p = plan_with(5, 0);
-        let s = task_states(&p, 2, view(NONE), &[], POLICY);
+        let s = task_states(&p, TaskSplit::new(2), view(NONE), &[], POLICY);
         assert_eq!(s.len(), 3);
         assert!(s.iter().all(|t| *t
             == TaskState::Pending {
@@ -361,7 +361,7 @@ mod tests {
             job(4, 0, JobState::Active),
             // Task 5: attempt 0's Job vanished with no outcome.
         ];
-        let s = task_states(&p, 1, view(&o), &jobs, POLICY);
+        let s = task_states(&p, TaskSplit::new(1), view(&o), &jobs, POLICY);
         assert_eq!(s[0], TaskState::Succeeded { attempt: 0 });
         assert_eq!(
             s[1],
@@ -380,7 +380,7 @@ mod tests {
                 not_before: None
             }
         );
-        let a = aggregate(&p, 1, &s, view(&o));
+        let a = aggregate(&p, TaskSplit::new(1), &s, view(&o));
         assert_eq!(
             a.segments,
             SegmentCounts {
@@ -419,7 +419,7 @@ mod tests {
         ];
         let mut stored = Outcomes::new();
         stored.insert((1, 0), ok_outcome(&p, 1, 1, 0, 1));
-        let rec = missing_outcomes(&p, 1, &stored, &jobs);
+        let rec = missing_outcomes(&p, TaskSplit::new(1), &stored, &jobs);
         assert_eq!(rec.keys().copied().collect::<Vec<_>>(), vec![(0, 0)]);
         let o = &rec[&(0, 0)];
         assert!(!o.success && o.retryable());
@@ -430,11 +430,11 @@ mod tests {
             stored: &stored,
             recorded: &rec,
         };
-        let s = task_states(&p, 1, v, &jobs, POLICY);
+        let s = task_states(&p, TaskSplit::new(1), v, &jobs, POLICY);
         assert!(matches!(s[0], TaskState::Pending { attempt: 1, .. }));
         assert_eq!(s[1], TaskState::Succeeded { attempt: 0 });
         // A completed Job whose outcome is missing is a failed attempt too.
-        let rec = missing_outcomes(&p, 1, &Outcomes::new(), &jobs[1..2]);
+        let rec = missing_outcomes(&p, TaskSplit::new(1), &Outcomes::new(), &jobs[1..2]);
         assert!(rec[&(1, 0)].failed_segments[0]
             .reason
             .contains("without storing its outcome"));
@@ -473,9 +473,9 @@ mod tests {
         o.insert((0, 0), mixed);
         o.insert((1, 0), ok_outcome(&p, 2, 1, 0, 100));
         o.insert((2, 0), ok_outcome(&p, 2, 2, 0, 100));
-        let s = task_states(&p, 2, view(&o), &[], POLICY);
+        let s = task_states(&p, TaskSplit::new(2), view(&o), &[], POLICY);
         assert_eq!(s[0], TaskState::Failed { attempt: 0 });
-        let a = aggregate(&p, 2, &s, view(&o));
+        let a = aggregate(&p, TaskSplit::new(2), &s, view(&o));
         assert!(a.done);
         assert_eq!(
             a.segments,
@@ -543,7 +543,7 @@ mod tests {
                     }
                 }
             }
-            let rec = missing_outcomes(&p, spj, &o, &jobs);
+            let rec = missing_outcomes(&p, TaskSplit::new(spj), &o, &jobs);
             for k in rec.keys() {
                 assert!(!o.contains_key(k));
             }
@@ -551,7 +551,7 @@ mod tests {
                 stored: &o,
                 recorded: &rec,
             };
-            let s = task_states(&p, spj, v, &jobs, policy);
+            let s = task_states(&p, TaskSplit::new(spj), v, &jobs, policy);
             assert_eq!(s.len() as u32, tasks);
             for (t, st) in s.iter().enumerate() {
                 match st {
@@ -567,7 +567,7 @@ mod tests {
                     }
                 }
             }
-            let a = aggregate(&p, spj, &s, v);
+            let a = aggregate(&p, TaskSplit::new(spj), &s, v);
             let c = &a.segments;
             assert_eq!(c.pending + c.running + c.succeeded + c.failed, c.total, "case {case}");
             assert_eq!(c.total as usize, n + p.failed.len());
@@ -596,8 +596,8 @@ mod tests {
             f.failed_segments[0].reason = "x".repeat(10_000);
             o.insert((t, 2), f);
         }
-        let s = task_states(&p, 1, view(&o), &[], POLICY);
-        let a = aggregate(&p, 1, &s, view(&o));
+        let s = task_states(&p, TaskSplit::new(1), view(&o), &[], POLICY);
+        let a = aggregate(&p, TaskSplit::new(1), &s, view(&o));
         assert_eq!(a.segments.failed, n as u64);
         let now = Time("2026-11-27T03:00:00Z".parse().unwrap());
         let cond = |t: &str| Condition {
