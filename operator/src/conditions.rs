@@ -32,18 +32,32 @@ pub enum Situation<'a> {
     PlanFailed { message: &'a str },
     /// The plan is stored (`message` says what is in it).
     Planned { message: &'a str, suspended: bool },
-    /// Tasks are running or waiting; `summary` gives the counts.
-    Running { summary: &'a str, suspended: bool },
-    /// Every task is final.
-    Finished { summary: &'a str, success: bool },
+    /// Tasks of run `run_id` are running or waiting; `summary` gives the counts.
+    Running {
+        run_id: &'a str,
+        summary: &'a str,
+        suspended: bool,
+    },
+    /// Every task of run `run_id` is final.
+    Finished {
+        run_id: &'a str,
+        summary: &'a str,
+        success: bool,
+    },
 }
 
 /// Sets the conditions `situation` determines, then the kstatus ones from the phase.
 pub fn apply(st: &mut BackfillStatus, situation: Situation<'_>, now: Timestamp, generation: i64) {
+    use condition::*;
+    let was_invalid = is_true(&st.conditions, FAILED, reason::INVALID_SPEC);
+    let planned = get_condition(&st.conditions, PLANNED).is_some_and(|c| c.status == "True");
     let mut set = |t: &str, status: bool, reason: &str, message: &str| {
         set_condition(&mut st.conditions, t, status, reason, message, now, generation)
     };
-    use condition::*;
+    // A spec that was invalid is valid now: the failure it caused is over.
+    if was_invalid && !matches!(situation, Situation::InvalidSpec { .. }) {
+        set(FAILED, false, reason::NOT_FINISHED, "");
+    }
     match situation {
         Situation::InvalidSpec { problems } => {
             set(FAILED, true, reason::INVALID_SPEC, problems);
@@ -93,8 +107,28 @@ pub fn apply(st: &mut BackfillStatus, situation: Situation<'_>, now: Timestamp, 
             set(PLANNED, true, reason::PLANNED, message);
             suspension(&mut set, suspended, "");
         }
-        Situation::Running { summary, suspended } => suspension(&mut set, suspended, summary),
-        Situation::Finished { summary, success } => {
+        Situation::Running {
+            run_id,
+            summary,
+            suspended,
+        } => {
+            // A status with a run but without Planned=True (edited, or from an older
+            // operator) gets it.
+            if !planned {
+                set(PLANNED, true, reason::PLANNED, &format!("run {run_id}"));
+            }
+            suspension(&mut set, suspended, summary);
+        }
+        Situation::Finished {
+            run_id,
+            summary,
+            success,
+        } => {
+            // A status with a run but without Planned=True (edited, or from an older
+            // operator) gets it.
+            if !planned {
+                set(PLANNED, true, reason::PLANNED, &format!("run {run_id}"));
+            }
             let (phase, why) = if success {
                 (Phase::Succeeded, reason::SUCCEEDED)
             } else {
@@ -259,6 +293,7 @@ mod tests {
         let running = at(
             Phase::Running,
             Situation::Running {
+                run_id: "r",
                 summary: "1/2",
                 suspended: false,
             },
@@ -289,6 +324,7 @@ mod tests {
         let done = at(
             Phase::Succeeded,
             Situation::Finished {
+                run_id: "r",
                 summary: "all",
                 success: true,
             },
@@ -304,6 +340,7 @@ mod tests {
             (Situation::PlanFailed { message: "m" }, "PlanFailed"),
             (
                 Situation::Finished {
+                    run_id: "r",
                     summary: "s",
                     success: false,
                 },
@@ -326,6 +363,7 @@ mod tests {
         let mut st = at(
             Phase::Running,
             Situation::Running {
+                run_id: "r",
                 summary: "a",
                 suspended: false,
             },
@@ -334,6 +372,7 @@ mod tests {
         apply(
             &mut st,
             Situation::Running {
+                run_id: "r",
                 summary: "b",
                 suspended: false,
             },
@@ -347,6 +386,7 @@ mod tests {
         apply(
             &mut st,
             Situation::Finished {
+                run_id: "r",
                 summary: "c",
                 success: true,
             },

@@ -157,21 +157,6 @@ fn event(warning: bool, reason: &'static str, message: impl Into<String>) -> Act
     })
 }
 
-/// A spec that was invalid is valid now: the failure it caused is over.
-fn clear_invalid_spec(st: &mut BackfillStatus, now: Timestamp, generation: i64) {
-    if is_true(&st.conditions, condition::FAILED, reason::INVALID_SPEC) {
-        conditions::set_condition(
-            &mut st.conditions,
-            condition::FAILED,
-            false,
-            reason::NOT_FINISHED,
-            "",
-            now,
-            generation,
-        );
-    }
-}
-
 /// The next step.
 pub fn decide(o: &Observed<'_>) -> Decision {
     let mut st = o.status.clone();
@@ -215,7 +200,6 @@ fn decide_invalid(o: &Observed<'_>, mut st: BackfillStatus, problems: &[String])
 fn decide_unplanned(o: &Observed<'_>, spec: &BackfillSpec, mut st: BackfillStatus) -> Decision {
     let (now, generation) = (o.now, o.generation);
     let old_phase = o.status.phase;
-    clear_invalid_spec(&mut st, now, generation);
     if spec.suspend() {
         st.phase = Some(Phase::Suspended);
         conditions::apply(&mut st, Situation::SuspendedBeforePlanning, now, generation);
@@ -337,23 +321,10 @@ fn failures_event(old: &BackfillStatus, agg: &Aggregate) -> Option<Action> {
 }
 
 fn decide_run(o: &Observed<'_>, spec: &BackfillSpec, mut st: BackfillStatus, run: RunInput<'_>) -> Decision {
-    let (now, generation, plan) = (o.now, o.generation, run.plan);
+    let (now, plan) = (o.now, run.plan);
     let split = TaskSplit::new(o.status.segments_per_job.unwrap_or_else(|| spec.segments_per_job()));
     let policy = spec.retry_policy();
     st.start_time = st.start_time.or_else(|| Some(time(now)));
-    if get_condition(&st.conditions, condition::PLANNED).is_none_or(|c| c.status != "True") {
-        let msg = format!("run {}", plan.run_id);
-        conditions::set_condition(
-            &mut st.conditions,
-            condition::PLANNED,
-            true,
-            reason::PLANNED,
-            &msg,
-            now,
-            generation,
-        );
-    }
-    clear_invalid_spec(&mut st, now, generation);
     let mut actions = vec![];
 
     // 1. Finished Jobs without an outcome: record one, so their Jobs may go.
@@ -439,6 +410,7 @@ fn finish_run(
     conditions::apply(
         &mut st,
         Situation::Finished {
+            run_id: &plan.run_id,
             summary: &summary,
             success,
         },
@@ -475,6 +447,7 @@ fn running(
     conditions::apply(
         &mut st,
         Situation::Running {
+            run_id: o.status.run_id.as_deref().unwrap_or_default(),
             summary: &summary,
             suspended,
         },
