@@ -158,6 +158,11 @@ impl SegmentPlan {
     pub fn manifest_key(&self) -> String {
         format!("{}/manifest.json", self.output_dir)
     }
+    /// A new loon data file of a V3 segment: `{base}/_data/0_{uuid}.parquet` (group index 0,
+    /// as the official writer names a one-group write). `None` for other segments.
+    pub fn v3_data_key(&self, uuid: &str) -> Option<String> {
+        self.v3.as_ref().map(|v| format!("{}0_{uuid}.parquet", v.data_dir()))
+    }
     /// Part files of different tasks and attempts never overwrite each other.
     pub fn part_key(&self, task_id: &str, attempt: u32, part: usize) -> String {
         format!(
@@ -191,6 +196,7 @@ mod tests {
             storage_version: 0,
             pk_binlogs: vec![],
             output_dir: format!("o/{id}"),
+            v3: None,
         };
         Plan {
             run_id: "run1".into(),

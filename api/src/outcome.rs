@@ -21,10 +21,45 @@ pub struct SegmentOutcome {
     pub output_path: String,
     pub manifest_paths: Vec<String>,
     pub execution_time_ms: u64,
+    /// StorageV3: the manifest changes DataCoord applies at commit (one `replace` per new field).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ops: Vec<ManifestOp>,
     /// Global indices of the source rows this segment used (for the run's
     /// unmatched count); not part of the result JSON.
     #[serde(skip)]
     pub used_source_rows: Vec<u64>,
+}
+
+/// One change to a V3 segment's manifest (the result JSON's `ops`, milvus-io/milvus#53491).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ManifestOp {
+    /// Always `replace` (drop the column, then add the group): unlike `add`, a retried commit
+    /// of the same result succeeds.
+    #[serde(rename = "type")]
+    pub op_type: String,
+    /// Field IDs as decimal strings, the column names of a V3 segment.
+    pub columns: Vec<String>,
+    pub format: String,
+    pub files: Vec<OpFile>,
+    pub row_count: u64,
+}
+
+/// A data file of an op: its rows `[startIndex, endIndex)`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct OpFile {
+    /// The bare file name, relative to `{base}/_data/` as manifests store it.
+    pub path: String,
+    pub start_index: u64,
+    pub end_index: u64,
+    /// `file_size` and `footer_size` (Thrift FileMetaData length + 8), in bytes, as strings.
+    pub properties: BTreeMap<String, String>,
+}
+
+impl ManifestOp {
+    pub const REPLACE: &'static str = "replace";
+    pub const PARQUET: &'static str = "parquet";
 }
 
 /// What one attempt of a task reports: on the worker's stdout and in the bucket at
@@ -240,6 +275,7 @@ mod tests {
             output_path: format!("s3://b/{seg}"),
             manifest_paths: vec![format!("s3://b/{seg}/manifest.json")],
             execution_time_ms: 1,
+            ops: vec![],
             used_source_rows: vec![],
         }
     }

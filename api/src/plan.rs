@@ -64,6 +64,10 @@ pub struct NewField {
     /// Arrow type of the source column, as Arrow prints it (e.g. `Float64`, `Utf8`).
     #[serde(rename = "type")]
     pub arrow_type: String,
+    /// The field's ID in the collection schema (StorageV2/V3 outputs name or tag columns by
+    /// it); `None` in the export layout, whose fields are not in the schema.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub field_id: Option<i64>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -98,6 +102,45 @@ pub struct SegmentPlan {
     pub pk_binlogs: Vec<Binlog>,
     /// Directory (key prefix) of this segment's outputs ([`crate::layout::segment_output_dir`]).
     pub output_dir: String,
+    /// Set for a StorageV3 segment: its rows are read from these files, not from `pk_binlogs`,
+    /// and its outputs are loon column files under the base path.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub v3: Option<V3Segment>,
+}
+
+/// A StorageV3 segment as of one manifest version.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct V3Segment {
+    /// Bucket-relative `{root}/insert_log/{coll}/{part}/{seg}`.
+    pub base_path: String,
+    /// The manifest version the rows were read at (the snapshot's `ver`).
+    pub manifest_version: i64,
+    /// The primary key's column group: its files in manifest order, each a row range.
+    pub pk_files: Vec<V3File>,
+}
+
+/// One data file of a column group and the rows `[start_index, end_index)` it contributes.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct V3File {
+    /// Bucket key.
+    pub key: String,
+    pub start_index: u64,
+    pub end_index: u64,
+}
+
+impl V3Segment {
+    pub fn rows(&self) -> u64 {
+        self.pk_files
+            .iter()
+            .map(|f| f.end_index.saturating_sub(f.start_index))
+            .sum()
+    }
+    /// `{base}/_data/`: where a segment's loon data files are.
+    pub fn data_dir(&self) -> String {
+        format!("{}/_data/", self.base_path)
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -231,6 +274,7 @@ pub fn sample_plan() -> Plan {
         new_fields: vec![NewField {
             name: "score".into(),
             arrow_type: "Float64".into(),
+            field_id: None,
         }],
         storage: ep.clone(),
         storage_bucket: "b".into(),

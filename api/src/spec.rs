@@ -39,6 +39,9 @@ pub struct EngineSpec {
     /// Flush the collection before planning, so that recent inserts are in sealed segments.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub flush: Option<bool>,
+    /// Hands the result to Milvus after writing (Milvus 3.0+).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub commit: Option<CommitSpec>,
 }
 
 impl EngineSpec {
@@ -55,12 +58,20 @@ impl EngineSpec {
     pub fn output_path(&self) -> Option<&str> {
         self.output.as_ref().and_then(|o| o.path.as_deref())
     }
+    /// `spec.milvus.snapshot.path`: plan from this snapshot file, without Milvus.
+    pub fn snapshot_path(&self) -> Option<&str> {
+        self.milvus.snapshot.as_ref().and_then(|s| s.path.as_deref())
+    }
+    pub fn commit_endpoint(&self) -> Option<&str> {
+        self.commit.as_ref().map(|c| c.endpoint.as_str())
+    }
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct MilvusSpec {
-    /// gRPC endpoint, `http://host:19530` or `https://...`.
+    /// gRPC endpoint, `http://host:19530` or `https://...`. Optional with `snapshot.path`.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub uri: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub database: Option<String>,
@@ -71,6 +82,30 @@ pub struct MilvusSpec {
     /// Secret key holding `user:password` or an API token. Locally: `MILVUS_TOKEN`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub token_secret_ref: Option<SecretKeySelector>,
+    /// A Milvus 3.0 snapshot of the collection to plan from (the consistent choice: its
+    /// segments are protected from compaction while the backfill runs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snapshot: Option<SnapshotSpec>,
+}
+
+/// Which snapshot to plan from.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SnapshotSpec {
+    /// The snapshot metadata JSON (`DescribeSnapshot.s3_location`): `s3://<bucket>/<key>`, read
+    /// with `spec.storage`'s endpoint and credentials, or a local file. Schema, field IDs, the
+    /// schema version, the primary key and the segments all come from it: no Milvus connection.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+}
+
+/// Where Milvus commits the result.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct CommitSpec {
+    /// The Proxy's management HTTP address, `http://<proxy>:9091`. After writing, the run
+    /// calls `/management/datacoord/backfill/commit?result_path=...` there.
+    pub endpoint: String,
 }
 
 impl MilvusSpec {
@@ -164,8 +199,19 @@ pub fn validate(spec: &EngineSpec) -> Result<(), Vec<String>> {
     };
     let uri = &spec.milvus.uri;
     need(
-        !uri.trim().is_empty(),
-        "spec.milvus.uri is empty (e.g. http://127.0.0.1:19530)",
+        !uri.trim().is_empty() || spec.snapshot_path().is_some(),
+        "spec.milvus.uri is empty (e.g. http://127.0.0.1:19530); it may be left out only with spec.milvus.snapshot.path",
+    );
+    need(
+        spec.milvus
+            .snapshot
+            .as_ref()
+            .is_none_or(|s| s.path.as_deref().is_some_and(|p| !p.trim().is_empty())),
+        "spec.milvus.snapshot.path is empty: give the snapshot metadata JSON (s3://bucket/key or a local file)",
+    );
+    need(
+        spec.commit_endpoint().is_none_or(|e| e.starts_with("http://") || e.starts_with("https://")),
+        "spec.commit.endpoint must start with http:// or https:// (the Proxy's management port, e.g. http://milvus-proxy:9091)",
     );
     need(
         uri.starts_with("http://") || uri.starts_with("https://") || uri.is_empty(),

@@ -54,6 +54,7 @@ pub async fn process_segment(
         output_path: stores.output.display(&seg.output_dir),
         manifest_paths,
         execution_time_ms: started.elapsed().as_millis() as u64,
+        ops: vec![],
         used_source_rows,
     })
 }

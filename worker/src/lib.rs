@@ -14,6 +14,7 @@ pub mod gc;
 pub mod join;
 pub mod keys;
 pub mod logging;
+pub mod manifest;
 pub mod milvus;
 pub mod output;
 pub mod plan;
@@ -23,3 +24,5 @@ pub mod runner;
 pub mod source;
 pub mod store;
 pub mod stores;
+#[cfg(test)]
+mod testdata;

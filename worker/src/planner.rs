@@ -289,6 +289,7 @@ async fn plan_segment(
         storage_version: s.storage_version,
         pk_binlogs: binlogs,
         output_dir: segment_output_dir(custom_output, root, collection_id, s.partition_id, s.segment_id),
+        v3: None,
     })
 }
 

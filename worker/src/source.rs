@@ -290,6 +290,7 @@ pub fn check_schema(schema: &SchemaRef, pk_type: PkType, existing_fields: &[Stri
         .map(|f| NewField {
             name: f.name().clone(),
             arrow_type: f.data_type().to_string(),
+            field_id: None,
         })
         .collect();
     if new_fields.is_empty() {

@@ -1,0 +1,283 @@
+//! StorageV3 (loon) manifests, read in both encodings milvus-storage reads: an Avro Object
+//! Container File (`Obj\x01`, manifest schema versions 5 and 6), and the legacy raw record
+//! after a zigzag `int` magic `0x4D494C56` ("MILV") and a format version (1..=6), whose
+//! layout depends on that version (milvus-storage `cpp/src/manifest.cpp`, `deserializeLegacy`).
+//! Pure: bytes in, typed manifest out.
+
+use std::collections::BTreeMap;
+
+use apache_avro::types::Value;
+use apache_avro::Schema;
+
+use milvus_backfill_api::plan::V3File;
+
+/// The legacy magic, "MILV" read as a little-endian int.
+pub const LEGACY_MAGIC: i32 = 0x4D49_4C56;
+/// The newest legacy format version milvus-storage writes or reads.
+pub const NEWEST_LEGACY_VERSION: i32 = 6;
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum Encoding {
+    /// Raw Avro after the "MILV" magic and this format version.
+    Legacy { version: i32 },
+    /// An Avro Object Container File; its schema travels with it.
+    Container,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Manifest {
+    pub encoding: Encoding,
+    pub column_groups: Vec<ColumnGroup>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct ColumnGroup {
+    /// Field IDs as decimal strings.
+    pub columns: Vec<String>,
+    pub files: Vec<GroupFile>,
+    pub format: String,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct GroupFile {
+    /// As stored: the bare name relative to `{base}/_data/` (or an external absolute path).
+    pub path: String,
+    pub start_index: i64,
+    pub end_index: i64,
+    pub properties: BTreeMap<String, String>,
+}
+
+impl ColumnGroup {
+    pub fn rows(&self) -> u64 {
+        self.files
+            .iter()
+            .map(|f| (f.end_index - f.start_index).max(0) as u64)
+            .sum()
+    }
+}
+
+impl Manifest {
+    pub fn decode(bytes: &[u8]) -> Result<Self, String> {
+        if bytes.starts_with(b"Obj\x01") {
+            decode_container(bytes)
+        } else {
+            decode_legacy(bytes)
+        }
+    }
+
+    /// The segment's physical row count: group 0's rows (every group has as many).
+    pub fn rows(&self) -> u64 {
+        self.column_groups.first().map_or(0, ColumnGroup::rows)
+    }
+
+    pub fn group_of(&self, field_id: i64) -> Option<&ColumnGroup> {
+        let name = field_id.to_string();
+        self.column_groups.iter().find(|g| g.columns.contains(&name))
+    }
+
+    /// Groups whose row totals differ from group 0's, as `(index, rows)`; a valid manifest has none.
+    pub fn uneven_groups(&self) -> Vec<(usize, u64)> {
+        let rows = self.rows();
+        self.column_groups
+            .iter()
+            .enumerate()
+            .filter(|(_, g)| g.rows() != rows)
+            .map(|(i, g)| (i, g.rows()))
+            .collect()
+    }
+
+    /// The files holding `field_id`, as bucket keys in row order, for a segment at `base`.
+    pub fn files_of(&self, field_id: i64, base: &str) -> Option<Vec<V3File>> {
+        let group = self.group_of(field_id)?;
+        Some(
+            group
+                .files
+                .iter()
+                .map(|f| V3File {
+                    key: data_file_key(base, &f.path),
+                    start_index: f.start_index.max(0) as u64,
+                    end_index: f.end_index.max(0) as u64,
+                })
+                .collect(),
+        )
+    }
+}
+
+/// A manifest path as a bucket key: relative paths are under `{base}/_data/` (as
+/// milvus-storage's `ToAbsolute` resolves them); URIs lose their scheme and bucket.
+pub fn data_file_key(base: &str, path: &str) -> String {
+    if let Some((_, rest)) = path.split_once("://") {
+        return rest.split_once('/').map_or(rest, |(_, k)| k).to_owned();
+    }
+    if let Some(abs) = path.strip_prefix('/') {
+        return abs.to_owned();
+    }
+    format!("{}/_data/{path}", base.trim_end_matches('/'))
+}
+
+fn decode_container(bytes: &[u8]) -> Result<Manifest, String> {
+    let reader = apache_avro::Reader::new(bytes).map_err(|e| format!("not a readable Avro container: {e}"))?;
+    let record = reader
+        .into_iter()
+        .next()
+        .ok_or("the Avro container holds no manifest record")?
+        .map_err(|e| format!("corrupt manifest record: {e}"))?;
+    from_record(&record, Encoding::Container)
+}
+
+fn decode_legacy(bytes: &[u8]) -> Result<Manifest, String> {
+    let mut rd = bytes;
+    let int = |rd: &mut &[u8]| match read_datum(&Schema::Int, rd) {
+        Ok(Value::Int(i)) => Ok(i),
+        _ => Err("truncated manifest header".to_owned()),
+    };
+    let magic = int(&mut rd).map_err(|_| "neither an Avro container nor a \"MILV\" manifest".to_owned())?;
+    if magic != LEGACY_MAGIC {
+        return Err(format!(
+            "neither an Avro container (\"Obj\\x01\") nor a \"MILV\" manifest (first int {magic:#x})"
+        ));
+    }
+    let version = int(&mut rd)?;
+    if !(1..=NEWEST_LEGACY_VERSION).contains(&version) {
+        return Err(format!(
+            "\"MILV\" manifest format version {version} is unknown (this build reads 1 to {NEWEST_LEGACY_VERSION})"
+        ));
+    }
+    let schema = Schema::parse_str(&legacy_schema(version)).map_err(|e| format!("legacy schema: {e}"))?;
+    let record = read_datum(&schema, &mut rd).map_err(|e| format!("corrupt \"MILV\" v{version} manifest: {e}"))?;
+    from_record(&record, Encoding::Legacy { version })
+}
+
+fn read_datum(schema: &Schema, rd: &mut &[u8]) -> Result<Value, String> {
+    apache_avro::reader::datum::GenericDatumReader::builder(schema)
+        .build()
+        .and_then(|r| r.read_value(rd))
+        .map_err(|e| e.to_string())
+}
+
+/// The raw record layout of legacy format `version`: files carry a `metadata` bytes field,
+/// statistics are plain path lists before version 3, indexes exist from 6, LOB files from 5.
+fn legacy_schema(version: i32) -> String {
+    let file = r#"{"type":"record","name":"ColumnGroupFile","fields":[{"name":"path","type":"string"},
+        {"name":"start_index","type":"long"},{"name":"end_index","type":"long"},{"name":"metadata","type":"bytes"}]}"#;
+    let group = format!(
+        r#"{{"type":"record","name":"ColumnGroup","fields":[{{"name":"columns","type":{{"type":"array","items":"string"}}}},
+        {{"name":"files","type":{{"type":"array","items":{file}}}}},{{"name":"format","type":"string"}}]}}"#
+    );
+    let delta = r#"{"type":"record","name":"DeltaLog","fields":[{"name":"path","type":"string"},
+        {"name":"type","type":"int"},{"name":"num_entries","type":"long"}]}"#;
+    let stats = if version >= 3 {
+        r#"{"type":"map","values":{"type":"record","name":"Statistics","fields":[
+            {"name":"paths","type":{"type":"array","items":"string"}},{"name":"metadata","type":{"type":"map","values":"string"}}]}}"#
+    } else {
+        r#"{"type":"map","values":{"type":"array","items":"string"}}"#
+    };
+    let mut fields = vec![
+        format!(r#"{{"name":"column_groups","type":{{"type":"array","items":{group}}}}}"#),
+        format!(r#"{{"name":"delta_logs","type":{{"type":"array","items":{delta}}}}}"#),
+        format!(r#"{{"name":"stats","type":{stats}}}"#),
+    ];
+    if version >= 6 {
+        fields.push(format!(
+            r#"{{"name":"indexes","type":{{"type":"array","items":{INDEX_RECORD}}}}}"#
+        ));
+    }
+    if version >= 5 {
+        fields.push(format!(
+            r#"{{"name":"lob_files","type":{{"type":"array","items":{LOB_RECORD}}}}}"#
+        ));
+    }
+    format!(
+        r#"{{"type":"record","name":"Manifest","namespace":"milvus_storage","fields":[{}]}}"#,
+        fields.join(",")
+    )
+}
+
+const INDEX_RECORD: &str = r#"{"type":"record","name":"Index","fields":[
+    {"name":"column_name","type":"string"},{"name":"index_name","type":"string"},{"name":"index_type","type":"string"},
+    {"name":"path","type":"string"},{"name":"field_id","type":"long"},{"name":"index_id","type":"long"},
+    {"name":"build_id","type":"long"},{"name":"index_version","type":"long"},{"name":"num_rows","type":"long"},
+    {"name":"serialized_size","type":"long"},{"name":"mem_size","type":"long"},{"name":"current_index_version","type":"int"},
+    {"name":"current_scalar_index_version","type":"int"},{"name":"index_store_path_version","type":"int"},
+    {"name":"index_file_keys","type":{"type":"array","items":"string"}},{"name":"properties","type":{"type":"map","values":"string"}}]}"#;
+
+const LOB_RECORD: &str = r#"{"type":"record","name":"LobFileInfo","fields":[
+    {"name":"path","type":"string"},{"name":"field_id","type":"long"},{"name":"total_rows","type":"long"},
+    {"name":"valid_rows","type":"long"},{"name":"file_size_bytes","type":"long"}]}"#;
+
+fn from_record(record: &Value, encoding: Encoding) -> Result<Manifest, String> {
+    let groups = array(field(record, "column_groups")?)?;
+    let column_groups = groups
+        .iter()
+        .map(|g| {
+            Ok(ColumnGroup {
+                columns: array(field(g, "columns")?)?
+                    .iter()
+                    .map(string)
+                    .collect::<Result<_, _>>()?,
+                files: array(field(g, "files")?)?
+                    .iter()
+                    .map(group_file)
+                    .collect::<Result<_, _>>()?,
+                format: string(field(g, "format")?)?,
+            })
+        })
+        .collect::<Result<_, String>>()?;
+    Ok(Manifest {
+        encoding,
+        column_groups,
+    })
+}
+
+fn group_file(v: &Value) -> Result<GroupFile, String> {
+    let properties = match field(v, "properties") {
+        Ok(Value::Map(m)) => m
+            .iter()
+            .map(|(k, v)| Ok((k.clone(), string(v)?)))
+            .collect::<Result<_, String>>()?,
+        _ => BTreeMap::new(),
+    };
+    Ok(GroupFile {
+        path: string(field(v, "path")?)?,
+        start_index: long(field(v, "start_index")?)?,
+        end_index: long(field(v, "end_index")?)?,
+        properties,
+    })
+}
+
+fn field<'a>(v: &'a Value, name: &str) -> Result<&'a Value, String> {
+    match v {
+        Value::Record(fields) => fields
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v)
+            .ok_or_else(|| format!("manifest record has no `{name}`")),
+        _ => Err(format!("expected a record holding `{name}`")),
+    }
+}
+
+fn array(v: &Value) -> Result<&[Value], String> {
+    match v {
+        Value::Array(a) => Ok(a),
+        other => Err(format!("expected an array, found {other:?}")),
+    }
+}
+
+fn string(v: &Value) -> Result<String, String> {
+    match v {
+        Value::String(s) => Ok(s.clone()),
+        other => Err(format!("expected a string, found {other:?}")),
+    }
+}
+
+fn long(v: &Value) -> Result<i64, String> {
+    match v {
+        Value::Long(l) => Ok(*l),
+        Value::Int(i) => Ok(*i as i64),
+        other => Err(format!("expected a long, found {other:?}")),
+    }
+}
+
+#[cfg(test)]
+#[path = "manifest_tests.rs"]
+mod tests;

@@ -1,0 +1,184 @@
+use super::*;
+
+use apache_avro::types::Record;
+
+use crate::testdata::{shared_fixture, V3Expected};
+
+fn datum(schema: &Schema, v: Value) -> Vec<u8> {
+    apache_avro::writer::datum::GenericDatumWriter::builder(schema)
+        .build()
+        .unwrap()
+        .write_value_to_vec(v)
+        .unwrap()
+}
+
+#[test]
+fn the_official_libraries_manifests_decode_with_their_row_ranges() {
+    let expected = V3Expected::load();
+    for seg in &expected.segments {
+        let path = format!(
+            "milvus-storage-v3/{}/_metadata/manifest-{}.avro",
+            seg.base_path, seg.manifest_version
+        );
+        let m = Manifest::decode(&std::fs::read(shared_fixture(&path)).unwrap()).unwrap();
+        assert_eq!(m.encoding, Encoding::Legacy { version: 1 }, "{path}");
+        assert_eq!(m.rows(), seg.num_rows, "{path}");
+        assert!(m.uneven_groups().is_empty());
+        assert_eq!(m.column_groups.len(), seg.manifest.column_groups.len());
+        for (got, want) in m.column_groups.iter().zip(&seg.manifest.column_groups) {
+            assert_eq!(got.columns, want.columns);
+            assert_eq!(got.format, "parquet");
+            let keys: Vec<(String, i64, i64)> = got
+                .files
+                .iter()
+                .map(|f| (data_file_key(&seg.base_path, &f.path), f.start_index, f.end_index))
+                .collect();
+            let want: Vec<(String, i64, i64)> = want
+                .files
+                .iter()
+                .map(|f| (f.path.clone(), f.start_index, f.end_index))
+                .collect();
+            assert_eq!(keys, want, "{path}");
+        }
+        let pk = m.files_of(seg.pk_field_id, &seg.base_path).unwrap();
+        assert_eq!(
+            pk.iter().map(|f| f.end_index - f.start_index).sum::<u64>(),
+            seg.num_rows
+        );
+    }
+}
+
+#[test]
+fn an_older_manifest_version_has_fewer_files() {
+    // Segment 1003 was written in three commits: version 1 holds the first file only.
+    let m = Manifest::decode(
+        &std::fs::read(shared_fixture(
+            "milvus-storage-v3/files/insert_log/1001/1002/1003/_metadata/manifest-1.avro",
+        ))
+        .unwrap(),
+    )
+    .unwrap();
+    assert_eq!((m.column_groups.len(), m.rows()), (1, 1000));
+}
+
+/// The container schema of milvus-storage main (version 6: 16-field indexes).
+const CONTAINER_SCHEMA: &str = r#"{"type":"record","name":"Manifest","namespace":"milvus_storage","fields":[
+ {"name":"column_groups","type":{"type":"array","items":{"type":"record","name":"ColumnGroup","fields":[
+   {"name":"columns","type":{"type":"array","items":"string"}},
+   {"name":"files","type":{"type":"array","items":{"type":"record","name":"ColumnGroupFile","fields":[
+     {"name":"path","type":"string"},{"name":"start_index","type":"long","default":0},
+     {"name":"end_index","type":"long","default":0},
+     {"name":"properties","type":{"type":"map","values":"string"},"default":{}}]}}},
+   {"name":"format","type":"string"}]}}},
+ {"name":"delta_logs","type":{"type":"array","items":{"type":"record","name":"DeltaLog","fields":[
+   {"name":"path","type":"string"},{"name":"type","type":"int"},{"name":"num_entries","type":"long"}]}}},
+ {"name":"stats","type":{"type":"map","values":{"type":"record","name":"Statistics","fields":[
+   {"name":"paths","type":{"type":"array","items":"string"}},
+   {"name":"metadata","type":{"type":"map","values":"string"},"default":{}}]}},"default":{}}
+]}"#;
+
+fn container_manifest() -> Vec<u8> {
+    let schema = Schema::parse_str(CONTAINER_SCHEMA).unwrap();
+    let file = |path: &str, start: i64, end: i64| {
+        Value::Record(vec![
+            ("path".into(), Value::String(path.into())),
+            ("start_index".into(), Value::Long(start)),
+            ("end_index".into(), Value::Long(end)),
+            (
+                "properties".into(),
+                Value::Map([("file_size".to_owned(), Value::String("77".into()))].into()),
+            ),
+        ])
+    };
+    let group = |cols: &[&str], files: Vec<Value>| {
+        Value::Record(vec![
+            (
+                "columns".into(),
+                Value::Array(cols.iter().map(|c| Value::String((*c).into())).collect()),
+            ),
+            ("files".into(), Value::Array(files)),
+            ("format".into(), Value::String("parquet".into())),
+        ])
+    };
+    let mut rec = Record::new(&schema).unwrap();
+    rec.put(
+        "column_groups",
+        Value::Array(vec![
+            group(
+                &["0", "1", "100"],
+                vec![file("a.parquet", 0, 10), file("b.parquet", 5, 9)],
+            ),
+            group(&["105"], vec![file("s3://bkt/files/x/_data/c.parquet", 0, 14)]),
+        ]),
+    );
+    rec.put("delta_logs", Value::Array(vec![]));
+    rec.put("stats", Value::Map(Default::default()));
+    let mut w = apache_avro::Writer::new(&schema, Vec::new()).unwrap();
+    w.append_value(rec).unwrap();
+    w.into_inner().unwrap()
+}
+
+#[test]
+fn a_container_manifest_decodes_by_field_name() {
+    let m = Manifest::decode(&container_manifest()).unwrap();
+    assert_eq!(m.encoding, Encoding::Container);
+    assert_eq!(m.rows(), 14);
+    assert_eq!(m.column_groups[0].files[0].properties["file_size"], "77");
+    let pk = m.files_of(100, "files/x").unwrap();
+    assert_eq!(pk[1].key, "files/x/_data/b.parquet");
+    assert_eq!((pk[1].start_index, pk[1].end_index), (5, 9));
+    // A URI keeps its key, without the scheme and the bucket.
+    assert_eq!(m.files_of(105, "files/x").unwrap()[0].key, "files/x/_data/c.parquet");
+    assert!(m.files_of(101, "files/x").is_none());
+}
+
+#[test]
+fn every_legacy_version_decodes() {
+    for version in 1..=NEWEST_LEGACY_VERSION {
+        let schema = Schema::parse_str(&legacy_schema(version)).unwrap();
+        let mut rec = Record::new(&schema).unwrap();
+        let file = Value::Record(vec![
+            ("path".into(), Value::String("f.parquet".into())),
+            ("start_index".into(), Value::Long(0)),
+            ("end_index".into(), Value::Long(3)),
+            ("metadata".into(), Value::Bytes(vec![])),
+        ]);
+        rec.put(
+            "column_groups",
+            Value::Array(vec![Value::Record(vec![
+                ("columns".into(), Value::Array(vec![Value::String("100".into())])),
+                ("files".into(), Value::Array(vec![file])),
+                ("format".into(), Value::String("parquet".into())),
+            ])]),
+        );
+        rec.put("delta_logs", Value::Array(vec![]));
+        rec.put("stats", Value::Map(Default::default()));
+        rec.put("indexes", Value::Array(vec![]));
+        rec.put("lob_files", Value::Array(vec![]));
+        let mut bytes = datum(&Schema::Int, Value::Int(LEGACY_MAGIC));
+        bytes.extend(datum(&Schema::Int, Value::Int(version)));
+        bytes.extend(datum(&schema, rec.into()));
+        let m = Manifest::decode(&bytes).unwrap_or_else(|e| panic!("version {version}: {e}"));
+        assert_eq!((m.rows(), m.encoding), (3, Encoding::Legacy { version }));
+    }
+}
+
+#[test]
+fn corrupt_manifests_say_what_is_wrong() {
+    let good = std::fs::read(shared_fixture(
+        "milvus-storage-v3/files/insert_log/1001/1002/1004/_metadata/manifest-2.avro",
+    ))
+    .unwrap();
+    let truncated = Manifest::decode(&good[..good.len() / 2]).unwrap_err();
+    assert!(truncated.contains("corrupt \"MILV\" v1 manifest"), "{truncated}");
+    assert!(Manifest::decode(b"PAR1....")
+        .unwrap_err()
+        .contains("neither an Avro container"));
+    assert!(Manifest::decode(b"").unwrap_err().contains("neither an Avro container"));
+    let mut future = datum(&Schema::Int, Value::Int(LEGACY_MAGIC));
+    future.extend(datum(&Schema::Int, Value::Int(9)));
+    assert!(Manifest::decode(&future).unwrap_err().contains("version 9 is unknown"));
+    let mut container = container_manifest();
+    container.truncate(container.len() - 20);
+    assert!(Manifest::decode(&container).is_err());
+}
