@@ -414,13 +414,14 @@ def _export_schema(schema):
     return buf
 
 
-def write_table(lib, fs_props, base_path, table, groups=None, batch_rows=None):
+def write_table(lib, fs_props, base_path, table, groups=None, batch_rows=None, new_groups=False):
     """Writes `table` with the official writer and commits its files as a new manifest version.
 
     groups: None for one column group, or a list of regexes on column names (the library's
     `schema_based` policy): group i = columns matching pattern i, then a last group for the rest.
-    On an existing dataset the files are appended to the existing groups (same grouping required).
-    Returns the committed manifest version."""
+    new_groups=False appends the files to the existing groups (same grouping required; on an empty
+    dataset this creates them); True adds the writer's groups as new column groups (their columns
+    must not exist yet). Returns the committed manifest version."""
     wprops = dict(fs_props)
     if groups:
         wprops["writer.policy"] = "schema_based"
@@ -442,7 +443,12 @@ def write_table(lib, fs_props, base_path, table, groups=None, batch_rows=None):
         lib.raw("loon_writer_destroy")(wh)
     try:
         with Transaction(lib, props, base_path) as tx:
-            tx.append_files(out)
+            if new_groups:
+                for i in range(out.contents.num_of_column_groups):
+                    lib.call("loon_transaction_add_column_group", tx._h,
+                             ctypes.byref(out.contents.column_group_array[i]))
+            else:
+                tx.append_files(out)
             return tx.commit()
     finally:
         lib.raw("loon_column_groups_destroy")(out)

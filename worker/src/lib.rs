@@ -21,8 +21,11 @@ pub mod plan;
 pub mod planner;
 pub mod progress;
 pub mod runner;
+pub mod snapshot;
 pub mod source;
 pub mod store;
 pub mod stores;
+pub mod targets;
 #[cfg(test)]
 mod testdata;
+pub mod types;

@@ -46,6 +46,7 @@ pub struct FieldInfo {
     pub name: String,
     pub data_type: i32,
     pub is_primary_key: bool,
+    pub nullable: bool,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -182,6 +183,7 @@ impl MilvusClient {
                     name: f.name,
                     data_type: f.data_type,
                     is_primary_key: f.is_primary_key,
+                    nullable: f.nullable,
                 })
                 .collect(),
         })

@@ -321,6 +321,7 @@ mod tests {
             name: name.into(),
             data_type: dt,
             is_primary_key: pk,
+            nullable: false,
         };
         CollectionInfo {
             collection_id: 1,

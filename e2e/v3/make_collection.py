@@ -1,0 +1,388 @@
+#!/usr/bin/env python3
+"""Builds two Milvus StorageV3 collections with the OFFICIAL milvus-storage writer, plus everything a
+`milvus-backfill run` needs to backfill them from a snapshot: snapshot metadata JSON, source Parquet,
+Backfill spec YAML, and the expected segment contents for `commit_and_verify.py`.
+
+    make_collection.py TARGET WORK [--bucket B] [--region R] [--seed N]
+
+TARGET: a local directory (or file:///DIR) that CONTAINS the bucket directory, or s3://HOST:PORT for an
+S3 endpoint (credentials from AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY; the bucket is created if
+missing). WORK: a local directory for the sources, specs and expectations.
+
+Collections (layout as Milvus writes it: base path files/insert_log/{coll}/{part}/{seg}, columns named
+by field ID with PARQUET:field_id metadata, group 0 = system fields + PK + scalars, vector alone):
+  A  2001 v3_int64    Int64 PK 100 `pk`, 101 `price` Double nullable, 102 `vec` BinaryVector dim 128;
+                      partitions 2002 and 2005, 4 segments; new fields 103 `score` Double, 104 `label` VarChar(64)
+  B  3001 v3_varchar  VarChar PK 100 `doc`, 101 `emb` FloatVector dim 4; partition 3002, 2 segments;
+                      new field 103 `score` Double
+"""
+import argparse
+import json
+import math
+import os
+import random
+import sys
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import loon  # noqa: E402
+
+ROOT_PATH = "files"  # Milvus minio.rootPath
+CREATE_TS = 462324677975474190
+
+# data_type numbers (schemapb.DataType)
+INT64, DOUBLE, VARCHAR, BINARY_VECTOR, FLOAT_VECTOR = 5, 11, 21, 100, 101
+
+COLLECTIONS = [
+    {
+        "key": "a", "id": 2001, "name": "v3_int64", "snapshotId": 462324574599774209, "schemaVersion": 3,
+        "pk": {"fieldID": 100, "name": "pk", "data_type": INT64},
+        "fields": [
+            {"fieldID": 100, "name": "pk", "is_primary_key": True, "data_type": INT64},
+            {"fieldID": 101, "name": "price", "data_type": DOUBLE, "nullable": True},
+            {"fieldID": 102, "name": "vec", "data_type": BINARY_VECTOR,
+             "type_params": [{"key": "dim", "value": "128"}]},
+        ],
+        "newFields": [
+            {"fieldID": 103, "name": "score", "data_type": DOUBLE, "nullable": True},
+            {"fieldID": 104, "name": "label", "data_type": VARCHAR, "nullable": True,
+             "type_params": [{"key": "max_length", "value": "64"}]},
+        ],
+        # (partition, segment, commits of group 0 (rows per commit), bucket prefix in the snapshot base_path)
+        "segments": [
+            (2002, 2003, [1024, 1500, 476], True),
+            (2002, 462416429317820786, [600, 600], False),
+            (2005, 2006, [800], False),
+            (2005, 2007, [1000, 1000, 500], True),
+        ],
+        # this segment gets one more manifest version after the snapshot recorded its `ver`
+        "laterVersionSegment": 2007,
+        "vectorGroup": "102",
+    },
+    {
+        "key": "b", "id": 3001, "name": "v3_varchar", "snapshotId": 462324574599774301, "schemaVersion": 2,
+        "pk": {"fieldID": 100, "name": "doc", "data_type": VARCHAR},
+        "fields": [
+            {"fieldID": 100, "name": "doc", "is_primary_key": True, "data_type": VARCHAR,
+             "type_params": [{"key": "max_length", "value": "128"}]},
+            {"fieldID": 101, "name": "emb", "data_type": FLOAT_VECTOR,
+             "type_params": [{"key": "dim", "value": "4"}]},
+        ],
+        "newFields": [
+            {"fieldID": 103, "name": "score", "data_type": DOUBLE, "nullable": True},
+        ],
+        "segments": [
+            (3002, 3003, [700], False),
+            (3002, 3004, [500, 1000], True),
+        ],
+        "laterVersionSegment": None,
+        "vectorGroup": "101",
+    },
+]
+
+SYSTEM_FIELDS = [
+    {"name": "RowID", "description": "row id", "data_type": INT64},
+    {"fieldID": 1, "name": "Timestamp", "description": "timestamp", "data_type": INT64},
+]
+
+
+def arrow_type(field):
+    """The Arrow type Milvus' V3 storage uses for a field."""
+    dt = field["data_type"]
+    params = {p["key"]: p["value"] for p in field.get("type_params", [])}
+    if dt == INT64:
+        return pa.int64()
+    if dt == DOUBLE:
+        return pa.float64()
+    if dt == VARCHAR:
+        return pa.string()
+    if dt == BINARY_VECTOR:
+        return pa.binary(int(params["dim"]) // 8)
+    if dt == FLOAT_VECTOR:
+        return pa.binary(int(params["dim"]) * 4)
+    raise ValueError(f"unsupported data_type {dt}")
+
+
+def arrow_field(fid, typ, nullable):
+    return pa.field(str(fid), typ, nullable=nullable, metadata={b"PARQUET:field_id": str(fid).encode()})
+
+
+# ------------------------------------------------------------------ storage targets
+class Target:
+    def __init__(self, spec, bucket, region):
+        self.bucket, self.region = bucket, region
+        if spec.startswith("s3://"):
+            self.kind = "s3"
+            self.endpoint = spec[len("s3://"):].rstrip("/")
+            self.storage = {"kind": "s3", "endpoint": self.endpoint, "bucket": bucket, "region": region}
+        else:
+            self.kind = "local"
+            self.parent = os.path.abspath(spec[len("file://"):] if spec.startswith("file://") else spec)
+            self.root = os.path.join(self.parent, bucket)
+            self.storage = {"kind": "local", "root": self.root, "parent": self.parent, "bucket": bucket}
+        self.fs_props = loon.storage_fs(self.storage)
+
+    def pyarrow_fs(self):
+        return pyarrow_fs(self.storage)
+
+    def put(self, key, data):
+        """Writes bytes at a bucket-relative key."""
+        if self.kind == "local":
+            path = os.path.join(self.root, key)
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            with open(path, "wb") as fh:
+                fh.write(data)
+            return path
+        fs = self.pyarrow_fs()
+        with fs.open_output_stream(f"{self.bucket}/{key}") as out:
+            out.write(data)
+        return f"s3://{self.bucket}/{key}"
+
+    def ensure_bucket(self):
+        if self.kind == "local":
+            os.makedirs(self.root, exist_ok=True)
+            return
+        from pyarrow import fs as pafs
+        s3 = self.pyarrow_fs()
+        if s3.get_file_info(self.bucket).type == pafs.FileType.NotFound:
+            s3.create_dir(self.bucket)
+
+
+def pyarrow_fs(storage):
+    """A pyarrow filesystem on which bucket-relative keys are `{prefix}{key}` (see `key_prefix`)."""
+    from pyarrow import fs as pafs
+    if storage["kind"] == "local":
+        return pafs.LocalFileSystem()
+    return pafs.S3FileSystem(
+        access_key=os.environ.get("AWS_ACCESS_KEY_ID", "test"),
+        secret_key=os.environ.get("AWS_SECRET_ACCESS_KEY", "test"),
+        region=storage.get("region", "us-east-1"), scheme="http", endpoint_override=storage["endpoint"],
+        allow_bucket_creation=True, check_directory_existence_before_creation=False)
+
+
+def key_prefix(storage):
+    return storage["root"] + "/" if storage["kind"] == "local" else storage["bucket"] + "/"
+
+
+# ------------------------------------------------------------------ data
+def make_pks(rng, coll, total):
+    if coll["pk"]["data_type"] == INT64:
+        # unique, both signs, some beyond 2^53 (exactness through JSON and float-free paths)
+        pks = rng.sample(range(-10**12, 10**12), total - 20) + rng.sample(range(2**60, 2**62), 20)
+        rng.shuffle(pks)
+        return pks
+    out, seen = [], set()
+    alphabet = "abcdefghijklmnopqrstuvwxyz0123456789-_"
+    while len(out) < total:
+        kind = rng.random()
+        if kind < 0.1:
+            s = "文档-" + "".join(rng.choice(alphabet) for _ in range(rng.randint(1, 20)))
+        elif kind < 0.15:
+            s = "doc with spaces " + str(rng.randrange(10**9))
+        else:
+            s = "doc-" + "".join(rng.choice(alphabet) for _ in range(rng.randint(4, 60)))
+        if s not in seen:
+            seen.add(s)
+            out.append(s)
+    return out
+
+
+def segment_table(rng, coll, seg_id, pks):
+    rows = len(pks)
+    cols, fields = [], []
+    fields.append(arrow_field(0, pa.int64(), False))
+    cols.append(pa.array(range(seg_id % 10**9 * 10**6, seg_id % 10**9 * 10**6 + rows), pa.int64()))
+    fields.append(arrow_field(1, pa.int64(), False))
+    cols.append(pa.array([CREATE_TS - 10**9 + i for i in range(rows)], pa.int64()))
+    for f in coll["fields"]:
+        t = arrow_type(f)
+        fid = f["fieldID"]
+        if f.get("is_primary_key"):
+            arr = pa.array(pks, t)
+        elif f["data_type"] == DOUBLE:
+            arr = pa.array([None if rng.random() < 0.1 else rng.uniform(-1e6, 1e6) for _ in range(rows)], t)
+        elif t.id == pa.binary(1).id:
+            arr = pa.array([rng.randbytes(t.byte_width) for _ in range(rows)], t)
+        else:
+            raise ValueError(f)
+        fields.append(arrow_field(fid, t, bool(f.get("nullable"))))
+        cols.append(arr)
+    return pa.table(cols, schema=pa.schema(fields))
+
+
+def source_table(rng, coll, all_pks):
+    """~70% of the segment keys with values (some null), plus 500 keys in no segment; shuffled."""
+    chosen = rng.sample(all_pks, int(len(all_pks) * 0.7))
+    extra, have = [], set(all_pks)
+    pk_int = coll["pk"]["data_type"] == INT64
+    while len(extra) < 500:
+        k = rng.randrange(10**12, 2**60) if pk_int else f"absent-{rng.randrange(10**12)}"
+        if k not in have:
+            have.add(k)
+            extra.append(k)
+    keys = chosen + extra
+    rng.shuffle(keys)
+    data = {coll["pk"]["name"]: pa.array(keys, arrow_type(coll["pk"]))}
+    for f in coll["newFields"]:
+        if f["data_type"] == DOUBLE:
+            specials = [0.0, -0.0, math.inf, -math.inf, math.nan, 1e-308, 1.7976931348623157e308]
+            vals = []
+            for i in range(len(keys)):
+                r = rng.random()
+                vals.append(None if r < 0.12 else specials[i % len(specials)] if r < 0.14 else rng.uniform(-1e9, 1e9))
+            data[f["name"]] = pa.array(vals, pa.float64())
+        elif f["data_type"] == VARCHAR:
+            vals = []
+            for i in range(len(keys)):
+                r = rng.random()
+                if r < 0.15:
+                    vals.append(None)
+                elif r < 0.18:
+                    vals.append("")
+                elif r < 0.25:
+                    vals.append("ラベル-" + str(rng.randrange(10**6)))
+                else:
+                    vals.append("".join(rng.choice("abcdefghijklmnop ,;|\"'") for _ in range(rng.randint(1, 64))))
+            data[f["name"]] = pa.array(vals, pa.string())
+    return pa.table(data)
+
+
+def snapshot_json(coll, bucket, entries):
+    fields = [dict(f) for f in coll["fields"]] + [dict(f) for f in SYSTEM_FIELDS] + [dict(f) for f in coll["newFields"]]
+    parts = sorted({p for p, _s, _c, _b in coll["segments"]})
+    return {
+        "snapshot-info": {"name": f"{coll['name']}_backfill", "id": coll["snapshotId"], "collection_id": coll["id"],
+                          "partition_ids": parts, "create_ts": CREATE_TS},
+        "collection": {
+            "schema": {"name": coll["name"], "fields": fields, "properties": [{"key": "timezone", "value": "UTC"}],
+                       "version": coll["schemaVersion"]},
+            "num_partitions": len(parts), "num_shards": 1,
+        },
+        "indexes": [],
+        "manifest-list": [],
+        "storagev2-manifest-list": entries,
+    }
+
+
+def spec_yaml(coll, target, snapshot_path, source_path):
+    if target.kind == "local":
+        storage = f"    endpoint: file://{target.parent}\n    bucket: {target.bucket}\n    rootPath: {ROOT_PATH}\n"
+    else:
+        storage = (f"    endpoint: {target.endpoint}\n    bucket: {target.bucket}\n    rootPath: {ROOT_PATH}\n"
+                   f"    region: {target.region}\n    useSSL: false\n")
+    return (
+        "apiVersion: milvusbackfill.io/v1alpha1\n"
+        "kind: Backfill\n"
+        f"metadata: {{name: {coll['name'].replace('_', '-')}}}\n"
+        "spec:\n"
+        "  milvus:\n"
+        f"    collection: {coll['name']}\n"
+        "    snapshot:\n"
+        f"      path: {snapshot_path}\n"
+        "  storage:\n"
+        f"{storage}"
+        "  source:\n"
+        f"    path: {source_path}\n"
+    )
+
+
+def build(coll, target, work, rng, lib):
+    props = lib.properties(target.fs_props)
+    total = sum(sum(c) for _p, _s, c, _b in coll["segments"])
+    pks_all = make_pks(rng, coll, total)
+    pk_schema = pa.schema([arrow_field(coll["pk"]["fieldID"], arrow_type(coll["pk"]), False)])
+    at = 0
+    entries, expected_segments = [], []
+    for part, seg, commits, bucket_prefix in coll["segments"]:
+        rows = sum(commits)
+        pks = pks_all[at:at + rows]
+        at += rows
+        base = f"{ROOT_PATH}/insert_log/{coll['id']}/{part}/{seg}"
+        table = segment_table(rng, coll, seg, pks)
+        off = 0
+        group0 = "^(" + "|".join(n for n in table.schema.names if n != coll["vectorGroup"]) + ")$"
+        for n in commits:  # one official writer + commit per flush: each file has its own range
+            ver = loon.write_table(lib, target.fs_props, base, table.slice(off, n), groups=[group0])
+            off += n
+        snap_ver, manifest = loon.manifest_at(lib, props, base)
+        assert snap_ver == ver == len(commits), (snap_ver, ver)
+        g0 = manifest["column_groups"][0]
+        assert g0["columns"][:2] == ["0", "1"] and loon.group_rows(g0) == rows, g0
+        _v, back = loon.read_table(lib, props, base, pk_schema, version=snap_ver)
+        back_pks = back.column(0).to_pylist()
+        if back_pks != pks:
+            raise SystemExit(f"segment {seg}: the official reader returned other PKs than written")
+        latest = snap_ver
+        if seg == coll["laterVersionSegment"]:
+            # a later manifest version (as an index/stats publication would make) that the snapshot
+            # does not reference: column "999", not in the schema
+            extra = pa.table([pa.array(range(rows), pa.int64())], schema=pa.schema([arrow_field(999, pa.int64(), False)]))
+            latest = loon.write_table(lib, target.fs_props, base, extra, new_groups=True)
+            assert latest == snap_ver + 1
+        path_in_snapshot = f"{target.bucket}/{base}" if bucket_prefix else base
+        entries.append({"segmentID": seg,
+                        "manifest": json.dumps({"ver": snap_ver, "base_path": path_in_snapshot}, separators=(",", ":"))})
+        expected_segments.append({
+            "segmentId": seg, "partitionId": part, "basePath": base, "snapshotBasePath": path_in_snapshot,
+            "snapshotVersion": snap_ver, "latestVersionAtSetup": latest, "rows": rows,
+            "group0Files": [[os.path.basename(f["path"]), f["start_index"], f["end_index"]] for f in g0["files"]],
+            "pks": back_pks,
+        })
+        print(f"  segment {seg}: partition {part}, {rows} rows in {len(commits)} file(s), snapshot ver {snap_ver}"
+              + (f", latest {latest}" if latest != snap_ver else ""), file=sys.stderr)
+
+    snap = snapshot_json(coll, target.bucket, entries)
+    snap_key = f"{ROOT_PATH}/snapshots/{coll['id']}/metadata/{coll['snapshotId']}.json"
+    snap_loc = target.put(snap_key, json.dumps(snap, indent=1).encode())
+
+    src = source_table(rng, coll, pks_all)
+    src_path = os.path.join(work, f"source-{coll['key']}.parquet")
+    pq.write_table(src, src_path, compression="zstd")
+
+    spec_path = os.path.join(work, f"spec-{coll['name']}.yaml")
+    with open(spec_path, "w") as fh:
+        fh.write(spec_yaml(coll, target, snap_loc, src_path))
+
+    parts = sorted({p for p, _s, _c, _b in coll["segments"]})
+    expected = {
+        "collectionId": coll["id"], "collectionName": coll["name"], "schemaVersion": coll["schemaVersion"],
+        "partitionIds": parts, "bucket": target.bucket, "rootPath": ROOT_PATH,
+        "pk": {"fieldId": coll["pk"]["fieldID"], "name": coll["pk"]["name"], "dataType": coll["pk"]["data_type"]},
+        "newFields": [{"fieldId": f["fieldID"], "name": f["name"], "dataType": f["data_type"],
+                       "nullable": bool(f.get("nullable")), "typeParams": f.get("type_params", [])}
+                      for f in coll["newFields"]],
+        "snapshot": snap_loc, "source": src_path, "spec": spec_path, "storage": target.storage,
+        "segments": expected_segments,
+    }
+    exp_path = os.path.join(work, f"expected-{coll['name']}.json")
+    with open(exp_path, "w") as fh:
+        json.dump(expected, fh)
+    matched = len(set(src.column(0).to_pylist()) & set(pks_all))
+    print(f"{coll['name']}: {len(expected_segments)} segments, {total} rows; source {src.num_rows} rows "
+          f"({matched} in segments); snapshot {snap_loc}; spec {spec_path}", file=sys.stderr)
+    return exp_path
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("target", help="local parent dir of the bucket (or file:///DIR), or s3://HOST:PORT")
+    ap.add_argument("work", help="local directory for sources, specs, expectations")
+    ap.add_argument("--bucket", default="a-bucket")
+    ap.add_argument("--region", default="us-east-1")
+    ap.add_argument("--seed", type=int, default=20261215)
+    args = ap.parse_args()
+    os.makedirs(args.work, exist_ok=True)
+    target = Target(args.target, args.bucket, args.region)
+    target.ensure_bucket()
+    lib = loon.Library.get()
+    rng = random.Random(args.seed)
+    with open(os.path.join(args.work, "storage.json"), "w") as fh:
+        json.dump(target.storage, fh)
+    out = [build(c, target, args.work, rng, lib) for c in COLLECTIONS]
+    print(json.dumps({"storage": target.storage, "expected": out}))
+
+
+if __name__ == "__main__":
+    main()
