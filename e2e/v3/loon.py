@@ -471,7 +471,10 @@ def read_table(lib, props, base_path, schema, version=-1):
     try:
         stream = ctypes.create_string_buffer(_ARROW_STREAM_SIZE)
         lib.call("loon_get_record_batch_reader", rh, None, ctypes.addressof(stream))
-        table = pa.RecordBatchReader._import_from_c(ctypes.addressof(stream)).read_all()
+        try:
+            table = pa.RecordBatchReader._import_from_c(ctypes.addressof(stream)).read_all()
+        except pa.ArrowException as e:  # errors raised while the library decodes the files
+            raise LoonError("record batch stream", 3, str(e)) from e
     finally:
         lib.raw("loon_reader_destroy")(rh)
     return ver, table

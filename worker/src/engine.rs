@@ -13,10 +13,12 @@ use crate::error::{BackfillError, Result};
 use crate::join::Joined;
 use crate::keys::KeyIndex;
 use crate::output;
-use crate::plan::{SegmentPlan, TaskPlan};
+use crate::plan::{SegmentPlan, TaskPlan, V3Segment};
 use crate::source::{self, Matches};
 use crate::store::{Store, StoreError};
 use crate::stores::RunStores;
+use crate::v3_keys;
+use crate::v3_output;
 
 pub async fn process_segment(
     stores: &RunStores,
@@ -27,15 +29,51 @@ pub async fn process_segment(
 ) -> Result<SegmentOutcome> {
     let started = Instant::now();
     let num_rows = supported_rows(seg)?;
-    let index = Arc::new(read_keys(&stores.storage, plan, seg, num_rows).await?);
+    let index = Arc::new(match &seg.v3 {
+        Some(v3) => read_v3_keys(&stores.storage, plan, seg, v3, num_rows).await?,
+        None => read_keys(&stores.storage, plan, seg, num_rows).await?,
+    });
     tracing::debug!(segment = seg.segment_id, rows = num_rows, range = ?index.range(), "primary keys indexed");
     let matches = scan_source(&stores.source, plan, seg, index.clone()).await?;
     let (joined, used_source_rows) = join_matches(seg, num_rows, &index, matches)?;
     let joined = Arc::new(joined);
+    let written = match seg.v3 {
+        Some(_) => write_v3(stores, plan, seg, &joined).await?,
+        None => write_export(stores, plan, seg, &joined, task_id, attempt).await?,
+    };
+    Ok(SegmentOutcome {
+        segment_id: seg.segment_id,
+        partition_id: seg.partition_id,
+        row_count: joined.num_rows() as u64,
+        matched_row_count: joined.matched_rows(),
+        output_path: written.output_path,
+        manifest_paths: written.paths,
+        execution_time_ms: started.elapsed().as_millis() as u64,
+        ops: written.ops,
+        used_source_rows,
+    })
+}
+
+/// Where a segment's outputs went.
+struct Written {
+    output_path: String,
+    paths: Vec<String>,
+    ops: Vec<milvus_backfill_api::outcome::ManifestOp>,
+}
+
+/// The export layout (V1 segments): Parquet parts plus `manifest.json`, which no Milvus commits.
+async fn write_export(
+    stores: &RunStores,
+    plan: &TaskPlan,
+    seg: &SegmentPlan,
+    joined: &Arc<Joined>,
+    task_id: &str,
+    attempt: u32,
+) -> Result<Written> {
     let written = output::write_segment(
         &stores.output,
         seg,
-        &joined,
+        joined,
         plan.collection_id,
         &plan.new_fields,
         &plan.run_id,
@@ -44,28 +82,48 @@ pub async fn process_segment(
         plan.batch_size.rows(),
     )
     .await?;
-    let mut manifest_paths: Vec<String> = written.files.iter().map(|f| stores.output.display(&f.path)).collect();
-    manifest_paths.push(stores.output.display(&written.manifest_key));
-    Ok(SegmentOutcome {
-        segment_id: seg.segment_id,
-        partition_id: seg.partition_id,
-        row_count: joined.num_rows() as u64,
-        matched_row_count: joined.matched_rows(),
+    let mut paths: Vec<String> = written.files.iter().map(|f| stores.output.display(&f.path)).collect();
+    paths.push(stores.output.display(&written.manifest_key));
+    Ok(Written {
         output_path: stores.output.display(&seg.output_dir),
-        manifest_paths,
-        execution_time_ms: started.elapsed().as_millis() as u64,
+        paths,
         ops: vec![],
-        used_source_rows,
+    })
+}
+
+/// StorageV3: loon data files under the segment's `_data/`, and the ops DataCoord applies.
+/// `outputPath` is the bucket-relative base path, as the commit expects it.
+async fn write_v3(stores: &RunStores, plan: &TaskPlan, seg: &SegmentPlan, joined: &Arc<Joined>) -> Result<Written> {
+    let cols = v3_output::columns(&plan.new_fields, &joined.schema())?;
+    let ops = v3_output::write_segment(&stores.storage, seg, joined, &cols, plan.batch_size.rows()).await?;
+    let v3 = seg.v3.as_ref().expect("a V3 segment");
+    let paths = ops
+        .iter()
+        .flat_map(|o| {
+            o.files
+                .iter()
+                .map(|f| stores.storage.display(&format!("{}{}", v3.data_dir(), f.path)))
+        })
+        .collect();
+    Ok(Written {
+        output_path: v3.base_path.clone(),
+        paths,
+        ops,
     })
 }
 
 /// The segment's row count, if this version can backfill the segment at all.
 fn supported_rows(seg: &SegmentPlan) -> Result<u32> {
-    if seg.storage_version != 0 {
+    let supported = match seg.storage_version {
+        0 => seg.v3.is_none(),
+        3 => seg.v3.is_some(),
+        _ => false,
+    };
+    if !supported {
         return Err(BackfillError::segment(
             seg.segment_id,
             format!(
-                "storage version {} is not supported yet (only V1 segments)",
+                "storage version {} is not supported yet (V1 segments in the export layout, V3 segments from a snapshot)",
                 seg.storage_version
             ),
         ));
@@ -168,6 +226,54 @@ async fn read_keys(storage: &Store, plan: &TaskPlan, seg: &SegmentPlan, num_rows
             seg.segment_id,
             format!(
                 "its primary key binlogs hold {} rows but Milvus reports {num_rows}; the files are stale or incomplete, plan again",
+                index.rows()
+            ),
+        ));
+    }
+    Ok(index)
+}
+
+/// Reads a V3 segment's primary keys from its PK column group (a few files fetched ahead).
+async fn read_v3_keys(
+    storage: &Store,
+    plan: &TaskPlan,
+    seg: &SegmentPlan,
+    v3: &V3Segment,
+    num_rows: u32,
+) -> Result<KeyIndex> {
+    let mut index = KeyIndex::new(plan.pk_field.pk_type, num_rows as usize);
+    let mut files = futures_util::stream::iter(v3.pk_files.iter().map(|f| async move {
+        let data = storage.get(&f.key).await.map_err(|e| match e {
+            StoreError::NotFound(_) => BackfillError::segment(
+                seg.segment_id,
+                format!(
+                    "data file {} of manifest version {} is gone (compacted or garbage-collected since the snapshot?)",
+                    storage.display(&f.key),
+                    v3.manifest_version
+                ),
+            ),
+            e => BackfillError::connection(e.to_string()).with_segment(seg.segment_id),
+        })?;
+        Ok::<_, BackfillError>((f, data))
+    }))
+    .buffered(4);
+    while let Some((f, data)) = files.try_next().await? {
+        let (field_id, start, end) = (plan.pk_field.field_id, f.start_index, f.end_index);
+        // Decoding is CPU work; keep it off the IO threads.
+        index = tokio::task::spawn_blocking(move || {
+            v3_keys::push_range(&mut index, data, field_id, start, end).map(|()| index)
+        })
+        .await
+        .map_err(|e| BackfillError::unexpected(e.to_string()))?
+        .map_err(|e| BackfillError::data_read(storage.display(&f.key), e).with_segment(seg.segment_id))?;
+    }
+    index.seal();
+    if index.rows() != num_rows {
+        return Err(BackfillError::segment(
+            seg.segment_id,
+            format!(
+                "the primary key files of manifest version {} hold {} rows but the manifest says {num_rows}",
+                v3.manifest_version,
                 index.rows()
             ),
         ));

@@ -22,6 +22,7 @@ pub mod planner;
 pub mod progress;
 pub mod runner;
 pub mod snapshot;
+pub mod snapshot_planner;
 pub mod source;
 pub mod store;
 pub mod stores;
@@ -29,3 +30,5 @@ pub mod targets;
 #[cfg(test)]
 mod testdata;
 pub mod types;
+pub mod v3_keys;
+pub mod v3_output;

@@ -66,6 +66,9 @@ pub async fn plan(doc: &BackfillDoc, token: &MilvusToken) -> Result<Planned> {
 /// Plans with the given credentials (a controller reads them from the Backfill's Secrets).
 pub async fn plan_with(doc: &BackfillDoc, token: &MilvusToken, creds: &StoreCredentials) -> Result<Planned> {
     let spec = &doc.spec;
+    if let Some(path) = spec.snapshot_path() {
+        return crate::snapshot_planner::plan(doc, path, creds).await;
+    }
     let at = RunLocations::of_spec(spec);
     let stores = RunStores::open(&at, creds).await;
     let coll = read_collection(spec, token).await?;

@@ -28,8 +28,6 @@ pub struct V3Expected {
 #[serde(rename_all = "camelCase")]
 pub struct V3ExpectedSegment {
     pub segment_id: i64,
-    pub collection_id: i64,
-    pub partition_id: i64,
     pub base_path: String,
     pub pk_field_id: i64,
     pub pk_type: String,
