@@ -75,6 +75,8 @@ pub struct MilvusSpec {
     pub uri: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub database: Option<String>,
+    /// Optional with `snapshot.path` (the snapshot names its collection; if given, they must agree).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub collection: String,
     /// Only this partition's segments.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -218,7 +220,7 @@ pub fn validate(spec: &EngineSpec) -> Result<(), Vec<String>> {
         "spec.milvus.uri must start with http:// or https://",
     );
     need(
-        !spec.milvus.collection.trim().is_empty(),
+        !spec.milvus.collection.trim().is_empty() || spec.snapshot_path().is_some(),
         "spec.milvus.collection is empty",
     );
     need(

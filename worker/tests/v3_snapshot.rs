@@ -1,0 +1,325 @@
+//! Planning from a snapshot and writing StorageV3 outputs, on segments the official
+//! milvus-storage library wrote (`../shared/fixtures/milvus-storage-v3`, with the primary keys
+//! in row order in `expected.json`). The official library's own commit and read-back of these
+//! outputs is in `e2e/v3/`.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use arrow_array::cast::AsArray;
+use arrow_array::types::Float64Type;
+use arrow_array::{Array, ArrayRef, Float32Array, Float64Array, Int64Array, RecordBatch, StringArray};
+use arrow_schema::{DataType, Field, Schema};
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use parquet::arrow::ArrowWriter;
+use serde_json::{json, Value};
+
+use milvus_backfill::config::{BackfillDoc, MilvusToken};
+use milvus_backfill::error::ErrorKind;
+use milvus_backfill::planner;
+use milvus_backfill::progress::Progress;
+use milvus_backfill::runner;
+use milvus_backfill::stores::StoreCredentials;
+
+fn fixtures() -> PathBuf {
+    std::env::var_os("MB_SHARED_FIXTURES")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/fixtures"))
+        .join("milvus-storage-v3")
+}
+
+fn expected() -> Value {
+    serde_json::from_slice(&std::fs::read(fixtures().join("expected.json")).unwrap()).unwrap()
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        let target = to.join(e.file_name());
+        if e.file_type().unwrap().is_dir() {
+            copy_dir(&e.path(), &target);
+        } else {
+            std::fs::copy(e.path(), &target).unwrap();
+            let mut perm = std::fs::metadata(&target).unwrap().permissions();
+            #[allow(clippy::permissions_set_readonly_false)]
+            perm.set_readonly(false);
+            std::fs::set_permissions(&target, perm).unwrap();
+        }
+    }
+}
+
+/// A bucket directory holding the golden segments, served as `file://<root>` bucket `bkt`.
+struct Bed {
+    _dir: tempfile::TempDir,
+    root: PathBuf,
+}
+
+impl Bed {
+    fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().to_path_buf();
+        copy_dir(&fixtures().join("files"), &root.join("bkt/files"));
+        Self { _dir: dir, root }
+    }
+
+    fn segment(&self, id: i64) -> Value {
+        expected()["segments"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["segmentId"] == id)
+            .unwrap()
+            .clone()
+    }
+
+    /// A snapshot of collection 1001 holding `segment` at manifest version `ver`, with the new
+    /// field `score` (103, Double, nullable) added to the schema.
+    fn snapshot(&self, segment: i64, ver: i64, pk_type: i32) -> PathBuf {
+        let base = format!("bkt/files/insert_log/1001/1002/{segment}");
+        let doc = json!({
+            "snapshot-info": {"name": "s1", "id": 7, "collection_id": 1001, "partition_ids": [1002]},
+            "collection": {"schema": {"name": "golden", "version": 4, "fields": [
+                {"fieldID": 100, "name": "pk", "is_primary_key": true, "data_type": pk_type},
+                {"fieldID": 101, "name": "price", "data_type": 11, "nullable": true},
+                {"fieldID": 102, "name": "vec", "data_type": 100, "type_params": [{"key": "dim", "value": "128"}]},
+                {"fieldID": 103, "name": "score", "data_type": 11, "nullable": true},
+                {"name": "RowID", "data_type": 5},
+                {"fieldID": 1, "name": "Timestamp", "data_type": 5}]}},
+            "manifest-list": [],
+            "storagev2-manifest-list": [
+                {"segmentID": segment, "manifest": json!({"ver": ver, "base_path": base}).to_string()}]
+        });
+        let p = self.root.join(format!("snapshot-{segment}-{ver}.json"));
+        std::fs::write(&p, serde_json::to_vec(&doc).unwrap()).unwrap();
+        p
+    }
+
+    fn doc(&self, snapshot: &Path, source: &Path) -> BackfillDoc {
+        BackfillDoc::parse(&format!(
+            "spec:\n  milvus:\n    snapshot:\n      path: {}\n  storage:\n    endpoint: file://{}\n    bucket: bkt\n  source:\n    path: {}\n",
+            snapshot.display(),
+            self.root.display(),
+            source.display()
+        ))
+        .unwrap()
+    }
+
+    fn data_files(&self, segment: i64) -> Vec<String> {
+        let dir = self
+            .root
+            .join(format!("bkt/files/insert_log/1001/1002/{segment}/_data"));
+        let mut names: Vec<String> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        names.sort();
+        names
+    }
+}
+
+/// `pk` + one value column: every other key of the segment (value = its row offset / 4),
+/// plus keys in no segment.
+fn write_source(path: &Path, pks: &[Value], value: DataType) -> HashMap<String, f64> {
+    let mut want = HashMap::new();
+    let mut keys = Vec::new();
+    let mut vals = Vec::new();
+    for (i, pk) in pks.iter().enumerate().step_by(2) {
+        let v = i as f64 / 4.0;
+        want.insert(pk.to_string(), v);
+        keys.push(pk.clone());
+        vals.push(v);
+    }
+    for extra in 0..50 {
+        keys.push(if pks[0].is_i64() {
+            json!(-1 - extra)
+        } else {
+            json!(format!("none-{extra}"))
+        });
+        vals.push(-1.0);
+    }
+    let key_array: ArrayRef = if pks[0].is_i64() {
+        Arc::new(Int64Array::from_iter_values(keys.iter().map(|k| k.as_i64().unwrap())))
+    } else {
+        Arc::new(StringArray::from_iter_values(
+            keys.iter().map(|k| k.as_str().unwrap().to_owned()),
+        ))
+    };
+    let val_array: ArrayRef = match value {
+        DataType::Float32 => Arc::new(Float32Array::from_iter_values(vals.iter().map(|v| *v as f32))),
+        _ => Arc::new(Float64Array::from(vals)),
+    };
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("pk", key_array.data_type().clone(), false),
+        Field::new("score", value, true),
+    ]));
+    let batch = RecordBatch::try_new(schema.clone(), vec![key_array, val_array]).unwrap();
+    let mut w = ArrowWriter::try_new(std::fs::File::create(path).unwrap(), schema, None).unwrap();
+    w.write(&batch).unwrap();
+    w.close().unwrap();
+    want
+}
+
+async fn plan_and_run(
+    doc: &BackfillDoc,
+) -> milvus_backfill::error::Result<milvus_backfill_api::outcome::BackfillResult> {
+    let planned = planner::plan_with(doc, &MilvusToken::default(), &StoreCredentials::default()).await?;
+    Ok(runner::run_plan(
+        &planned.plan,
+        &planned.stores,
+        &Progress::new(planned.plan.segments.len(), true),
+    )
+    .await)
+}
+
+#[tokio::test]
+async fn a_snapshot_alone_plans_and_writes_row_aligned_v3_columns() {
+    for (segment, pk_type) in [(1003, 5), (1004, 21)] {
+        let bed = Bed::new();
+        let seg = bed.segment(segment);
+        let pks = seg["pks"].as_array().unwrap().clone();
+        let source = bed.root.join("source.parquet");
+        let want = write_source(&source, &pks, DataType::Float64);
+        let ver = seg["manifestVersion"].as_i64().unwrap();
+        let before = bed.data_files(segment);
+        let result = plan_and_run(&bed.doc(&bed.snapshot(segment, ver, pk_type), &source))
+            .await
+            .unwrap();
+        assert!(result.success, "{}", result.summary());
+        assert_eq!(
+            (result.collection_id, result.partition_id, result.schema_version),
+            (1001, 1002, 4)
+        );
+        assert_eq!(result.new_field_names, vec!["score"]);
+        let out = &result.segments[&segment.to_string()];
+        assert_eq!(out.row_count, pks.len() as u64);
+        assert_eq!(out.output_path, format!("files/insert_log/1001/1002/{segment}"));
+        assert_eq!(out.ops.len(), 1);
+        let op = &out.ops[0];
+        assert_eq!(
+            (op.op_type.as_str(), op.columns.clone(), op.format.as_str()),
+            ("replace", vec!["103".to_owned()], "parquet")
+        );
+        let covered: u64 = op.files.iter().map(|f| f.end_index - f.start_index).sum();
+        assert_eq!((covered, op.row_count), (pks.len() as u64, pks.len() as u64));
+        // The new file is beside the official writer's, and only new files were written.
+        let after = bed.data_files(segment);
+        assert_eq!(after.len(), before.len() + op.files.len());
+        let file = &op.files[0];
+        assert!(file.path.starts_with("0_") && file.path.ends_with(".parquet") && !file.path.contains('/'));
+        let bytes = std::fs::read(bed.root.join(format!("bkt/{}/_data/{}", out.output_path, file.path))).unwrap();
+        assert_eq!(file.properties["file_size"], bytes.len().to_string());
+        let batch = read_all(bytes);
+        assert_eq!(batch.schema().field(0).name(), "103");
+        let col = batch.column(0).as_primitive::<Float64Type>();
+        for (i, pk) in pks.iter().enumerate() {
+            match want.get(&pk.to_string()) {
+                Some(v) => assert_eq!(col.value(i), *v, "segment {segment} row {i}"),
+                None => assert!(col.is_null(i), "segment {segment} row {i} should be null"),
+            }
+        }
+        assert_eq!(out.matched_row_count, want.len() as u64);
+    }
+}
+
+fn read_all(bytes: Vec<u8>) -> RecordBatch {
+    let r = ParquetRecordBatchReaderBuilder::try_new(bytes::Bytes::from(bytes))
+        .unwrap()
+        .with_batch_size(1 << 20)
+        .build()
+        .unwrap();
+    let batches: Vec<RecordBatch> = r.map(|b| b.unwrap()).collect();
+    arrow_select::concat::concat_batches(&batches[0].schema(), &batches).unwrap()
+}
+
+#[tokio::test]
+async fn bad_input_is_refused_before_anything_is_written() {
+    let bed = Bed::new();
+    let pks = bed.segment(1003)["pks"].as_array().unwrap().clone();
+    let before = bed.data_files(1003);
+    let snap = bed.snapshot(1003, 4, 5);
+
+    // A column whose type is not exactly the field's.
+    let f32_source = bed.root.join("f32.parquet");
+    write_source(&f32_source, &pks, DataType::Float32);
+    let e = plan_and_run(&bed.doc(&snap, &f32_source)).await.unwrap_err();
+    assert_eq!(e.kind, ErrorKind::SchemaValidationError);
+    assert!(
+        e.message.contains("`score` is Float32 but field `score` is Double"),
+        "{}",
+        e.message
+    );
+
+    // A column with no field of its name.
+    let source = bed.root.join("source.parquet");
+    write_source(&source, &pks, DataType::Float64);
+    let renamed = std::fs::read_to_string(&snap)
+        .unwrap()
+        .replace("\"score\"", "\"other\"");
+    let no_field = bed.root.join("no-field.json");
+    std::fs::write(&no_field, renamed).unwrap();
+    let e = plan_and_run(&bed.doc(&no_field, &source)).await.unwrap_err();
+    assert!(
+        e.message
+            .contains("`score` (Float64) has no field in collection \"golden\""),
+        "{}",
+        e.message
+    );
+    assert!(e.message.contains("AddCollectionField"));
+
+    // A snapshot that is not there, or not a snapshot.
+    let e = plan_and_run(&bed.doc(&bed.root.join("absent.json"), &source))
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind, ErrorKind::ConfigError);
+    assert!(e.message.contains("does not exist"), "{}", e.message);
+    let garbage = bed.root.join("garbage.json");
+    std::fs::write(&garbage, b"{\"snapshot-info\": 3}").unwrap();
+    let e = plan_and_run(&bed.doc(&garbage, &source)).await.unwrap_err();
+    assert!(
+        e.message.contains("not a Milvus snapshot metadata JSON"),
+        "{}",
+        e.message
+    );
+
+    assert_eq!(bed.data_files(1003), before, "nothing was written");
+}
+
+#[tokio::test]
+async fn a_segment_whose_manifest_is_gone_or_rewritten_fails_alone() {
+    let bed = Bed::new();
+    let pks = bed.segment(1003)["pks"].as_array().unwrap().clone();
+    let source = bed.root.join("source.parquet");
+    write_source(&source, &pks, DataType::Float64);
+    let before = bed.data_files(1003);
+
+    // Version 9 was never written.
+    let r = plan_and_run(&bed.doc(&bed.snapshot(1003, 9, 5), &source))
+        .await
+        .unwrap();
+    assert!(!r.success);
+    assert!(
+        r.failed_segments[0].reason.contains("manifest version 9"),
+        "{:?}",
+        r.failed_segments
+    );
+
+    // At version 2 the segment had 2,000 rows; the newest manifest (4) has 2,500.
+    let r = plan_and_run(&bed.doc(&bed.snapshot(1003, 2, 5), &source))
+        .await
+        .unwrap();
+    assert!(!r.success);
+    let reason = &r.failed_segments[0].reason;
+    assert!(
+        reason.contains("rows changed from 2000 to 2500") && reason.contains("take a new snapshot"),
+        "{reason}"
+    );
+    assert_eq!(bed.data_files(1003), before, "nothing was written");
+
+    // At version 3 it had all 2,500 rows (version 4 added the vector group): planned at 3.
+    let r = plan_and_run(&bed.doc(&bed.snapshot(1003, 3, 5), &source))
+        .await
+        .unwrap();
+    assert!(r.success, "{}", r.summary());
+}
