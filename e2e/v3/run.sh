@@ -29,8 +29,8 @@ case "$BIN" in /*) ;; *) BIN="$REPO/$BIN" ;; esac
 [ -x "$BIN" ] || die "no milvus-backfill binary at $BIN (cargo build --release, or set BIN)"
 
 # ---------------------------------------------------------------- venv with the official library
-# shellcheck source=venv.sh
-. "$HERE/venv.sh"
+# shellcheck source=common.sh
+. "$HERE/common.sh"
 ensure_v3_venv || die "could not set up the venv with the official milvus-storage library"
 
 # ---------------------------------------------------------------- work dir
@@ -41,13 +41,9 @@ else
 fi
 log "work dir $WORK; binary $BIN; legs: $LEGS"
 
-MOTO_PID=""
 cleanup() {
   local rc=$?
-  if [ -n "$MOTO_PID" ]; then
-    kill "$MOTO_PID" 2>/dev/null || true
-    wait "$MOTO_PID" 2>/dev/null || true
-  fi
+  stop_moto
   if [ $rc -eq 0 ] && [ "$OWN_WORK" = 1 ] && [ "${KEEP_WORK:-0}" != 1 ]; then
     rm -rf "$WORK"
   elif [ $rc -ne 0 ]; then
@@ -93,23 +89,10 @@ for leg in $LEGS; do
       run_leg local "$WORK/local/milvus-data"
       ;;
     s3)
-      PORT=$("$PY" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
-      export AWS_ACCESS_KEY_ID=${AWS_ACCESS_KEY_ID:-testing} AWS_SECRET_ACCESS_KEY=${AWS_SECRET_ACCESS_KEY:-testing}
-      export AWS_REGION=${AWS_REGION:-us-east-1} AWS_DEFAULT_REGION=${AWS_DEFAULT_REGION:-us-east-1}
       mkdir -p "$WORK/s3"
-      "$VENV/bin/moto_server" -H 127.0.0.1 -p "$PORT" > "$WORK/s3/moto.log" 2>&1 &
-      MOTO_PID=$!
-      log "[s3] moto_server pid $MOTO_PID on 127.0.0.1:$PORT"
-      for _ in $(seq 1 60); do
-        if "$PY" -c 'import sys, urllib.request; urllib.request.urlopen(sys.argv[1], timeout=1)' \
-            "http://127.0.0.1:$PORT/" 2>/dev/null; then break; fi
-        kill -0 "$MOTO_PID" 2>/dev/null || die "moto_server exited: $(tail -n 5 "$WORK/s3/moto.log")"
-        sleep 0.5
-      done
-      run_leg s3 "s3://127.0.0.1:$PORT"
-      kill "$MOTO_PID" 2>/dev/null || true
-      wait "$MOTO_PID" 2>/dev/null || true
-      MOTO_PID=""
+      start_moto "$WORK/s3/moto.log" || die "[s3] moto_server did not start"
+      run_leg s3 "s3://127.0.0.1:$MOTO_PORT"
+      stop_moto
       ;;
     *) die "unknown leg $leg (local, s3)" ;;
   esac

@@ -6,9 +6,11 @@ use std::path::{Path, PathBuf};
 use clap::{Parser, Subcommand, ValueEnum};
 
 use milvus_backfill_api::invocation::{env, flags};
-use milvus_backfill_api::layout::TaskSplit;
+use milvus_backfill_api::layout::{RunLayout, TaskSplit};
+use milvus_backfill_api::outcome::BackfillResult;
 use milvus_backfill_api::place::{S3Endpoint, S3Uri};
 
+use crate::commit;
 use crate::config::{BackfillDoc, MilvusToken, S3Credentials};
 use crate::error::{BackfillError, ErrorKind, Result};
 use crate::plan::{Plan, Task};
@@ -177,7 +179,12 @@ async fn run_command(file: &Path, result: Option<&Path>, verbose: bool) -> Resul
     }
     let mut code = if r.success { 0 } else { 1 };
     match runner::store_result(p, &planned.stores.storage, &r).await {
-        Ok(at) => println!("  result:               {at}"),
+        Ok(at) => {
+            println!("  result:               {at}");
+            if !commit_step(&doc, p, &planned.stores.storage, &r).await? {
+                code = code.max(1);
+            }
+        }
         Err(e) => {
             eprintln!("{}: {}", e.kind, e.message);
             code = not_written(code);
@@ -191,6 +198,36 @@ async fn run_command(file: &Path, result: Option<&Path>, verbose: bool) -> Resul
         }
     }
     Ok(code)
+}
+
+/// Commits a stored result through `spec.commit.endpoint`, or says how to. False when a
+/// commit was attempted and left segments uncommitted.
+async fn commit_step(doc: &BackfillDoc, p: &Plan, storage: &Store, r: &BackfillResult) -> Result<bool> {
+    let key = RunLayout::of_plan(p).result_key();
+    let committable = r.segments.values().any(|s| !s.ops.is_empty());
+    if !committable {
+        if !r.segments.is_empty() {
+            println!("  commit:               none (export layout of StorageV1 segments: no Milvus can commit it)");
+        }
+        return Ok(true);
+    }
+    let Some(endpoint) = doc.spec.commit_endpoint() else {
+        println!("  commit with:          {}", commit::commit_command(&key));
+        return Ok(true);
+    };
+    if !r.success {
+        println!("  commit:               not attempted: {} segment(s) failed; Milvus refuses a result with success=false", r.failed_segments.len());
+        return Ok(false);
+    }
+    let done = commit::commit_run(storage, endpoint, r, &key, 2).await?;
+    for (seg, status) in &done.segments {
+        println!("  commit segment {seg}: {status}");
+    }
+    println!(
+        "  commit:               {}",
+        if done.success { "all segments committed" } else { "some segments were NOT committed" }
+    );
+    Ok(done.success)
 }
 
 /// A run whose record could not be stored: success becomes [`EXIT_RESULT_NOT_WRITTEN`].

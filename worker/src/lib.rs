@@ -6,6 +6,7 @@
 
 pub mod binlog;
 pub mod cli;
+pub mod commit;
 pub mod config;
 pub mod engine;
 pub mod error;
