@@ -216,7 +216,10 @@ async fn commit_step(doc: &BackfillDoc, p: &Plan, storage: &Store, r: &BackfillR
         return Ok(true);
     };
     if !r.success {
-        println!("  commit:               not attempted: {} segment(s) failed; Milvus refuses a result with success=false", r.failed_segments.len());
+        println!(
+            "  commit:               not attempted: {} segment(s) failed; Milvus refuses a result with success=false",
+            r.failed_segments.len()
+        );
         return Ok(false);
     }
     let done = commit::commit_run(storage, endpoint, r, &key, 2).await?;
@@ -225,7 +228,11 @@ async fn commit_step(doc: &BackfillDoc, p: &Plan, storage: &Store, r: &BackfillR
     }
     println!(
         "  commit:               {}",
-        if done.success { "all segments committed" } else { "some segments were NOT committed" }
+        if done.success {
+            "all segments committed"
+        } else {
+            "some segments were NOT committed"
+        }
     );
     Ok(done.success)
 }

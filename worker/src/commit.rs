@@ -91,17 +91,24 @@ pub async fn call(endpoint: &str, result_key: &str) -> Result<CommitReport> {
     let uri: hyper::Uri = url
         .parse()
         .map_err(|e| BackfillError::config(format!("spec.commit.endpoint {endpoint:?} is not a URL: {e}")))?;
-    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-        .build_http::<Empty<Bytes>>();
+    let client =
+        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new()).build_http::<Empty<Bytes>>();
     let unreachable = |e: &dyn std::fmt::Display| {
-        BackfillError::connection(format!("commit endpoint {endpoint}: {e} (is spec.commit.endpoint the Proxy's management port, 9091?)"))
+        BackfillError::connection(format!(
+            "commit endpoint {endpoint}: {e} (is spec.commit.endpoint the Proxy's management port, 9091?)"
+        ))
     };
     let resp = tokio::time::timeout(TIMEOUT, client.get(uri))
         .await
         .map_err(|_| unreachable(&"no answer within 10 minutes"))?
         .map_err(|e| unreachable(&e))?;
     let status = resp.status();
-    let body = resp.into_body().collect().await.map_err(|e| unreachable(&e))?.to_bytes();
+    let body = resp
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| unreachable(&e))?
+        .to_bytes();
     if status == hyper::StatusCode::NOT_FOUND {
         return Err(BackfillError::config(format!(
             "commit endpoint {endpoint} answered 404: this Milvus has no backfill commit (it needs Milvus 3.0 or later)"
@@ -112,8 +119,8 @@ pub async fn call(endpoint: &str, result_key: &str) -> Result<CommitReport> {
         _ => Err(BackfillError::new(
             ErrorKind::SegmentProcessingError,
             format!(
-            "commit endpoint {endpoint} answered HTTP {status}: {}",
-            String::from_utf8_lossy(&body[..body.len().min(2000)])
+                "commit endpoint {endpoint} answered HTTP {status}: {}",
+                String::from_utf8_lossy(&body[..body.len().min(2000)])
             ),
         )),
     }
@@ -154,7 +161,11 @@ pub async fn commit_run(
         done.result_paths.push(key.clone());
         let report = call(endpoint, &key).await?;
         for s in &report.segment_statuses {
-            let v = if s.ok { "committed".to_owned() } else { format!("{}: {}", s.kind, s.reason) };
+            let v = if s.ok {
+                "committed".to_owned()
+            } else {
+                format!("{}: {}", s.kind, s.reason)
+            };
             done.segments.insert(s.segment_id.to_string(), v);
         }
         let failed: Vec<String> = report.failed().map(|s| s.segment_id.to_string()).collect();

@@ -323,3 +323,248 @@ async fn a_segment_whose_manifest_is_gone_or_rewritten_fails_alone() {
         .unwrap();
     assert!(r.success, "{}", r.summary());
 }
+
+// ------------------------------------------------------------------ commit contract tests
+// No Milvus 3.0 server runs here: a local HTTP server implements the documented endpoint
+// (`GET /management/datacoord/backfill/commit?result_path=`, milvus-storage.md §11.3/§15.3)
+// and checks every rule of the newest result decoder on what we send it.
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// The §15.3 rules a V3 delta result must satisfy; each violation as a sentence.
+fn contract_violations(r: &Value) -> Vec<String> {
+    let mut v = Vec::new();
+    let mut need = |ok: bool, what: String| {
+        if !ok {
+            v.push(what);
+        }
+    };
+    need(r["success"] == true, "success must be true".into());
+    need(
+        r["collectionId"].as_i64().is_some_and(|c| c > 0),
+        "collectionId must be > 0".into(),
+    );
+    need(
+        r["partitionId"].as_i64().is_some_and(|p| p >= 0),
+        "partitionId must be the shared partition or 0".into(),
+    );
+    need(
+        r["schemaVersion"].as_i64().is_some(),
+        "schemaVersion must be an int32".into(),
+    );
+    need(
+        r["newFieldNames"].as_array().is_some_and(|n| !n.is_empty()),
+        "newFieldNames must list the fields".into(),
+    );
+    let segments = r["segments"].as_object().cloned().unwrap_or_default();
+    need(!segments.is_empty(), "segments must not be empty".into());
+    for (id, s) in &segments {
+        need(
+            id.parse::<i64>().is_ok(),
+            format!("segment key {id} must be a decimal ID"),
+        );
+        let rows = s["rowCount"].as_u64().unwrap_or(0);
+        need(rows > 0, format!("segment {id}: rowCount must be > 0"));
+        need(
+            s.get("version").is_none(),
+            format!("segment {id}: a delta entry carries ops, not version"),
+        );
+        let ops = s["ops"].as_array().cloned().unwrap_or_default();
+        need(!ops.is_empty(), format!("segment {id}: ops must not be empty"));
+        let mut columns = Vec::new();
+        for op in &ops {
+            need(
+                op["type"] == "replace" || op["type"] == "add",
+                format!("segment {id}: op type"),
+            );
+            need(
+                op["format"] == "parquet",
+                format!("segment {id}: format must be parquet"),
+            );
+            for c in op["columns"].as_array().cloned().unwrap_or_default() {
+                let c = c.as_str().unwrap_or_default().to_owned();
+                need(
+                    c.parse::<i64>().is_ok_and(|f| f >= 100),
+                    format!("segment {id}: column {c} must be a field ID"),
+                );
+                need(
+                    !columns.contains(&c),
+                    format!("segment {id}: column {c} in more than one op"),
+                );
+                columns.push(c);
+            }
+            let mut total = 0;
+            for f in op["files"].as_array().cloned().unwrap_or_default() {
+                let (start, end) = (
+                    f["startIndex"].as_u64().unwrap_or(0),
+                    f["endIndex"].as_u64().unwrap_or(0),
+                );
+                need(end > start, format!("segment {id}: endIndex must exceed startIndex"));
+                let path = f["path"].as_str().unwrap_or_default();
+                need(
+                    !path.is_empty() && !path.starts_with("_data/"),
+                    format!("segment {id}: path {path:?}"),
+                );
+                total += end - start;
+            }
+            need(
+                total == rows,
+                format!("segment {id}: files cover {total} rows, rowCount is {rows}"),
+            );
+            need(
+                op["rowCount"].as_u64() == Some(rows),
+                format!("segment {id}: op rowCount"),
+            );
+        }
+    }
+    v
+}
+
+/// What the fake endpoint saw: each call's result path, segments and rule violations.
+#[derive(Default)]
+struct Calls(std::sync::Mutex<Vec<(String, Vec<String>, Vec<String>)>>);
+
+/// Serves the commit endpoint over the bucket at `bucket_dir`. `fail_first` segments fail on
+/// their first commit ("not Flushed" yet), then succeed; `status` overrides the HTTP status.
+async fn commit_server(bucket_dir: PathBuf, fail_first: Vec<String>, status: u16) -> (String, Arc<Calls>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let calls = Arc::new(Calls::default());
+    let seen = calls.clone();
+    tokio::spawn(async move {
+        loop {
+            let (mut sock, _) = listener.accept().await.unwrap();
+            let mut buf = vec![0u8; 8192];
+            let mut n = 0;
+            while !buf[..n].windows(4).any(|w| w == b"\r\n\r\n") {
+                n += sock.read(&mut buf[n..]).await.unwrap();
+            }
+            let head = String::from_utf8_lossy(&buf[..n]).to_string();
+            let target = head.split_whitespace().nth(1).unwrap().to_owned();
+            let (path, query) = target.split_once('?').unwrap_or((&target, ""));
+            let key = query
+                .strip_prefix("result_path=")
+                .unwrap_or_default()
+                .replace("%20", " ");
+            let (code, body) = if path != "/management/datacoord/backfill/commit" || status == 404 {
+                (404, "404 page not found".to_owned())
+            } else if status != 200 {
+                (
+                    status,
+                    r#"{"reason": "no backfill segments passed pre-validation"}"#.to_owned(),
+                )
+            } else {
+                let result: Value = serde_json::from_slice(&std::fs::read(bucket_dir.join(&key)).unwrap()).unwrap();
+                let violations = contract_violations(&result);
+                let segs: Vec<String> = result["segments"].as_object().unwrap().keys().cloned().collect();
+                let earlier = seen
+                    .0
+                    .lock()
+                    .unwrap()
+                    .iter()
+                    .filter(|c| c.1.iter().any(|s| fail_first.contains(s)))
+                    .count();
+                let statuses: Vec<Value> = segs
+                    .iter()
+                    .map(|s| {
+                        let ok = violations.is_empty() && !(fail_first.contains(s) && earlier == 0);
+                        json!({"segment_id": s.parse::<i64>().unwrap(), "ok": ok, "kind": "v3",
+                               "reason": if ok { "" } else { "segment is not Flushed" }})
+                    })
+                    .collect();
+                let failed = statuses.iter().filter(|s| s["ok"] == false).count();
+                seen.0.lock().unwrap().push((key.clone(), segs.clone(), violations));
+                (
+                    200,
+                    json!({"total_segments": segs.len(), "committed_segments": segs.len() - failed,
+                             "failed_segments": failed, "segment_statuses": statuses})
+                    .to_string(),
+                )
+            };
+            let resp = format!(
+                "HTTP/1.1 {code} X\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            sock.write_all(resp.as_bytes()).await.unwrap();
+        }
+    });
+    (format!("http://{addr}"), calls)
+}
+
+async fn stored_run(
+    bed: &Bed,
+) -> (
+    milvus_backfill_api::outcome::BackfillResult,
+    String,
+    milvus_backfill::store::Store,
+) {
+    let pks = bed.segment(1003)["pks"].as_array().unwrap().clone();
+    let source = bed.root.join("source.parquet");
+    write_source(&source, &pks, DataType::Float64);
+    let doc = bed.doc(&bed.snapshot(1003, 4, 5), &source);
+    let planned = planner::plan_with(&doc, &MilvusToken::default(), &StoreCredentials::default())
+        .await
+        .unwrap();
+    let r = runner::run_plan(&planned.plan, &planned.stores, &Progress::new(1, true)).await;
+    runner::store_result(&planned.plan, &planned.stores.storage, &r)
+        .await
+        .unwrap();
+    let key = milvus_backfill_api::layout::RunLayout::of_plan(&planned.plan).result_key();
+    (r, key, planned.stores.storage.clone())
+}
+
+#[tokio::test]
+async fn contract_the_result_passes_every_decoder_rule_and_commits() {
+    let bed = Bed::new();
+    let (r, key, storage) = stored_run(&bed).await;
+    let (endpoint, calls) = commit_server(bed.root.join("bkt"), vec![], 200).await;
+    let done = milvus_backfill::commit::commit_run(&storage, &endpoint, &r, &key, 2)
+        .await
+        .unwrap();
+    assert!(done.success);
+    assert_eq!(done.segments["1003"], "committed");
+    let calls = calls.0.lock().unwrap();
+    assert_eq!(calls.len(), 1);
+    assert_eq!(calls[0].0, key);
+    assert!(calls[0].2.is_empty(), "rule violations: {:?}", calls[0].2);
+}
+
+#[tokio::test]
+async fn contract_a_failed_segment_is_committed_again_alone() {
+    let bed = Bed::new();
+    let (r, key, storage) = stored_run(&bed).await;
+    let (endpoint, calls) = commit_server(bed.root.join("bkt"), vec!["1003".into()], 200).await;
+    let done = milvus_backfill::commit::commit_run(&storage, &endpoint, &r, &key, 2)
+        .await
+        .unwrap();
+    assert!(done.success, "{done:?}");
+    let calls = calls.0.lock().unwrap();
+    assert_eq!(calls.len(), 2);
+    assert!(calls[1].0.ends_with("result-retry-1.json"), "{}", calls[1].0);
+    assert_eq!(calls[1].1, vec!["1003"]);
+    assert_eq!(done.result_paths, vec![key.clone(), calls[1].0.clone()]);
+}
+
+#[tokio::test]
+async fn contract_servers_without_the_endpoint_or_rejecting_the_result_say_so() {
+    let bed = Bed::new();
+    let (r, key, storage) = stored_run(&bed).await;
+    let (old, _) = commit_server(bed.root.join("bkt"), vec![], 404).await;
+    let e = milvus_backfill::commit::commit_run(&storage, &old, &r, &key, 0)
+        .await
+        .unwrap_err();
+    assert!(e.message.contains("needs Milvus 3.0"), "{}", e.message);
+    let (rejecting, _) = commit_server(bed.root.join("bkt"), vec![], 500).await;
+    let e = milvus_backfill::commit::commit_run(&storage, &rejecting, &r, &key, 0)
+        .await
+        .unwrap_err();
+    assert!(
+        e.message.contains("HTTP 500") && e.message.contains("pre-validation"),
+        "{}",
+        e.message
+    );
+    let e = milvus_backfill::commit::call("http://127.0.0.1:9", &key)
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind, ErrorKind::ConnectionError);
+}
