@@ -300,6 +300,8 @@ def build(coll, target, work, rng, lib):
         pks = pks_all[at:at + rows]
         at += rows
         base = f"{ROOT_PATH}/insert_log/{coll['id']}/{part}/{seg}"
+        if loon.manifest_at(lib, props, base)[0] != 0:
+            raise SystemExit(f"{base} already has manifests: use an empty bucket (or another --bucket)")
         table = segment_table(rng, coll, seg, pks)
         off = 0
         group0 = "^(" + "|".join(n for n in table.schema.names if n != coll["vectorGroup"]) + ")$"

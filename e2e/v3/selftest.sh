@@ -39,10 +39,11 @@ expect() {
   fi
 }
 
-build() {  # build LEG TARGET N -> sets D
+build() {  # build LEG TARGET N -> sets D; each build gets its own bucket (dir or S3 bucket)
   D="$WORK/$1/build$3"
   mkdir -p "$D"
-  "$PY" "$HERE/make_collection.py" "$2" "$D" > /dev/null 2>"$D/make.log" || { cat "$D/make.log" >&2; die "make_collection"; }
+  "$PY" "$HERE/make_collection.py" "$2" "$D" --bucket "bucket-$3" > /dev/null 2>"$D/make.log" \
+    || { cat "$D/make.log" >&2; die "make_collection"; }
 }
 fake() {  # fake COLL OUT [fake args...]
   local c=$1 out=$2; shift 2
@@ -68,7 +69,7 @@ leg() {
   fake $A "$D/short.json" --short-file;        expect "$L short file refused" 2 'endIndex .* > the file' -- verify $A "$D/short.json"
   fake $A "$D/snappy.json" --snappy;           expect "$L snappy refused" 2 'snappy' -- verify $A "$D/snappy.json"
   fake $A "$D/data.json" --path-style data;    expect "$L _data/ path refused" 2 '_data/<name>' -- verify $A "$D/data.json"
-  fake $A "$D/bucket.json" --path-style bucket; expect "$L bucket-prefixed path refused" 2 'neither a bare file name' -- verify $A "$D/bucket.json"
+  fake $A "$D/bucket.json" --path-style bucket;  expect "$L bucket-prefixed path refused" 2 'neither a bare file name' -- verify $A "$D/bucket.json"
   fake $A "$D/sv.json" --source-version;       expect "$L stale sourceVersion refused" 2 'sourceVersion 3 != the current manifest version 4' -- verify $A "$D/sv.json"
   mutate "$D/good-a.json" "$D/m1.json" 'r["schemaVersion"]=2';                  expect "$L schemaVersion fence" 2 'schemaVersion 2' -- verify $A "$D/m1.json"
   mutate "$D/good-a.json" "$D/m2.json" 'r["partitionId"]=-1';                   expect "$L partitionId -1" 2 'partitionId -1' -- verify $A "$D/m2.json"

@@ -59,10 +59,12 @@ pub fn plan_with(n: usize, failed: usize) -> Plan {
             NewField {
                 name: "score".into(),
                 arrow_type: "Float64".into(),
+                field_id: None,
             },
             NewField {
                 name: "label".into(),
                 arrow_type: "Utf8".into(),
+                field_id: None,
             },
         ],
         storage: ep.clone(),
@@ -93,6 +95,7 @@ pub fn plan_with(n: usize, failed: usize) -> Plan {
                         rows: 100,
                     }],
                     output_dir: format!("files/insert_log/1/{part}/{seg}/new_field"),
+                    v3: None,
                 }
             })
             .collect(),
@@ -125,6 +128,7 @@ pub fn ok_outcome(plan: &Plan, spj: u32, task: u32, attempt: u32, matched: u64) 
                 output_path: format!("s3://milvus-bucket/{}", s.output_dir),
                 manifest_paths: vec![format!("s3://milvus-bucket/{}/manifest.json", s.output_dir)],
                 execution_time_ms: 5,
+                ops: vec![],
                 used_source_rows: vec![],
             })
             .collect(),

@@ -153,10 +153,12 @@ fn main() {
                 NewField {
                     name: "score".into(),
                     arrow_type: "Float64".into(),
+                    field_id: None,
                 },
                 NewField {
                     name: "label".into(),
                     arrow_type: "Utf8".into(),
+                    field_id: None,
                 },
             ],
             storage: local(&out.join("storage")),
@@ -184,6 +186,7 @@ fn main() {
                 "{}/{coll}/{part}/{seg}/new_field",
                 out_dir.strip_prefix("/").unwrap().display()
             ),
+            v3: None,
         }],
     };
     std::fs::write(out.join("task.json"), serde_json::to_vec_pretty(&task).unwrap()).unwrap();

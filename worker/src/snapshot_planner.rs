@@ -144,14 +144,16 @@ struct SegmentPlans {
 /// alone, with the reason.
 async fn plan_segments(storage: &Store, bucket: &str, snap: &Snapshot, pk: &PkField) -> SegmentPlans {
     let coll = snap.collection.collection_id;
-    let results: Vec<(&V3Entry, std::result::Result<Read, String>)> = futures_util::stream::iter(
-        snap.v3_segments
-            .iter()
-            .map(|e| async move { (e, read_segment(storage, bucket, coll, e, pk).await) }),
-    )
-    .buffered(16)
-    .collect()
-    .await;
+    // Owned entries: a stream of futures borrowing its items is not `Send` for every
+    // lifetime, which the operator's controller future must be.
+    let results: Vec<(V3Entry, std::result::Result<Read, String>)> =
+        futures_util::stream::iter(snap.v3_segments.clone().into_iter().map(|e| async move {
+            let r = read_segment(storage, bucket, coll, &e, pk).await;
+            (e, r)
+        }))
+        .buffered(16)
+        .collect()
+        .await;
     let mut out = SegmentPlans::default();
     for (e, r) in results {
         let entry = |partition_id, num_rows, reason: String| SkippedSegment {

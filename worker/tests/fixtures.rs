@@ -268,10 +268,12 @@ async fn case(collection: &str, segment: &str, pk_type: PkType) -> (Case, Vec<Va
             NewField {
                 name: "score".into(),
                 arrow_type: "Float64".into(),
+                field_id: None,
             },
             NewField {
                 name: "label".into(),
                 arrow_type: "Utf8".into(),
+                field_id: None,
             },
         ],
         storage: ep.clone(),
@@ -300,6 +302,7 @@ async fn case(collection: &str, segment: &str, pk_type: PkType) -> (Case, Vec<Va
         storage_version: 0,
         pk_binlogs: binlogs,
         output_dir: format!("out/{coll_id}/{part_id}/{seg_id}/new_field"),
+        v3: None,
     };
     let stores = RunStores {
         storage: fixtures,

@@ -422,7 +422,10 @@ fn contract_violations(r: &Value) -> Vec<String> {
 
 /// What the fake endpoint saw: each call's result path, segments and rule violations.
 #[derive(Default)]
-struct Calls(std::sync::Mutex<Vec<(String, Vec<String>, Vec<String>)>>);
+struct Calls(std::sync::Mutex<Vec<Call>>);
+
+/// (result path, segment IDs, rule violations).
+type Call = (String, Vec<String>, Vec<String>);
 
 /// Serves the commit endpoint over the bucket at `bucket_dir`. `fail_first` segments fail on
 /// their first commit ("not Flushed" yet), then succeed; `status` overrides the HTTP status.
