@@ -125,7 +125,10 @@ def main():
             vals = [None if i is None else col[i] for i in idx]
             if args.wrong_value and not tampered:
                 j = next(j for j, v in enumerate(vals) if v is not None)
-                vals[j] = (vals[j] + 1.0) if isinstance(vals[j], float) else (vals[j] + "x")
+                if isinstance(vals[j], float):  # not v+1: inf+1 == inf, and NaN stays NaN
+                    vals[j] = 0.25 if vals[j] != 0.25 else 0.5
+                else:
+                    vals[j] = vals[j] + "x"
                 tampered = True
             t = pa.table([pa.array(vals, arrow_type(f))],
                          schema=pa.schema([arrow_field(f["fieldID"], arrow_type(f), True)]))

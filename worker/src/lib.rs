@@ -23,6 +23,7 @@ pub mod planner;
 pub mod progress;
 pub mod runner;
 pub mod snapshot;
+pub mod snapshot_manifest;
 pub mod snapshot_planner;
 pub mod source;
 pub mod store;
