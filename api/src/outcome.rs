@@ -24,6 +24,15 @@ pub struct SegmentOutcome {
     /// StorageV3: the manifest changes DataCoord applies at commit (one `replace` per new field).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub ops: Vec<ManifestOp>,
+    /// `2` marks a StorageV2 entry (Milvus' decoder reads this snake_case key).
+    #[serde(default, rename = "storage_version", skip_serializing_if = "Option::is_none")]
+    pub storage_version: Option<i64>,
+    /// `-1` for StorageV2 entries, which have no manifest version.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<i64>,
+    /// StorageV2: one single-field column group per new field.
+    #[serde(default, rename = "column_groups", skip_serializing_if = "Vec::is_empty")]
+    pub column_groups: Vec<ColumnGroupEntry>,
     /// Global indices of the source rows this segment used (for the run's
     /// unmatched count); not part of the result JSON.
     #[serde(skip)]
@@ -55,6 +64,16 @@ pub struct OpFile {
     pub end_index: u64,
     /// `file_size` and `footer_size` (Thrift FileMetaData length + 8), in bytes, as strings.
     pub properties: BTreeMap<String, String>,
+}
+
+/// A StorageV2 column group of the result (`column_groups[]`), keys as Milvus decodes them.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ColumnGroupEntry {
+    /// Exactly one field ID: Milvus upserts the group under that ID.
+    pub field_ids: Vec<i64>,
+    /// Bucket-relative keys `{root}/insert_log/{coll}/{part}/{seg}/{fid}/{logID}`, ascending log ID.
+    pub binlog_files: Vec<String>,
+    pub row_count: u64,
 }
 
 impl ManifestOp {
@@ -276,6 +295,9 @@ mod tests {
             manifest_paths: vec![format!("s3://b/{seg}/manifest.json")],
             execution_time_ms: 1,
             ops: vec![],
+            storage_version: None,
+            version: None,
+            column_groups: vec![],
             used_source_rows: vec![],
         }
     }

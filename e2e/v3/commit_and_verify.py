@@ -351,8 +351,7 @@ def verify_segment(lib, props, exp, expected, version, source_map, mismatches, l
 
 def load_source(path, expected):
     t = pq.read_table(path)
-    pkname = expected["pk"]["name"]
-    keys = t.column(pkname).to_pylist()
+    keys = t.column("pk").to_pylist()
     if len(keys) != len(set(keys)):
         raise SystemExit("source has duplicate keys: the oracle needs unique keys")
     out = {"__keys__": set(keys)}

@@ -95,8 +95,8 @@ def main():
     coll_id = snap["snapshot-info"]["collection_id"]
     pk = next(f for f in schema["fields"] if f.get("is_primary_key"))
     source = pq.read_table(args.source)
-    src_cols = set(source.column_names) - {pk["name"]}
-    key_index = {k: i for i, k in enumerate(source.column(pk["name"]).to_pylist())}
+    src_cols = set(source.column_names) - {"pk"}
+    key_index = {k: i for i, k in enumerate(source.column("pk").to_pylist())}
 
     segments, new_names, parts = {}, None, set()
     tampered = False

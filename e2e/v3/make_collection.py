@@ -224,7 +224,8 @@ def source_table(rng, coll, all_pks):
             extra.append(k)
     keys = chosen + extra
     rng.shuffle(keys)
-    data = {coll["pk"]["name"]: pa.array(keys, arrow_type(coll["pk"]))}
+    # milvus-backfill joins on the source column `pk`, whatever the primary key field is named.
+    data = {"pk": pa.array(keys, arrow_type(coll["pk"]))}
     for f in coll["newFields"]:
         if f["data_type"] == DOUBLE:
             specials = [0.0, -0.0, math.inf, -math.inf, math.nan, 1e-308, 1.7976931348623157e308]

@@ -129,6 +129,9 @@ pub fn ok_outcome(plan: &Plan, spj: u32, task: u32, attempt: u32, matched: u64) 
                 manifest_paths: vec![format!("s3://milvus-bucket/{}/manifest.json", s.output_dir)],
                 execution_time_ms: 5,
                 ops: vec![],
+                storage_version: None,
+                version: None,
+                column_groups: vec![],
                 used_source_rows: vec![],
             })
             .collect(),

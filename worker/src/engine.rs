@@ -13,10 +13,11 @@ use crate::error::{BackfillError, Result};
 use crate::join::Joined;
 use crate::keys::KeyIndex;
 use crate::output;
-use crate::plan::{SegmentPlan, TaskPlan, V3Segment};
+use crate::plan::{SegmentPlan, TaskPlan, V3File, V3Segment};
 use crate::source::{self, Matches};
 use crate::store::{Store, StoreError};
 use crate::stores::RunStores;
+use crate::v2_output;
 use crate::v3_keys;
 use crate::v3_output;
 
@@ -29,17 +30,19 @@ pub async fn process_segment(
 ) -> Result<SegmentOutcome> {
     let started = Instant::now();
     let num_rows = supported_rows(seg)?;
-    let index = Arc::new(match &seg.v3 {
-        Some(v3) => read_v3_keys(&stores.storage, plan, seg, v3, num_rows).await?,
-        None => read_keys(&stores.storage, plan, seg, num_rows).await?,
+    let index = Arc::new(match (&seg.v3, seg.storage_version) {
+        (Some(v3), _) => read_v3_keys(&stores.storage, plan, seg, v3, num_rows).await?,
+        (None, 2) => read_v2_keys(&stores.storage, plan, seg, num_rows).await?,
+        (None, _) => read_keys(&stores.storage, plan, seg, num_rows).await?,
     });
     tracing::debug!(segment = seg.segment_id, rows = num_rows, range = ?index.range(), "primary keys indexed");
     let matches = scan_source(&stores.source, plan, seg, index.clone()).await?;
     let (joined, used_source_rows) = join_matches(seg, num_rows, &index, matches)?;
     let joined = Arc::new(joined);
-    let written = match seg.v3 {
-        Some(_) => write_v3(stores, plan, seg, &joined).await?,
-        None => write_export(stores, plan, seg, &joined, task_id, attempt).await?,
+    let written = match (&seg.v3, seg.storage_version) {
+        (Some(_), _) => write_v3(stores, plan, seg, &joined).await?,
+        (None, 2) => write_v2(stores, plan, seg, &joined).await?,
+        (None, _) => write_export(stores, plan, seg, &joined, task_id, attempt).await?,
     };
     Ok(SegmentOutcome {
         segment_id: seg.segment_id,
@@ -50,7 +53,36 @@ pub async fn process_segment(
         manifest_paths: written.paths,
         execution_time_ms: started.elapsed().as_millis() as u64,
         ops: written.ops,
+        storage_version: written.storage_version,
+        version: written.storage_version.map(|_| -1),
+        column_groups: written.column_groups,
         used_source_rows,
+    })
+}
+
+/// StorageV2: one single-field column group per new field beside the segment's groups.
+async fn write_v2(stores: &RunStores, plan: &TaskPlan, seg: &SegmentPlan, joined: &Arc<Joined>) -> Result<Written> {
+    let cols = v2_output::columns(&plan.new_fields, &joined.schema())?;
+    let groups = v2_output::write_segment(
+        &stores.storage,
+        &plan.root_path,
+        plan.collection_id,
+        seg,
+        joined,
+        &cols,
+        plan.batch_size.rows(),
+    )
+    .await?;
+    let paths = groups
+        .iter()
+        .flat_map(|g| g.binlog_files.iter().map(|k| stores.storage.display(k)))
+        .collect();
+    Ok(Written {
+        output_path: seg.output_dir.clone(),
+        paths,
+        ops: vec![],
+        storage_version: Some(2),
+        column_groups: groups,
     })
 }
 
@@ -59,6 +91,9 @@ struct Written {
     output_path: String,
     paths: Vec<String>,
     ops: Vec<milvus_backfill_api::outcome::ManifestOp>,
+    /// `Some(2)` for a StorageV2 entry.
+    storage_version: Option<i64>,
+    column_groups: Vec<milvus_backfill_api::outcome::ColumnGroupEntry>,
 }
 
 /// The export layout (V1 segments): Parquet parts plus `manifest.json`, which no Milvus commits.
@@ -88,6 +123,8 @@ async fn write_export(
         output_path: stores.output.display(&seg.output_dir),
         paths,
         ops: vec![],
+        storage_version: None,
+        column_groups: vec![],
     })
 }
 
@@ -109,13 +146,15 @@ async fn write_v3(stores: &RunStores, plan: &TaskPlan, seg: &SegmentPlan, joined
         output_path: v3.base_path.clone(),
         paths,
         ops,
+        storage_version: None,
+        column_groups: vec![],
     })
 }
 
 /// The segment's row count, if this version can backfill the segment at all.
 fn supported_rows(seg: &SegmentPlan) -> Result<u32> {
     let supported = match seg.storage_version {
-        0 => seg.v3.is_none(),
+        0 | 2 => seg.v3.is_none(),
         3 => seg.v3.is_some(),
         _ => false,
     };
@@ -123,7 +162,7 @@ fn supported_rows(seg: &SegmentPlan) -> Result<u32> {
         return Err(BackfillError::segment(
             seg.segment_id,
             format!(
-                "storage version {} is not supported yet (V1 segments in the export layout, V3 segments from a snapshot)",
+                "storage version {} is not supported (V1 segments in the export layout, V2 and V3 segments from a snapshot)",
                 seg.storage_version
             ),
         ));
@@ -279,4 +318,23 @@ async fn read_v3_keys(
         ));
     }
     Ok(index)
+}
+
+/// Reads a V2 segment's primary keys: the PK's column group files in ascending log ID, whole.
+async fn read_v2_keys(storage: &Store, plan: &TaskPlan, seg: &SegmentPlan, num_rows: u32) -> Result<KeyIndex> {
+    let files: Vec<V3File> = seg
+        .pk_binlogs
+        .iter()
+        .map(|b| V3File {
+            key: b.key.clone(),
+            start_index: 0,
+            end_index: b.rows,
+        })
+        .collect();
+    let as_v3 = V3Segment {
+        base_path: seg.output_dir.clone(),
+        manifest_version: 0,
+        pk_files: files,
+    };
+    read_v3_keys(storage, plan, seg, &as_v3, num_rows).await
 }

@@ -32,5 +32,7 @@ pub mod targets;
 #[cfg(test)]
 mod testdata;
 pub mod types;
+pub mod v2_output;
+pub mod v2_planner;
 pub mod v3_keys;
 pub mod v3_output;

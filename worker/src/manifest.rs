@@ -106,13 +106,18 @@ impl Manifest {
 /// A manifest path as a bucket key: relative paths are under `{base}/_data/` (as
 /// milvus-storage's `ToAbsolute` resolves them); URIs lose their scheme and bucket.
 pub fn data_file_key(base: &str, path: &str) -> String {
-    if let Some((_, rest)) = path.split_once("://") {
-        return rest.split_once('/').map_or(rest, |(_, k)| k).to_owned();
-    }
-    if let Some(abs) = path.strip_prefix('/') {
-        return abs.to_owned();
+    if path.contains("://") || path.starts_with('/') {
+        return bucket_key(path);
     }
     format!("{}/_data/{path}", base.trim_end_matches('/'))
+}
+
+/// An absolute path or URI as a bucket key: `s3://bucket/k` and `/k` → `k`.
+pub fn bucket_key(path: &str) -> String {
+    match path.split_once("://") {
+        Some((_, rest)) => rest.split_once('/').map_or(rest, |(_, k)| k).to_owned(),
+        None => path.trim_start_matches('/').to_owned(),
+    }
 }
 
 fn decode_container(bytes: &[u8]) -> Result<Manifest, String> {

@@ -18,6 +18,8 @@ pub struct Snapshot {
     pub v3_segments: Vec<V3Entry>,
     /// Avro files listing the V1/V2 segments (`manifest-list`).
     pub manifest_list: Vec<String>,
+    /// The layout of those files (`format-version`; 0 when the snapshot predates it).
+    pub format_version: i64,
 }
 
 /// One `storagev2-manifest-list` entry, its manifest pointer decoded.
@@ -88,6 +90,7 @@ impl Snapshot {
             partition_ids: doc.info.partition_ids,
             v3_segments,
             manifest_list: doc.manifest_list,
+            format_version: doc.format_version,
         })
     }
 }
@@ -101,6 +104,14 @@ struct Doc {
     manifest_list: Vec<String>,
     #[serde(rename = "storagev2-manifest-list", default)]
     v3: Vec<RawV3Entry>,
+    #[serde(
+        rename = "format-version",
+        alias = "format_version",
+        alias = "formatVersion",
+        default,
+        deserialize_with = "int"
+    )]
+    format_version: i64,
 }
 
 #[derive(Deserialize)]

@@ -195,7 +195,10 @@ pub fn encode(entry: &SegmentEntry, format_version: i64) -> Result<Vec<u8>, Stri
     if format_version >= 3 {
         fields.push(("commit_timestamp".into(), Value::Long(0)));
     }
-    fields.push(("binlog_files".into(), Value::Array(entry.binlogs.iter().map(group).collect())));
+    fields.push((
+        "binlog_files".into(),
+        Value::Array(entry.binlogs.iter().map(group).collect()),
+    ));
     for empty in [
         "deltalog_files",
         "statslog_files",

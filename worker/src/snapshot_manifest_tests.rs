@@ -46,7 +46,12 @@ fn every_format_version_round_trips() {
 fn the_wrong_format_version_is_detected() {
     let bytes = encode(&entry(), 4).unwrap();
     let e = decode(&bytes, 2).unwrap_err();
-    assert!(e.contains("format-2") && (e.contains("wrong format version") || e.contains("not a")), "{e}");
+    assert!(
+        e.contains("format-2") && (e.contains("wrong format version") || e.contains("not a")),
+        "{e}"
+    );
     assert!(decode(&bytes, 5).unwrap_err().contains("newer than this build reads"));
-    assert!(decode(&bytes[..bytes.len() / 2], 4).unwrap_err().contains("not a format-4"));
+    assert!(decode(&bytes[..bytes.len() / 2], 4)
+        .unwrap_err()
+        .contains("not a format-4"));
 }

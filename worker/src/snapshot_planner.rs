@@ -1,6 +1,7 @@
 //! Planning from a Milvus 3.0 snapshot file alone (`spec.milvus.snapshot.path`): schema, field
 //! IDs, schema version, primary key and segments come from the snapshot; each StorageV3
-//! segment is read at the snapshot's manifest version. No Milvus connection. Writes nothing.
+//! segment is read at the snapshot's manifest version, each StorageV2 segment from its
+//! manifest-list entry ([`crate::v2_planner`]). No Milvus connection. Writes nothing.
 
 use futures_util::StreamExt;
 
@@ -18,6 +19,7 @@ use crate::source;
 use crate::store::{Store, StoreError};
 use crate::stores::{place_key, RunLocations, RunStores, StoreCredentials};
 use crate::targets;
+use crate::v2_planner;
 
 pub const CONSISTENCY_NOTE: &str =
     "planned from a snapshot: its segments are protected from compaction, so the rows read now are the rows Milvus commits onto";
@@ -34,14 +36,6 @@ pub async fn plan(doc: &BackfillDoc, snapshot_path: &str, creds: &StoreCredentia
             spec.milvus.collection, snap.collection_name
         )));
     }
-    if !snap.manifest_list.is_empty() {
-        return Err(BackfillError::schema(format!(
-            "the snapshot lists StorageV1/V2 segments ({} manifest-list file(s), e.g. {}); this version backfills the StorageV3 segments \
-             of a snapshot only, and would leave those rows without values",
-            snap.manifest_list.len(),
-            snap.manifest_list[0]
-        )));
-    }
     let pk = planner::pk_field(&snap.collection, spec.primary_key_field_id)?;
     let files = source::list_files(&stores.source, &place_key(&at.source_place)).await?;
     let schema = source::inspect(&stores.source, &files, pk.pk_type, &[]).await?;
@@ -54,7 +48,18 @@ pub async fn plan(doc: &BackfillDoc, snapshot_path: &str, creds: &StoreCredentia
     source::check_keys(&stores.source, &schema.files, pk.pk_type)
         .await?
         .into_result()?;
-    let segments = plan_segments(&stores.storage, &at.storage_bucket, &snap, &pk).await;
+    let mut segments = plan_segments(&stores.storage, &at.storage_bucket, &snap, &pk).await;
+    let v2 = v2_planner::plan_all(&stores.storage, spec.storage.root_path(), &snap, &pk)
+        .await
+        .map_err(|e| BackfillError::schema(format!("spec.milvus.snapshot.path {snapshot_path}: {e}")))?;
+    for p in v2 {
+        match p {
+            v2_planner::Planned::Segment(s) => segments.planned.push(s),
+            v2_planner::Planned::Skipped(s) => segments.skipped.push(s),
+            v2_planner::Planned::Failed(s) => segments.failed.push(s),
+        }
+    }
+    segments.planned.sort_by_key(|s| s.segment_id);
     let mut warnings = segments.warnings;
     warnings.insert(0, CONSISTENCY_NOTE.to_owned());
     let plan = Plan {
@@ -203,24 +208,7 @@ async fn read_segment(
         return Err(format!("base_path {:?} is not under collection {coll}", e.base_path));
     }
     let manifest = read_manifest(storage, &base, e.version).await?;
-    if let Some((g, rows)) = manifest.uneven_groups().first() {
-        return Err(format!(
-            "manifest version {} is inconsistent: column group {g} holds {rows} rows, group 0 holds {}",
-            e.version,
-            manifest.rows()
-        ));
-    }
-    let pk_files = manifest.files_of(pk.field_id, &base).ok_or_else(|| {
-        format!(
-            "no column group of manifest version {} holds the primary key (column \"{}\")",
-            e.version, pk.field_id
-        )
-    })?;
-    let v3 = V3Segment {
-        base_path: base.clone(),
-        manifest_version: e.version,
-        pk_files,
-    };
+    let v3 = v3_segment(&manifest, &base, e.version, pk)?;
     let num_rows = v3.rows();
     let warning = newer_manifest(storage, &base, e.version, num_rows).await?;
     Ok(Read {
@@ -235,6 +223,33 @@ async fn read_segment(
             v3: Some(v3),
         },
         warning,
+    })
+}
+
+/// A V3 segment read at `version` of its manifest, or why not: the column groups must line up
+/// and one must hold the primary key. Pure; the live planner's StorageV3 segments use it too.
+pub fn v3_segment(
+    manifest: &Manifest,
+    base: &str,
+    version: i64,
+    pk: &PkField,
+) -> std::result::Result<V3Segment, String> {
+    if let Some((g, rows)) = manifest.uneven_groups().first() {
+        return Err(format!(
+            "manifest version {version} is inconsistent: column group {g} holds {rows} rows, group 0 holds {}",
+            manifest.rows()
+        ));
+    }
+    let pk_files = manifest.files_of(pk.field_id, base).ok_or_else(|| {
+        format!(
+            "no column group of manifest version {version} holds the primary key (column \"{}\")",
+            pk.field_id
+        )
+    })?;
+    Ok(V3Segment {
+        base_path: base.to_owned(),
+        manifest_version: version,
+        pk_files,
     })
 }
 

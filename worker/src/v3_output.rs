@@ -11,6 +11,7 @@ use std::sync::Arc;
 use arrow_array::{ArrayRef, RecordBatch};
 use arrow_schema::{Field, Schema, SchemaRef};
 use bytes::Bytes;
+use parquet::arrow::arrow_writer::ArrowWriterOptions;
 use parquet::arrow::ArrowWriter;
 use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::metadata::KeyValue;
@@ -38,6 +39,17 @@ pub struct Column {
 /// joined column (the source's type, which planning matched exactly to the field's; a
 /// LargeUtf8 source fills a VarChar field, stored as Utf8).
 pub fn columns(fields: &[NewField], joined: &SchemaRef) -> Result<Vec<Column>> {
+    named_columns(fields, joined, Naming::FieldId)
+}
+
+/// How a layout names its columns: V3 by field ID, V2 by field name (both tag the field ID).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Naming {
+    FieldId,
+    FieldName,
+}
+
+pub fn named_columns(fields: &[NewField], joined: &SchemaRef, naming: Naming) -> Result<Vec<Column>> {
     fields
         .iter()
         .enumerate()
@@ -57,9 +69,11 @@ pub fn columns(fields: &[NewField], joined: &SchemaRef) -> Result<Vec<Column>> {
             };
             let meta: std::collections::HashMap<String, String> =
                 [("PARQUET:field_id".to_owned(), field_id.to_string())].into();
-            let schema = Arc::new(Schema::new(vec![
-                Field::new(field_id.to_string(), arrow, true).with_metadata(meta)
-            ]));
+            let name = match naming {
+                Naming::FieldId => field_id.to_string(),
+                Naming::FieldName => f.name.clone(),
+            };
+            let schema = Arc::new(Schema::new(vec![Field::new(name, arrow, true).with_metadata(meta)]));
             let index = joined.index_of(&f.name).unwrap_or(index);
             Ok(Column {
                 index,
@@ -97,13 +111,30 @@ pub fn encode(
     end: usize,
     batch_size: usize,
 ) -> Result<EncodedFile, String> {
+    encode_with(joined, col, start, end, batch_size, &[])
+}
+
+/// Encodes rows `[start, end)` of one joined column as a milvus-storage Parquet file: `leading`
+/// key-values first, then `row_group_metadata` and `storage_version`. No `ARROW:schema` key,
+/// as milvus-storage's writer; the field ID travels in the Parquet schema.
+pub fn encode_with(
+    joined: &Joined,
+    col: &Column,
+    start: usize,
+    end: usize,
+    batch_size: usize,
+    leading: &[(&str, String)],
+) -> Result<EncodedFile, String> {
     let props = WriterProperties::builder()
         .set_compression(Compression::ZSTD(ZstdLevel::try_new(3).expect("level 3")))
         .set_max_row_group_row_count(None)
         .set_created_by(format!("milvus-backfill {}", env!("CARGO_PKG_VERSION")))
         .build();
     let mut buf = Vec::new();
-    let mut w = ArrowWriter::try_new(&mut buf, col.schema.clone(), Some(props)).map_err(|e| e.to_string())?;
+    let options = ArrowWriterOptions::new()
+        .with_properties(props)
+        .with_skip_arrow_metadata(true);
+    let mut w = ArrowWriter::try_new_with_options(&mut buf, col.schema.clone(), options).map_err(|e| e.to_string())?;
     let group_rows = row_group_rows(batch_size);
     let mut groups = Vec::new();
     let mut at = start;
@@ -121,6 +152,9 @@ pub fn encode(
         w.flush().map_err(|e| e.to_string())?;
         groups.push(format!("{mem}|{}|{}", group_end - at, at - start));
         at = group_end;
+    }
+    for (k, v) in leading {
+        w.append_key_value_metadata(KeyValue::new((*k).to_owned(), v.clone()));
     }
     w.append_key_value_metadata(KeyValue::new("row_group_metadata".into(), groups.join(";")));
     w.append_key_value_metadata(KeyValue::new(
