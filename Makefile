@@ -7,7 +7,7 @@ E2E_STATE := $(MB_HOME)/e2e
 BIN := target/release/milvus-backfill
 DATA := target/e2e-data
 
-.PHONY: build demo test unit-test gitops-test e2e-test env-up env-down lint bench crds k8s-test operator-e2e
+.PHONY: build demo test unit-test gitops-test e2e-test v3-test env-up env-down lint bench crds k8s-test operator-e2e
 
 build:
 	cargo build --release --workspace --locked
@@ -44,7 +44,14 @@ e2e-test: build
 gitops-test:
 	docs/argocd/test.sh
 
-test: lint unit-test gitops-test e2e-test k8s-test
+# Milvus 3.0 StorageV3 against the official milvus-storage library (PyPI wheel, installed into
+# $(MB_HOME)/v3-venv): its writer makes segments, `milvus-backfill run` plans from the snapshot
+# alone, its transaction commits our ops as DataCoord does, its reader reads every row back.
+# A local root and an S3 leg (moto_server on 127.0.0.1).
+v3-test: build
+	e2e/v3/run.sh
+
+test: lint unit-test gitops-test v3-test e2e-test k8s-test
 
 bench: build
 	bench/run.sh
