@@ -48,6 +48,14 @@ impl RunLayout {
     pub fn result_key(&self) -> String {
         format!("{}/result.json", self.prefix)
     }
+    /// Part `n` (from 1) of a result split below Milvus' size limit; part 1 is `result.json`.
+    pub fn result_part_key(&self, n: usize) -> String {
+        if n <= 1 {
+            self.result_key()
+        } else {
+            format!("{}/result-part-{n}.json", self.prefix)
+        }
+    }
     /// The task object of one attempt. Attempt 0 has the plain name; a retry gets its own
     /// object, because the worker takes the attempt from the task (it names part files and
     /// the outcome by it).

@@ -27,9 +27,14 @@ pub struct SegmentOutcome {
     /// `2` marks a StorageV2 entry (Milvus' decoder reads this snake_case key).
     #[serde(default, rename = "storage_version", skip_serializing_if = "Option::is_none")]
     pub storage_version: Option<i64>,
-    /// `-1` for StorageV2 entries, which have no manifest version.
+    /// `-1` for StorageV2 entries; with `v3Commit: manifest` the manifest version this run
+    /// published (`sourceVersion` + 1).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub version: Option<i64>,
+    /// With `v3Commit: manifest`: the manifest version the new one was built on; Milvus refuses
+    /// the commit if the segment's manifest moved since.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_version: Option<i64>,
     /// StorageV2: one single-field column group per new field.
     #[serde(default, rename = "column_groups", skip_serializing_if = "Vec::is_empty")]
     pub column_groups: Vec<ColumnGroupEntry>,
@@ -190,6 +195,35 @@ impl BackfillResult {
         self.success && self.segments.len() == planned
     }
 
+    /// Splits the result into parts whose JSON stays within `max_bytes` (DataCoord reads at most
+    /// 64 MiB per result object), each with the run's top-level fields and a share of the
+    /// segments. One part if it fits; a single segment entry never splits.
+    pub fn split(&self, max_bytes: usize) -> Vec<BackfillResult> {
+        let empty = Self {
+            segments: BTreeMap::new(),
+            ..self.clone()
+        };
+        let base = serde_json::to_vec(&empty).map_or(0, |b| b.len());
+        let mut parts = vec![empty.clone()];
+        let mut size = base;
+        for (id, entry) in &self.segments {
+            // The entry, its key, quotes, colon and comma.
+            let len = serde_json::to_vec(entry).map_or(0, |b| b.len()) + id.len() + 4;
+            let current = parts.last_mut().expect("one part at least");
+            if size + len > max_bytes && !current.segments.is_empty() {
+                parts.push(empty.clone());
+                size = base;
+            }
+            parts
+                .last_mut()
+                .expect("one part")
+                .segments
+                .insert(id.clone(), entry.clone());
+            size += len;
+        }
+        parts
+    }
+
     pub fn match_rate(&self) -> f64 {
         if self.total_rows_written == 0 {
             0.0
@@ -297,9 +331,31 @@ mod tests {
             ops: vec![],
             storage_version: None,
             version: None,
+            source_version: None,
             column_groups: vec![],
             used_source_rows: vec![],
         }
+    }
+
+    #[test]
+    fn a_large_result_splits_under_the_limit_and_keeps_every_segment() {
+        let outcomes: Vec<SegmentOutcome> = (1..=40).map(|i| outcome(i, 3, 10, 4)).collect();
+        let r = BackfillResult::build(&plan(), outcomes, vec![], 10, 5);
+        assert_eq!(r.split(64 << 20).len(), 1);
+        let whole = serde_json::to_vec(&r).unwrap().len();
+        let parts = r.split(whole / 3);
+        assert!(parts.len() >= 3, "{} parts", parts.len());
+        for p in &parts {
+            assert!(serde_json::to_vec(p).unwrap().len() <= whole / 3);
+            assert_eq!(
+                (p.collection_id, p.schema_version, p.success),
+                (r.collection_id, r.schema_version, r.success)
+            );
+        }
+        let ids: Vec<&String> = parts.iter().flat_map(|p| p.segments.keys()).collect();
+        assert_eq!(ids, r.segments.keys().collect::<Vec<_>>());
+        // A limit below one entry still gives one segment per part, never an empty one.
+        assert!(r.split(10).iter().all(|p| p.segments.len() == 1));
     }
 
     #[test]

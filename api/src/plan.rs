@@ -33,6 +33,23 @@ impl PkType {
     }
 }
 
+/// How StorageV3 outputs reach Milvus (`spec.output.v3Commit`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum V3CommitMode {
+    /// The result carries `ops`; DataCoord applies them onto the current manifest.
+    #[default]
+    Ops,
+    /// The run publishes `manifest-{N+1}.avro` itself; the result carries `version`/`sourceVersion`.
+    Manifest,
+}
+
+impl V3CommitMode {
+    pub fn is_ops(&self) -> bool {
+        *self == Self::Ops
+    }
+}
+
 /// Rows per write batch, never zero (Parquet row groups are multiples of it).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(transparent)]
@@ -178,6 +195,8 @@ pub struct Plan {
     /// Frozen at planning (`spec.batchSize` is immutable for that reason).
     pub batch_size: BatchSize,
     pub parallelism: u32,
+    #[serde(default, skip_serializing_if = "V3CommitMode::is_ops")]
+    pub v3_commit: V3CommitMode,
     pub segments: Vec<SegmentPlan>,
     pub skipped: Vec<SkippedSegment>,
     /// Segments that failed planning (unsupported format, binlogs not matching
@@ -202,6 +221,8 @@ pub struct TaskPlan {
     pub output_place: Place,
     pub batch_size: BatchSize,
     pub root_path: String,
+    #[serde(default, skip_serializing_if = "V3CommitMode::is_ops")]
+    pub v3_commit: V3CommitMode,
 }
 
 impl TaskPlan {
@@ -219,6 +240,7 @@ impl TaskPlan {
             output_place: p.output_place.clone(),
             batch_size: p.batch_size,
             root_path: p.root_path.clone(),
+            v3_commit: p.v3_commit,
         }
     }
 
@@ -286,6 +308,7 @@ pub fn sample_plan() -> Plan {
         output_place: Place::Storage { prefix: String::new() },
         batch_size: BatchSize::new(10).unwrap(),
         parallelism: 1,
+        v3_commit: V3CommitMode::Ops,
         segments: vec![],
         skipped: vec![],
         failed: vec![],

@@ -55,6 +55,9 @@ impl EngineSpec {
     pub fn flush(&self) -> bool {
         self.flush.unwrap_or(false)
     }
+    pub fn v3_commit(&self) -> crate::plan::V3CommitMode {
+        self.output.as_ref().and_then(|o| o.v3_commit).unwrap_or_default()
+    }
     pub fn output_path(&self) -> Option<&str> {
         self.output.as_ref().and_then(|o| o.path.as_deref())
     }
@@ -90,7 +93,8 @@ pub struct MilvusSpec {
     pub snapshot: Option<SnapshotSpec>,
 }
 
-/// Which snapshot to plan from.
+/// Which snapshot to plan from: `path` (a file, no Milvus connection) or `name` (asked of
+/// Milvus 3.0+), exactly one.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct SnapshotSpec {
@@ -99,6 +103,67 @@ pub struct SnapshotSpec {
     /// schema version, the primary key and the segments all come from it: no Milvus connection.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub path: Option<String>,
+    /// An existing snapshot of `spec.milvus.collection`: DescribeSnapshot gives its metadata
+    /// JSON (`s3_location`), which is then read as with `path`. Needs `spec.milvus.uri`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// Create the snapshot `name` first (CreateSnapshot, after `spec.flush` if set), with
+    /// compaction protection longer than the job. Add the new fields before. Default false.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub create: Option<bool>,
+    /// With `create`: seconds Milvus protects the snapshot's segments from compaction, which
+    /// must outlast planning, writing and the commit. Default 86400 (one day).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub compaction_protection_seconds: Option<u32>,
+}
+
+pub const DEFAULT_COMPACTION_PROTECTION_SECONDS: u32 = 86_400;
+
+impl SnapshotSpec {
+    pub fn create(&self) -> bool {
+        self.create.unwrap_or(false)
+    }
+    pub fn compaction_protection_seconds(&self) -> u32 {
+        self.compaction_protection_seconds
+            .unwrap_or(DEFAULT_COMPACTION_PROTECTION_SECONDS)
+    }
+
+    /// The problems of `spec.milvus.snapshot`, each naming its field (part of [`validate`]).
+    fn problems(&self) -> Vec<String> {
+        let given = |v: &Option<String>| v.as_deref().is_some_and(|p| !p.trim().is_empty());
+        let mut out = Vec::new();
+        match (given(&self.path), given(&self.name)) {
+            (true, true) => out.push(
+                "spec.milvus.snapshot: give either path (a snapshot metadata file, no Milvus connection) or name (asked of Milvus), not both"
+                    .to_owned(),
+            ),
+            (false, false) => out.push(
+                "spec.milvus.snapshot needs path (the snapshot metadata JSON: s3://bucket/key or a local file) or name (a snapshot in Milvus 3.0+)"
+                    .to_owned(),
+            ),
+            _ => {}
+        }
+        if self.create() && !given(&self.name) {
+            out.push(
+                "spec.milvus.snapshot.create needs spec.milvus.snapshot.name: the name of the snapshot to create"
+                    .to_owned(),
+            );
+        }
+        if self.compaction_protection_seconds.is_some() && !self.create() {
+            out.push(
+                "spec.milvus.snapshot.compactionProtectionSeconds applies only with create: true (an existing snapshot keeps its own)"
+                    .to_owned(),
+            );
+        }
+        if self.compaction_protection_seconds == Some(0) {
+            out.push(
+                "spec.milvus.snapshot.compactionProtectionSeconds must be > 0: without protection compaction can rewrite the segments before the commit"
+                    .to_owned(),
+            );
+        }
+        // `name` without `spec.milvus.uri` is the uri check's problem (only `path` may go without).
+        out
+    }
 }
 
 /// Where Milvus commits the result.
@@ -176,6 +241,12 @@ pub struct OutputSpec {
     /// a key prefix in the storage bucket, or an absolute local directory.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub path: Option<String>,
+    /// How StorageV3 outputs reach Milvus: `ops` (default) hands DataCoord the changes to apply
+    /// onto the segment's current manifest at commit; `manifest` commits the loon transaction
+    /// here (a new `manifest-{N+1}.avro`, created only if absent) and hands Milvus the version,
+    /// for servers without `ops` support.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub v3_commit: Option<crate::plan::V3CommitMode>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
@@ -203,13 +274,6 @@ pub fn validate(spec: &EngineSpec) -> Result<(), Vec<String>> {
     need(
         !uri.trim().is_empty() || spec.snapshot_path().is_some(),
         "spec.milvus.uri is empty (e.g. http://127.0.0.1:19530); it may be left out only with spec.milvus.snapshot.path",
-    );
-    need(
-        spec.milvus
-            .snapshot
-            .as_ref()
-            .is_none_or(|s| s.path.as_deref().is_some_and(|p| !p.trim().is_empty())),
-        "spec.milvus.snapshot.path is empty: give the snapshot metadata JSON (s3://bucket/key or a local file)",
     );
     need(
         spec.commit_endpoint().is_none_or(|e| e.starts_with("http://") || e.starts_with("https://")),
@@ -240,6 +304,9 @@ pub fn validate(spec: &EngineSpec) -> Result<(), Vec<String>> {
         !is_s3 || S3Uri::parse(&spec.source.path).is_some_and(|u| !u.key.is_empty() || spec.source.path.ends_with('/')),
         "spec.source.path: s3:// needs a bucket and a key or prefix",
     );
+    if let Some(snapshot) = &spec.milvus.snapshot {
+        problems.extend(snapshot.problems());
+    }
     if problems.is_empty() {
         Ok(())
     } else {
@@ -293,6 +360,67 @@ mod tests {
             );
         }
         assert_eq!(problems.len(), 4);
+    }
+
+    fn with_snapshot(snapshot: serde_json::Value, uri: &str) -> EngineSpec {
+        let mut doc: serde_json::Value = serde_json::from_str(MINIMAL).unwrap();
+        doc["milvus"]["snapshot"] = snapshot;
+        doc["milvus"]["uri"] = uri.into();
+        serde_json::from_value(doc).unwrap()
+    }
+
+    #[test]
+    fn a_snapshot_is_named_or_a_path_and_create_needs_a_name() {
+        let uri = "http://m:19530";
+        let ok = |snap, uri| validate(&with_snapshot(snap, uri));
+        assert_eq!(ok(serde_json::json!({"path": "s3://b/k.json"}), ""), Ok(()));
+        assert_eq!(ok(serde_json::json!({"name": "s1"}), uri), Ok(()));
+        assert_eq!(ok(serde_json::json!({"name": "s1", "create": true}), uri), Ok(()));
+        let p = serde_json::json!({"name": "s1", "create": true, "compactionProtectionSeconds": 3600});
+        assert_eq!(ok(p, uri), Ok(()));
+        let fails = |snap, uri, part: &str| {
+            let problems = validate(&with_snapshot(snap, uri)).unwrap_err();
+            assert!(
+                problems.iter().any(|p| p.contains(part)),
+                "{part} missing in {problems:?}"
+            );
+            problems.len()
+        };
+        assert_eq!(
+            fails(serde_json::json!({"path": "p", "name": "s1"}), uri, "not both"),
+            1
+        );
+        assert_eq!(fails(serde_json::json!({}), uri, "needs path"), 1);
+        assert_eq!(fails(serde_json::json!({"path": " "}), "", "needs path"), 1);
+        assert_eq!(
+            fails(serde_json::json!({"path": "p", "create": true}), uri, "create needs"),
+            1
+        );
+        // A name is looked up in Milvus: only `path` may go without the URI.
+        assert_eq!(
+            fails(serde_json::json!({"name": "s1"}), "", "spec.milvus.uri is empty"),
+            1
+        );
+        let no_create = serde_json::json!({"name": "s1", "compactionProtectionSeconds": 60});
+        assert_eq!(fails(no_create, uri, "only with create"), 1);
+        let zero = serde_json::json!({"name": "s1", "create": true, "compactionProtectionSeconds": 0});
+        assert_eq!(fails(zero, uri, "must be > 0"), 1);
+    }
+
+    #[test]
+    fn snapshot_defaults_stay_out_of_the_document() {
+        let spec = with_snapshot(serde_json::json!({"name": "s1"}), "http://m:19530");
+        let snap = spec.milvus.snapshot.as_ref().unwrap();
+        assert_eq!((snap.create(), snap.compaction_protection_seconds()), (false, 86_400));
+        let back = serde_json::to_value(&spec).unwrap();
+        assert_eq!(back["milvus"]["snapshot"], serde_json::json!({"name": "s1"}));
+        let written = serde_json::json!({"name": "s1", "create": true, "compactionProtectionSeconds": 7200});
+        let spec = with_snapshot(written.clone(), "http://m:19530");
+        assert_eq!(
+            spec.milvus.snapshot.as_ref().unwrap().compaction_protection_seconds(),
+            7200
+        );
+        assert_eq!(serde_json::to_value(&spec).unwrap()["milvus"]["snapshot"], written);
     }
 
     #[test]

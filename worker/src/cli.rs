@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use clap::{Parser, Subcommand, ValueEnum};
 
 use milvus_backfill_api::invocation::{env, flags};
-use milvus_backfill_api::layout::{RunLayout, TaskSplit};
+use milvus_backfill_api::layout::TaskSplit;
 use milvus_backfill_api::outcome::BackfillResult;
 use milvus_backfill_api::place::{S3Endpoint, S3Uri};
 
@@ -179,9 +179,11 @@ async fn run_command(file: &Path, result: Option<&Path>, verbose: bool) -> Resul
     }
     let mut code = if r.success { 0 } else { 1 };
     match runner::store_result(p, &planned.stores.storage, &r).await {
-        Ok(at) => {
-            println!("  result:               {at}");
-            if !commit_step(&doc, p, &planned.stores.storage, &r).await? {
+        Ok(keys) => {
+            for k in &keys {
+                println!("  result:               {}", planned.stores.storage.display(k));
+            }
+            if !commit_step(&doc, &keys, &planned.stores.storage, &r).await? {
                 code = code.max(1);
             }
         }
@@ -202,9 +204,11 @@ async fn run_command(file: &Path, result: Option<&Path>, verbose: bool) -> Resul
 
 /// Commits a stored result through `spec.commit.endpoint`, or says how to. False when a
 /// commit was attempted and left segments uncommitted.
-async fn commit_step(doc: &BackfillDoc, p: &Plan, storage: &Store, r: &BackfillResult) -> Result<bool> {
-    let key = RunLayout::of_plan(p).result_key();
-    let committable = r.segments.values().any(|s| !s.ops.is_empty());
+async fn commit_step(doc: &BackfillDoc, keys: &[String], storage: &Store, r: &BackfillResult) -> Result<bool> {
+    let committable = r
+        .segments
+        .values()
+        .any(|s| !s.ops.is_empty() || !s.column_groups.is_empty() || s.version.is_some());
     if !committable {
         if !r.segments.is_empty() {
             println!("  commit:               none (export layout of StorageV1 segments: no Milvus can commit it)");
@@ -212,7 +216,9 @@ async fn commit_step(doc: &BackfillDoc, p: &Plan, storage: &Store, r: &BackfillR
         return Ok(true);
     }
     let Some(endpoint) = doc.spec.commit_endpoint() else {
-        println!("  commit with:          {}", commit::commit_command(&key));
+        for k in keys {
+            println!("  commit with:          {}", commit::commit_command(k));
+        }
         return Ok(true);
     };
     if !r.success {
@@ -222,19 +228,24 @@ async fn commit_step(doc: &BackfillDoc, p: &Plan, storage: &Store, r: &BackfillR
         );
         return Ok(false);
     }
-    let done = commit::commit_run(storage, endpoint, r, &key, 2).await?;
-    for (seg, status) in &done.segments {
-        println!("  commit segment {seg}: {status}");
+    let parts = r.split(commit::MAX_RESULT_BYTES);
+    let mut all = true;
+    for (key, part) in keys.iter().zip(&parts) {
+        let done = commit::commit_run(storage, endpoint, part, key, 2).await?;
+        for (seg, status) in &done.segments {
+            println!("  commit segment {seg}: {status}");
+        }
+        all &= done.success;
     }
     println!(
         "  commit:               {}",
-        if done.success {
+        if all {
             "all segments committed"
         } else {
             "some segments were NOT committed"
         }
     );
-    Ok(done.success)
+    Ok(all)
 }
 
 /// A run whose record could not be stored: success becomes [`EXIT_RESULT_NOT_WRITTEN`].

@@ -13,11 +13,12 @@ use crate::error::{BackfillError, Result};
 use crate::join::Joined;
 use crate::keys::KeyIndex;
 use crate::output;
-use crate::plan::{SegmentPlan, TaskPlan, V3File, V3Segment};
+use crate::plan::{SegmentPlan, TaskPlan, V3CommitMode, V3File, V3Segment};
 use crate::source::{self, Matches};
 use crate::store::{Store, StoreError};
 use crate::stores::RunStores;
 use crate::v2_output;
+use crate::v3_commit;
 use crate::v3_keys;
 use crate::v3_output;
 
@@ -54,7 +55,8 @@ pub async fn process_segment(
         execution_time_ms: started.elapsed().as_millis() as u64,
         ops: written.ops,
         storage_version: written.storage_version,
-        version: written.storage_version.map(|_| -1),
+        version: written.version,
+        source_version: written.source_version,
         column_groups: written.column_groups,
         used_source_rows,
     })
@@ -82,6 +84,8 @@ async fn write_v2(stores: &RunStores, plan: &TaskPlan, seg: &SegmentPlan, joined
         paths,
         ops: vec![],
         storage_version: Some(2),
+        version: Some(-1),
+        source_version: None,
         column_groups: groups,
     })
 }
@@ -93,6 +97,9 @@ struct Written {
     ops: Vec<milvus_backfill_api::outcome::ManifestOp>,
     /// `Some(2)` for a StorageV2 entry.
     storage_version: Option<i64>,
+    /// `-1` for V2; the published manifest version (and its base) with `v3Commit: manifest`.
+    version: Option<i64>,
+    source_version: Option<i64>,
     column_groups: Vec<milvus_backfill_api::outcome::ColumnGroupEntry>,
 }
 
@@ -124,6 +131,8 @@ async fn write_export(
         paths,
         ops: vec![],
         storage_version: None,
+        version: None,
+        source_version: None,
         column_groups: vec![],
     })
 }
@@ -142,11 +151,20 @@ async fn write_v3(stores: &RunStores, plan: &TaskPlan, seg: &SegmentPlan, joined
                 .map(|f| stores.storage.display(&format!("{}{}", v3.data_dir(), f.path)))
         })
         .collect();
+    let (ops, version, source_version) = match plan.v3_commit {
+        V3CommitMode::Ops => (ops, None, None),
+        V3CommitMode::Manifest => {
+            let p = v3_commit::publish(&stores.storage, seg.segment_id, v3, &ops).await?;
+            (vec![], Some(p.version), Some(p.source_version))
+        }
+    };
     Ok(Written {
         output_path: v3.base_path.clone(),
         paths,
         ops,
         storage_version: None,
+        version,
+        source_version,
         column_groups: vec![],
     })
 }

@@ -34,5 +34,6 @@ mod testdata;
 pub mod types;
 pub mod v2_output;
 pub mod v2_planner;
+pub mod v3_commit;
 pub mod v3_keys;
 pub mod v3_output;

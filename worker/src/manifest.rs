@@ -56,13 +56,133 @@ impl ColumnGroup {
     }
 }
 
-impl Manifest {
+/// A decoded manifest with what writing it back needs: its schema and the whole record, so
+/// that a rewrite keeps every field it held (indexes, stats, LOB files, fields this build does
+/// not know).
+#[derive(Clone, Debug)]
+pub struct RawManifest {
+    pub manifest: Manifest,
+    schema: Schema,
+    record: Value,
+}
+
+/// A column group to add: its columns, files `(name, start, end, properties)` and format.
+#[derive(Clone, Debug, PartialEq)]
+pub struct NewGroup {
+    pub columns: Vec<String>,
+    pub files: Vec<GroupFile>,
+    pub format: String,
+}
+
+impl RawManifest {
     pub fn decode(bytes: &[u8]) -> Result<Self, String> {
         if bytes.starts_with(b"Obj\x01") {
             decode_container(bytes)
         } else {
             decode_legacy(bytes)
         }
+    }
+
+    /// The next version's bytes, in this manifest's encoding: the columns of `groups` dropped
+    /// from every group (a group left empty goes), then `groups` added, as the loon
+    /// transaction's `replace` does. Each new group must hold the segment's rows.
+    pub fn replace_columns(&self, groups: &[NewGroup]) -> Result<Vec<u8>, String> {
+        let rows = self.manifest.rows();
+        let dropped: Vec<&String> = groups.iter().flat_map(|g| &g.columns).collect();
+        let mut record = self.record.clone();
+        let Value::Record(fields) = &mut record else {
+            return Err("the manifest is not a record".into());
+        };
+        let (_, Value::Array(cgs)) = fields
+            .iter_mut()
+            .find(|(n, _)| n == "column_groups")
+            .ok_or("the manifest has no column_groups")?
+        else {
+            return Err("column_groups is not an array".into());
+        };
+        for g in cgs.iter_mut() {
+            if let Value::Record(gf) = g {
+                if let Some((_, Value::Array(cols))) = gf.iter_mut().find(|(n, _)| n == "columns") {
+                    cols.retain(|c| !matches!(c, Value::String(s) if dropped.contains(&s)));
+                }
+            }
+        }
+        cgs.retain(|g| !matches!(field(g, "columns"), Ok(Value::Array(c)) if c.is_empty()));
+        for g in groups {
+            let got: u64 = g
+                .files
+                .iter()
+                .map(|f| (f.end_index - f.start_index).max(0) as u64)
+                .sum();
+            if got != rows && !self.manifest.column_groups.is_empty() {
+                return Err(format!(
+                    "the new group of {:?} holds {got} rows, the segment {rows}",
+                    g.columns
+                ));
+            }
+            cgs.push(self.group_value(g));
+        }
+        self.encode(record)
+    }
+
+    fn group_value(&self, g: &NewGroup) -> Value {
+        let file = |f: &GroupFile| {
+            let extra = match self.manifest.encoding {
+                Encoding::Container => (
+                    "properties".to_owned(),
+                    Value::Map(
+                        f.properties
+                            .iter()
+                            .map(|(k, v)| (k.clone(), Value::String(v.clone())))
+                            .collect(),
+                    ),
+                ),
+                Encoding::Legacy { .. } => ("metadata".to_owned(), Value::Bytes(vec![])),
+            };
+            Value::Record(vec![
+                ("path".into(), Value::String(f.path.clone())),
+                ("start_index".into(), Value::Long(f.start_index)),
+                ("end_index".into(), Value::Long(f.end_index)),
+                extra,
+            ])
+        };
+        Value::Record(vec![
+            (
+                "columns".into(),
+                Value::Array(g.columns.iter().map(|c| Value::String(c.clone())).collect()),
+            ),
+            ("files".into(), Value::Array(g.files.iter().map(file).collect())),
+            ("format".into(), Value::String(g.format.clone())),
+        ])
+    }
+
+    fn encode(&self, record: Value) -> Result<Vec<u8>, String> {
+        let err = |e: apache_avro::Error| format!("cannot encode the manifest: {e}");
+        match self.manifest.encoding {
+            Encoding::Container => {
+                let mut w = apache_avro::Writer::new(&self.schema, Vec::new()).map_err(err)?;
+                w.append_value(record).map_err(err)?;
+                w.into_inner().map_err(err)
+            }
+            Encoding::Legacy { version } => {
+                let mut out = write_datum(&Schema::Int, Value::Int(LEGACY_MAGIC)).map_err(err)?;
+                out.extend(write_datum(&Schema::Int, Value::Int(version)).map_err(err)?);
+                out.extend(write_datum(&self.schema, record).map_err(err)?);
+                Ok(out)
+            }
+        }
+    }
+}
+
+fn write_datum(schema: &Schema, v: Value) -> Result<Vec<u8>, apache_avro::Error> {
+    apache_avro::writer::datum::GenericDatumWriter::builder(schema)
+        .build()?
+        .write_value_to_vec(v)
+}
+
+impl Manifest {
+    pub fn decode(bytes: &[u8]) -> Result<Self, String> {
+        RawManifest::decode(bytes).map(|r| r.manifest)
     }
 
     /// The segment's physical row count: group 0's rows (every group has as many).
@@ -120,17 +240,21 @@ pub fn bucket_key(path: &str) -> String {
     }
 }
 
-fn decode_container(bytes: &[u8]) -> Result<Manifest, String> {
-    let reader = apache_avro::Reader::new(bytes).map_err(|e| format!("not a readable Avro container: {e}"))?;
+fn decode_container(bytes: &[u8]) -> Result<RawManifest, String> {
+    let mut reader = apache_avro::Reader::new(bytes).map_err(|e| format!("not a readable Avro container: {e}"))?;
+    let schema = reader.writer_schema().clone();
     let record = reader
-        .into_iter()
         .next()
         .ok_or("the Avro container holds no manifest record")?
         .map_err(|e| format!("corrupt manifest record: {e}"))?;
-    from_record(&record, Encoding::Container)
+    Ok(RawManifest {
+        manifest: from_record(&record, Encoding::Container)?,
+        schema,
+        record,
+    })
 }
 
-fn decode_legacy(bytes: &[u8]) -> Result<Manifest, String> {
+fn decode_legacy(bytes: &[u8]) -> Result<RawManifest, String> {
     let mut rd = bytes;
     let int = |rd: &mut &[u8]| match read_datum(&Schema::Int, rd) {
         Ok(Value::Int(i)) => Ok(i),
@@ -150,7 +274,11 @@ fn decode_legacy(bytes: &[u8]) -> Result<Manifest, String> {
     }
     let schema = Schema::parse_str(&legacy_schema(version)).map_err(|e| format!("legacy schema: {e}"))?;
     let record = read_datum(&schema, &mut rd).map_err(|e| format!("corrupt \"MILV\" v{version} manifest: {e}"))?;
-    from_record(&record, Encoding::Legacy { version })
+    Ok(RawManifest {
+        manifest: from_record(&record, Encoding::Legacy { version })?,
+        schema,
+        record,
+    })
 }
 
 fn read_datum(schema: &Schema, rd: &mut &[u8]) -> Result<Value, String> {

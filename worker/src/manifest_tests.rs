@@ -182,3 +182,71 @@ fn corrupt_manifests_say_what_is_wrong() {
     container.truncate(container.len() - 20);
     assert!(Manifest::decode(&container).is_err());
 }
+
+fn new_group(column: &str, file: &str, rows: i64) -> NewGroup {
+    NewGroup {
+        columns: vec![column.into()],
+        files: vec![GroupFile {
+            path: file.into(),
+            start_index: 0,
+            end_index: rows,
+            properties: [("file_size".to_owned(), "9".to_owned())].into(),
+        }],
+        format: "parquet".into(),
+    }
+}
+
+#[test]
+fn a_replace_keeps_the_encoding_and_every_other_group() {
+    let bytes = std::fs::read(shared_fixture(
+        "milvus-storage-v3/files/insert_log/1001/1002/1003/_metadata/manifest-4.avro",
+    ))
+    .unwrap();
+    let raw = RawManifest::decode(&bytes).unwrap();
+    let once = raw.replace_columns(&[new_group("103", "0_a.parquet", 2500)]).unwrap();
+    assert!(
+        once.starts_with(&[0xac, 0xb1, 0xca, 0xd4, 0x09]),
+        "still the legacy MILV encoding"
+    );
+    let m = Manifest::decode(&once).unwrap();
+    assert_eq!(m.encoding, Encoding::Legacy { version: 1 });
+    assert_eq!(m.column_groups.len(), 3);
+    assert_eq!(m.column_groups[..2], raw.manifest.column_groups[..]);
+    assert_eq!(m.group_of(103).unwrap().files[0].path, "0_a.parquet");
+    // Replacing again drops the earlier group of that column: a retried commit is idempotent.
+    let twice = RawManifest::decode(&once)
+        .unwrap()
+        .replace_columns(&[new_group("103", "0_b.parquet", 2500)])
+        .unwrap();
+    let m = Manifest::decode(&twice).unwrap();
+    assert_eq!(m.column_groups.len(), 3);
+    assert_eq!(m.group_of(103).unwrap().files[0].path, "0_b.parquet");
+    // A group of another row count is refused.
+    let e = raw
+        .replace_columns(&[new_group("103", "0_c.parquet", 2499)])
+        .unwrap_err();
+    assert!(e.contains("holds 2499 rows, the segment 2500"), "{e}");
+}
+
+#[test]
+fn a_container_rewrite_keeps_fields_this_build_does_not_read() {
+    let raw = RawManifest::decode(&container_manifest()).unwrap();
+    // Replace the vector group's column: the group it leaves empty goes, properties stay.
+    let out = raw.replace_columns(&[new_group("105", "0_n.parquet", 14)]).unwrap();
+    let m = Manifest::decode(&out).unwrap();
+    assert_eq!(m.encoding, Encoding::Container);
+    assert_eq!(
+        m.column_groups.iter().map(|g| g.columns.clone()).collect::<Vec<_>>(),
+        vec![vec!["0".to_owned(), "1".into(), "100".into()], vec!["105".into()]]
+    );
+    assert_eq!(m.column_groups[1].files[0].properties["file_size"], "9");
+    // Every record field survives, with the writer's own schema.
+    let reader = apache_avro::Reader::new(&out[..]).unwrap();
+    assert_eq!(reader.writer_schema(), &Schema::parse_str(CONTAINER_SCHEMA).unwrap());
+    let rec = reader.into_iter().next().unwrap().unwrap();
+    let names: Vec<String> = match rec {
+        Value::Record(f) => f.into_iter().map(|(n, _)| n).collect(),
+        _ => panic!("not a record"),
+    };
+    assert_eq!(names, vec!["column_groups", "delta_logs", "stats"]);
+}

@@ -56,6 +56,57 @@ pub struct CollectionInfo {
     pub schema_version: i32,
 }
 
+/// A snapshot as DescribeSnapshot reports it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SnapshotInfo {
+    pub name: String,
+    pub collection_name: String,
+    /// Hybrid timestamp: physical milliseconds << 18.
+    pub create_ts: i64,
+    /// The metadata JSON: a bucket-relative key (`files/snapshots/<coll>/metadata/<id>.json`)
+    /// or an `s3://` URI.
+    pub s3_location: String,
+}
+
+/// What CreateSnapshot did.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Created {
+    New,
+    /// A snapshot of that name existed already (Milvus' reason).
+    Existed(String),
+}
+
+pub const NO_SNAPSHOTS: &str = "this Milvus has no snapshots (needs Milvus 3.0+)";
+
+/// A failed snapshot call's status, sorted by what the user should do.
+#[derive(Debug, PartialEq)]
+enum SnapshotStatus {
+    Ok,
+    NotFound(String),
+    Exists(String),
+    /// Anything else, including a missing collection: the generic check words it.
+    Other,
+}
+
+// `error_code` is deprecated upstream but older servers set only it on some errors.
+#[allow(deprecated)]
+fn snapshot_status(status: Option<&Status>) -> SnapshotStatus {
+    let Some(s) = status.filter(|s| s.code != 0 || s.error_code != 0) else {
+        return SnapshotStatus::Ok;
+    };
+    let reason = s.reason.to_lowercase();
+    // merr words it "snapshot not found[snapshot=<name>]"; a missing collection names the
+    // collection instead and is left to the generic check.
+    let about_snapshot = reason.contains("snapshot") && !reason.contains("collection not found");
+    if about_snapshot && (reason.contains("not found") || reason.contains("not exist")) {
+        SnapshotStatus::NotFound(s.reason.clone())
+    } else if about_snapshot && reason.contains("already exist") {
+        SnapshotStatus::Exists(s.reason.clone())
+    } else {
+        SnapshotStatus::Other
+    }
+}
+
 fn base64(input: &[u8]) -> String {
     const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
     let mut out = String::with_capacity(input.len().div_ceil(3) * 4);
@@ -236,6 +287,86 @@ impl MilvusClient {
             .collect())
     }
 
+    /// The snapshot calls' RPC errors: an old server's UNIMPLEMENTED says what is missing.
+    fn snapshot_rpc_err(&self, call: &str, s: tonic::Status) -> BackfillError {
+        if s.code() == tonic::Code::Unimplemented {
+            return BackfillError::config(format!(
+                "{call} on {}: {NO_SNAPSHOTS}; plan without spec.milvus.snapshot (from the live segments), \
+                 or from a snapshot file (spec.milvus.snapshot.path)",
+                self.uri
+            ));
+        }
+        self.rpc_err(call, s)
+    }
+
+    /// Creates the snapshot `name` of the collection, its segments protected from compaction
+    /// for `protection_seconds`. A snapshot of that name that exists already is reported, not
+    /// an error: a planning retry after a successful create must not fail on it.
+    pub async fn create_snapshot(&mut self, name: &str, collection: &str, protection_seconds: u32) -> Result<Created> {
+        let req = pb::CreateSnapshotRequest {
+            name: name.to_owned(),
+            description: "created by milvus-backfill to plan a backfill".to_owned(),
+            db_name: self.database.clone(),
+            collection_name: collection.to_owned(),
+            compaction_protection_seconds: i64::from(protection_seconds),
+            ..Default::default()
+        };
+        let status = self
+            .inner
+            .create_snapshot(req)
+            .await
+            .map_err(|s| self.snapshot_rpc_err("CreateSnapshot", s))?
+            .into_inner();
+        match snapshot_status(Some(&status)) {
+            SnapshotStatus::Ok => Ok(Created::New),
+            SnapshotStatus::Exists(reason) => Ok(Created::Existed(reason)),
+            _ => {
+                self.check(
+                    "CreateSnapshot",
+                    &format!("snapshot {name:?} of collection {collection:?}"),
+                    Some(status),
+                )?;
+                Ok(Created::New)
+            }
+        }
+    }
+
+    pub async fn describe_snapshot(&mut self, name: &str, collection: &str) -> Result<SnapshotInfo> {
+        let req = pb::DescribeSnapshotRequest {
+            name: name.to_owned(),
+            db_name: self.database.clone(),
+            collection_name: collection.to_owned(),
+            ..Default::default()
+        };
+        let r = self
+            .inner
+            .describe_snapshot(req)
+            .await
+            .map_err(|s| self.snapshot_rpc_err("DescribeSnapshot", s))?
+            .into_inner();
+        if let SnapshotStatus::NotFound(reason) = snapshot_status(r.status.as_ref()) {
+            return Err(BackfillError::config(format!(
+                "snapshot {name:?} of collection {collection:?} in database {:?} does not exist ({reason}): check \
+                 spec.milvus.snapshot.name, or set spec.milvus.snapshot.create: true to create it",
+                self.database
+            )));
+        }
+        self.check(
+            "DescribeSnapshot",
+            &format!(
+                "snapshot {name:?} of collection {collection:?} in database {:?}",
+                self.database
+            ),
+            r.status,
+        )?;
+        Ok(SnapshotInfo {
+            name: r.name,
+            collection_name: r.collection_name,
+            create_ts: r.create_ts,
+            s3_location: r.s3_location,
+        })
+    }
+
     /// Seals and flushes the collection, then waits until Milvus reports it flushed.
     pub async fn flush(&mut self, collection: &str, timeout: Duration) -> Result<()> {
         let req = pb::FlushRequest {
@@ -289,6 +420,34 @@ impl MilvusClient {
 
 #[cfg(test)]
 mod tests {
+    #[allow(deprecated)]
+    #[test]
+    fn snapshot_statuses_are_sorted_by_what_to_fix() {
+        use super::{snapshot_status, SnapshotStatus};
+        use milvus_proto::common::Status;
+        let st = |code, reason: &str| Status {
+            code,
+            reason: reason.into(),
+            ..Default::default()
+        };
+        assert_eq!(snapshot_status(None), SnapshotStatus::Ok);
+        assert_eq!(snapshot_status(Some(&st(0, ""))), SnapshotStatus::Ok);
+        let missing = st(65535, "snapshot not found[snapshot=s1]");
+        assert!(matches!(snapshot_status(Some(&missing)), SnapshotStatus::NotFound(r) if r.contains("s1")));
+        let exists = st(65535, "snapshot already exists[snapshot=s1]");
+        assert!(matches!(snapshot_status(Some(&exists)), SnapshotStatus::Exists(_)));
+        // A missing collection is the collection's problem, worded by the generic check.
+        let no_coll = st(100, "collection not found[collection=c] when describing snapshot s1");
+        assert_eq!(snapshot_status(Some(&no_coll)), SnapshotStatus::Other);
+        let legacy = Status {
+            error_code: 1,
+            reason: "snapshot s1 does not exist".into(),
+            ..Default::default()
+        };
+        assert!(matches!(snapshot_status(Some(&legacy)), SnapshotStatus::NotFound(_)));
+        assert_eq!(snapshot_status(Some(&st(5, "rate limit"))), SnapshotStatus::Other);
+    }
+
     #[test]
     fn base64_matches_the_sdk_encoding() {
         assert_eq!(super::base64(b"root:Milvus"), "cm9vdDpNaWx2dXM=");

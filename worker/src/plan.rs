@@ -12,6 +12,12 @@ pub const STATE_FLUSHED: i32 = 4;
 /// `commonpb.SegmentLevel::L0` (delete-only segments).
 pub const LEVEL_L0: i32 = 1;
 
+/// `PersistentSegmentInfo.storage_version` values (Milvus `internal/storage`: StorageV1 = 0,
+/// StorageV2 = 2, StorageV3 = 3; 2.3.5 does not send the field, which reads as 0).
+pub const STORAGE_V1: i64 = 0;
+pub const STORAGE_V2: i64 = 2;
+pub const STORAGE_V3: i64 = 3;
+
 /// A segment as `GetPersistentSegmentInfo` reports it.
 #[derive(Clone, Debug, PartialEq)]
 pub struct SegmentInfo {
@@ -51,13 +57,17 @@ pub fn triage(s: &SegmentInfo) -> Triage {
     if s.num_rows <= 0 {
         return Triage::Skip("empty segment".into());
     }
-    if s.storage_version != 0 {
-        return Triage::Fail(format!(
-            "storage version {} is not supported yet; only StorageV1 segments (Milvus before 2.6) can be backfilled by this version",
-            s.storage_version
-        ));
+    match s.storage_version {
+        STORAGE_V1 | STORAGE_V3 => Triage::Backfill,
+        STORAGE_V2 => Triage::Fail(
+            "StorageV2 segments are not supported yet by the live planner (storage version 2): plan from a snapshot \
+             (spec.milvus.snapshot.name or .path) to backfill them"
+                .into(),
+        ),
+        v => Triage::Fail(format!(
+            "storage version {v} is unknown to this version (StorageV1 = 0, StorageV2 = 2, StorageV3 = 3): upgrade milvus-backfill"
+        )),
     }
-    Triage::Backfill
 }
 
 pub fn state_name(state: i32) -> &'static str {
@@ -156,13 +166,21 @@ mod tests {
         assert!(matches!(triage(&seg(STATE_FLUSHED, 0, 0)), Triage::Skip(r) if r.contains("empty")));
         assert!(matches!(triage(&seg(STATE_GROWING, 0, 5)), Triage::Warn(r) if r.contains("flush")));
         assert!(matches!(triage(&seg(6, 0, 5)), Triage::Skip(r) if r.contains("Dropped")));
-        for v in [2, 3] {
-            let s = SegmentInfo {
-                storage_version: v,
-                ..seg(STATE_FLUSHED, 2, 10)
-            };
-            assert!(matches!(triage(&s), Triage::Fail(r) if r.contains(&format!("storage version {v}"))));
-        }
+        let version = |v| SegmentInfo {
+            storage_version: v,
+            ..seg(STATE_FLUSHED, 2, 10)
+        };
+        assert_eq!(triage(&version(STORAGE_V3)), Triage::Backfill);
+        assert!(
+            matches!(triage(&version(2)), Triage::Fail(r) if r.contains("StorageV2 segments are not supported yet"))
+        );
+        assert!(matches!(triage(&version(7)), Triage::Fail(r) if r.contains("storage version 7 is unknown")));
+        // The state rules come first: an empty V2 segment is skipped, not failed.
+        let empty_v2 = SegmentInfo {
+            storage_version: 2,
+            ..seg(STATE_FLUSHED, 2, 0)
+        };
+        assert!(matches!(triage(&empty_v2), Triage::Skip(_)));
     }
 
     #[test]

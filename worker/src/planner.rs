@@ -19,6 +19,9 @@ use crate::source::{self, SourceSchema};
 use crate::store::{ObjectMeta, Store};
 use crate::stores::{place_key, RunLocations, RunStores, StoreCredentials};
 
+mod by_name;
+mod live_v3;
+
 /// Picks the join key: `spec.primaryKeyFieldId`, else the schema's primary key.
 pub fn pk_field(info: &CollectionInfo, requested: Option<i64>) -> Result<PkField> {
     let field = match requested {
@@ -69,9 +72,16 @@ pub async fn plan_with(doc: &BackfillDoc, token: &MilvusToken, creds: &StoreCred
     if let Some(path) = spec.snapshot_path() {
         return crate::snapshot_planner::plan(doc, path, creds).await;
     }
+    if let Some(snapshot) = spec.milvus.snapshot.as_ref().filter(|s| s.name.is_some()) {
+        return by_name::plan(doc, snapshot, token, creds).await;
+    }
     let at = RunLocations::of_spec(spec);
     let stores = RunStores::open(&at, creds).await;
     let coll = read_collection(spec, token).await?;
+    // StorageV3 segments take the new fields from the schema; StorageV1 exports must not.
+    if live_v3::rules(&coll.segments)? == live_v3::Rules::V3 {
+        return live_v3::plan(spec, at, stores, coll).await;
+    }
     let schema = check_source(&stores.source, &at.source_place, &coll).await?;
     // Without `spec.output.path` outputs sit beside the binlogs, in `insert_log/`.
     let custom_output = spec.output_path().map(|_| place_key(&at.output_place));
@@ -98,6 +108,7 @@ pub async fn plan_with(doc: &BackfillDoc, token: &MilvusToken, creds: &StoreCred
             .batch_size()
             .ok_or_else(|| BackfillError::config("spec.batchSize must be > 0"))?,
         parallelism: spec.parallelism(),
+        v3_commit: spec.v3_commit(),
         segments: segments.planned,
         skipped: segments.skipped,
         failed: segments.failed,

@@ -84,15 +84,23 @@ pub async fn run_plan(plan: &Plan, stores: &RunStores, progress: &Progress) -> B
     )
 }
 
-/// Writes the result JSON into the run's directory in the storage bucket; returns its location.
-pub async fn store_result(plan: &Plan, storage: &Store, result: &BackfillResult) -> Result<String> {
-    let key = RunLayout::of_plan(plan).result_key();
-    let body = serde_json::to_vec_pretty(result).map_err(|e| BackfillError::unexpected(e.to_string()))?;
-    storage
-        .put(&key, Bytes::from(body))
-        .await
-        .map_err(|e| BackfillError::write(None, storage.display(&key), e))?;
-    Ok(storage.display(&key))
+/// Writes the result JSON into the run's directory in the storage bucket, split into parts
+/// below Milvus' limit ([`crate::commit::MAX_RESULT_BYTES`]) when it is larger; returns the
+/// parts' keys (the first is `result.json`).
+pub async fn store_result(plan: &Plan, storage: &Store, result: &BackfillResult) -> Result<Vec<String>> {
+    let layout = RunLayout::of_plan(plan);
+    let parts = result.split(crate::commit::MAX_RESULT_BYTES);
+    let mut keys = Vec::with_capacity(parts.len());
+    for (i, part) in parts.iter().enumerate() {
+        let key = layout.result_part_key(i + 1);
+        let body = serde_json::to_vec_pretty(part).map_err(|e| BackfillError::unexpected(e.to_string()))?;
+        storage
+            .put(&key, Bytes::from(body))
+            .await
+            .map_err(|e| BackfillError::write(None, storage.display(&key), e))?;
+        keys.push(key);
+    }
+    Ok(keys)
 }
 
 pub async fn run_task(task: &Task, stores: &RunStores) -> TaskOutcome {

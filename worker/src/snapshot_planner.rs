@@ -83,6 +83,7 @@ pub async fn plan(doc: &BackfillDoc, snapshot_path: &str, creds: &StoreCredentia
             .batch_size()
             .ok_or_else(|| BackfillError::config("spec.batchSize must be > 0"))?,
         parallelism: spec.parallelism(),
+        v3_commit: spec.v3_commit(),
         segments: segments.planned,
         skipped: segments.skipped,
         failed: segments.failed,

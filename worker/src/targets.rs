@@ -27,7 +27,7 @@ pub fn bind(
             problems.push(format!(
                 "source column `{}` ({arrow}) has no field in collection {collection:?}: add it first with AddCollectionField \
                  (nullable; pymilvus: client.add_collection_field({collection:?}, field_name={:?}, data_type=..., nullable=True)), \
-                 then take a new snapshot",
+                 then plan again (from a new snapshot when planning from one)",
                 nf.name, nf.name
             ));
             continue;

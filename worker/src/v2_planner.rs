@@ -29,10 +29,47 @@ pub async fn plan_all(storage: &Store, root: &str, snap: &Snapshot, pk: &PkField
         .buffered(16)
         .collect()
         .await;
-    entries
-        .into_iter()
-        .map(|e| e.map(|entry| plan_entry(&entry, root, coll, pk)))
-        .collect()
+    let mut out = Vec::with_capacity(entries.len());
+    for e in entries {
+        let mut entry = e?;
+        if entry.storage_version == 2 && pk_group(&entry.binlogs, pk.field_id).is_none() {
+            // Snapshots before format 4 lack child fields: ask the files which group holds the PK.
+            tag_pk_group(storage, root, coll, &mut entry, pk.field_id).await;
+        }
+        out.push(plan_entry(&entry, root, coll, pk));
+    }
+    Ok(out)
+}
+
+/// Reads the footer of each group's first file and records its fields as the group's child
+/// fields, so that [`pk_group`] finds the group holding the primary key. A footer that cannot
+/// be read leaves the group as it was (the segment then fails with the reason).
+async fn tag_pk_group(storage: &Store, root: &str, coll: i64, e: &mut SegmentEntry, pk_field: i64) {
+    let prefix = layout::segment_insert_log_prefix(root, coll, e.partition_id, e.segment_id);
+    for g in e.binlogs.iter_mut().filter(|g| g.child_fields.is_empty()) {
+        let Some(first) = g.binlogs.iter().min_by_key(|b| b.log_id) else {
+            continue;
+        };
+        let key = format!("{prefix}{}/{}", g.field_id, first.log_id);
+        let Ok(size) = storage.head(&key).await else {
+            continue;
+        };
+        let mut reader = crate::source::ObjectReader::new(storage.clone(), key, size);
+        if let Ok(md) = reader.metadata().await {
+            g.child_fields = md
+                .file_metadata()
+                .schema_descr()
+                .root_schema()
+                .get_fields()
+                .iter()
+                .filter(|f| f.get_basic_info().has_id())
+                .map(|f| i64::from(f.get_basic_info().id()))
+                .collect();
+        }
+        if g.child_fields.contains(&pk_field) {
+            return;
+        }
+    }
 }
 
 /// A manifest-list path is a key in the bucket, or relative to the root path.

@@ -33,7 +33,7 @@ fn fixtures() -> PathBuf {
 
 /// Places the three packed files as a V2 segment's groups 0, 101 and 103 and writes the
 /// snapshot (format 4) with the new field `score` (104).
-fn bed(root: &Path) -> PathBuf {
+fn bed(root: &Path, format: i64) -> PathBuf {
     let groups = [
         (0, 11, "column_group_0.parquet"),
         (101, 12, "column_group_1.parquet"),
@@ -77,9 +77,9 @@ fn bed(root: &Path) -> PathBuf {
     let manifest = "snapshots/5001/manifests/data-file-manifest-1.avro";
     let at = root.join("bkt/files").join(manifest);
     std::fs::create_dir_all(at.parent().unwrap()).unwrap();
-    std::fs::write(&at, snapshot_manifest::encode(&entry, 4).unwrap()).unwrap();
+    std::fs::write(&at, snapshot_manifest::encode(&entry, format).unwrap()).unwrap();
     let doc = json!({
-        "format-version": 4,
+        "format-version": format,
         "snapshot-info": {"name": "s", "collection_id": 5001, "partition_ids": [5002]},
         "collection": {"schema": {"name": "packed", "version": 2, "fields": [
             {"fieldID": 100, "name": "id", "is_primary_key": true, "data_type": 5},
@@ -159,9 +159,19 @@ fn footer_keys(bytes: &[u8]) -> Vec<(String, String)> {
 
 #[tokio::test]
 async fn contract_a_v2_segment_gets_a_single_field_column_group() {
+    check_v2_backfill(4).await;
+}
+
+/// Before format 4 a snapshot records no child fields: the PK's group is found from the files.
+#[tokio::test]
+async fn contract_an_older_snapshot_finds_the_pk_group_in_the_file_footers() {
+    check_v2_backfill(2).await;
+}
+
+async fn check_v2_backfill(format: i64) {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path();
-    let snapshot = bed(root);
+    let snapshot = bed(root, format);
     let src = root.join("source.parquet");
     source(&src);
     let doc = BackfillDoc::parse(&format!(

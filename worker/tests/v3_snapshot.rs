@@ -571,3 +571,53 @@ async fn contract_servers_without_the_endpoint_or_rejecting_the_result_say_so() 
         .unwrap_err();
     assert_eq!(e.kind, ErrorKind::ConnectionError);
 }
+
+#[tokio::test]
+async fn the_manifest_mode_publishes_the_next_version_only_if_absent() {
+    let bed = Bed::new();
+    let pks = bed.segment(1003)["pks"].as_array().unwrap().clone();
+    let source = bed.root.join("source.parquet");
+    let want = write_source(&source, &pks, DataType::Float64);
+    let snap = bed.snapshot(1003, 4, 5);
+    let yaml = |extra: &str| {
+        format!(
+            "spec:\n  milvus:\n    snapshot:\n      path: {}\n  storage:\n    endpoint: file://{}\n    bucket: bkt\n  source:\n    path: {}\n{extra}",
+            snap.display(),
+            bed.root.display(),
+            source.display()
+        )
+    };
+    let doc = BackfillDoc::parse(&yaml("  output:\n    v3Commit: manifest\n")).unwrap();
+    let meta = bed.root.join("bkt/files/insert_log/1001/1002/1003/_metadata");
+    for (round, version) in [(1, 5), (2, 6)] {
+        let r = plan_and_run(&doc).await.unwrap();
+        assert!(r.success, "{}", r.summary());
+        let out = &r.segments["1003"];
+        assert!(out.ops.is_empty(), "the version replaces the ops");
+        assert_eq!(
+            (out.version, out.source_version),
+            (Some(version), Some(version - 1)),
+            "round {round}"
+        );
+        let bytes = std::fs::read(meta.join(format!("manifest-{version}.avro"))).unwrap();
+        let m = milvus_backfill::manifest::Manifest::decode(&bytes).unwrap();
+        // The official writer's two groups stay; the new column has exactly one group.
+        assert_eq!(m.column_groups.len(), 3, "round {round}");
+        assert_eq!(m.column_groups.iter().filter(|g| g.columns == ["103"]).count(), 1);
+        let file = &m.group_of(103).unwrap().files[0];
+        let data = std::fs::read(bed.root.join(format!("bkt/{}/_data/{}", out.output_path, file.path))).unwrap();
+        let col = read_all(data);
+        let col = col.column(0).as_primitive::<Float64Type>();
+        let first = want.get(&pks[0].to_string()).copied();
+        assert_eq!(col.is_null(0), first.is_none());
+    }
+    // Earlier versions are never rewritten.
+    let names: Vec<String> = std::fs::read_dir(&meta)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    assert_eq!(names.len(), 6, "{names:?}");
+    // Milvus' decoder classifies an entry without ops as a legacy V3 entry: `version` > 0 is required.
+    let r = plan_and_run(&BackfillDoc::parse(&yaml("")).unwrap()).await.unwrap();
+    assert!(r.segments["1003"].version.is_none() && !r.segments["1003"].ops.is_empty());
+}

@@ -1,0 +1,721 @@
+//! Planning from a live Milvus 2.6/3.0 without a snapshot (StorageV3 segments at their newest
+//! manifest) and from a snapshot named in Milvus (`spec.milvus.snapshot.name`, optionally
+//! created first), on the official milvus-storage library's golden V3 segments
+//! (`../shared/fixtures/milvus-storage-v3`).
+//!
+//! No Milvus 3.0 runs here: the `contract_*` tests serve a stand-in MilvusService over gRPC
+//! (the real wire format and paths, from `proto/`) that answers the way milvus-storage.md §12
+//! describes, and records every call so that the order of Flush, CreateSnapshot and
+//! DescribeSnapshot is checked. Its answers are our reading of the server, not the server's.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use arrow_array::cast::AsArray;
+use arrow_array::types::Float64Type;
+use arrow_array::{Array, ArrayRef, Float64Array, Int64Array, RecordBatch, StringArray};
+use arrow_schema::{DataType, Field, Schema};
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use parquet::arrow::ArrowWriter;
+use serde_json::{json, Value};
+use tonic::{Request, Response, Status};
+
+use milvus_backfill::config::{BackfillDoc, MilvusToken};
+use milvus_backfill::error::{ErrorKind, Result};
+use milvus_backfill::planner::{self, Planned};
+use milvus_backfill::progress::Progress;
+use milvus_backfill::runner;
+use milvus_backfill::stores::StoreCredentials;
+use milvus_backfill_api::outcome::BackfillResult;
+use milvus_proto::common;
+use milvus_proto::milvus as pb;
+use milvus_proto::milvus::milvus_service_server::{MilvusService, MilvusServiceServer};
+use milvus_proto::schema;
+
+const COLLECTION: &str = "golden";
+const COLLECTION_ID: i64 = 1001;
+const PARTITION_ID: i64 = 1002;
+const FLUSHED: i32 = 4;
+const LEVEL_L1: i32 = 2;
+
+fn fixtures() -> PathBuf {
+    std::env::var_os("MB_SHARED_FIXTURES")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/fixtures"))
+        .join("milvus-storage-v3")
+}
+
+/// The golden segment: its primary keys in row order and its newest manifest version.
+fn golden(segment: i64) -> (Vec<Value>, i64) {
+    let doc: Value = serde_json::from_slice(&std::fs::read(fixtures().join("expected.json")).unwrap()).unwrap();
+    let s = doc["segments"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["segmentId"] == segment)
+        .unwrap();
+    (
+        s["pks"].as_array().unwrap().clone(),
+        s["manifestVersion"].as_i64().unwrap(),
+    )
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        let target = to.join(e.file_name());
+        if e.file_type().unwrap().is_dir() {
+            copy_dir(&e.path(), &target);
+        } else {
+            std::fs::copy(e.path(), &target).unwrap();
+            let mut perm = std::fs::metadata(&target).unwrap().permissions();
+            #[allow(clippy::permissions_set_readonly_false)]
+            perm.set_readonly(false);
+            std::fs::set_permissions(&target, perm).unwrap();
+        }
+    }
+}
+
+// ------------------------------------------------------------------ the stand-in Milvus
+
+/// A segment as GetPersistentSegmentInfo reports it.
+#[derive(Clone)]
+struct Seg {
+    id: i64,
+    rows: i64,
+    storage_version: i64,
+}
+
+struct State {
+    /// The bucket directory, where CreateSnapshot writes the metadata JSON as DataCoord does.
+    bucket: PathBuf,
+    pk_type: i32,
+    /// The schema holds `score` (103, Double, nullable): AddCollectionField was called.
+    has_score: bool,
+    segments: Vec<Seg>,
+    /// `false`: a server before 3.0, which answers the snapshot calls UNIMPLEMENTED.
+    snapshots_supported: bool,
+    /// name → s3_location.
+    snapshots: BTreeMap<String, String>,
+    /// s3_location as DescribeSnapshot gives it: `true` for `s3://bucket/key`, else the bare key.
+    location_as_uri: bool,
+    /// Every call, in order, with what matters of its request.
+    calls: Vec<String>,
+}
+
+#[derive(Clone)]
+struct FakeMilvus(Arc<Mutex<State>>);
+
+fn ok() -> Option<common::Status> {
+    Some(common::Status::default())
+}
+
+/// A failed status as merr words it: `code` plus the reason.
+fn failed(code: i32, reason: &str) -> Option<common::Status> {
+    Some(common::Status {
+        code,
+        reason: reason.into(),
+        ..Default::default()
+    })
+}
+
+impl FakeMilvus {
+    fn record(&self, call: String) {
+        self.0.lock().unwrap().calls.push(call);
+    }
+
+    fn fields(s: &State) -> Vec<schema::FieldSchema> {
+        let f = |id, name: &str, dt, pk, nullable| schema::FieldSchema {
+            field_id: id,
+            name: name.into(),
+            is_primary_key: pk,
+            data_type: dt,
+            nullable,
+            ..Default::default()
+        };
+        let mut fields = vec![
+            f(0, "RowID", 5, false, false),
+            f(1, "Timestamp", 5, false, false),
+            f(100, "pk", s.pk_type, true, false),
+            f(101, "price", 11, false, true),
+            f(102, "vec", 101, false, false),
+        ];
+        if s.has_score {
+            fields.push(f(103, "score", 11, false, true));
+        }
+        fields
+    }
+
+    /// The snapshot metadata JSON DataCoord writes (milvus-storage.md §10), of every V3 segment.
+    fn write_snapshot(s: &State, name: &str, id: i64) -> String {
+        let key = format!("files/snapshots/{COLLECTION_ID}/metadata/{id}.json");
+        let fields: Vec<Value> = Self::fields(s)
+            .iter()
+            .map(|f| {
+                json!({"fieldID": f.field_id, "name": f.name, "is_primary_key": f.is_primary_key,
+                       "data_type": f.data_type, "nullable": f.nullable})
+            })
+            .collect();
+        let v3: Vec<Value> = s
+            .segments
+            .iter()
+            .filter(|g| g.storage_version == 3)
+            .map(|g| {
+                let (_, ver) = golden(g.id);
+                let base = format!("files/insert_log/{COLLECTION_ID}/{PARTITION_ID}/{}", g.id);
+                json!({"segmentID": g.id, "manifest": json!({"ver": ver, "base_path": base}).to_string()})
+            })
+            .collect();
+        let doc = json!({
+            "snapshot-info": {"name": name, "id": id, "collection_id": COLLECTION_ID, "partition_ids": [PARTITION_ID]},
+            "collection": {"schema": {"name": COLLECTION, "version": 4, "fields": fields}},
+            "manifest-list": [],
+            "storagev2-manifest-list": v3
+        });
+        let path = s.bucket.join(&key);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, serde_json::to_vec(&doc).unwrap()).unwrap();
+        key
+    }
+}
+
+#[tonic::async_trait]
+impl MilvusService for FakeMilvus {
+    async fn describe_collection(
+        &self,
+        req: Request<pb::DescribeCollectionRequest>,
+    ) -> Result<Response<pb::DescribeCollectionResponse>, Status> {
+        self.record(format!("DescribeCollection {}", req.get_ref().collection_name));
+        let s = self.0.lock().unwrap();
+        Ok(Response::new(pb::DescribeCollectionResponse {
+            status: ok(),
+            schema: Some(schema::CollectionSchema {
+                name: COLLECTION.into(),
+                fields: Self::fields(&s),
+                version: 4,
+                ..Default::default()
+            }),
+            collection_id: COLLECTION_ID,
+            collection_name: COLLECTION.into(),
+            ..Default::default()
+        }))
+    }
+
+    async fn show_partitions(
+        &self,
+        _: Request<pb::ShowPartitionsRequest>,
+    ) -> Result<Response<pb::ShowPartitionsResponse>, Status> {
+        self.record("ShowPartitions".into());
+        Ok(Response::new(pb::ShowPartitionsResponse {
+            status: ok(),
+            partition_names: vec!["_default".into()],
+            partition_i_ds: vec![PARTITION_ID],
+            ..Default::default()
+        }))
+    }
+
+    async fn flush(&self, req: Request<pb::FlushRequest>) -> Result<Response<pb::FlushResponse>, Status> {
+        self.record(format!("Flush {:?}", req.get_ref().collection_names));
+        Ok(Response::new(pb::FlushResponse {
+            status: ok(),
+            coll_flush_ts: HashMap::from([(COLLECTION.to_owned(), 42)]),
+            ..Default::default()
+        }))
+    }
+
+    async fn get_flush_state(
+        &self,
+        req: Request<pb::GetFlushStateRequest>,
+    ) -> Result<Response<pb::GetFlushStateResponse>, Status> {
+        self.record(format!("GetFlushState {}", req.get_ref().flush_ts));
+        Ok(Response::new(pb::GetFlushStateResponse {
+            status: ok(),
+            flushed: true,
+        }))
+    }
+
+    async fn get_persistent_segment_info(
+        &self,
+        _: Request<pb::GetPersistentSegmentInfoRequest>,
+    ) -> Result<Response<pb::GetPersistentSegmentInfoResponse>, Status> {
+        self.record("GetPersistentSegmentInfo".into());
+        let s = self.0.lock().unwrap();
+        let infos = s
+            .segments
+            .iter()
+            .map(|g| pb::PersistentSegmentInfo {
+                segment_id: g.id,
+                collection_id: COLLECTION_ID,
+                partition_id: PARTITION_ID,
+                num_rows: g.rows,
+                state: FLUSHED,
+                level: LEVEL_L1,
+                is_sorted: false,
+                storage_version: g.storage_version,
+            })
+            .collect();
+        Ok(Response::new(pb::GetPersistentSegmentInfoResponse {
+            status: ok(),
+            infos,
+        }))
+    }
+
+    async fn create_snapshot(
+        &self,
+        req: Request<pb::CreateSnapshotRequest>,
+    ) -> Result<Response<common::Status>, Status> {
+        let r = req.into_inner();
+        self.record(format!(
+            "CreateSnapshot {} db={} collection={} protection={}",
+            r.name, r.db_name, r.collection_name, r.compaction_protection_seconds
+        ));
+        let mut s = self.0.lock().unwrap();
+        if !s.snapshots_supported {
+            return Err(Status::unimplemented("unknown method CreateSnapshot"));
+        }
+        if s.snapshots.contains_key(&r.name) {
+            let reason = format!("snapshot already exists[snapshot={}]", r.name);
+            return Ok(Response::new(failed(65535, &reason).unwrap()));
+        }
+        let key = Self::write_snapshot(&s, &r.name, 7 + s.snapshots.len() as i64);
+        s.snapshots.insert(r.name, key);
+        Ok(Response::new(common::Status::default()))
+    }
+
+    async fn describe_snapshot(
+        &self,
+        req: Request<pb::DescribeSnapshotRequest>,
+    ) -> Result<Response<pb::DescribeSnapshotResponse>, Status> {
+        let r = req.into_inner();
+        self.record(format!("DescribeSnapshot {} collection={}", r.name, r.collection_name));
+        let s = self.0.lock().unwrap();
+        if !s.snapshots_supported {
+            return Err(Status::unimplemented("unknown method DescribeSnapshot"));
+        }
+        let Some(key) = s.snapshots.get(&r.name) else {
+            let reason = format!("snapshot not found[snapshot={}]", r.name);
+            return Ok(Response::new(pb::DescribeSnapshotResponse {
+                status: failed(65535, &reason),
+                ..Default::default()
+            }));
+        };
+        let s3_location = if s.location_as_uri {
+            format!("s3://bkt/{key}")
+        } else {
+            key.clone()
+        };
+        Ok(Response::new(pb::DescribeSnapshotResponse {
+            status: ok(),
+            name: r.name,
+            collection_name: COLLECTION.into(),
+            partition_names: vec!["_default".into()],
+            create_ts: 1 << 18,
+            s3_location,
+            ..Default::default()
+        }))
+    }
+}
+
+// ------------------------------------------------------------------ the bed
+
+/// A bucket directory holding the golden segments (`file://<root>`, bucket `bkt`), the
+/// stand-in Milvus in front of it, and a source with values for every other key.
+struct Bed {
+    _dir: tempfile::TempDir,
+    root: PathBuf,
+    milvus: FakeMilvus,
+    uri: String,
+    source: PathBuf,
+    /// pk (as JSON text) → the value the source gives it.
+    want: HashMap<String, f64>,
+    pks: Vec<Value>,
+}
+
+impl Bed {
+    /// A collection whose one segment is the golden segment `segment`, reported as
+    /// `storage_version`, plus `extra` segments.
+    async fn new(segment: i64, storage_version: i64, extra: Vec<Seg>) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().to_path_buf();
+        copy_dir(&fixtures().join("files"), &root.join("bkt/files"));
+        let (pks, _) = golden(segment);
+        let mut segments = vec![Seg {
+            id: segment,
+            rows: pks.len() as i64,
+            storage_version,
+        }];
+        segments.extend(extra);
+        let milvus = FakeMilvus(Arc::new(Mutex::new(State {
+            bucket: root.join("bkt"),
+            pk_type: if pks[0].is_i64() { 5 } else { 21 },
+            has_score: true,
+            segments,
+            snapshots_supported: true,
+            snapshots: BTreeMap::new(),
+            location_as_uri: false,
+            calls: Vec::new(),
+        })));
+        let uri = serve(milvus.clone()).await;
+        let source = root.join("source.parquet");
+        let want = write_source(&source, &pks);
+        Self {
+            _dir: dir,
+            root,
+            milvus,
+            uri,
+            source,
+            want,
+            pks,
+        }
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        self.milvus.0.lock().unwrap()
+    }
+
+    fn calls(&self) -> Vec<String> {
+        self.state().calls.clone()
+    }
+
+    /// The spec, with `extra` YAML lines under `spec.milvus` and `spec` (already indented).
+    fn doc(&self, milvus_extra: &str, spec_extra: &str) -> BackfillDoc {
+        BackfillDoc::parse(&format!(
+            "spec:\n  milvus:\n    uri: {}\n    collection: {COLLECTION}\n{milvus_extra}  storage:\n    endpoint: file://{}\n    bucket: bkt\n  source:\n    path: {}\n{spec_extra}",
+            self.uri,
+            self.root.display(),
+            self.source.display()
+        ))
+        .unwrap()
+    }
+
+    fn data_files(&self, segment: i64) -> Vec<String> {
+        let dir = self.root.join(format!(
+            "bkt/files/insert_log/{COLLECTION_ID}/{PARTITION_ID}/{segment}/_data"
+        ));
+        let mut names: Vec<String> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        names.sort();
+        names
+    }
+
+    /// The run's one new column file of `segment`, checked against the source value by value.
+    fn check_written(&self, result: &BackfillResult, segment: i64) {
+        assert!(result.success, "{}", result.summary());
+        assert_eq!((result.collection_id, result.schema_version), (COLLECTION_ID, 4));
+        let out = &result.segments[&segment.to_string()];
+        assert_eq!(out.row_count, self.pks.len() as u64);
+        assert_eq!(
+            out.output_path,
+            format!("files/insert_log/{COLLECTION_ID}/{PARTITION_ID}/{segment}")
+        );
+        let op = &out.ops[0];
+        assert_eq!(op.columns, vec!["103".to_owned()]);
+        let bytes = std::fs::read(
+            self.root
+                .join(format!("bkt/{}/_data/{}", out.output_path, op.files[0].path)),
+        )
+        .unwrap();
+        let batch = read_all(bytes);
+        let col = batch.column(0).as_primitive::<Float64Type>();
+        assert_eq!(col.len(), self.pks.len());
+        for (i, pk) in self.pks.iter().enumerate() {
+            match self.want.get(&pk.to_string()) {
+                Some(v) => assert_eq!(col.value(i), *v, "segment {segment} row {i}"),
+                None => assert!(col.is_null(i), "segment {segment} row {i} should be null"),
+            }
+        }
+    }
+}
+
+async fn serve(milvus: FakeMilvus) -> String {
+    let incoming = tonic::transport::server::TcpIncoming::bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let addr = incoming.local_addr().unwrap();
+    // One service: `serve_with_incoming` needs no router (tonic's `router` feature is off).
+    tokio::spawn(tonic::transport::Server::builder().serve_with_incoming(MilvusServiceServer::new(milvus), incoming));
+    format!("http://{addr}")
+}
+
+/// `pk` + `score` (Float64): every other key of the segment (value = row offset / 4), plus
+/// keys in no segment.
+fn write_source(path: &Path, pks: &[Value]) -> HashMap<String, f64> {
+    let mut want = HashMap::new();
+    let (mut keys, mut vals) = (Vec::new(), Vec::new());
+    for (i, pk) in pks.iter().enumerate().step_by(2) {
+        want.insert(pk.to_string(), i as f64 / 4.0);
+        keys.push(pk.clone());
+        vals.push(i as f64 / 4.0);
+    }
+    for extra in 0..20 {
+        keys.push(if pks[0].is_i64() {
+            json!(-1 - extra)
+        } else {
+            json!(format!("none-{extra}"))
+        });
+        vals.push(-1.0);
+    }
+    let key_array: ArrayRef = if pks[0].is_i64() {
+        Arc::new(Int64Array::from_iter_values(keys.iter().map(|k| k.as_i64().unwrap())))
+    } else {
+        Arc::new(StringArray::from_iter_values(
+            keys.iter().map(|k| k.as_str().unwrap().to_owned()),
+        ))
+    };
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("pk", key_array.data_type().clone(), false),
+        Field::new("score", DataType::Float64, true),
+    ]));
+    let batch = RecordBatch::try_new(schema.clone(), vec![key_array, Arc::new(Float64Array::from(vals))]).unwrap();
+    let mut w = ArrowWriter::try_new(std::fs::File::create(path).unwrap(), schema, None).unwrap();
+    w.write(&batch).unwrap();
+    w.close().unwrap();
+    want
+}
+
+fn read_all(bytes: Vec<u8>) -> RecordBatch {
+    let r = ParquetRecordBatchReaderBuilder::try_new(bytes::Bytes::from(bytes))
+        .unwrap()
+        .with_batch_size(1 << 20)
+        .build()
+        .unwrap();
+    let batches: Vec<RecordBatch> = r.map(|b| b.unwrap()).collect();
+    arrow_select::concat::concat_batches(&batches[0].schema(), &batches).unwrap()
+}
+
+async fn plan(doc: &BackfillDoc) -> Result<Planned> {
+    planner::plan_with(doc, &MilvusToken::default(), &StoreCredentials::default()).await
+}
+
+/// The planning error (`Planned` has no `Debug` for `unwrap_err`).
+async fn refused(doc: &BackfillDoc) -> milvus_backfill::error::BackfillError {
+    match plan(doc).await {
+        Ok(p) => panic!("planned {} segment(s), expected an error", p.plan.segments.len()),
+        Err(e) => e,
+    }
+}
+
+async fn run(planned: &Planned) -> BackfillResult {
+    runner::run_plan(
+        &planned.plan,
+        &planned.stores,
+        &Progress::new(planned.plan.segments.len(), true),
+    )
+    .await
+}
+
+// ------------------------------------------------------------------ live StorageV3
+
+#[tokio::test]
+async fn contract_live_v3_segments_are_planned_at_their_newest_manifest_and_written_aligned() {
+    for segment in [1003, 1004] {
+        let bed = Bed::new(segment, 3, vec![]).await;
+        let (_, newest) = golden(segment);
+        let before = bed.data_files(segment);
+        let planned = plan(&bed.doc("", "")).await.unwrap();
+        let p = &planned.plan;
+        assert_eq!(p.segments.len(), 1, "{:?}", p.failed);
+        let seg = &p.segments[0];
+        assert_eq!((seg.storage_version, seg.partition_name.as_str()), (3, "_default"));
+        let v3 = seg.v3.as_ref().unwrap();
+        assert_eq!(v3.manifest_version, newest);
+        assert_eq!(v3.base_path, format!("files/insert_log/1001/1002/{segment}"));
+        assert_eq!(p.new_fields[0].field_id, Some(103), "bound to the schema's field");
+        assert!(p.warnings[0].contains("a snapshot"), "{:?}", p.warnings);
+        assert!(
+            !p.warnings.iter().any(|w| w.contains("garbage collector")),
+            "{:?}",
+            p.warnings
+        );
+        let result = run(&planned).await;
+        bed.check_written(&result, segment);
+        assert_eq!(bed.data_files(segment).len(), before.len() + 1);
+        assert_eq!(
+            bed.calls(),
+            [
+                "DescribeCollection golden",
+                "ShowPartitions",
+                "GetPersistentSegmentInfo"
+            ]
+        );
+    }
+}
+
+#[tokio::test]
+async fn contract_live_v3_needs_the_new_field_in_the_schema_and_no_output_path() {
+    let bed = Bed::new(1003, 3, vec![]).await;
+    bed.state().has_score = false;
+    let e = refused(&bed.doc("", "")).await;
+    assert_eq!(e.kind, ErrorKind::SchemaValidationError);
+    assert!(
+        e.message.contains("add it first with AddCollectionField"),
+        "{}",
+        e.message
+    );
+    bed.state().has_score = true;
+    let out = bed.root.join("out");
+    let e = refused(&bed.doc("", &format!("  output:\n    path: {}\n", out.display()))).await;
+    assert_eq!(e.kind, ErrorKind::ConfigError);
+    assert!(e.message.contains("remove spec.output.path"), "{}", e.message);
+}
+
+#[tokio::test]
+async fn contract_a_collection_mixing_v1_and_v3_segments_is_refused_not_half_planned() {
+    let v1 = Seg {
+        id: 5000,
+        rows: 10,
+        storage_version: 0,
+    };
+    let bed = Bed::new(1003, 3, vec![v1]).await;
+    let before = bed.data_files(1003);
+    let e = refused(&bed.doc("", "")).await;
+    assert!(e.kind.is_permanent(), "{e}");
+    assert!(
+        e.message.contains("e.g. 5000") && e.message.contains("e.g. 1003"),
+        "{}",
+        e.message
+    );
+    assert_eq!(bed.data_files(1003), before, "nothing was written");
+}
+
+#[tokio::test]
+async fn contract_a_v2_segment_fails_alone_beside_v3_segments() {
+    let v2 = Seg {
+        id: 6000,
+        rows: 10,
+        storage_version: 2,
+    };
+    let bed = Bed::new(1004, 3, vec![v2]).await;
+    let planned = plan(&bed.doc("", "")).await.unwrap();
+    assert_eq!(planned.plan.segments.len(), 1);
+    let failed = &planned.plan.failed;
+    assert_eq!(failed.len(), 1);
+    assert_eq!(failed[0].segment_id, 6000);
+    assert!(
+        failed[0].reason.contains("StorageV2 segments are not supported yet"),
+        "{}",
+        failed[0].reason
+    );
+}
+
+#[tokio::test]
+async fn contract_a_live_v3_segment_whose_rows_differ_from_milvus_fails_alone() {
+    let bed = Bed::new(1003, 3, vec![]).await;
+    bed.state().segments[0].rows = 2400;
+    let planned = plan(&bed.doc("", "")).await.unwrap();
+    assert!(planned.plan.segments.is_empty());
+    let reason = &planned.plan.failed[0].reason;
+    assert!(
+        reason.contains("holds 2500 rows but Milvus reports num_rows 2400"),
+        "{reason}"
+    );
+}
+
+// ------------------------------------------------------------------ snapshots by name
+
+#[tokio::test]
+async fn contract_flush_then_create_then_describe_then_plan_from_the_snapshot() {
+    let bed = Bed::new(1003, 3, vec![]).await;
+    let doc = bed.doc(
+        "    snapshot:\n      name: bf-1\n      create: true\n",
+        "  flush: true\n",
+    );
+    let planned = plan(&doc).await.unwrap();
+    assert_eq!(
+        bed.calls(),
+        [
+            "Flush [\"golden\"]",
+            "GetFlushState 42",
+            "CreateSnapshot bf-1 db=default collection=golden protection=86400",
+            "DescribeSnapshot bf-1 collection=golden",
+        ],
+        "flushed first, then the snapshot; the plan reads the snapshot, not the live segments"
+    );
+    let p = &planned.plan;
+    assert_eq!(p.warnings[0], milvus_backfill::snapshot_planner::CONSISTENCY_NOTE);
+    assert_eq!(p.segments[0].v3.as_ref().unwrap().manifest_version, 4);
+    assert!(bed.root.join("bkt/files/snapshots/1001/metadata/7.json").exists());
+    bed.check_written(&run(&planned).await, 1003);
+}
+
+#[tokio::test]
+async fn contract_an_existing_snapshot_is_read_where_describe_snapshot_points() {
+    let bed = Bed::new(1004, 3, vec![]).await;
+    {
+        let mut s = bed.state();
+        let key = FakeMilvus::write_snapshot(&s, "nightly", 9);
+        s.snapshots.insert("nightly".into(), key);
+        s.location_as_uri = true;
+    }
+    let planned = plan(&bed.doc("    snapshot:\n      name: nightly\n", ""))
+        .await
+        .unwrap();
+    assert_eq!(bed.calls(), ["DescribeSnapshot nightly collection=golden"]);
+    bed.check_written(&run(&planned).await, 1004);
+}
+
+#[tokio::test]
+async fn contract_create_on_an_existing_name_plans_from_it_with_a_warning() {
+    let bed = Bed::new(1003, 3, vec![]).await;
+    let doc = bed.doc(
+        "    snapshot:\n      name: bf-1\n      create: true\n      compactionProtectionSeconds: 7200\n",
+        "",
+    );
+    plan(&doc).await.unwrap();
+    // A second planning (a retry after the first created it) reuses the snapshot.
+    let planned = plan(&doc).await.unwrap();
+    let calls = bed.calls();
+    assert_eq!(
+        calls[0],
+        "CreateSnapshot bf-1 db=default collection=golden protection=7200"
+    );
+    assert_eq!(calls.len(), 4);
+    assert!(
+        planned.plan.warnings.iter().any(|w| w.contains("existed already")),
+        "{:?}",
+        planned.plan.warnings
+    );
+}
+
+#[tokio::test]
+async fn contract_a_missing_snapshot_is_named_and_an_old_milvus_says_it_has_none() {
+    let bed = Bed::new(1003, 3, vec![]).await;
+    let e = refused(&bed.doc("    snapshot:\n      name: nope\n", "")).await;
+    assert_eq!(e.kind, ErrorKind::ConfigError);
+    assert!(
+        e.message.contains("snapshot \"nope\" of collection \"golden\"")
+            && e.message.contains("does not exist")
+            && e.message.contains("create: true"),
+        "{}",
+        e.message
+    );
+    bed.state().snapshots_supported = false;
+    for milvus in [
+        "    snapshot:\n      name: nope\n",
+        "    snapshot:\n      name: new\n      create: true\n",
+    ] {
+        let e = refused(&bed.doc(milvus, "")).await;
+        assert_eq!(e.kind, ErrorKind::ConfigError);
+        assert!(
+            e.message.contains("this Milvus has no snapshots (needs Milvus 3.0+)"),
+            "{}",
+            e.message
+        );
+    }
+}
+
+#[tokio::test]
+async fn contract_a_spec_the_snapshot_cannot_honour_is_refused_before_creating_it() {
+    let bed = Bed::new(1003, 3, vec![]).await;
+    let out = bed.root.join("out");
+    let doc = bed.doc(
+        "    snapshot:\n      name: bf-1\n      create: true\n",
+        &format!("  output:\n    path: {}\n", out.display()),
+    );
+    let e = refused(&doc).await;
+    assert!(e.message.contains("remove spec.output.path"), "{}", e.message);
+    assert!(bed.calls().is_empty(), "no call reached Milvus: {:?}", bed.calls());
+    assert!(bed.state().snapshots.is_empty());
+}
