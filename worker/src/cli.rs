@@ -323,6 +323,16 @@ async fn read_task(at: &TaskAt) -> Result<Vec<u8>> {
     Ok(body.to_vec())
 }
 
+/// What a segment's outputs are, and whether Milvus can commit them.
+fn output_kind(p: &Plan, seg: &crate::plan::SegmentPlan) -> &'static str {
+    match (seg.storage_version, p.v3_commit) {
+        (3, crate::plan::V3CommitMode::Ops) => "StorageV3 data files + replace ops, committed by Milvus",
+        (3, crate::plan::V3CommitMode::Manifest) => "StorageV3 data files + a new manifest version published here",
+        (2, _) => "StorageV2 single-field column groups, committed by Milvus",
+        _ => "export layout: no Milvus can commit it",
+    }
+}
+
 pub fn plan_text(p: &Plan) -> String {
     let mut s = String::new();
     let _ = writeln!(
@@ -371,7 +381,13 @@ pub fn plan_text(p: &Plan) -> String {
         for b in &seg.pk_binlogs {
             let _ = writeln!(s, "      binlog {} ({} rows)", b.key, b.rows);
         }
-        let _ = writeln!(s, "      output {}", seg.output_dir);
+        if let Some(v3) = &seg.v3 {
+            let _ = writeln!(s, "      manifest version {} ({})", v3.manifest_version, v3.base_path);
+            for f in &v3.pk_files {
+                let _ = writeln!(s, "      pk file {} rows [{}, {})", f.key, f.start_index, f.end_index);
+            }
+        }
+        let _ = writeln!(s, "      output {} ({})", seg.output_dir, output_kind(p, seg));
     }
     for k in &p.skipped {
         let _ = writeln!(
