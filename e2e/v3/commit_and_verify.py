@@ -4,11 +4,16 @@ the way Milvus' DataCoord applies a result's `ops`, then checks the committed da
 reader against an independent left join of the segment PKs with the source.
 
     commit_and_verify.py --result RESULT.json --expected EXPECTED.json [--source SRC.parquet]
-                         [--storage storage.json] [--retry]
+                         [--storage storage.json] [--retry | --already-committed]
 
 --expected is written by make_collection.py (segment PKs in row order at the snapshot version, schema
 facts); --source / --storage default to the ones recorded there. --retry applies the same result a second
 time afterwards and checks that it changes nothing (what a retried commit must do).
+
+--already-committed is for results of `spec.output.v3Commit: manifest`, where the run committed the
+transaction itself: nothing is committed here; the entries must be `version` N+1 / `sourceVersion` N (N =
+the latest version before the run) without `ops`, manifest N+1 must be the latest, keep every group of N
+and add exactly the new columns, and the official reader at N+1 must return the joined values.
 
 Before anything is committed, every rule of the result contract is checked (see README.md); any violation
 stops the run with exit code 2 and nothing committed. A data mismatch after the commit exits 1.
@@ -40,11 +45,10 @@ def log(msg):
 
 
 # ------------------------------------------------------------------ rules of the result contract
-def check_result(result, expected):
-    """Returns a list of violations (strings) of the V3 `ops` result contract."""
+def check_top(result, expected):
+    """Violations of the top-level keys (both V3 modes)."""
     errs = []
     coll = expected["collectionId"]
-    new_ids = {str(f["fieldId"]): f for f in expected["newFields"]}
     new_names = {f["name"] for f in expected["newFields"]}
     if result.get("success") is not True:
         errs.append(f"success must be true, got {result.get('success')!r}")
@@ -67,7 +71,14 @@ def check_result(result, expected):
     exp_segs = {str(s["segmentId"]): s for s in expected["segments"]}
     for k in sorted(set(exp_segs) - set(segs)):
         errs.append(f"segment {k} of the snapshot is missing from the result")
-    for key, entry in segs.items():
+    return errs
+
+
+def segment_entries(result, expected, errs):
+    """(key, entry, expected segment) of the result's segments, after the checks common to both V3 modes."""
+    exp_segs = {str(s["segmentId"]): s for s in expected["segments"]}
+    out = []
+    for key, entry in (result.get("segments") or {}).items():
         where = f"segment {key}"
         if key not in exp_segs:
             errs.append(f"{where}: not a segment of the snapshot (keys are decimal segment IDs)")
@@ -82,10 +93,22 @@ def check_result(result, expected):
             errs.append(f"{where}: partitionId {entry.get('partitionId')!r} != {exp['partitionId']}")
         if entry.get("storage_version") == 2 or entry.get("column_groups"):
             errs.append(f"{where}: a V2 entry (storage_version 2 / column_groups) for a V3 segment")
+        out.append((key, entry, exp))
+    return out
+
+
+def check_result(result, expected):
+    """Returns a list of violations (strings) of the V3 `ops` result contract."""
+    errs = check_top(result, expected)
+    if not isinstance(result.get("segments"), dict):
+        return errs
+    new_ids = {str(f["fieldId"]): f for f in expected["newFields"]}
+    for key, entry, exp in segment_entries(result, expected, errs):
+        where = f"segment {key}"
         ops = entry.get("ops")
         if not ops:
-            errs.append(f"{where}: no ops (this harness checks V3 delta entries; legacy `version`-only "
-                        f"entries are not accepted)")
+            errs.append(f"{where}: no ops (without --already-committed this harness checks V3 delta "
+                        f"entries; `version`-only entries are checked with --already-committed)")
             continue
         if entry.get("rowCount") != exp["rows"]:
             errs.append(f"{where}: rowCount {entry.get('rowCount')!r} != the segment's {exp['rows']} rows")
@@ -308,6 +331,124 @@ def check_manifest_after(lib, props, exp, entry, before_m, after_ver, errs):
     return m
 
 
+# ------------------------------------------------------------------ --already-committed (v3Commit: manifest)
+def check_result_committed(result, expected):
+    """Violations of a result whose run committed the loon transaction itself (`spec.output.v3Commit:
+    manifest`): per segment `version` = N+1, `sourceVersion` = N = the latest version before the run,
+    no `ops`. The manifests themselves are checked by `check_committed_segment`."""
+    errs = check_top(result, expected)
+    if not isinstance(result.get("segments"), dict):
+        return errs
+    for key, entry, exp in segment_entries(result, expected, errs):
+        where = f"segment {key}"
+        if "ops" in entry:
+            errs.append(f"{where}: has ops {'(empty) ' if not entry['ops'] else ''}although the run committed the "
+                        f"manifest itself (DataCoord would apply them a second time)")
+        if entry.get("rowCount") != exp["rows"]:
+            errs.append(f"{where}: rowCount {entry.get('rowCount')!r} != the segment's {exp['rows']} rows")
+        out = strip_bucket(entry.get("outputPath") or "", expected["bucket"])
+        if out.rstrip("/") != exp["basePath"]:
+            errs.append(f"{where}: outputPath {entry.get('outputPath')!r} is not the segment base path "
+                        f"{exp['basePath']!r}")
+        n = exp["latestVersionAtSetup"]
+        sv, v = entry.get("sourceVersion"), entry.get("version")
+        if sv != n:
+            errs.append(f"{where}: sourceVersion {sv!r} != {n}, the latest manifest version before the run"
+                        + (f" (the snapshot's ver is {exp['snapshotVersion']}: rows are read there, the commit "
+                           f"goes onto the latest)" if n != exp["snapshotVersion"] else ""))
+        if v != n + 1:
+            errs.append(f"{where}: version {v!r} != {n + 1} (sourceVersion + 1)")
+    return errs
+
+
+def group_key(g):
+    return (tuple(g["columns"]), g["format"],
+            tuple((f["path"], f["start_index"], f["end_index"], f.get("metadata")) for f in g["files"]))
+
+
+def check_committed_segment(lib, props, fs, prefix, exp, entry, expected, errs):
+    """Checks the manifest the run published for one segment. Returns the new version (or None)."""
+    base, seg = exp["basePath"], exp["segmentId"]
+    n, want = exp["latestVersionAtSetup"], entry["version"]
+    latest, after = loon.manifest_at(lib, props, base)
+    if latest != want:
+        errs.append(f"segment {seg}: the latest manifest version is {latest}, the result says {want}")
+        return None
+    key = f"{base}/_metadata/manifest-{want}.avro"
+    if fs.get_file_info(prefix + key).type.name != "File":
+        errs.append(f"segment {seg}: no object {key}")
+    _v, before = loon.manifest_at(lib, props, base, n)
+    new_cols = {str(f["fieldId"]) for f in expected["newFields"]}
+    old = [group_key(g) for g in before["column_groups"]]
+    now = [group_key(g) for g in after["column_groups"]]
+    missing = [g for g in old if g not in now]
+    if missing:
+        errs.append(f"segment {seg}: manifest v{want} lost or changed {len(missing)} column group(s) of v{n}: "
+                    f"{[list(g[0]) for g in missing]}")
+    if exp["latestVersionAtSetup"] != exp["snapshotVersion"] and \
+            not any(g["columns"] == ["999"] for g in after["column_groups"]):
+        errs.append(f"segment {seg}: the group of column 999 (published after the snapshot) is gone in v{want}")
+    added = [g for g in after["column_groups"] if group_key(g) not in old]
+    cols = [c for g in added for c in g["columns"]]
+    if sorted(cols) != sorted(new_cols):
+        errs.append(f"segment {seg}: manifest v{want} adds columns {sorted(cols)}, want each of {sorted(new_cols)} "
+                    f"once")
+    for gi, g in enumerate(added):
+        if g["format"] != "parquet":
+            errs.append(f"segment {seg}: new group {g['columns']} has format {g['format']!r}")
+        if loon.group_rows(g) != exp["rows"]:
+            errs.append(f"segment {seg}: new group {g['columns']} holds {loon.group_rows(g)} rows, the segment "
+                        f"{exp['rows']}")
+        for fi, f in enumerate(g["files"]):
+            where = f"segment {seg} v{want} group {g['columns']} file {fi}"
+            try:
+                name = bare_name(f["path"], base)
+            except Violation as v:
+                errs.append(f"{where}: {v} (the library re-absolutises the stored path)")
+                continue
+            if not 0 <= f["start_index"] < f["end_index"]:
+                errs.append(f"{where}: range [{f['start_index']}, {f['end_index']})")
+            op = {"columns": [c for c in g["columns"] if c in new_cols]}
+            check_file(fs, prefix, base, name, op, {"endIndex": f["end_index"]}, expected, errs, where)
+    return want
+
+
+def verify_committed(args, result, expected, lib, props, fs, prefix, summary):
+    errs = check_result_committed(result, expected)
+    exp_segs = {str(s["segmentId"]): s for s in expected["segments"]}
+    versions = {}
+    if not errs:
+        for key, entry in sorted(result["segments"].items()):
+            versions[key] = check_committed_segment(lib, props, fs, prefix, exp_segs[key], entry, expected, errs)
+    if errs:
+        for e in errs:
+            log("VIOLATION " + e)
+        summary.update(ok=False, violations=errs, committed=0)
+        print(json.dumps(summary, indent=1))
+        sys.exit(2)
+    source_map = load_source(args.source or expected["source"], expected)
+    mismatches, reps = [], []
+    for key, ver in sorted(versions.items()):
+        exp = exp_segs[key]
+        checked, matched = verify_segment(lib, props, exp, expected, ver, source_map, mismatches)
+        reps.append({"segmentId": exp["segmentId"], "action": "committed by the run",
+                     "versionBefore": exp["latestVersionAtSetup"], "versionAfter": ver,
+                     "snapshotVersion": exp["snapshotVersion"], "rows": exp["rows"],
+                     "rowsWithSourceKey": matched, "valuesChecked": checked})
+        log(f"segment {key}: committed by the run v{exp['latestVersionAtSetup']} -> v{ver} (snapshot v"
+            f"{exp['snapshotVersion']}); {checked} values checked, {matched}/{exp['rows']} rows have a source key")
+    summary.update(
+        ok=not mismatches, segmentsCommitted=len(reps), rowsChecked=sum(r["rows"] for r in reps),
+        valuesChecked=sum(r["valuesChecked"] for r in reps), rowsWithSourceKey=sum(r["rowsWithSourceKey"] for r in reps),
+        retry=None, mismatches=len(mismatches), mismatchSamples=mismatches[:30], segments=reps)
+    print(json.dumps(summary, indent=1))
+    if mismatches:
+        log(f"FAILED: {len(mismatches)} mismatch(es)")
+        sys.exit(1)
+    log(f"OK: {len(reps)} segments committed by the run, {summary['rowsChecked']} rows and "
+        f"{summary['valuesChecked']} values checked, 0 mismatches")
+
+
 # ------------------------------------------------------------------ oracle
 def same_value(a, b):
     if a is None or b is None:
@@ -367,6 +508,9 @@ def main():
     ap.add_argument("--source")
     ap.add_argument("--storage", help="storage.json (default: the one recorded in --expected)")
     ap.add_argument("--retry", action="store_true", help="apply the result a second time and check idempotency")
+    ap.add_argument("--already-committed", action="store_true",
+                    help="the run committed the manifests itself (spec.output.v3Commit: manifest): check the "
+                         "version-only entries and the published manifests, commit nothing, verify at the latest")
     args = ap.parse_args()
 
     expected = json.load(open(args.expected))
@@ -378,6 +522,11 @@ def main():
     summary = {"collection": expected["collectionName"], "result": os.path.abspath(args.result),
                "dropColumnInLibrary": lib.has_drop_column}
 
+    if args.already_committed:
+        if args.retry:
+            raise SystemExit("--retry and --already-committed exclude each other")
+        summary["mode"] = "already committed (v3Commit: manifest)"
+        return verify_committed(args, result, expected, lib, props, fs, prefix, summary)
     errs = check_result(result, expected)
     exp_segs = {str(s["segmentId"]): s for s in expected["segments"]}
     if not errs:

@@ -2,7 +2,7 @@
 # Sets VENV and PY. Needs log() from the caller.
 MB_HOME=${MB_HOME:-$HOME/.cache/milvus-backfill}
 VENV=$MB_HOME/v3-venv
-V3_PINS="milvus-storage==0.1.0.dev1 pyarrow==26.0.1 moto[server]==5.2.5"
+V3_PINS="milvus-storage==0.1.0.dev1 pyarrow==26.0.1 moto[server]==5.2.5 fastavro==1.13.1"
 PY="$VENV/bin/python"
 
 ensure_v3_venv() {

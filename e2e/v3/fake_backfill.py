@@ -22,6 +22,11 @@ Options that bend the output to exercise the checker (each must be refused or ha
   --type add                           op type `add` instead of `replace`
   --source-version                     set sourceVersion = the snapshot's manifest version (Milvus
                                        refuses it where the manifest has moved since: negative)
+  --v3-commit manifest                 what `spec.output.v3Commit: manifest` asks of the run: commit the
+                                       new groups with the official transaction onto the latest manifest N
+                                       and write `version: N+1, sourceVersion: N` without `ops`
+  --claim-only                         with --v3-commit manifest: write the entries but commit nothing
+                                       (negative: the manifest the result names does not exist)
 """
 import argparse
 import io
@@ -83,6 +88,8 @@ def main():
     ap.add_argument("--snappy", action="store_true")
     ap.add_argument("--type", default="replace")
     ap.add_argument("--source-version", action="store_true")
+    ap.add_argument("--v3-commit", choices=["ops", "manifest"], default="ops")
+    ap.add_argument("--claim-only", action="store_true")
     args = ap.parse_args()
 
     storage = json.load(open(args.storage))
@@ -161,6 +168,16 @@ def main():
                               "ops": ops}
         if args.source_version:
             segments[str(seg)]["sourceVersion"] = ver
+        if args.v3_commit == "manifest":
+            entry = segments[str(seg)]
+            with loon.Transaction(lib, props, base, -1) as tx:
+                latest = tx.read_version
+                for op in entry.pop("ops"):
+                    tx.add_column_group(op["columns"], [
+                        {"path": os.path.basename(f["path"]), "start_index": f["startIndex"],
+                         "end_index": f["endIndex"]} for f in op["files"]], "parquet")
+                new_ver = latest + 1 if args.claim_only else tx.commit()
+            entry.update(version=new_ver, sourceVersion=latest)
     result = {"success": True, "collectionId": coll_id, "partitionId": parts.pop() if len(parts) == 1 else 0,
               "schemaVersion": schema.get("version", 0), "newFieldNames": new_names or [], "segments": segments}
     with open(args.result, "w") as fh:

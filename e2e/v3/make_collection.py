@@ -3,7 +3,7 @@
 `milvus-backfill run` needs to backfill them from a snapshot: snapshot metadata JSON, source Parquet,
 Backfill spec YAML, and the expected segment contents for `commit_and_verify.py`.
 
-    make_collection.py TARGET WORK [--bucket B] [--region R] [--seed N]
+    make_collection.py TARGET WORK [--bucket B] [--region R] [--seed N] [--v3-commit ops|manifest]
 
 TARGET: a local directory (or file:///DIR) that CONTAINS the bucket directory, or s3://HOST:PORT for an
 S3 endpoint (credentials from AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY; the bucket is created if
@@ -267,7 +267,7 @@ def snapshot_json(coll, bucket, entries):
     }
 
 
-def spec_yaml(coll, target, snapshot_path, source_path):
+def spec_yaml(coll, target, snapshot_path, source_path, v3_commit=None):
     if target.kind == "local":
         storage = f"    endpoint: file://{target.parent}\n    bucket: {target.bucket}\n    rootPath: {ROOT_PATH}\n"
     else:
@@ -286,10 +286,11 @@ def spec_yaml(coll, target, snapshot_path, source_path):
         f"{storage}"
         "  source:\n"
         f"    path: {source_path}\n"
+        + (f"  output: {{v3Commit: {v3_commit}}}\n" if v3_commit else "")
     )
 
 
-def build(coll, target, work, rng, lib):
+def build(coll, target, work, rng, lib, v3_commit=None):
     props = lib.properties(target.fs_props)
     total = sum(sum(c) for _p, _s, c, _b in coll["segments"])
     pks_all = make_pks(rng, coll, total)
@@ -346,7 +347,7 @@ def build(coll, target, work, rng, lib):
 
     spec_path = os.path.join(work, f"spec-{coll['name']}.yaml")
     with open(spec_path, "w") as fh:
-        fh.write(spec_yaml(coll, target, snap_loc, src_path))
+        fh.write(spec_yaml(coll, target, snap_loc, src_path, v3_commit))
 
     parts = sorted({p for p, _s, _c, _b in coll["segments"]})
     expected = {
@@ -357,7 +358,7 @@ def build(coll, target, work, rng, lib):
                        "nullable": bool(f.get("nullable")), "typeParams": f.get("type_params", [])}
                       for f in coll["newFields"]],
         "snapshot": snap_loc, "source": src_path, "spec": spec_path, "storage": target.storage,
-        "segments": expected_segments,
+        "v3Commit": v3_commit or "ops", "segments": expected_segments,
     }
     exp_path = os.path.join(work, f"expected-{coll['name']}.json")
     with open(exp_path, "w") as fh:
@@ -375,6 +376,8 @@ def main():
     ap.add_argument("--bucket", default="a-bucket")
     ap.add_argument("--region", default="us-east-1")
     ap.add_argument("--seed", type=int, default=20261215)
+    ap.add_argument("--v3-commit", choices=["ops", "manifest"],
+                    help="write `spec.output.v3Commit: MODE` into the specs (default: no output section = ops)")
     args = ap.parse_args()
     os.makedirs(args.work, exist_ok=True)
     target = Target(args.target, args.bucket, args.region)
@@ -383,7 +386,7 @@ def main():
     rng = random.Random(args.seed)
     with open(os.path.join(args.work, "storage.json"), "w") as fh:
         json.dump(target.storage, fh)
-    out = [build(c, target, args.work, rng, lib) for c in COLLECTIONS]
+    out = [build(c, target, args.work, rng, lib, args.v3_commit) for c in COLLECTIONS]
     print(json.dumps({"storage": target.storage, "expected": out}))
 
 

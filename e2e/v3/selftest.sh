@@ -5,8 +5,9 @@
 #   e2e/v3/selftest.sh [WORK_DIR]      (env V3_LEGS="local s3", KEEP_WORK=1)
 #
 # Per leg: positive runs (bare and full-key paths, split ranges, two files, no properties, a retry),
-# then negatives that commit_and_verify must refuse before committing (exit 2) or catch after (exit 1),
-# and the library probe (probe_library.py) once.
+# then negatives that commit_and_verify must refuse before committing (exit 2) or catch after (exit 1);
+# the same for results of `spec.output.v3Commit: manifest` (commit_and_verify --already-committed) and
+# for StorageV2 results (check_v2.py, with fake_backfill_v2.py); and the library probe once.
 set -euo pipefail
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 LEGS=${V3_LEGS:-local s3}
@@ -102,6 +103,46 @@ leg() {
   expect "$L op add is not retryable" 2 'round 2.*an `add` cannot be retried' -- verify $A "$D/add.json" --retry
   fake $B "$D/wrong.json" --wrong-value
   expect "$L a wrong value is caught" 1 'FAILED: 1 mismatch' -- verify $B "$D/wrong.json"
+
+  # build 4: spec.output.v3Commit: manifest, the run commits the transaction itself (hand-made results:
+  # fake_backfill --v3-commit manifest commits with the official transaction), checked with --already-committed
+  build "$L" "$T" 4
+  fake $A "$D/man-a.json" --v3-commit manifest
+  expect "$L manifest mode: A committed by the run" 0 'OK: 4 segments committed by the run, 7500 rows and 15000 values checked, 0 mismatches' -- verify $A "$D/man-a.json" --already-committed
+  expect "$L manifest mode: version-only entries are no ops entries" 2 'no ops' -- verify $A "$D/man-a.json"
+  mutate "$D/man-a.json" "$D/m20.json" 's=r["segments"]["2003"]; s["version"]+=1'; expect "$L manifest mode: version != sourceVersion+1" 2 'version 5 != 4' -- verify $A "$D/m20.json" --already-committed
+  mutate "$D/man-a.json" "$D/m21.json" 's=r["segments"]["2007"]; s["sourceVersion"]=3'; expect "$L manifest mode: sourceVersion = snapshot ver, not latest" 2 'sourceVersion 3 != 4, the latest' -- verify $A "$D/m21.json" --already-committed
+  mutate "$D/man-a.json" "$D/m22.json" 's=r["segments"]["2006"]; s["ops"]=[]'; expect "$L manifest mode: ops key present" 2 'has ops' -- verify $A "$D/m22.json" --already-committed
+  fake $B "$D/claim-b.json" --v3-commit manifest --claim-only
+  expect "$L manifest mode: version claimed, nothing published" 2 'the latest manifest version is 1, the result says 2' -- verify $B "$D/claim-b.json" --already-committed
+  fake $B "$D/man-b-wrong.json" --v3-commit manifest --wrong-value
+  expect "$L manifest mode: a wrong value is caught" 1 'FAILED: 1 mismatch' -- verify $B "$D/man-b-wrong.json" --already-committed
+
+  # StorageV2: make_v2_collection + fake_backfill_v2 (each run first removes the previous run's files)
+  D2="$WORK/$L/v2"
+  mkdir -p "$D2"
+  "$PY" "$HERE/make_v2_collection.py" "$T" "$D2" --bucket bucket-v2 > /dev/null 2>"$D2/make.log" \
+    || { cat "$D2/make.log" >&2; die "make_v2_collection"; }
+  V2SNAP=$("$PY" -c 'import json,sys; print(json.load(open(sys.argv[1]))["snapshot"])' "$D2/expected-v2_int64.json")
+  expect "$L v2 one file per field" 0 'OK: 2 segments, 3500 rows, 3500 values, 2 files checked, 0 mismatches' -- v2case one
+  expect "$L v2 three files per field (Milvus' split)" 0 'OK: 2 segments, 3500 rows, 3500 values, 6 files checked' -- v2case three --files 3
+  expect "$L v2 uneven files (Milvus' EntriesNum)" 2 'Milvus records EntriesNum 500' -- v2case uneven --files 2 --uneven
+  expect "$L v2 files listed in descending log ID" 2 'log IDs not ascending' -- v2case desc --files 2 --descending
+  expect "$L v2 column named by field ID" 2 "column is named '103'" -- v2case byid --name-by-id
+  expect "$L v2 no PARQUET:field_id" 2 'no single column with PARQUET:field_id 103' -- v2case nofid --no-field-id
+  expect "$L v2 no group_field_id_list" 2 'group_field_id_list None' -- v2case nogl --no-group-list
+  expect "$L v2 extra footer key ARROW:schema" 2 "footer keys \\['ARROW:schema'" -- v2case schema --store-schema
+  expect "$L v2 log ID below 2^62" 2 'not in \(2\^62, 2\^63\)' -- v2case low --low-log-id
+  expect "$L v2 PK files read in string order" 1 'FAILED: [0-9]+ mismatch' -- v2case strorder --string-order
+  expect "$L v2 a wrong value is caught" 1 'FAILED: 1 mismatch' -- v2case wrong --wrong-value
+  expect "$L v2 unlisted object left behind" 2 'is in no column group' -- v2case stray --stray
+}
+
+v2case() {  # v2case NAME [fake_backfill_v2 args]: a fake V2 run, then check_v2
+  local n=$1; shift
+  "$PY" "$HERE/fake_backfill_v2.py" --storage "$D2/storage-v2.json" --snapshot "$V2SNAP" \
+    --source "$D2/source-v2.parquet" --result "$D2/$n.json" --clean "$@" 2>/dev/null || return 99
+  "$PY" "$HERE/check_v2.py" --result "$D2/$n.json" --expected "$D2/expected-v2_int64.json" --storage "$D2/storage-v2.json"
 }
 
 for L in $LEGS; do

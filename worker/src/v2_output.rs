@@ -19,7 +19,6 @@ use milvus_backfill_api::outcome::ColumnGroupEntry;
 
 use crate::error::{BackfillError, Result};
 use crate::join::Joined;
-use crate::output::part_spans;
 use crate::plan::{NewField, SegmentPlan};
 use crate::store::Store;
 use crate::v3_output::{encode_with, named_columns, Column, Naming};
@@ -35,7 +34,7 @@ pub fn columns(fields: &[NewField], joined: &arrow_schema::SchemaRef) -> Result<
     named_columns(fields, joined, Naming::FieldName)
 }
 
-/// Writes every new column of a V2 segment; returns one column group per field.
+/// Writes every new column of a V2 segment, one file per field; returns one column group per field.
 pub async fn write_segment(
     store: &Store,
     root: &str,
@@ -54,7 +53,9 @@ pub async fn write_segment(
     let mut groups = Vec::with_capacity(cols.len());
     for col in cols {
         let mut keys = Vec::new();
-        for (start, end) in part_spans(n, batch_size, 1) {
+        // One file per field: Milvus records only the group's row count and spreads it evenly
+        // over the files (remainder to the last), so any other split would misstate rows.
+        for (start, end) in [(0, n)] {
             let key = format!("{prefix}{}/{log_id}", col.field_id);
             log_id += 1;
             let werr = |e: &dyn std::fmt::Display| BackfillError::write(Some(seg.segment_id), store.display(&key), e);
