@@ -73,6 +73,13 @@ pub const MAX_MESSAGE_BYTES: usize = 1024;
         type_ = "string",
         json_path = ".status.conditions[?(@.type==\"Ready\")].message",
         priority = 1
+    ),
+    printcolumn(
+        name = "Commit",
+        type_ = "string",
+        json_path = ".status.commit.state",
+        description = "the commit into Milvus (spec.commit.endpoint)",
+        priority = 1
     )
 )]
 #[serde(rename_all = "camelCase")]
@@ -299,6 +306,78 @@ pub struct BackfillStatus {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 50))]
     pub failed_segments: Vec<FailedSegmentStatus>,
+    /// Handing the result to Milvus (`spec.commit.endpoint`); absent without an endpoint.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub commit: Option<CommitStatus>,
+}
+
+/// Where the commit of a run's result into Milvus is.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum CommitState {
+    /// Every segment is written; the commit is under way or waits for its next attempt.
+    #[default]
+    Pending,
+    /// Milvus committed every segment of the result. Final.
+    Committed,
+    /// Milvus refused the result or left segments uncommitted after the retries, or the
+    /// endpoint cannot commit (HTTP 404: no backfill commit before Milvus 3.0). A change of the
+    /// spec commits again.
+    Failed,
+    /// No Milvus can commit this result: it failed, has no segments, or holds StorageV1 export
+    /// outputs (no `ops`). Final.
+    NotCommittable,
+}
+
+impl CommitState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Pending => "Pending",
+            Self::Committed => "Committed",
+            Self::Failed => "Failed",
+            Self::NotCommittable => "NotCommittable",
+        }
+    }
+}
+
+/// `status.commit`: bounded (at most 50 failed segments, the result objects of one attempt).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CommitStatus {
+    pub state: CommitState,
+    /// Calls of the commit endpoint since the commit (re)started.
+    pub attempts: u32,
+    /// Of those, the answers that left segments uncommitted or refused the result; at 3 the
+    /// commit is `Failed`. Connection errors do not count: they are retried until Milvus answers.
+    pub rejections: u32,
+    /// Segments Milvus reported committed.
+    pub committed_segments: u64,
+    /// Segments the last answer left uncommitted (at most 50), with Milvus' reason.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 50))]
+    pub failed_segments: Vec<CommitFailure>,
+    /// `s3://bucket/key` of the result objects the last attempt handed to Milvus: `result.json`,
+    /// then `result-retry-N.json` with only the segments that failed before.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 8))]
+    pub result_paths: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_attempt_time: Option<Time>,
+    /// What the last attempt got, or why there is none; empty once committed.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub message: String,
+    /// The Backfill generation the commit (re)started at: a `Failed` commit starts again at a
+    /// newer one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+}
+
+/// A segment Milvus did not commit.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CommitFailure {
+    pub segment_id: i64,
+    /// `kind: reason` as Milvus reports it, cut to 512 bytes.
+    pub reason: String,
 }
 
 /// A status condition, shaped like `metav1.Condition`.

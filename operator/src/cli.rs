@@ -108,6 +108,7 @@ pub fn main() -> i32 {
                 },
                 namespaces,
                 concurrency,
+                commit_segment_retries: None,
             };
             let lease = if leader_election {
                 let Some(ns) = lease_namespace.filter(|n| !n.is_empty()) else {

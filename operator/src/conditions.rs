@@ -38,7 +38,17 @@ pub enum Situation<'a> {
         summary: &'a str,
         suspended: bool,
     },
-    /// Every task of run `run_id` is final.
+    /// Every task of run `run_id` is final and its result is being committed into Milvus
+    /// (`message` says how far); `suspended`: the commit waits for `spec.suspend: false`.
+    Committing {
+        run_id: &'a str,
+        message: &'a str,
+        suspended: bool,
+    },
+    /// The commit of run `run_id` failed (`message` says why and how to commit again); it
+    /// waits for a spec change.
+    CommitFailed { run_id: &'a str, message: &'a str },
+    /// Every task of run `run_id` is final (and its result committed, if it is to be).
     Finished {
         run_id: &'a str,
         summary: &'a str,
@@ -107,28 +117,46 @@ pub fn apply(st: &mut BackfillStatus, situation: Situation<'_>, now: Timestamp, 
             set(PLANNED, true, reason::PLANNED, message);
             suspension(&mut set, suspended, "");
         }
-        Situation::Running {
-            run_id,
-            summary,
-            suspended,
-        } => {
-            // A status with a run but without Planned=True (edited, or from an older
-            // operator) gets it.
-            if !planned {
-                set(PLANNED, true, reason::PLANNED, &format!("run {run_id}"));
+        run => planned_run(&mut set, planned, run),
+    }
+    kstatus(st, now, generation);
+}
+
+/// The situations of a planned run (`Running`, `Committing`, `CommitFailed`, `Finished`). A
+/// status with a run but without Planned=True (edited, or from an older operator) gets it.
+fn planned_run(set: &mut impl FnMut(&str, bool, &str, &str), planned: bool, situation: Situation<'_>) {
+    use condition::*;
+    let run_id = match situation {
+        Situation::Running { run_id, .. }
+        | Situation::Committing { run_id, .. }
+        | Situation::CommitFailed { run_id, .. }
+        | Situation::Finished { run_id, .. } => run_id,
+        _ => return,
+    };
+    if !planned {
+        set(PLANNED, true, reason::PLANNED, &format!("run {run_id}"));
+    }
+    match situation {
+        Situation::Running { summary, suspended, .. } => suspension(set, suspended, summary),
+        Situation::Committing { message, suspended, .. } => {
+            if suspended {
+                set(SUSPENDED, true, reason::SUSPENDED, SUSPENDED_MESSAGE);
+                set(PROGRESSING, false, reason::SUSPENDED, message);
+            } else {
+                set(SUSPENDED, false, reason::NOT_SUSPENDED, "");
+                set(PROGRESSING, true, reason::COMMITTING, message);
             }
-            suspension(&mut set, suspended, summary);
+            // Not finished until Milvus has the result (a failed commit may be retried).
+            set(COMPLETE, false, reason::NOT_FINISHED, "");
+            set(FAILED, false, reason::NOT_FINISHED, "");
         }
-        Situation::Finished {
-            run_id,
-            summary,
-            success,
-        } => {
-            // A status with a run but without Planned=True (edited, or from an older
-            // operator) gets it.
-            if !planned {
-                set(PLANNED, true, reason::PLANNED, &format!("run {run_id}"));
-            }
+        Situation::CommitFailed { message, .. } => {
+            set(PROGRESSING, false, reason::COMMIT_FAILED, COMMIT_AGAIN);
+            set(COMPLETE, false, reason::COMMIT_FAILED, message);
+            set(FAILED, true, reason::COMMIT_FAILED, message);
+            set(SUSPENDED, false, reason::NOT_SUSPENDED, "");
+        }
+        Situation::Finished { summary, success, .. } => {
             let (phase, why) = if success {
                 (Phase::Succeeded, reason::SUCCEEDED)
             } else {
@@ -139,11 +167,13 @@ pub fn apply(st: &mut BackfillStatus, situation: Situation<'_>, now: Timestamp, 
             set(FAILED, !success, why, summary);
             set(SUSPENDED, false, reason::NOT_SUSPENDED, "");
         }
+        _ => {}
     }
-    kstatus(st, now, generation);
 }
 
 const SUSPENDED_MESSAGE: &str = "spec.suspend is true: no new Jobs; running Jobs finish";
+const COMMIT_AGAIN: &str =
+    "fix the cause, then change the spec (e.g. spec.commit.endpoint, or toggle spec.suspend) to commit again";
 
 fn suspension(set: &mut impl FnMut(&str, bool, &str, &str), suspended: bool, progress: &str) {
     if suspended {
@@ -159,10 +189,10 @@ fn suspension(set: &mut impl FnMut(&str, bool, &str, &str), suspended: bool, pro
 ///
 /// | phase | Ready | Reconciling | Stalled |
 /// |---|---|---|---|
-/// | Pending, Planning, Running | False | True | False |
+/// | Pending, Planning, Running | False | True (Running, or Committing) | False |
 /// | Suspended | False (Suspended) | False | False |
 /// | Succeeded | True | False | False |
-/// | Failed | False | False | True (InvalidSpec, PlanFailed or SegmentsFailed) |
+/// | Failed | False | False | True (InvalidSpec, PlanFailed, SegmentsFailed or CommitFailed) |
 pub fn kstatus(st: &mut BackfillStatus, now: Timestamp, generation: i64) {
     let phase = st.phase.unwrap_or_default();
     let message_of = |t: &str| {
@@ -172,7 +202,14 @@ pub fn kstatus(st: &mut BackfillStatus, now: Timestamp, generation: i64) {
     };
     let (ready, reconciling, stalled, why, message) = match phase {
         Phase::Pending | Phase::Planning => (false, true, false, phase.as_str(), message_of(condition::PLANNED)),
-        Phase::Running => (false, true, false, phase.as_str(), message_of(condition::PROGRESSING)),
+        Phase::Running => {
+            let why = if is_true(&st.conditions, condition::PROGRESSING, reason::COMMITTING) {
+                reason::COMMITTING
+            } else {
+                phase.as_str()
+            };
+            (false, true, false, why, message_of(condition::PROGRESSING))
+        }
         Phase::Suspended => (false, false, false, reason::SUSPENDED, message_of(condition::SUSPENDED)),
         Phase::Succeeded => (true, false, false, reason::SUCCEEDED, message_of(condition::COMPLETE)),
         Phase::Failed => {
@@ -180,6 +217,7 @@ pub fn kstatus(st: &mut BackfillStatus, now: Timestamp, generation: i64) {
             let why = match failed.map(|c| c.reason.as_str()) {
                 Some(reason::INVALID_SPEC) => reason::INVALID_SPEC,
                 Some(reason::PLAN_FAILED) => reason::PLAN_FAILED,
+                Some(reason::COMMIT_FAILED) => reason::COMMIT_FAILED,
                 _ => reason::SEGMENTS_FAILED,
             };
             (false, false, true, why, message_of(condition::FAILED))
@@ -356,6 +394,75 @@ mod tests {
             );
             assert_eq!(status_of(&st, condition::FAILED), pair("True", why));
         }
+    }
+
+    #[test]
+    fn a_commit_under_way_reconciles_and_a_failed_one_stalls() {
+        let committing = at(
+            Phase::Running,
+            Situation::Committing {
+                run_id: "r",
+                message: "10 of 10 ...; committing",
+                suspended: false,
+            },
+        );
+        assert_eq!(
+            kstatus_of(&committing),
+            [
+                pair("False", "Committing"),
+                pair("True", "Committing"),
+                pair("False", "Committing")
+            ]
+        );
+        assert_eq!(
+            status_of(&committing, condition::COMPLETE),
+            pair("False", "NotFinished")
+        );
+        assert_eq!(status_of(&committing, condition::PLANNED), pair("True", "Planned"));
+        let held = at(
+            Phase::Suspended,
+            Situation::Committing {
+                run_id: "r",
+                message: "waits",
+                suspended: true,
+            },
+        );
+        assert_eq!(status_of(&held, condition::PROGRESSING), pair("False", "Suspended"));
+        assert_eq!(kstatus_of(&held)[0], pair("False", "Suspended"));
+        let mut failed = committing.clone();
+        failed.phase = Some(Phase::Failed);
+        apply(
+            &mut failed,
+            Situation::CommitFailed {
+                run_id: "r",
+                message: "Milvus left 1 of 10 ...; curl",
+            },
+            Timestamp::UNIX_EPOCH,
+            3,
+        );
+        assert_eq!(
+            kstatus_of(&failed),
+            [
+                pair("False", "CommitFailed"),
+                pair("False", "CommitFailed"),
+                pair("True", "CommitFailed")
+            ]
+        );
+        assert_eq!(status_of(&failed, condition::FAILED), pair("True", "CommitFailed"));
+        // Committing again (a spec change) clears the failure.
+        failed.phase = Some(Phase::Running);
+        apply(
+            &mut failed,
+            Situation::Committing {
+                run_id: "r",
+                message: "again",
+                suspended: false,
+            },
+            Timestamp::UNIX_EPOCH,
+            4,
+        );
+        assert_eq!(status_of(&failed, condition::FAILED), pair("False", "NotFinished"));
+        assert_eq!(kstatus_of(&failed)[2].0, "False");
     }
 
     #[test]

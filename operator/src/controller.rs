@@ -73,6 +73,9 @@ pub struct Config {
     pub namespaces: Vec<String>,
     /// Backfills reconciled at once.
     pub concurrency: u16,
+    /// Calls per commit attempt for the segments a call left uncommitted; `None`:
+    /// [`state::COMMIT_SEGMENT_RETRIES`] (the tests use 0, to skip the waits in between).
+    pub commit_segment_retries: Option<u32>,
 }
 
 /// What the operator keeps about a run between passes: the plan and the outcomes read so far

@@ -1,7 +1,7 @@
 //! Execute (IO): carries out the actions [`crate::state::decide`] returned, in order, and
 //! nothing else. It stops at the first that fails; the next pass decides again. Order
 //! matters and is the decider's: the status goes before new Jobs, the result before the
-//! final status.
+//! final status and before the commit.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -17,7 +17,8 @@ use milvus_backfill_api::outcome::{BackfillResult, TaskOutcome};
 use crate::controller::{now, Context, Error, RunCache};
 use crate::crd::{Backfill, BackfillStatus};
 use crate::jobs::{self, JobInput, MANAGER};
-use crate::state::{self, Action, Decision, JobRequest};
+use crate::state::{self, Action, CommitAnswer, CommitAttempt, Decision, JobRequest};
+use crate::status::CommitVerdict;
 use crate::status::Outcomes;
 
 /// Runs `decision`'s actions; returns when to look again.
@@ -51,6 +52,7 @@ pub async fn execute(
                 }
             }
             Action::WriteResult(result) => write_result(bf, ctx, &result).await?,
+            Action::Commit { endpoint, result } => return commit(bf, ctx, &current, &endpoint, &result).await,
         }
     }
     Ok(requeue)
@@ -184,6 +186,79 @@ async fn write_result(bf: &Backfill, ctx: &Context, result: &BackfillResult) -> 
         run.storage.put_json(&run.layout.result_key(), result).await?;
     }
     Ok(())
+}
+
+/// Commits the stored result through the facade and records the answer in status
+/// ([`state::status_after_commit`]). Skipped when the stored status already records an
+/// attempt this pass did not see (the watch cache lags behind a write of an earlier pass):
+/// the commit is idempotent on the Milvus side, but a successful one is never repeated.
+async fn commit(
+    bf: &Backfill,
+    ctx: &Context,
+    status: &BackfillStatus,
+    endpoint: &str,
+    result: &BackfillResult,
+) -> Result<Requeue, Error> {
+    let gen = bf.metadata.generation.unwrap_or_default();
+    let run = {
+        let runs = ctx.runs.lock().await;
+        runs.get(&bf.uid().unwrap_or_default())
+            .map(|r| (r.storage.clone(), r.layout.result_key()))
+    };
+    let Some((storage, key)) = run else {
+        return Ok(Requeue::requeue(Duration::from_secs(1)));
+    };
+    if !commit_still_due(bf, ctx, status).await? {
+        tracing::info!(backfill = %bf.name_any(), "the stored status records a later commit attempt; deciding again");
+        return Ok(Requeue::requeue(Duration::from_secs(1)));
+    }
+    let retries = ctx
+        .config
+        .commit_segment_retries
+        .unwrap_or(state::COMMIT_SEGMENT_RETRIES);
+    let answer = match facade::commit(&storage, endpoint, result, &key, retries).await {
+        Ok(done) => CommitAnswer::Answered {
+            result_paths: done.result_paths.iter().map(|k| storage.display(k)).collect(),
+            segments: done.segments,
+            success: done.success,
+        },
+        Err(e) => CommitAnswer::Error {
+            kind: e.kind,
+            message: e.message,
+        },
+    };
+    let url = facade::commit_url(endpoint, &key);
+    let attempt = CommitAttempt {
+        endpoint,
+        url: &url,
+        segments: result.segments.len(),
+        answer: &answer,
+    };
+    let after = state::status_after_commit(status, &attempt, gen, now());
+    ctx.metrics.commits.inc(match after.verdict {
+        CommitVerdict::Committed => "committed",
+        CommitVerdict::Rejected => "rejected",
+        CommitVerdict::Unreachable => "unreachable",
+        CommitVerdict::Refused => "refused",
+    });
+    ctx.patch_status(bf, &after.status).await?;
+    for e in &after.events {
+        ctx.publish(bf, e, "Commit").await;
+    }
+    Ok(after.retry_in.map_or_else(Requeue::await_change, Requeue::requeue))
+}
+
+/// Whether the Backfill's status, read from the API server, shows the commit as `status`
+/// does: not final, and no attempt since.
+async fn commit_still_due(bf: &Backfill, ctx: &Context, status: &BackfillStatus) -> Result<bool, Error> {
+    let api: Api<Backfill> = Api::namespaced(ctx.client.clone(), &bf.namespace().unwrap_or_default());
+    let stored = api.get_status(&bf.name_any()).await?.status.unwrap_or_default();
+    let attempt = |s: &BackfillStatus| {
+        s.commit
+            .as_ref()
+            .map(|c| (c.state, c.attempts, c.last_attempt_time.clone()))
+    };
+    Ok(stored.completion_time.is_none() && attempt(&stored) == attempt(status))
 }
 
 #[cfg(test)]

@@ -36,11 +36,15 @@ struct Harness {
 
 impl Harness {
     async fn new() -> Self {
+        Self::with_config(Config::default()).await
+    }
+
+    async fn with_config(config: Config) -> Self {
         let dir = tempfile::tempdir().expect("a temporary directory");
         let mut bf = testutil::backfill("b");
         bf.spec.engine.storage.endpoint = format!("file://{}", dir.path().display());
         let (client, verifier) = fixtures::mock_client(&bf);
-        let ctx = Arc::new(Context::for_tests(client, Config::default()));
+        let ctx = Arc::new(Context::for_tests(client, config));
         let plan = testutil::plan_with(3, 0);
         let layout = RunLayout::of_plan(&plan);
         // The bucket as the controller opens it: `file://` gives a local directory.
@@ -366,3 +370,6 @@ async fn a_secret_without_the_key_fails_the_pass_without_leaking_its_values() {
     )
     .await;
 }
+
+#[path = "executor_commit_tests.rs"]
+mod commit;

@@ -16,7 +16,7 @@ use serde_json::{json, Value};
 use tokio::task::JoinHandle;
 use tower_test::mock::{Handle, SendResponse};
 
-use crate::crd::{Backfill, Phase};
+use crate::crd::{Backfill, BackfillStatus, Phase};
 use crate::jobs::MANAGER;
 
 /// How long a test waits for an expected request (or for the code under test).
@@ -39,6 +39,12 @@ pub enum Call {
     GetJob { name: String, answer: u16 },
     /// GET of Secret `name`: the Secret, or 404 for `None`.
     GetSecret { name: String, answer: Option<Box<Secret>> },
+    /// An Event repeated within the recorder's cache time (same type, reason and action): it
+    /// patches the first one's `series` (its note stays the first's).
+    RepeatEvent { reason: String, count: i32 },
+    /// GET of the Backfill's status: answered with the Backfill carrying `status`, or (`None`)
+    /// the status last applied through this verifier (else the Backfill's own).
+    GetStatus { status: Option<Box<BackfillStatus>> },
     /// An Event created about the Backfill with `reason`; its note contains each of
     /// `mentions`; the whole request contains none of `hides`.
     CreateEvent {
@@ -84,12 +90,18 @@ type MockHandle = Handle<Request<Body>, Response<Body>>;
 pub struct ApiServerVerifier {
     handle: MockHandle,
     bf: Backfill,
+    /// The status of the last server-side apply, as the API server now stores it.
+    applied: Option<Value>,
 }
 
 /// A client on a mock service, and the verifier that serves it (for requests about `bf`).
 pub fn mock_client(bf: &Backfill) -> (Client, ApiServerVerifier) {
     let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
-    let verifier = ApiServerVerifier { handle, bf: bf.clone() };
+    let verifier = ApiServerVerifier {
+        handle,
+        bf: bf.clone(),
+        applied: None,
+    };
     (Client::new(service, "default"), verifier)
 }
 
@@ -195,14 +207,29 @@ impl ApiServerVerifier {
             Call::ApplyJob { name, .. } => (Method::PATCH, format!("/apis/batch/v1/namespaces/{ns}/jobs/{name}")),
             Call::GetJob { name, .. } => (Method::GET, format!("/apis/batch/v1/namespaces/{ns}/jobs/{name}")),
             Call::GetSecret { name, .. } => (Method::GET, format!("/api/v1/namespaces/{ns}/secrets/{name}")),
+            Call::GetStatus { .. } => (
+                Method::GET,
+                format!(
+                    "/apis/milvusbackfill.io/v1alpha1/namespaces/{ns}/backfills/{}/status",
+                    self.bf.name_any()
+                ),
+            ),
             Call::CreateEvent { .. } => (Method::POST, format!("/apis/events.k8s.io/v1/namespaces/{ns}/events")),
+            Call::RepeatEvent { .. } => (Method::PATCH, format!("/apis/events.k8s.io/v1/namespaces/{ns}/events/")),
         }
     }
 
     async fn serve(&mut self, call: Call) -> Seen {
         let (seen, send) = self.next(&call).await;
         let (method, path) = self.route(&call);
-        assert_request(&seen, &call, method, &path);
+        match &call {
+            // The name of the Event repeated is the recorder's.
+            Call::RepeatEvent { .. } => assert!(
+                seen.method == method && seen.path.starts_with(&path),
+                "expected {call:?} (PATCH {path}...), got {seen}"
+            ),
+            _ => assert_request(&seen, &call, method, &path),
+        }
         let ns = self.ns();
         match call {
             Call::ApplyStatus { phase } => self.apply_status(&seen, send, phase),
@@ -230,23 +257,38 @@ impl ApiServerVerifier {
                 Some(s) => respond(send, 200, &serde_json::to_value(&s).expect("JSON")),
                 None => respond(send, 404, &status_body(404, &format!("secrets \"{name}\" not found"))),
             },
+            Call::GetStatus { status } => {
+                let mut bf = serde_json::to_value(&self.bf).expect("JSON");
+                match (status, &self.applied) {
+                    (Some(s), _) => bf["status"] = serde_json::to_value(&s).expect("JSON"),
+                    (None, Some(applied)) => bf["status"] = applied.clone(),
+                    (None, None) => {}
+                }
+                respond(send, 200, &bf);
+            }
             Call::CreateEvent {
                 reason,
                 warning,
                 mentions,
                 hides,
             } => self.create_event(&seen, send, &reason, warning, (&mentions, &hides)),
+            Call::RepeatEvent { reason, count } => {
+                assert_eq!(seen.body["reason"], reason.as_str(), "{seen}");
+                assert_eq!(seen.body["series"]["count"], count, "{seen}");
+                respond(send, 200, &seen.body);
+            }
         }
         seen
     }
 
-    fn apply_status(&self, seen: &Seen, send: SendResponse<Response<Body>>, phase: Phase) {
+    fn apply_status(&mut self, seen: &Seen, send: SendResponse<Response<Body>>, phase: Phase) {
         assert_apply(seen);
         assert_eq!(seen.body["apiVersion"], milvus_backfill_api::API_VERSION, "{seen}");
         assert_eq!(seen.body["kind"], milvus_backfill_api::KIND, "{seen}");
         assert_eq!(seen.body["status"]["phase"], json!(phase), "{seen}");
         let mut bf = serde_json::to_value(&self.bf).expect("JSON");
         bf["status"] = seen.body["status"].clone();
+        self.applied = Some(seen.body["status"].clone());
         respond(send, 200, &bf);
     }
 

@@ -90,6 +90,8 @@ pub struct Metrics {
     pub reconciles: Counter,
     pub failures: LabeledCounter,
     pub jobs_created: Counter,
+    /// Commit attempts by verdict (committed, rejected, unreachable, refused).
+    pub commits: LabeledCounter,
     pub reconcile_seconds: Histogram,
     pub planning_seconds: Histogram,
     /// Worker Jobs from start to end: [succeeded, failed].
@@ -110,6 +112,7 @@ impl Default for Metrics {
             reconciles: Counter::default(),
             failures: LabeledCounter::default(),
             jobs_created: Counter::default(),
+            commits: LabeledCounter::default(),
             reconcile_seconds: Histogram::new(&[0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 30.0]),
             planning_seconds: Histogram::new(&[1.0, 5.0, 30.0, 120.0, 600.0, 1800.0]),
             job_seconds: [JOB_BOUNDS, JOB_BOUNDS].map(Histogram::new),
@@ -195,6 +198,13 @@ impl Metrics {
         for (k, v) in self.failures.0.lock().expect("not poisoned").iter() {
             let _ = writeln!(s, "{PREFIX}_reconcile_errors_total{{category=\"{k}\"}} {v}");
         }
+        let _ = writeln!(
+            s,
+            "# HELP {PREFIX}_commit_attempts_total Calls of Milvus' backfill commit, by result.\n# TYPE {PREFIX}_commit_attempts_total counter"
+        );
+        for (k, v) in self.commits.0.lock().expect("not poisoned").iter() {
+            let _ = writeln!(s, "{PREFIX}_commit_attempts_total{{result=\"{k}\"}} {v}");
+        }
         for (name, help, h) in [
             (
                 "reconcile_duration_seconds",
@@ -264,6 +274,7 @@ mod tests {
         m.reconciles.inc();
         m.leader.set(1);
         m.failures.inc("StorageError");
+        m.commits.inc("committed");
         m.reconcile_seconds.observe(0.2);
         m.set_phase("a", Phase::Running);
         m.set_phase("b", Phase::Running);
@@ -272,6 +283,7 @@ mod tests {
         assert!(t.contains("milvus_backfill_operator_reconciles_total 1\n"));
         assert!(t.contains("milvus_backfill_operator_leader 1\n"));
         assert!(t.contains("milvus_backfill_operator_reconcile_errors_total{category=\"StorageError\"} 1\n"));
+        assert!(t.contains("milvus_backfill_operator_commit_attempts_total{result=\"committed\"} 1\n"));
         assert!(t.contains("milvus_backfill_operator_reconcile_duration_seconds_bucket{le=\"0.1\"} 0\n"));
         assert!(t.contains("milvus_backfill_operator_reconcile_duration_seconds_bucket{le=\"0.5\"} 1\n"));
         assert!(t.contains("milvus_backfill_operator_reconcile_duration_seconds_count 1\n"));

@@ -7,13 +7,22 @@
 //!            spec invalid ─────────────► Failed (InvalidSpec; waits for a spec change)
 //! Pending ─► Planning ─► Running ◄──────► Suspended
 //!               │           │
-//!               │           └──► Succeeded | Failed (completionTime set: final)
+//!               │           ├──► Succeeded | Failed (completionTime set: final)
+//!               │           └──► committing: Running (Progressing=Committing) ◄──► Suspended
+//!               │                   ├──► Succeeded (commit Committed; final)
+//!               │                   └──► Failed (CommitFailed; a spec change commits again)
 //!               └──► Failed (PlanFailed: config/schema error; waits for a spec change)
 //! ```
 //!
+//! The commit step runs only with `spec.commit.endpoint` and a successful result whose
+//! segment entries Milvus can commit (StorageV3 `ops`, also StorageV2 `column_groups` or a
+//! manifest `version`); any other result with an endpoint (StorageV1 exports, failed runs)
+//! finishes at once with `status.commit.state: NotCommittable`.
+//!
 //! Invariants the tests check: no Job before the plan is recorded in status; never more than
 //! `parallelism` Jobs running; no new Job while suspended; no retry past `maxAttempts`; a final
-//! status never changes; the result is written before the status says Complete.
+//! status never changes; the result is written before the status says Complete or that a
+//! commit started; no commit while suspended, before its backoff or after it succeeded.
 
 use std::time::Duration;
 
@@ -26,8 +35,12 @@ use milvus_backfill_api::layout::{RunLayout, TaskSplit};
 
 use crate::conditions::{self, Situation};
 pub use crate::conditions::{get_condition, is_true};
-use crate::crd::{condition, truncate, BackfillSpec, BackfillStatus, Phase, RetryPolicy, MAX_MESSAGE_BYTES};
-use crate::status::{self, Aggregate, JobView, OutcomeView, Outcomes, TaskState};
+use crate::crd::{
+    condition, truncate, BackfillSpec, BackfillStatus, CommitState, CommitStatus, Phase, RetryPolicy, RowCounts,
+    SegmentCounts, MAX_MESSAGE_BYTES,
+};
+pub use crate::status::CommitAnswer;
+use crate::status::{self, Aggregate, CommitVerdict, Commitability, JobView, OutcomeView, Outcomes, TaskState};
 use crate::validate::ValidSpec;
 
 /// How often a running Backfill is looked at even without events.
@@ -51,7 +64,23 @@ pub mod reason {
     pub const SUCCEEDED: &str = "Succeeded";
     pub const FAILED: &str = "Failed";
     pub const NOT_FINISHED: &str = "NotFinished";
+    pub const COMMITTING: &str = "Committing";
+    pub const COMMITTED: &str = "Committed";
+    /// A commit attempt got no answer (connection, storage); it is retried.
+    pub const COMMIT_ERROR: &str = "CommitError";
+    /// Milvus left segments uncommitted or refused the result; it is retried (a bounded number of times).
+    pub const COMMIT_REJECTED: &str = "CommitRejected";
+    pub const COMMIT_FAILED: &str = "CommitFailed";
+    pub const NOT_COMMITTABLE: &str = "NotCommittable";
 }
+
+/// Calls of the commit endpoint per attempt for the segments a call left uncommitted (each
+/// from its own `result-retry-N.json`), as `milvus-backfill run` makes them.
+pub const COMMIT_SEGMENT_RETRIES: u32 = 2;
+/// Answers leaving segments uncommitted (or refusing the result) before a commit is Failed.
+pub const MAX_COMMIT_REJECTIONS: u32 = 3;
+const COMMIT_BACKOFF_SECONDS: u64 = 10;
+const MAX_COMMIT_BACKOFF_SECONDS: u64 = 300;
 
 /// What the controller saw.
 #[derive(Clone, Copy)]
@@ -104,6 +133,12 @@ pub enum Action {
     CreateJobs(Vec<JobRequest>),
     /// Store the result JSON at the plan's result key.
     WriteResult(Box<BackfillResult>),
+    /// Commit the stored result into Milvus at `endpoint` (`spec.commit.endpoint`), then record
+    /// the answer in status ([`status_after_commit`]). Always the last action.
+    Commit {
+        endpoint: String,
+        result: Box<BackfillResult>,
+    },
     Event(EventSpec),
 }
 
@@ -362,7 +397,7 @@ fn decide_run(o: &Observed<'_>, spec: &BackfillSpec, mut st: BackfillStatus, run
 
     // 4. All tasks final: the result, then the final status.
     if agg.done {
-        return finish_run(o, st, plan, &states, view, &agg, actions);
+        return finish_run(o, spec, st, plan, (&states, view), &agg, actions);
     }
     let requeue = if more_to_create {
         // More may be due right away (capped per pass); the Job events will also wake us.
@@ -374,58 +409,422 @@ fn decide_run(o: &Observed<'_>, spec: &BackfillSpec, mut st: BackfillStatus, run
     running(o, spec.suspend(), st, &agg, actions, requeue)
 }
 
-/// Every task is final: store the result, then the final status and its Event.
+/// The summary of a finished run, for its conditions and Events.
+fn finished_summary(c: &SegmentCounts, rows: &RowCounts) -> String {
+    format!(
+        "{} of {} segments succeeded, {} failed; {} rows written, {} matched",
+        c.succeeded, c.total, c.failed, rows.written, rows.matched
+    )
+}
+
+/// Every task is final: store the result, then commit it (`spec.commit.endpoint`, a
+/// committable result) or write the final status and its Event.
 fn finish_run(
     o: &Observed<'_>,
+    spec: &BackfillSpec,
     mut st: BackfillStatus,
     plan: &Plan,
-    states: &[TaskState],
-    view: OutcomeView<'_>,
+    (states, view): (&[TaskState], OutcomeView<'_>),
     agg: &Aggregate,
-    mut actions: Vec<Action>,
+    actions: Vec<Action>,
 ) -> Decision {
     let now = o.now;
     let start = st.start_time.as_ref().map_or(now, |t| t.0);
-    let ms = now.duration_since(start).as_millis().max(0) as u64;
-    let result = status::build_result(plan, states, view, ms);
-    let phase = if result.success {
-        Phase::Succeeded
-    } else {
-        Phase::Failed
+    let elapsed = now.duration_since(start).as_millis().max(0) as u64;
+    // A commit under way keeps the run's time: the result is rebuilt exactly as it was stored.
+    let ms = match &st.commit {
+        Some(c) if matches!(c.state, CommitState::Pending | CommitState::Failed) => {
+            st.execution_time_ms.unwrap_or(elapsed)
+        }
+        _ => elapsed,
     };
-    let c = &agg.segments;
-    let summary = format!(
-        "{} of {} segments succeeded, {} failed; {} rows written, {} matched",
-        c.succeeded, c.total, c.failed, agg.rows.written, agg.rows.matched
-    );
-    st.phase = Some(phase);
-    st.completion_time = Some(time(now));
+    let result = status::build_result(plan, states, view, ms);
     st.execution_time_ms = Some(ms);
     st.result_path = Some(format!(
         "s3://{}/{}",
         plan.storage_bucket,
         RunLayout::of_plan(plan).result_key()
     ));
+    let summary = finished_summary(&agg.segments, &agg.rows);
+    match status::commitability(spec.engine.commit_endpoint(), &result) {
+        Commitability::Commit { endpoint } => {
+            let run = CommitRun {
+                endpoint,
+                suspended: spec.suspend(),
+                summary: &summary,
+            };
+            return decide_commit(o, st, result, &run, actions);
+        }
+        Commitability::NotCommittable(why) => {
+            st.commit = Some(CommitStatus {
+                state: CommitState::NotCommittable,
+                message: why,
+                observed_generation: Some(o.generation),
+                ..Default::default()
+            });
+        }
+        Commitability::NoEndpoint => st.commit = None,
+    }
+    finish_final(o, st, result, &summary, actions)
+}
+
+/// The result, then the final status (Succeeded or Failed, `completionTime`) and its Events.
+fn finish_final(
+    o: &Observed<'_>,
+    mut st: BackfillStatus,
+    result: BackfillResult,
+    summary: &str,
+    mut actions: Vec<Action>,
+) -> Decision {
     let success = result.success;
+    let phase = if success { Phase::Succeeded } else { Phase::Failed };
+    st.phase = Some(phase);
+    st.completion_time = Some(time(o.now));
     conditions::apply(
         &mut st,
         Situation::Finished {
-            run_id: &plan.run_id,
-            summary: &summary,
+            run_id: &result.run_id,
+            summary,
             success,
         },
-        now,
+        o.now,
         o.generation,
     );
+    let not_committable = st
+        .commit
+        .as_ref()
+        .filter(|c| c.state == CommitState::NotCommittable)
+        .map(|c| c.message.clone());
     actions.push(Action::WriteResult(Box::new(result)));
     actions.push(Action::UpdateStatus(Box::new(st)));
     let why = if success { reason::SUCCEEDED } else { reason::FAILED };
     actions.push(event(!success, why, summary));
+    if let Some(m) = not_committable {
+        actions.push(event(true, reason::NOT_COMMITTABLE, m));
+    }
     Decision {
         phase,
         actions,
         requeue_after: None,
     }
+}
+
+/// What the commit of a finished run takes from the spec and the counters.
+struct CommitRun<'a> {
+    endpoint: &'a str,
+    suspended: bool,
+    /// [`finished_summary`] of the run.
+    summary: &'a str,
+}
+
+/// Delay before the commit attempt after `attempts` attempts: 10 s, doubling, at most 5 min.
+pub fn commit_backoff(attempts: u32) -> Duration {
+    let secs = COMMIT_BACKOFF_SECONDS << attempts.saturating_sub(1).min(10);
+    Duration::from_secs(secs.min(MAX_COMMIT_BACKOFF_SECONDS))
+}
+
+/// When the next attempt of a `Pending` commit is due (`None`: now, none was made).
+fn next_commit_at(c: &CommitStatus) -> Option<Timestamp> {
+    let last = c.last_attempt_time.as_ref()?.0;
+    let delay = commit_backoff(c.attempts).as_secs() as i64;
+    Some(last + k8s_openapi::jiff::SignedDuration::from_secs(delay))
+}
+
+/// The `Progressing` message of a commit under way: deterministic from the status, so a pass
+/// that waits for the next attempt changes nothing.
+fn committing_message(c: &CommitStatus, run: &CommitRun<'_>) -> String {
+    let (summary, endpoint) = (run.summary, run.endpoint);
+    if run.suspended {
+        return format!("{summary}; the commit to Milvus at {endpoint} waits: spec.suspend is true");
+    }
+    let head = format!("{summary}; committing the result to Milvus at {endpoint}");
+    match next_commit_at(c) {
+        None => head,
+        Some(at) => format!(
+            "{head}; attempt {} got {}; next attempt at {at}",
+            c.attempts,
+            truncate(&c.message, 600)
+        ),
+    }
+}
+
+/// Whether the commit starts (again) in this pass: none yet, or a failed one at an older
+/// generation (a spec change).
+fn commit_starts(old: Option<&CommitStatus>, generation: i64) -> bool {
+    old.is_none_or(|c| match c.state {
+        CommitState::Pending => false,
+        CommitState::Failed => c.observed_generation.is_none_or(|g| g < generation),
+        // Both are final; a status that says so without being final was edited: start over.
+        CommitState::Committed | CommitState::NotCommittable => true,
+    })
+}
+
+/// Every segment is written and Milvus can commit the result: commit it now, or wait for the
+/// next attempt's due time, for a spec change (after a failed commit) or for the end of a
+/// suspend. The result is stored before the status says the commit started.
+fn decide_commit(
+    o: &Observed<'_>,
+    mut st: BackfillStatus,
+    result: BackfillResult,
+    run: &CommitRun<'_>,
+    mut actions: Vec<Action>,
+) -> Decision {
+    let (now, generation) = (o.now, o.generation);
+    let run_id = result.run_id.clone();
+    let old = st.commit.take();
+    let starts = commit_starts(old.as_ref(), generation);
+    let c = match old {
+        Some(c) if !starts => c,
+        _ => CommitStatus {
+            observed_generation: Some(generation),
+            ..Default::default()
+        },
+    };
+    if c.state == CommitState::Failed {
+        // Failed at this generation: wait for a spec change.
+        st.phase = Some(Phase::Failed);
+        let situation = Situation::CommitFailed {
+            run_id: &run_id,
+            message: &c.message,
+        };
+        conditions::apply(&mut st, situation, now, generation);
+        st.commit = Some(c);
+        return finish(st, o.status, Phase::Failed, actions);
+    }
+    let phase = if run.suspended {
+        Phase::Suspended
+    } else {
+        Phase::Running
+    };
+    st.phase = Some(phase);
+    let message = committing_message(&c, run);
+    let situation = Situation::Committing {
+        run_id: &run_id,
+        message: &message,
+        suspended: run.suspended,
+    };
+    conditions::apply(&mut st, situation, now, generation);
+    let due = next_commit_at(&c);
+    st.commit = Some(c);
+    if starts {
+        actions.push(Action::WriteResult(Box::new(result.clone())));
+    }
+    if st != *o.status {
+        actions.push(Action::UpdateStatus(Box::new(st)));
+    }
+    actions.extend(commit_event(o.status.phase, starts, run));
+    let requeue_after = match due {
+        _ if run.suspended => None,
+        Some(at) if at > now => Some(until(at, now)),
+        _ => {
+            actions.push(Action::Commit {
+                endpoint: run.endpoint.to_owned(),
+                result: Box::new(result),
+            });
+            None
+        }
+    };
+    Decision {
+        phase,
+        actions,
+        requeue_after,
+    }
+}
+
+/// Whole seconds from `now` until `at` (rounded up, at least 1).
+fn until(at: Timestamp, now: Timestamp) -> Duration {
+    let d = at.duration_since(now);
+    Duration::from_secs((d.as_secs() + i64::from(d.subsec_nanos() > 0)).max(1) as u64)
+}
+
+/// Committing when the commit starts; Suspended or Resumed when `spec.suspend` changes.
+fn commit_event(old_phase: Option<Phase>, starts: bool, run: &CommitRun<'_>) -> Option<Action> {
+    let suspended_before = old_phase == Some(Phase::Suspended);
+    if starts {
+        let then = if run.suspended {
+            "the commit waits for spec.suspend: false"
+        } else {
+            "committing the result"
+        };
+        let message = format!("{}; {then} (Milvus at {})", run.summary, run.endpoint);
+        Some(event(false, reason::COMMITTING, message))
+    } else if run.suspended && !suspended_before {
+        Some(event(false, reason::SUSPENDED, "suspended: the commit waits"))
+    } else if !run.suspended && suspended_before {
+        Some(event(false, reason::RESUMED, "resumed: committing the result"))
+    } else {
+        None
+    }
+}
+
+/// What one commit attempt got, as the executor hands it to [`status_after_commit`].
+#[derive(Clone, Copy, Debug)]
+pub struct CommitAttempt<'a> {
+    pub endpoint: &'a str,
+    /// The URL that commits the stored result (`{endpoint}/management/...?result_path=`), for
+    /// the hand command in messages.
+    pub url: &'a str,
+    /// Segments in the result.
+    pub segments: usize,
+    pub answer: &'a CommitAnswer,
+}
+
+/// What [`status_after_commit`] decided.
+#[derive(Clone, Debug, PartialEq)]
+pub struct AfterCommit {
+    pub status: BackfillStatus,
+    pub events: Vec<EventSpec>,
+    /// When to look again (`None`: on a change).
+    pub retry_in: Option<Duration>,
+    pub verdict: CommitVerdict,
+}
+
+/// The status after a commit attempt and its Events: Committed (final, Succeeded); Pending,
+/// retried after [`commit_backoff`] (no answer: until Milvus answers; segments left:
+/// [`MAX_COMMIT_REJECTIONS`] answers in all); or Failed (Stalled; a spec change commits again).
+pub fn status_after_commit(
+    old: &BackfillStatus,
+    attempt: &CommitAttempt<'_>,
+    generation: i64,
+    now: Timestamp,
+) -> AfterCommit {
+    let mut st = old.clone();
+    st.observed_generation = Some(generation);
+    let mut c = st.commit.take().unwrap_or_else(|| CommitStatus {
+        observed_generation: Some(generation),
+        ..Default::default()
+    });
+    c.attempts += 1;
+    // Whole seconds, as the API server stores times: the next pass computes the same due time.
+    c.last_attempt_time = Some(time(Timestamp::from_second(now.as_second()).unwrap_or(now)));
+    let verdict = status::record_commit(&mut c, attempt.answer, attempt.segments);
+    let summary = finished_summary(
+        &st.segments.clone().unwrap_or_default(),
+        &st.rows.clone().unwrap_or_default(),
+    );
+    let run_id = st.run_id.clone().unwrap_or_default();
+    let retry = match verdict {
+        CommitVerdict::Committed => false,
+        CommitVerdict::Unreachable => true,
+        CommitVerdict::Rejected => c.rejections < MAX_COMMIT_REJECTIONS,
+        CommitVerdict::Refused => false,
+    };
+    if !retry {
+        let (status, events) = if verdict == CommitVerdict::Committed {
+            committed(st, c, &summary, generation, now)
+        } else {
+            commit_failed(st, c, attempt.url, generation, now)
+        };
+        return AfterCommit {
+            status,
+            events,
+            retry_in: None,
+            verdict,
+        };
+    }
+    let delay = commit_backoff(c.attempts);
+    let (why, next) = match verdict {
+        CommitVerdict::Rejected => (
+            reason::COMMIT_REJECTED,
+            format!("attempt {} of {MAX_COMMIT_REJECTIONS}", c.rejections + 1),
+        ),
+        _ => (reason::COMMIT_ERROR, format!("attempt {}", c.attempts + 1)),
+    };
+    let ev = event_spec(true, why, format!("{}; {next} in {} s", c.message, delay.as_secs()));
+    c.state = CommitState::Pending;
+    let run = CommitRun {
+        endpoint: attempt.endpoint,
+        suspended: false,
+        summary: &summary,
+    };
+    let message = committing_message(&c, &run);
+    st.commit = Some(c);
+    st.phase = Some(Phase::Running);
+    let situation = Situation::Committing {
+        run_id: &run_id,
+        message: &message,
+        suspended: false,
+    };
+    conditions::apply(&mut st, situation, now, generation);
+    AfterCommit {
+        status: st,
+        events: vec![ev],
+        retry_in: Some(delay),
+        verdict,
+    }
+}
+
+fn event_spec(warning: bool, reason: &'static str, message: String) -> EventSpec {
+    EventSpec {
+        warning,
+        reason,
+        message: truncate(&message, MAX_MESSAGE_BYTES),
+    }
+}
+
+/// Milvus has every segment: the run is done for good.
+fn committed(
+    mut st: BackfillStatus,
+    mut c: CommitStatus,
+    summary: &str,
+    generation: i64,
+    now: Timestamp,
+) -> (BackfillStatus, Vec<EventSpec>) {
+    c.state = CommitState::Committed;
+    let n = c.committed_segments;
+    let from = c.result_paths.join(", ");
+    let summary = format!("{summary}; Milvus committed {n} segment(s)");
+    let run_id = st.run_id.clone().unwrap_or_default();
+    st.commit = Some(c);
+    st.phase = Some(Phase::Succeeded);
+    st.completion_time = Some(time(now));
+    let situation = Situation::Finished {
+        run_id: &run_id,
+        summary: &summary,
+        success: true,
+    };
+    conditions::apply(&mut st, situation, now, generation);
+    let events = vec![
+        event_spec(
+            false,
+            reason::COMMITTED,
+            format!("Milvus committed {n} segment(s) from {from}"),
+        ),
+        event_spec(false, reason::SUCCEEDED, summary),
+    ];
+    (st, events)
+}
+
+/// The commit cannot succeed without a change: Failed (Stalled), with the hand command.
+fn commit_failed(
+    mut st: BackfillStatus,
+    mut c: CommitStatus,
+    url: &str,
+    generation: i64,
+    now: Timestamp,
+) -> (BackfillStatus, Vec<EventSpec>) {
+    let after = match c.rejections {
+        0 => String::new(),
+        n => format!(" after {n} attempt(s)"),
+    };
+    c.message = truncate(
+        &format!(
+            "{}{after}; fix the cause, then change the spec to commit again, or commit by hand: curl -fsS '{url}'",
+            truncate(&c.message, 600)
+        ),
+        MAX_MESSAGE_BYTES,
+    );
+    c.state = CommitState::Failed;
+    let run_id = st.run_id.clone().unwrap_or_default();
+    st.phase = Some(Phase::Failed);
+    let situation = Situation::CommitFailed {
+        run_id: &run_id,
+        message: &c.message,
+    };
+    conditions::apply(&mut st, situation, now, generation);
+    let ev = event_spec(true, reason::COMMIT_FAILED, c.message.clone());
+    st.commit = Some(c);
+    (st, vec![ev])
 }
 
 /// Tasks still running or waiting: the counters, and Events for suspend and resume.
@@ -583,3 +982,7 @@ pub fn status_after_plan_error(
 #[cfg(test)]
 #[path = "state_tests.rs"]
 mod tests;
+
+#[cfg(test)]
+#[path = "commit_tests.rs"]
+mod commit_tests;

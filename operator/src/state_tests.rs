@@ -3,11 +3,12 @@ use std::collections::BTreeMap;
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
 
 use super::*;
-use crate::crd::{RetrySpec, SegmentCounts};
-use crate::status::JobState;
-use crate::testutil::{failed_outcome, ok_outcome, plan_with, spec, Rng};
+use crate::crd::{CommitState, RetrySpec, SegmentCounts};
+use crate::status::{CommitVerdict, JobState};
+use crate::testutil::{failed_outcome, ok_outcome, plan_with, spec, v3, Rng};
 use crate::validate::ValidSpec;
 use milvus_backfill_api::error::ErrorKind;
+use milvus_backfill_api::spec::CommitSpec;
 
 fn t0() -> Timestamp {
     "2026-11-27T03:00:00Z".parse().unwrap()
@@ -162,13 +163,20 @@ fn decisions_reach_a_fixed_point() {
         let mut s = spec();
         s.suspend = Some(rng.chance(30));
         s.engine.parallelism = Some(1 + rng.below(4) as u32);
+        if rng.chance(50) {
+            s.engine.commit = Some(CommitSpec {
+                endpoint: "http://proxy:9091".into(),
+            });
+        }
+        let v3_outputs = rng.chance(70);
         let problems: Vec<String> = if rng.chance(15) { vec!["bad".into()] } else { vec![] };
         let mut outcomes = Outcomes::new();
         let mut jobs = vec![];
         for t in 0..plan.segments.len() as u32 {
             match rng.below(4) {
                 0 => {
-                    outcomes.insert((t, 0), ok_outcome(&plan, 1, t, 0, 1));
+                    let o = ok_outcome(&plan, 1, t, 0, 1);
+                    outcomes.insert((t, 0), if v3_outputs { v3(o) } else { o });
                 }
                 1 => {
                     outcomes.insert((t, 0), failed_outcome(&plan, 1, t, 0, ErrorKind::SchemaValidationError));
@@ -387,6 +395,8 @@ struct World {
     created: BTreeMap<(u32, u32), u32>,
     result: Option<BackfillResult>,
     status: BackfillStatus,
+    /// Commits Milvus reported successful.
+    committed: u32,
 }
 
 impl World {
@@ -410,6 +420,9 @@ struct Case {
     spec: BackfillSpec,
     /// Per task: how each attempt ends (below 60 ok, then retryable, permanent, or the Job dies).
     fate: Vec<u64>,
+    /// With `spec.commit.endpoint` and V3 outputs: how each commit attempt ends (below 50
+    /// committed, then no answer, then segments left uncommitted; committed past the end).
+    commit: Option<Vec<u64>>,
 }
 
 impl Case {
@@ -424,8 +437,25 @@ impl Case {
             backoff_seconds: Some(rng.below(20) as u32),
         });
         let tasks = TaskSplit::new(spec.segments_per_job()).count(&plan);
-        let fate = (0..tasks).map(|_| rng.below(100)).collect();
-        Self { id, plan, spec, fate }
+        let commit_case = rng.chance(40);
+        // Most commit cases write every segment, so that there is something to commit.
+        let fate_span = if commit_case && rng.chance(70) { 60 } else { 100 };
+        let fate = (0..tasks).map(|_| rng.below(fate_span)).collect();
+        let commit = commit_case.then(|| {
+            spec.engine.commit = Some(CommitSpec {
+                endpoint: "http://proxy:9091".into(),
+            });
+            // Milvus commits at once, is flaky, or never commits the first segment.
+            let (base, span) = [(0, 50), (0, 100), (75, 25)][rng.below(3) as usize];
+            (0..8).map(|_| base + rng.below(span)).collect()
+        });
+        Self {
+            id,
+            plan,
+            spec,
+            fate,
+            commit,
+        }
     }
 
     fn spj(&self) -> u32 {
@@ -483,9 +513,66 @@ fn carry_out(case: &Case, w: &mut World, actions: &[Action], crash_after: usize)
                 }
             }
             Action::WriteResult(r) => w.result = Some((**r).clone()),
+            Action::Commit { result, .. } => commit_in(case, w, result),
             Action::Event(_) => {}
         }
     }
+}
+
+/// A commit, checked against what the world holds, answered by the case's commit fate.
+fn commit_in(case: &Case, w: &mut World, result: &BackfillResult) {
+    let id = case.id;
+    assert_eq!(
+        w.result.as_ref(),
+        Some(result),
+        "case {id}: a commit of another result than the stored one"
+    );
+    assert!(!case.spec.suspend(), "case {id}: a commit while suspended");
+    assert_eq!(w.committed, 0, "case {id}: committed again after a success");
+    let c = w
+        .status
+        .commit
+        .as_ref()
+        .unwrap_or_else(|| panic!("case {id}: a commit not recorded in status"));
+    assert_eq!(c.state, CommitState::Pending, "case {id}");
+    assert!(
+        next_commit_at(c).is_none_or(|at| at <= w.now),
+        "case {id}: a commit before its backoff"
+    );
+    let fates = case.commit.as_deref().unwrap_or_default();
+    let fate = fates.get(c.attempts as usize).copied().unwrap_or(0);
+    let segments: BTreeMap<String, String> = result
+        .segments
+        .keys()
+        .enumerate()
+        .map(|(i, k)| {
+            let ok = fate < 75 || i > 0;
+            (k.clone(), if ok { "committed" } else { "v3: not Flushed" }.to_owned())
+        })
+        .collect();
+    let answer = if (50..75).contains(&fate) {
+        CommitAnswer::Error {
+            kind: ErrorKind::ConnectionError,
+            message: "connection refused".into(),
+        }
+    } else {
+        CommitAnswer::Answered {
+            result_paths: vec!["k".into()],
+            success: fate < 50,
+            segments,
+        }
+    };
+    let attempt = CommitAttempt {
+        endpoint: "http://proxy:9091",
+        url: "http://proxy:9091/x",
+        segments: result.segments.len(),
+        answer: &answer,
+    };
+    let after = status_after_commit(&w.status, &attempt, 1, w.now);
+    if after.verdict == CommitVerdict::Committed {
+        w.committed += 1;
+    }
+    w.status = after.status;
 }
 
 /// How attempt `a` of task `t` ends, by the task's fate.
@@ -497,10 +584,9 @@ fn ending(case: &Case, t: u32, a: u32, now: Timestamp) -> (JobState, Option<Task
         finished: Some(now),
     };
     if f < 60 || (f < 80 && a > 0) {
-        (
-            JobState::Succeeded { finished: Some(now) },
-            Some(ok_outcome(plan, spj, t, a, 3)),
-        )
+        let o = ok_outcome(plan, spj, t, a, 3);
+        let o = if case.commit.is_some() { v3(o) } else { o };
+        (JobState::Succeeded { finished: Some(now) }, Some(o))
     } else if f < 85 {
         let o = failed_outcome(plan, spj, t, a, ErrorKind::DataReadError);
         (failed("BackoffLimitExceeded"), Some(o))
@@ -538,6 +624,7 @@ fn run_case(mut case: Case, rng: &mut Rng) -> World {
         created: BTreeMap::new(),
         result: None,
         status: BackfillStatus::default(),
+        committed: 0,
     };
     for steps in 1.. {
         assert!(steps < 5000, "case {}: no end", case.id);
@@ -573,6 +660,11 @@ fn run_case(mut case: Case, rng: &mut Rng) -> World {
             assert!(d.actions.iter().all(|a| matches!(a, Action::UpdateStatus(_))));
             break;
         }
+        // A failed commit waits for a spec change (the generation stays 1 here).
+        if before.commit.as_ref().is_some_and(|c| c.state == CommitState::Failed) {
+            assert!(d.actions.is_empty(), "case {}: {:?}", case.id, d.actions);
+            break;
+        }
         // The operator may die after any action.
         let crash_after = if rng.chance(10) {
             rng.below(d.actions.len() as u64 + 1) as usize
@@ -582,29 +674,47 @@ fn run_case(mut case: Case, rng: &mut Rng) -> World {
         carry_out(&case, &mut w, &d.actions, crash_after);
         advance(&case, &mut w, rng);
     }
-    check_end(case.id, &w);
+    check_end(&case, &w);
     w
 }
 
-fn check_end(case: usize, w: &World) {
-    let st = &w.status;
-    let r = w.result.as_ref().unwrap_or_else(|| panic!("case {case}: no result"));
+fn check_end(case: &Case, w: &World) {
+    let (st, id) = (&w.status, case.id);
+    let r = w.result.as_ref().unwrap_or_else(|| panic!("case {id}: no result"));
     let c = st.segments.as_ref().unwrap();
-    assert_eq!(c.succeeded + c.failed, c.total, "case {case}");
-    assert_eq!(r.segments_processed as u64, c.succeeded, "case {case}");
-    assert_eq!(r.success, c.failed == 0, "case {case}");
-    assert_eq!(st.phase, Some(if r.success { Phase::Succeeded } else { Phase::Failed }));
+    assert_eq!(c.succeeded + c.failed, c.total, "case {id}");
+    assert_eq!(r.segments_processed as u64, c.succeeded, "case {id}");
+    assert_eq!(r.success, c.failed == 0, "case {id}");
     assert!(st.failed_segments.len() <= 50);
+    let commit = st.commit.as_ref().map(|c| c.state);
+    let committable = case.commit.is_some() && r.success && !r.segments.is_empty();
+    match commit {
+        _ if !committable => {
+            assert_eq!(st.phase, Some(if r.success { Phase::Succeeded } else { Phase::Failed }));
+            let expected = case.commit.as_ref().map(|_| CommitState::NotCommittable);
+            assert_eq!(commit, expected, "case {id}");
+        }
+        Some(CommitState::Committed) => {
+            assert_eq!((st.phase, w.committed), (Some(Phase::Succeeded), 1), "case {id}");
+        }
+        Some(CommitState::Failed) => {
+            assert_eq!(st.phase, Some(Phase::Failed), "case {id}");
+            assert!(st.completion_time.is_none() && w.committed == 0, "case {id}");
+        }
+        other => panic!("case {id}: the run ended with the commit {other:?}"),
+    }
 }
 
 /// Property-style: random runs (segment counts, tasks per Job, failures, Jobs dying or
 /// vanishing, suspends, parallelism and retry changes, operator restarts between any two
-/// actions). Every run ends Succeeded or Failed, and the invariants hold at every step.
+/// actions, commits answered, unanswered or leaving segments uncommitted). Every run ends
+/// Succeeded or Failed, and the invariants hold at every step.
 #[test]
 fn random_runs_keep_the_invariants_and_finish() {
     let mut rng = Rng::new(4242);
-    // Succeeded runs, failed runs, retries, outcomes recorded by the operator.
-    let mut stats = [0usize; 4];
+    // Succeeded runs, failed runs, retries, outcomes recorded by the operator, commits
+    // succeeded, commits failed.
+    let mut stats = [0usize; 6];
     for id in 0..300 {
         let case = Case::random(id, &mut rng);
         let w = run_case(case, &mut rng);
@@ -612,6 +722,11 @@ fn random_runs_keep_the_invariants_and_finish() {
         stats[usize::from(!success)] += 1;
         stats[2] += w.created.keys().filter(|(_, a)| *a > 0).count();
         stats[3] += w.outcomes.values().filter(|o| o.execution_time_ms == 0).count();
+        match w.status.commit.as_ref().map(|c| c.state) {
+            Some(CommitState::Committed) => stats[4] += 1,
+            Some(CommitState::Failed) => stats[5] += 1,
+            _ => {}
+        }
     }
     assert!(stats.iter().all(|n| *n > 10), "the cases cover too little: {stats:?}");
 }

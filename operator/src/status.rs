@@ -14,7 +14,8 @@ use milvus_backfill_api::outcome::{BackfillResult, FailedSegment};
 use milvus_backfill_api::plan::Plan;
 
 use crate::crd::{
-    truncate, FailedSegmentStatus, RowCounts, SegmentCounts, MAX_FAILED_SEGMENTS_IN_STATUS, MAX_REASON_BYTES,
+    truncate, CommitFailure, CommitStatus, FailedSegmentStatus, RowCounts, SegmentCounts,
+    MAX_FAILED_SEGMENTS_IN_STATUS, MAX_MESSAGE_BYTES, MAX_REASON_BYTES,
 };
 use milvus_backfill_api::layout::{RunLayout, TaskSplit};
 
@@ -292,11 +293,137 @@ pub fn progress(c: &SegmentCounts) -> String {
     format!("{}/{}", c.succeeded, c.total)
 }
 
+/// Whether a finished run's result goes to Milvus.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Commitability<'a> {
+    /// No `spec.commit.endpoint`: the result stays in the bucket (commit it by hand).
+    NoEndpoint,
+    /// A successful result with StorageV2/V3 segment entries: commit it at `endpoint`.
+    Commit { endpoint: &'a str },
+    /// An endpoint is set, but no Milvus can commit this result; the text says why.
+    NotCommittable(String),
+}
+
+/// An entry Milvus' result decoder commits (as `milvus-backfill run` judges it): V3 `ops`, V2
+/// `column_groups`, or a manifest `version`; StorageV1 export entries have none.
+fn committable_entry(s: &SegmentOutcome) -> bool {
+    !s.ops.is_empty() || !s.column_groups.is_empty() || s.version.is_some()
+}
+
+/// Whether `result` can be committed at `endpoint` (`spec.commit.endpoint`).
+pub fn commitability<'a>(endpoint: Option<&'a str>, result: &BackfillResult) -> Commitability<'a> {
+    let Some(endpoint) = endpoint else {
+        return Commitability::NoEndpoint;
+    };
+    let why = if !result.success {
+        format!(
+            "not committed: {} segment(s) failed, and Milvus refuses a result with success=false",
+            result.failed_segments.len()
+        )
+    } else if result.segments.is_empty() {
+        "not committed: the result has no segments".to_owned()
+    } else if !result.segments.values().any(committable_entry) {
+        "not committed: the outputs are the export layout of StorageV1 segments, which no Milvus can \
+         commit; spec.commit.endpoint only applies to StorageV2 and StorageV3 segments"
+            .to_owned()
+    } else {
+        return Commitability::Commit { endpoint };
+    };
+    Commitability::NotCommittable(why)
+}
+
+/// What one commit attempt got, as the executor hands it over (the facade's answer, in the
+/// operator's terms).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum CommitAnswer {
+    /// Milvus answered. `segments`: segment ID to `committed` or its reason (`kind: reason`);
+    /// `result_paths`: the result objects handed over; `success`: every segment committed.
+    Answered {
+        result_paths: Vec<String>,
+        segments: BTreeMap<String, String>,
+        success: bool,
+    },
+    /// No usable answer: unreachable, refused as a whole, or no commit at that endpoint.
+    Error { kind: ErrorKind, message: String },
+}
+
+/// What a commit attempt means for the run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CommitVerdict {
+    /// Every segment is committed.
+    Committed,
+    /// Milvus left segments uncommitted or refused the result: retried a bounded number of times.
+    Rejected,
+    /// No answer (connection, storage): retried until Milvus answers.
+    Unreachable,
+    /// Another attempt cannot help (not a URL, no commit at that endpoint): fails now.
+    Refused,
+}
+
+/// The value Milvus' per-segment status has for a committed segment.
+pub const COMMITTED: &str = "committed";
+
+/// Records `answer` in `c` (counters, the first failed segments, the result objects, the
+/// message); `segments` is the number of segments in the result.
+pub fn record_commit(c: &mut CommitStatus, answer: &CommitAnswer, segments: usize) -> CommitVerdict {
+    let (result_paths, by_segment, success) = match answer {
+        CommitAnswer::Error { kind, message } => {
+            c.message = truncate(&format!("{kind}: {message}"), MAX_MESSAGE_BYTES);
+            return if kind.is_permanent() {
+                CommitVerdict::Refused
+            } else if *kind == ErrorKind::SegmentProcessingError {
+                c.rejections += 1;
+                CommitVerdict::Rejected
+            } else {
+                CommitVerdict::Unreachable
+            };
+        }
+        CommitAnswer::Answered {
+            result_paths,
+            segments,
+            success,
+        } => (result_paths, segments, *success),
+    };
+    let failed: Vec<(&String, &String)> = by_segment.iter().filter(|(_, v)| v.as_str() != COMMITTED).collect();
+    let committed = by_segment.len() - failed.len();
+    // An answer without per-segment statuses (an early server) that reports no failure.
+    c.committed_segments = if success && by_segment.is_empty() {
+        segments
+    } else {
+        committed
+    } as u64;
+    c.result_paths = result_paths.iter().take(8).cloned().collect();
+    c.failed_segments = failed
+        .iter()
+        .take(MAX_FAILED_SEGMENTS_IN_STATUS)
+        .map(|(id, why)| CommitFailure {
+            segment_id: id.parse().unwrap_or_default(),
+            reason: truncate(why, MAX_REASON_BYTES),
+        })
+        .collect();
+    if success && failed.is_empty() {
+        c.message.clear();
+        return CommitVerdict::Committed;
+    }
+    c.rejections += 1;
+    let message = match failed.first() {
+        Some((id, why)) => format!(
+            "Milvus left {} of {segments} segment(s) uncommitted (e.g. segment {id}: {why})",
+            failed.len()
+        ),
+        None => format!(
+            "Milvus reported uncommitted segments without naming them ({committed} of {segments} named committed)"
+        ),
+    };
+    c.message = truncate(&message, MAX_MESSAGE_BYTES);
+    CommitVerdict::Rejected
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::crd::{BackfillStatus, Condition, Phase};
-    use crate::testutil::{failed_outcome, ok_outcome, plan_with, Rng};
+    use crate::testutil::{failed_outcome, ok_outcome, plan_with, v3, Rng};
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
     const POLICY: RetryPolicy = RetryPolicy {
@@ -632,10 +759,138 @@ mod tests {
             )),
             result_path: Some("s3://milvus-bucket/files/backfill/1/r/result.json".into()),
             failed_segments: a.failed_segments,
+            commit: Some(worst_commit(n)),
         };
         let bytes = serde_json::to_vec(&status).unwrap().len();
         assert!(bytes < 100_000, "{bytes} bytes");
-        assert!(bytes < 40_000, "{bytes} bytes: more than expected");
+        assert!(bytes < 70_000, "{bytes} bytes: more than expected");
         assert_eq!(status.failed_segments.len(), MAX_FAILED_SEGMENTS_IN_STATUS);
+    }
+
+    /// The largest commit record: `n` segments, every one left uncommitted with a long reason,
+    /// many result objects.
+    fn worst_commit(n: usize) -> CommitStatus {
+        let segments: BTreeMap<String, String> = (0..n).map(|i| (i.to_string(), "r".repeat(10_000))).collect();
+        let answer = CommitAnswer::Answered {
+            result_paths: (0..100)
+                .map(|i| format!("s3://b/{}/result-retry-{i}.json", "p".repeat(200)))
+                .collect(),
+            segments,
+            success: false,
+        };
+        let mut c = CommitStatus::default();
+        assert_eq!(record_commit(&mut c, &answer, n), CommitVerdict::Rejected);
+        assert_eq!(c.failed_segments.len(), MAX_FAILED_SEGMENTS_IN_STATUS);
+        assert!(c.failed_segments.iter().all(|f| f.reason.len() <= MAX_REASON_BYTES));
+        assert_eq!(c.result_paths.len(), 8);
+        assert!(c.message.len() <= MAX_MESSAGE_BYTES);
+        c
+    }
+
+    fn answered(segments: &[(&str, &str)], success: bool) -> CommitAnswer {
+        CommitAnswer::Answered {
+            result_paths: vec!["s3://b/result.json".into()],
+            segments: segments.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            success,
+        }
+    }
+
+    #[test]
+    fn commit_answers_are_recorded_and_judged() {
+        let mut c = CommitStatus::default();
+        let ok = answered(&[("5", COMMITTED), ("6", COMMITTED)], true);
+        assert_eq!(record_commit(&mut c, &ok, 2), CommitVerdict::Committed);
+        assert_eq!((c.committed_segments, c.rejections, c.message.as_str()), (2, 0, ""));
+        // An early server answers 200 without per-segment statuses: every segment counts.
+        let mut c = CommitStatus::default();
+        assert_eq!(record_commit(&mut c, &answered(&[], true), 7), CommitVerdict::Committed);
+        assert_eq!(c.committed_segments, 7);
+        // Segments left: a rejection, naming one.
+        let mut c = CommitStatus::default();
+        let left = answered(&[("5", COMMITTED), ("6", "v3: segment is not Flushed")], false);
+        assert_eq!(record_commit(&mut c, &left, 2), CommitVerdict::Rejected);
+        assert_eq!((c.committed_segments, c.rejections), (1, 1));
+        assert_eq!(
+            c.message,
+            "Milvus left 1 of 2 segment(s) uncommitted (e.g. segment 6: v3: segment is not Flushed)"
+        );
+        assert_eq!(c.failed_segments[0].segment_id, 6);
+        // Failures without names are still a rejection.
+        let mut c = CommitStatus::default();
+        assert_eq!(
+            record_commit(&mut c, &answered(&[("5", COMMITTED)], false), 2),
+            CommitVerdict::Rejected
+        );
+        assert!(c.message.contains("without naming them"), "{}", c.message);
+        // Errors: what another attempt can fix decides.
+        let err = |kind| CommitAnswer::Error {
+            kind,
+            message: "m".into(),
+        };
+        let mut c = CommitStatus {
+            committed_segments: 1,
+            ..Default::default()
+        };
+        assert_eq!(
+            record_commit(&mut c, &err(ErrorKind::ConnectionError), 2),
+            CommitVerdict::Unreachable
+        );
+        assert_eq!(
+            (c.rejections, c.committed_segments),
+            (0, 1),
+            "the last answer's counts stay"
+        );
+        assert_eq!(c.message, "ConnectionError: m");
+        assert_eq!(
+            record_commit(&mut c, &err(ErrorKind::WriteError), 2),
+            CommitVerdict::Unreachable
+        );
+        assert_eq!(
+            record_commit(&mut c, &err(ErrorKind::SegmentProcessingError), 2),
+            CommitVerdict::Rejected
+        );
+        assert_eq!(c.rejections, 1);
+        assert_eq!(
+            record_commit(&mut c, &err(ErrorKind::ConfigError), 2),
+            CommitVerdict::Refused
+        );
+    }
+
+    #[test]
+    fn only_successful_v2_and_v3_results_are_committable() {
+        let p = plan_with(2, 0);
+        let ok: Vec<SegmentOutcome> = (0..2).flat_map(|t| ok_outcome(&p, 1, t, 0, 1).segments).collect();
+        let v1 = BackfillResult::build(&p, ok.clone(), vec![], 2, 1);
+        let v3s: Vec<SegmentOutcome> = (0..2).flat_map(|t| v3(ok_outcome(&p, 1, t, 0, 1)).segments).collect();
+        let good = BackfillResult::build(&p, v3s.clone(), vec![], 2, 1);
+        let e = Some("http://p:9091");
+        assert_eq!(commitability(None, &good), Commitability::NoEndpoint);
+        assert_eq!(
+            commitability(e, &good),
+            Commitability::Commit {
+                endpoint: "http://p:9091"
+            }
+        );
+        let not = |r: &BackfillResult| match commitability(e, r) {
+            Commitability::NotCommittable(why) => why,
+            other => panic!("{other:?}"),
+        };
+        assert!(not(&v1).contains("StorageV1"));
+        // Entries with a manifest version (StorageV2: -1) are Milvus' to judge.
+        let mut versioned = v1.clone();
+        for s in versioned.segments.values_mut() {
+            s.storage_version = Some(2);
+            s.version = Some(-1);
+        }
+        assert_eq!(
+            commitability(e, &versioned),
+            Commitability::Commit {
+                endpoint: "http://p:9091"
+            }
+        );
+        let empty = BackfillResult::build(&plan_with(0, 0), vec![], vec![], 0, 1);
+        assert!(not(&empty).contains("no segments"));
+        let failed = BackfillResult::build(&plan_with(2, 1), v3s, vec![], 2, 1);
+        assert!(not(&failed).contains("1 segment(s) failed"));
     }
 }

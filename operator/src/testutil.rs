@@ -2,7 +2,7 @@
 
 use milvus_backfill_api::error::ErrorKind;
 use milvus_backfill_api::layout::{RunLayout, TaskSplit};
-use milvus_backfill_api::outcome::{FailedSegment, SegmentOutcome, TaskOutcome};
+use milvus_backfill_api::outcome::{FailedSegment, ManifestOp, OpFile, SegmentOutcome, TaskOutcome};
 use milvus_backfill_api::place::{Place, S3Endpoint};
 use milvus_backfill_api::plan::{sample_plan, BatchSize, Binlog, NewField, Plan, SegmentPlan, SkippedSegment};
 use milvus_backfill_api::spec::{MilvusSpec, SourceSpec, StorageSpec};
@@ -78,6 +78,7 @@ pub fn plan_with(n: usize, failed: usize) -> Plan {
         source_rows: 1_000_000,
         batch_size: BatchSize::DEFAULT,
         parallelism: 4,
+        v3_commit: Default::default(),
         segments: (0..n)
             .map(|i| {
                 let seg = 1000 + i as i64;
@@ -131,6 +132,7 @@ pub fn ok_outcome(plan: &Plan, spj: u32, task: u32, attempt: u32, matched: u64) 
                 ops: vec![],
                 storage_version: None,
                 version: None,
+                source_version: None,
                 column_groups: vec![],
                 used_source_rows: vec![],
             })
@@ -139,6 +141,29 @@ pub fn ok_outcome(plan: &Plan, spj: u32, task: u32, attempt: u32, matched: u64) 
         used_source_rows: matched * segs.len() as u64,
         execution_time_ms: 10,
     }
+}
+
+/// `o` as the outcome of StorageV3 segments: each segment carries one `replace` op (new field
+/// 101, one data file covering its rows), which is what makes a result committable.
+pub fn v3(mut o: TaskOutcome) -> TaskOutcome {
+    for s in &mut o.segments {
+        s.ops = vec![ManifestOp {
+            op_type: ManifestOp::REPLACE.into(),
+            columns: vec!["101".into()],
+            format: ManifestOp::PARQUET.into(),
+            files: vec![OpFile {
+                path: format!("{}-101-0.parquet", s.segment_id),
+                start_index: 0,
+                end_index: s.row_count,
+                properties: [("file_size", "4096"), ("footer_size", "512")]
+                    .into_iter()
+                    .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                    .collect(),
+            }],
+            row_count: s.row_count,
+        }];
+    }
+    o
 }
 
 /// The outcome of a task whose segments all failed with `kind`.

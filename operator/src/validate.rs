@@ -244,6 +244,7 @@ mod tests {
         s.engine.source.path = "/data/x.parquet".into();
         s.engine.output = Some(milvus_backfill_api::spec::OutputSpec {
             path: Some("/out".into()),
+            ..Default::default()
         });
         let ps = problems(&s);
         assert!(has(&ps, "spec.storage.endpoint: file://"));
@@ -255,6 +256,7 @@ mod tests {
         let mut s = spec();
         s.engine.output = Some(milvus_backfill_api::spec::OutputSpec {
             path: Some("s3://b/out".into()),
+            ..Default::default()
         });
         assert!(validate(&s, None).is_ok());
     }

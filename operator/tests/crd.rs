@@ -38,11 +38,17 @@ fn schema() -> serde_json::Value {
         .iter()
         .map(|c| c["name"].as_str().unwrap())
         .collect();
-    assert_eq!(cols, ["Phase", "Ready", "Segments", "Failed", "Rows", "Age", "Message"]);
+    assert_eq!(
+        cols,
+        ["Phase", "Ready", "Segments", "Failed", "Rows", "Age", "Message", "Commit"]
+    );
     let cols = v["additionalPrinterColumns"].as_array().unwrap();
     // kstatus' Ready beside the phase; its message only with `-o wide`.
     assert_eq!(cols[1]["jsonPath"], ".status.conditions[?(@.type==\"Ready\")].status");
     assert_eq!(cols[6]["priority"], 1);
+    // The commit's state (spec.commit.endpoint) with `-o wide`.
+    assert_eq!(cols[7]["jsonPath"], ".status.commit.state");
+    assert_eq!(cols[7]["priority"], 1);
     v["schema"]["openAPIV3Schema"].clone()
 }
 
@@ -175,6 +181,16 @@ fn status_is_bounded_and_conditions_are_a_map() {
     assert_eq!(st["conditions"]["x-kubernetes-list-type"], "map");
     assert_eq!(st["conditions"]["x-kubernetes-list-map-keys"][0], "type");
     assert_eq!(st["failedSegments"]["maxItems"], 50);
+    let commit = &st["commit"]["properties"];
+    assert_eq!(commit["failedSegments"]["maxItems"], 50);
+    assert_eq!(commit["resultPaths"]["maxItems"], 8);
+    let states: Vec<&str> = commit["state"]["enum"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|v| v.as_str())
+        .collect();
+    assert_eq!(states, ["Pending", "Committed", "Failed", "NotCommittable"]);
     for k in [
         "phase",
         "observedGeneration",

@@ -1,15 +1,17 @@
-//! The engine as the operator uses it: plan a spec and open a run's bucket (Jobs run tasks
-//! through the `segment` command, never in the operator). The operator reaches the worker
+//! The engine as the operator uses it: plan a spec, open a run's bucket and commit a stored
+//! result into Milvus (Jobs run tasks through the `segment` command, never in the operator). The operator reaches the worker
 //! crate only through this module (and `logging`); everything else it exchanges with the
 //! engine is a contract type of `milvus_backfill_api`.
 
 use milvus_backfill_api::error::Result;
+use milvus_backfill_api::outcome::BackfillResult;
 use milvus_backfill_api::plan::Plan;
 use milvus_backfill_api::spec::EngineSpec;
 
 use crate::config::BackfillDoc;
 use crate::stores::RunLocations;
 
+pub use crate::commit::{commit_url, Committed};
 pub use crate::config::{MilvusToken, S3Credentials};
 pub use crate::store::{Store, StoreError};
 pub use crate::stores::StoreCredentials;
@@ -37,4 +39,24 @@ pub async fn plan(name: &str, spec: &EngineSpec, secrets: PlanSecrets) -> Result
 pub async fn open_storage(spec: &EngineSpec, creds: Option<&S3Credentials>) -> Store {
     let at = RunLocations::of_spec(spec);
     Store::open_bucket(&at.storage, &at.storage_bucket, creds).await
+}
+
+/// Commits `result`, stored at `result_key` in `storage` (the Milvus bucket), through the
+/// Proxy's management port `endpoint` (`spec.commit.endpoint`): one call for the whole result,
+/// then up to `retries` calls for the segments still uncommitted, each from a
+/// `result-retry-N.json` beside the result. A segment's commit (a `replace` op) is idempotent
+/// on the Milvus side, so committing the same result again is safe.
+///
+/// `Ok` whenever Milvus answered (`success` says whether every segment is committed); `Err`
+/// when it did not: `ConnectionError` (unreachable, no answer), `ConfigError` (not a URL, or
+/// HTTP 404: this Milvus has no backfill commit), `SegmentProcessingError` (the result was
+/// refused as a whole), `WriteError` (a retry object could not be stored).
+pub async fn commit(
+    storage: &Store,
+    endpoint: &str,
+    result: &BackfillResult,
+    result_key: &str,
+    retries: u32,
+) -> Result<Committed> {
+    crate::commit::commit_run(storage, endpoint, result, result_key, retries).await
 }
