@@ -10,7 +10,7 @@ use k8s_openapi::api::batch::v1::Job;
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::controller::Action as Requeue;
 use kube::ResourceExt;
-use milvus_backfill::facade;
+use milvus_backfill::facade::{self, StoreError};
 use milvus_backfill_api::layout::{RunLayout, TaskSplit};
 use milvus_backfill_api::outcome::{BackfillResult, TaskOutcome};
 
@@ -183,7 +183,9 @@ async fn apply_job(api: &Api<Job>, job: &Job) -> Result<String, Error> {
 async fn write_result(bf: &Backfill, ctx: &Context, result: &BackfillResult) -> Result<(), Error> {
     let runs = ctx.runs.lock().await;
     if let Some(run) = runs.get(&bf.uid().unwrap_or_default()) {
-        run.storage.put_json(&run.layout.result_key(), result).await?;
+        facade::store_result(&run.storage, &run.layout, result)
+            .await
+            .map_err(|e| Error::Storage(StoreError::Other(e.message)))?;
     }
     Ok(())
 }
@@ -203,9 +205,9 @@ async fn commit(
     let run = {
         let runs = ctx.runs.lock().await;
         runs.get(&bf.uid().unwrap_or_default())
-            .map(|r| (r.storage.clone(), r.layout.result_key()))
+            .map(|r| (r.storage.clone(), r.layout.clone()))
     };
-    let Some((storage, key)) = run else {
+    let Some((storage, layout)) = run else {
         return Ok(Requeue::requeue(Duration::from_secs(1)));
     };
     if !commit_still_due(bf, ctx, status).await? {
@@ -216,7 +218,8 @@ async fn commit(
         .config
         .commit_segment_retries
         .unwrap_or(state::COMMIT_SEGMENT_RETRIES);
-    let answer = match facade::commit(&storage, endpoint, result, &key, retries).await {
+    let key = layout.result_key();
+    let answer = match facade::commit(&storage, endpoint, result, &layout, retries).await {
         Ok(done) => CommitAnswer::Answered {
             result_paths: done.result_paths.iter().map(|k| storage.display(k)).collect(),
             segments: done.segments,

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use clap::{Parser, Subcommand, ValueEnum};
 
 use milvus_backfill_api::invocation::{env, flags};
-use milvus_backfill_api::layout::TaskSplit;
+use milvus_backfill_api::layout::{RunLayout, TaskSplit};
 use milvus_backfill_api::outcome::BackfillResult;
 use milvus_backfill_api::place::{S3Endpoint, S3Uri};
 
@@ -183,7 +183,7 @@ async fn run_command(file: &Path, result: Option<&Path>, verbose: bool) -> Resul
             for k in &keys {
                 println!("  result:               {}", planned.stores.storage.display(k));
             }
-            if !commit_step(&doc, &keys, &planned.stores.storage, &r).await? {
+            if !commit_step(&doc, &RunLayout::of_plan(p), &keys, &planned.stores.storage, &r).await? {
                 code = code.max(1);
             }
         }
@@ -204,7 +204,13 @@ async fn run_command(file: &Path, result: Option<&Path>, verbose: bool) -> Resul
 
 /// Commits a stored result through `spec.commit.endpoint`, or says how to. False when a
 /// commit was attempted and left segments uncommitted.
-async fn commit_step(doc: &BackfillDoc, keys: &[String], storage: &Store, r: &BackfillResult) -> Result<bool> {
+async fn commit_step(
+    doc: &BackfillDoc,
+    layout: &RunLayout,
+    keys: &[String],
+    storage: &Store,
+    r: &BackfillResult,
+) -> Result<bool> {
     let committable = r
         .segments
         .values()
@@ -228,15 +234,11 @@ async fn commit_step(doc: &BackfillDoc, keys: &[String], storage: &Store, r: &Ba
         );
         return Ok(false);
     }
-    let parts = r.split(commit::MAX_RESULT_BYTES);
-    let mut all = true;
-    for (key, part) in keys.iter().zip(&parts) {
-        let done = commit::commit_run(storage, endpoint, part, key, 2).await?;
-        for (seg, status) in &done.segments {
-            println!("  commit segment {seg}: {status}");
-        }
-        all &= done.success;
+    let done = commit::commit_result(storage, endpoint, r, layout, 2).await?;
+    for (seg, status) in &done.segments {
+        println!("  commit segment {seg}: {status}");
     }
+    let all = done.success;
     println!(
         "  commit:               {}",
         if all {

@@ -9,6 +9,7 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Empty};
 use serde::{Deserialize, Serialize};
 
+use milvus_backfill_api::layout::RunLayout;
 use milvus_backfill_api::outcome::BackfillResult;
 
 use crate::error::{BackfillError, ErrorKind, Result};
@@ -180,6 +181,45 @@ pub async fn commit_run(
         tracing::warn!(attempt, failed = ?failed, "commit left segments uncommitted; committing them again alone");
     }
     Ok(done)
+}
+
+/// Commits a whole result: split below [`MAX_RESULT_BYTES`] exactly as it was stored
+/// ([`store_parts`]), each part committed in turn with [`commit_run`]; the outcomes merged.
+pub async fn commit_result(
+    storage: &Store,
+    endpoint: &str,
+    result: &BackfillResult,
+    layout: &RunLayout,
+    retries: u32,
+) -> Result<Committed> {
+    let mut all = Committed {
+        success: true,
+        ..Committed::default()
+    };
+    for (i, part) in result.split(MAX_RESULT_BYTES).iter().enumerate() {
+        let done = commit_run(storage, endpoint, part, &layout.result_part_key(i + 1), retries).await?;
+        all.result_paths.extend(done.result_paths);
+        all.segments.extend(done.segments);
+        all.success &= done.success;
+    }
+    Ok(all)
+}
+
+/// Stores a result in the run's directory, split into parts below [`MAX_RESULT_BYTES`] when it
+/// is larger (`result.json`, `result-part-2.json`, ...); returns their keys.
+pub async fn store_parts(storage: &Store, layout: &RunLayout, result: &BackfillResult) -> Result<Vec<String>> {
+    let parts = result.split(MAX_RESULT_BYTES);
+    let mut keys = Vec::with_capacity(parts.len());
+    for (i, part) in parts.iter().enumerate() {
+        let key = layout.result_part_key(i + 1);
+        let body = serde_json::to_vec_pretty(part).map_err(|e| BackfillError::unexpected(e.to_string()))?;
+        storage
+            .put(&key, Bytes::from(body))
+            .await
+            .map_err(|e| BackfillError::write(None, storage.display(&key), e))?;
+        keys.push(key);
+    }
+    Ok(keys)
 }
 
 fn retry_key(result_key: &str, attempt: u32) -> String {

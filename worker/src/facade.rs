@@ -4,6 +4,7 @@
 //! engine is a contract type of `milvus_backfill_api`.
 
 use milvus_backfill_api::error::Result;
+use milvus_backfill_api::layout::RunLayout;
 use milvus_backfill_api::outcome::BackfillResult;
 use milvus_backfill_api::plan::Plan;
 use milvus_backfill_api::spec::EngineSpec;
@@ -55,8 +56,13 @@ pub async fn commit(
     storage: &Store,
     endpoint: &str,
     result: &BackfillResult,
-    result_key: &str,
+    layout: &RunLayout,
     retries: u32,
 ) -> Result<Committed> {
-    crate::commit::commit_run(storage, endpoint, result, result_key, retries).await
+    crate::commit::commit_result(storage, endpoint, result, layout, retries).await
+}
+
+/// Stores the result as Milvus reads it: one object, or parts below its 64 MiB limit.
+pub async fn store_result(storage: &Store, layout: &RunLayout, result: &BackfillResult) -> Result<Vec<String>> {
+    crate::commit::store_parts(storage, layout, result).await
 }

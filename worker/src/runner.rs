@@ -4,14 +4,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
-use bytes::Bytes;
 use futures_util::StreamExt;
 
 use milvus_backfill_api::layout::RunLayout;
 use milvus_backfill_api::outcome::{BackfillResult, FailedSegment, SegmentOutcome, TaskOutcome};
 
 use crate::engine;
-use crate::error::{BackfillError, Result};
+use crate::error::Result;
 use crate::plan::{Plan, Task, TaskPlan};
 use crate::progress::Progress;
 use crate::store::Store;
@@ -88,19 +87,7 @@ pub async fn run_plan(plan: &Plan, stores: &RunStores, progress: &Progress) -> B
 /// below Milvus' limit ([`crate::commit::MAX_RESULT_BYTES`]) when it is larger; returns the
 /// parts' keys (the first is `result.json`).
 pub async fn store_result(plan: &Plan, storage: &Store, result: &BackfillResult) -> Result<Vec<String>> {
-    let layout = RunLayout::of_plan(plan);
-    let parts = result.split(crate::commit::MAX_RESULT_BYTES);
-    let mut keys = Vec::with_capacity(parts.len());
-    for (i, part) in parts.iter().enumerate() {
-        let key = layout.result_part_key(i + 1);
-        let body = serde_json::to_vec_pretty(part).map_err(|e| BackfillError::unexpected(e.to_string()))?;
-        storage
-            .put(&key, Bytes::from(body))
-            .await
-            .map_err(|e| BackfillError::write(None, storage.display(&key), e))?;
-        keys.push(key);
-    }
-    Ok(keys)
+    crate::commit::store_parts(storage, &RunLayout::of_plan(plan), result).await
 }
 
 pub async fn run_task(task: &Task, stores: &RunStores) -> TaskOutcome {
