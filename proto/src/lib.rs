@@ -3,6 +3,10 @@
 
 #![allow(clippy::all, missing_docs)]
 
+/// The protobuf runtime, for callers that serialize a message into a `bytes` field
+/// (AddCollectionField carries a serialized `FieldSchema`).
+pub use prost;
+
 pub mod common {
     tonic::include_proto!("milvus.proto.common");
 }

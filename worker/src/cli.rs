@@ -69,6 +69,15 @@ pub enum Command {
         #[arg(long)]
         result: Option<PathBuf>,
     },
+    /// Add the source's new-field columns to the collection as nullable fields
+    /// (AddCollectionField, Milvus 2.6+), before a snapshot and a backfill Milvus commits.
+    AddFields {
+        #[arg(short = 'f', long = "file")]
+        file: PathBuf,
+        /// `max_length` of VarChar fields it adds.
+        #[arg(long, default_value_t = 65535)]
+        max_length: u32,
+    },
     /// Run one planned task (no Milvus connection; storage only). What a Job executes.
     Segment {
         /// Task JSON, as emitted in `plan --output json` under `tasks`: a local file, or
@@ -120,6 +129,7 @@ async fn dispatch(cli: Cli) -> Result<i32> {
             segments_per_task,
         } => plan_command(&file, output, segments_per_task).await,
         Command::Run { file, result } => run_command(&file, result.as_deref(), cli.verbose).await,
+        Command::AddFields { file, max_length } => add_fields_command(&file, max_length).await,
         Command::Segment {
             task,
             result,
@@ -137,6 +147,23 @@ async fn dispatch(cli: Cli) -> Result<i32> {
             segment_command(&at, attempt, result.as_deref()).await
         }
     }
+}
+
+async fn add_fields_command(file: &Path, max_length: u32) -> Result<i32> {
+    let doc = BackfillDoc::load(file)?;
+    for a in crate::add_fields::add_fields(&doc, &MilvusToken::from_env(), max_length).await? {
+        match a {
+            crate::add_fields::Added::New(f) => {
+                println!(
+                    "added field {} ({}, nullable)",
+                    f.name,
+                    crate::types::describe(f.data_type)
+                )
+            }
+            crate::add_fields::Added::Existing(n) => println!("field {n} exists already"),
+        }
+    }
+    Ok(0)
 }
 
 async fn plan_command(file: &Path, output: Output, segments_per_task: u32) -> Result<i32> {

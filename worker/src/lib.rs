@@ -4,6 +4,7 @@
 //! streaming pipeline of small parts that are tested alone: `binlog` (reader),
 //! `keys` (key index), `source` (matched rows), `join` (alignment), `output` (writer).
 
+pub mod add_fields;
 pub mod binlog;
 pub mod cli;
 pub mod commit;

@@ -49,6 +49,14 @@ pub struct FieldInfo {
     pub nullable: bool,
 }
 
+/// A field to add: nullable, of a Milvus type, with a `max_length` for VarChar.
+#[derive(Clone, Debug, PartialEq)]
+pub struct NewFieldSchema {
+    pub name: String,
+    pub data_type: i32,
+    pub max_length: Option<u32>,
+}
+
 #[derive(Clone, Debug, PartialEq)]
 pub struct CollectionInfo {
     pub collection_id: i64,
@@ -302,6 +310,48 @@ impl MilvusClient {
     /// Creates the snapshot `name` of the collection, its segments protected from compaction
     /// for `protection_seconds`. A snapshot of that name that exists already is reported, not
     /// an error: a planning retry after a successful create must not fail on it.
+    /// AddCollectionField: adds `field` to the collection's schema (Milvus 2.6+ requires it
+    /// nullable). Older servers do not have the call: that is a configuration error that says so.
+    pub async fn add_collection_field(&mut self, collection: &str, field: &NewFieldSchema) -> Result<()> {
+        use milvus_proto::prost::Message;
+        let mut type_params = Vec::new();
+        if let Some(max) = field.max_length {
+            type_params.push(milvus_proto::common::KeyValuePair {
+                key: "max_length".into(),
+                value: max.to_string(),
+            });
+        }
+        let schema = milvus_proto::schema::FieldSchema {
+            name: field.name.clone(),
+            data_type: field.data_type,
+            nullable: true,
+            type_params,
+            ..Default::default()
+        };
+        let req = pb::AddCollectionFieldRequest {
+            db_name: self.database.clone(),
+            collection_name: collection.to_owned(),
+            schema: schema.encode_to_vec(),
+            ..Default::default()
+        };
+        let status = self.inner.add_collection_field(req).await.map_err(|s| {
+            if s.code() == tonic::Code::Unimplemented {
+                BackfillError::config(format!(
+                    "AddCollectionField on {}: this Milvus has no AddCollectionField (it needs Milvus 2.6 or later, and Milvus \
+                     commits backfills from 3.0 on): nothing was changed",
+                    self.uri
+                ))
+            } else {
+                self.rpc_err("AddCollectionField", s)
+            }
+        })?;
+        self.check(
+            "AddCollectionField",
+            &format!("field {:?} of collection {collection:?}", field.name),
+            Some(status.into_inner()),
+        )
+    }
+
     pub async fn create_snapshot(&mut self, name: &str, collection: &str, protection_seconds: u32) -> Result<Created> {
         let req = pb::CreateSnapshotRequest {
             name: name.to_owned(),

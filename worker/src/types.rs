@@ -119,6 +119,23 @@ impl DataType {
     }
 }
 
+impl DataType {
+    /// The field type a source column of type `arrow` adds (AddCollectionField), if any.
+    pub fn for_arrow(arrow: &Arrow) -> Option<Self> {
+        Some(match arrow {
+            Arrow::Boolean => Self::Bool,
+            Arrow::Int8 => Self::Int8,
+            Arrow::Int16 => Self::Int16,
+            Arrow::Int32 => Self::Int32,
+            Arrow::Int64 => Self::Int64,
+            Arrow::Float32 => Self::Float,
+            Arrow::Float64 => Self::Double,
+            Arrow::Utf8 | Arrow::LargeUtf8 => Self::VarChar,
+            _ => return None,
+        })
+    }
+}
+
 /// A field type for messages: the name, or the number if it is unknown here.
 pub fn describe(data_type: i32) -> String {
     DataType::from_i32(data_type).map_or_else(|| format!("data type {data_type}"), |t| t.name().to_owned())
@@ -148,5 +165,16 @@ mod tests {
         assert!(DataType::Timestamptz.accepts(&Arrow::Int64));
         assert!(!DataType::FloatVector.accepts(&Arrow::Binary));
         assert_eq!(DataType::Json.storage_arrow(), None);
+        // What add-fields creates is what binding then accepts.
+        for a in [
+            Arrow::Boolean,
+            Arrow::Int16,
+            Arrow::Float32,
+            Arrow::Float64,
+            Arrow::LargeUtf8,
+        ] {
+            assert!(DataType::for_arrow(&a).unwrap().accepts(&a), "{a}");
+        }
+        assert_eq!(DataType::for_arrow(&Arrow::Binary), None);
     }
 }

@@ -262,6 +262,29 @@ impl MilvusService for FakeMilvus {
         }))
     }
 
+    async fn add_collection_field(
+        &self,
+        req: Request<pb::AddCollectionFieldRequest>,
+    ) -> Result<Response<common::Status>, Status> {
+        use milvus_proto::prost::Message;
+        let r = req.into_inner();
+        let field = schema::FieldSchema::decode(&r.schema[..]).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        self.record(format!(
+            "AddCollectionField {} {} type={} nullable={}",
+            r.collection_name, field.name, field.data_type, field.nullable
+        ));
+        let mut s = self.0.lock().unwrap();
+        if !s.snapshots_supported {
+            return Err(Status::unimplemented("unknown method AddCollectionField"));
+        }
+        // Milvus 2.6+ takes only nullable new fields.
+        if field.name == "score" && field.data_type == 11 && field.nullable {
+            s.has_score = true;
+            return Ok(Response::new(common::Status::default()));
+        }
+        Ok(Response::new(failed(1100, "field must be nullable").unwrap()))
+    }
+
     async fn create_snapshot(
         &self,
         req: Request<pb::CreateSnapshotRequest>,
@@ -718,4 +741,49 @@ async fn contract_a_spec_the_snapshot_cannot_honour_is_refused_before_creating_i
     assert!(e.message.contains("remove spec.output.path"), "{}", e.message);
     assert!(bed.calls().is_empty(), "no call reached Milvus: {:?}", bed.calls());
     assert!(bed.state().snapshots.is_empty());
+}
+
+#[tokio::test]
+async fn contract_add_fields_adds_the_source_columns_nullable_then_the_plan_binds_them() {
+    let bed = Bed::new(1003, 3, vec![]).await;
+    bed.state().has_score = false;
+    let doc = bed.doc("", "");
+    let added = milvus_backfill::add_fields::add_fields(&doc, &MilvusToken::default(), 64)
+        .await
+        .unwrap();
+    assert!(
+        matches!(&added[..], [milvus_backfill::add_fields::Added::New(f)] if f.name == "score" && f.data_type == 11)
+    );
+    assert!(
+        bed.calls()
+            .iter()
+            .any(|c| c == "AddCollectionField golden score type=11 nullable=true"),
+        "{:?}",
+        bed.calls()
+    );
+    assert_eq!(plan(&doc).await.unwrap().plan.new_fields[0].field_id, Some(103));
+    // A second call finds the field and adds nothing.
+    let again = milvus_backfill::add_fields::add_fields(&doc, &MilvusToken::default(), 64)
+        .await
+        .unwrap();
+    assert_eq!(
+        again,
+        vec![milvus_backfill::add_fields::Added::Existing("score".into())]
+    );
+}
+
+#[tokio::test]
+async fn contract_add_fields_on_a_server_without_the_call_says_what_it_needs() {
+    let bed = Bed::new(1003, 3, vec![]).await;
+    bed.state().has_score = false;
+    bed.state().snapshots_supported = false;
+    let e = milvus_backfill::add_fields::add_fields(&bed.doc("", ""), &MilvusToken::default(), 64)
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind, ErrorKind::ConfigError);
+    assert!(
+        e.message.contains("needs Milvus 2.6 or later") && e.message.contains("nothing was changed"),
+        "{}",
+        e.message
+    );
 }

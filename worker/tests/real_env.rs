@@ -479,3 +479,29 @@ async fn create_if_absent_on_the_real_s3_server() {
     assert_eq!(kept, Some(serde_json::json!({"writer": 1})));
     store.delete(&key).await.unwrap();
 }
+
+/// Milvus 2.3.5 has no AddCollectionField: `add-fields` says so, exits with a configuration
+/// error, and the schema stays as it was (the V1 export run still plans).
+#[test]
+fn add_fields_on_milvus_2_3_5_is_refused_clearly() {
+    let Some(e) = env() else { return };
+    let c = "e2e_int64";
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("bf.yaml");
+    let src = e.expected[c]["newField"]["single"].as_str().unwrap();
+    std::fs::write(&file, yaml(c, src, "")).unwrap();
+    let out = bin().args(["add-fields", "-f"]).arg(&file).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{stderr}");
+    assert!(
+        stderr.contains("ConfigError") && stderr.contains("no AddCollectionField (it needs Milvus 2.6 or later"),
+        "{stderr}"
+    );
+    let plan = bin().args(["plan", "-f"]).arg(&file).output().unwrap();
+    assert!(plan.status.success(), "{}", String::from_utf8_lossy(&plan.stderr));
+    let text = String::from_utf8_lossy(&plan.stdout);
+    assert!(
+        text.contains("score (Float64)") && text.contains("label (Utf8)"),
+        "{text}"
+    );
+}
