@@ -621,3 +621,86 @@ async fn the_manifest_mode_publishes_the_next_version_only_if_absent() {
     let r = plan_and_run(&BackfillDoc::parse(&yaml("")).unwrap()).await.unwrap();
     assert!(r.segments["1003"].version.is_none() && !r.segments["1003"].ops.is_empty());
 }
+
+/// A manifest whose row ranges claim more rows than its files hold (written here in the Avro
+/// container encoding) fails its segment when the keys are read, before anything is written.
+#[tokio::test]
+async fn a_manifest_claiming_more_rows_than_its_files_fails_its_segment() {
+    use apache_avro::types::{Record, Value as Avro};
+    let bed = Bed::new();
+    let seg = bed.segment(1003);
+    let schema = apache_avro::Schema::parse_str(
+        r#"{"type":"record","name":"Manifest","namespace":"milvus_storage","fields":[
+         {"name":"column_groups","type":{"type":"array","items":{"type":"record","name":"ColumnGroup","fields":[
+           {"name":"columns","type":{"type":"array","items":"string"}},
+           {"name":"files","type":{"type":"array","items":{"type":"record","name":"ColumnGroupFile","fields":[
+             {"name":"path","type":"string"},{"name":"start_index","type":"long"},{"name":"end_index","type":"long"},
+             {"name":"properties","type":{"type":"map","values":"string"}}]}}},
+           {"name":"format","type":"string"}]}}},
+         {"name":"delta_logs","type":{"type":"array","items":{"type":"record","name":"DeltaLog","fields":[
+           {"name":"path","type":"string"},{"name":"type","type":"int"},{"name":"num_entries","type":"long"}]}}},
+         {"name":"stats","type":{"type":"map","values":{"type":"record","name":"Statistics","fields":[
+           {"name":"paths","type":{"type":"array","items":"string"}},{"name":"metadata","type":{"type":"map","values":"string"}}]}}}]}"#,
+    )
+    .unwrap();
+    // The official writer's files, each range one row longer than the first file holds.
+    let group = |g: &Value, extra: i64| {
+        let files = g["files"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .enumerate()
+            .map(|(i, f)| {
+                let name = f["path"].as_str().unwrap().rsplit('/').next().unwrap().to_owned();
+                let end = f["end_index"].as_i64().unwrap() + if i == 0 { extra } else { 0 };
+                Avro::Record(vec![
+                    ("path".into(), Avro::String(name)),
+                    ("start_index".into(), Avro::Long(0)),
+                    ("end_index".into(), Avro::Long(end)),
+                    ("properties".into(), Avro::Map(Default::default())),
+                ])
+            })
+            .collect();
+        let cols = g["columns"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| Avro::String(c.as_str().unwrap().into()))
+            .collect();
+        Avro::Record(vec![
+            ("columns".into(), Avro::Array(cols)),
+            ("files".into(), Avro::Array(files)),
+            ("format".into(), Avro::String("parquet".into())),
+        ])
+    };
+    let groups = seg["manifest"]["column_groups"].as_array().unwrap();
+    let mut rec = Record::new(&schema).unwrap();
+    rec.put(
+        "column_groups",
+        Avro::Array(vec![group(&groups[0], 100), group(&groups[1], 100)]),
+    );
+    rec.put("delta_logs", Avro::Array(vec![]));
+    rec.put("stats", Avro::Map(Default::default()));
+    let mut w = apache_avro::Writer::new(&schema, Vec::new()).unwrap();
+    w.append_value(rec).unwrap();
+    let meta = bed.root.join("bkt/files/insert_log/1001/1002/1003/_metadata");
+    std::fs::write(meta.join("manifest-5.avro"), w.into_inner().unwrap()).unwrap();
+
+    let pks = seg["pks"].as_array().unwrap().clone();
+    let source = bed.root.join("source.parquet");
+    write_source(&source, &pks, DataType::Float64);
+    let before = bed.data_files(1003);
+    let r = plan_and_run(&bed.doc(&bed.snapshot(1003, 5, 5), &source))
+        .await
+        .unwrap();
+    assert!(!r.success);
+    let f = &r.failed_segments[0];
+    assert_eq!((f.segment_id, f.kind), (1003, ErrorKind::DataReadError));
+    assert!(
+        f.reason
+            .contains("the manifest reads rows [0, 1100) but the file holds 1000"),
+        "{}",
+        f.reason
+    );
+    assert_eq!(bed.data_files(1003), before, "nothing was written");
+}
