@@ -250,3 +250,88 @@ fn a_container_rewrite_keeps_fields_this_build_does_not_read() {
     };
     assert_eq!(names, vec!["column_groups", "delta_logs", "stats"]);
 }
+
+/// The container schema of milvus-storage main (manifest version 6), with an index and a LOB file.
+fn v6_container() -> (Schema, Vec<u8>) {
+    let text = CONTAINER_SCHEMA.trim_end().strip_suffix("]}").unwrap().to_owned()
+        + &format!(
+            r#",{{"name":"indexes","type":{{"type":"array","items":{INDEX_RECORD}}},"default":[]}},
+               {{"name":"lob_files","type":{{"type":"array","items":{LOB_RECORD}}},"default":[]}}]}}"#
+        );
+    let schema = Schema::parse_str(&text).unwrap();
+    let Value::Record(mut fields) = apache_avro::Reader::new(&container_manifest()[..])
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+    else {
+        panic!("a record")
+    };
+    let long = |v: i64| Value::Long(v);
+    let s = |v: &str| Value::String(v.into());
+    let index = Value::Record(vec![
+        ("column_name".into(), s("102")),
+        ("index_name".into(), s("vec_idx")),
+        ("index_type".into(), s("HNSW")),
+        ("path".into(), s("_index/1")),
+        ("field_id".into(), long(102)),
+        ("index_id".into(), long(7)),
+        ("build_id".into(), long(8)),
+        ("index_version".into(), long(1)),
+        ("num_rows".into(), long(14)),
+        ("serialized_size".into(), long(10)),
+        ("mem_size".into(), long(20)),
+        ("current_index_version".into(), Value::Int(6)),
+        ("current_scalar_index_version".into(), Value::Int(2)),
+        ("index_store_path_version".into(), Value::Int(1)),
+        ("index_file_keys".into(), Value::Array(vec![s("k1")])),
+        ("properties".into(), Value::Map([("a".to_owned(), s("b"))].into())),
+    ]);
+    let lob = Value::Record(vec![
+        ("path".into(), s("lobs/1")),
+        ("field_id".into(), long(104)),
+        ("total_rows".into(), long(14)),
+        ("valid_rows".into(), long(12)),
+        ("file_size_bytes".into(), long(999)),
+    ]);
+    fields.push(("indexes".into(), Value::Array(vec![index])));
+    fields.push(("lob_files".into(), Value::Array(vec![lob])));
+    let bytes = {
+        let mut w = apache_avro::Writer::new(&schema, Vec::new()).unwrap();
+        w.append_value(Value::Record(fields)).unwrap();
+        w.into_inner().unwrap()
+    };
+    (schema, bytes)
+}
+
+#[test]
+fn a_rewrite_of_a_version_6_manifest_keeps_its_indexes_and_lob_files() {
+    let (schema, bytes) = v6_container();
+    let out = RawManifest::decode(&bytes)
+        .unwrap()
+        .replace_columns(&[new_group("103", "0_n.parquet", 14)])
+        .unwrap();
+    let reader = apache_avro::Reader::new(&out[..]).unwrap();
+    assert_eq!(reader.writer_schema(), &schema);
+    let Value::Record(fields) = reader.into_iter().next().unwrap().unwrap() else {
+        panic!("a record")
+    };
+    let get = |n: &str| fields.iter().find(|(k, _)| k == n).map(|(_, v)| v.clone()).unwrap();
+    let (_, original) = v6_container();
+    let Value::Record(before) = apache_avro::Reader::new(&original[..])
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+    else {
+        panic!("a record")
+    };
+    let was = |n: &str| before.iter().find(|(k, _)| k == n).map(|(_, v)| v.clone()).unwrap();
+    for kept in ["indexes", "lob_files", "delta_logs", "stats"] {
+        assert_eq!(get(kept), was(kept), "{kept} survives the rewrite");
+    }
+    assert_eq!(
+        Manifest::decode(&out).unwrap().group_of(103).unwrap().files[0].path,
+        "0_n.parquet"
+    );
+}
