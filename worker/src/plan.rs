@@ -58,12 +58,7 @@ pub fn triage(s: &SegmentInfo) -> Triage {
         return Triage::Skip("empty segment".into());
     }
     match s.storage_version {
-        STORAGE_V1 | STORAGE_V3 => Triage::Backfill,
-        STORAGE_V2 => Triage::Fail(
-            "StorageV2 segments are not supported yet by the live planner (storage version 2): plan from a snapshot \
-             (spec.milvus.snapshot.name or .path) to backfill them"
-                .into(),
-        ),
+        STORAGE_V1 | STORAGE_V2 | STORAGE_V3 => Triage::Backfill,
         v => Triage::Fail(format!(
             "storage version {v} is unknown to this version (StorageV1 = 0, StorageV2 = 2, StorageV3 = 3): upgrade milvus-backfill"
         )),
@@ -171,9 +166,7 @@ mod tests {
             ..seg(STATE_FLUSHED, 2, 10)
         };
         assert_eq!(triage(&version(STORAGE_V3)), Triage::Backfill);
-        assert!(
-            matches!(triage(&version(2)), Triage::Fail(r) if r.contains("StorageV2 segments are not supported yet"))
-        );
+        assert_eq!(triage(&version(STORAGE_V2)), Triage::Backfill);
         assert!(matches!(triage(&version(7)), Triage::Fail(r) if r.contains("storage version 7 is unknown")));
         // The state rules come first: an empty V2 segment is skipped, not failed.
         let empty_v2 = SegmentInfo {

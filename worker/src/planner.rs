@@ -20,6 +20,7 @@ use crate::store::{ObjectMeta, Store};
 use crate::stores::{place_key, RunLocations, RunStores, StoreCredentials};
 
 mod by_name;
+mod live_v2;
 mod live_v3;
 
 /// Picks the join key: `spec.primaryKeyFieldId`, else the schema's primary key.

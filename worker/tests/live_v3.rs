@@ -603,24 +603,54 @@ async fn contract_a_collection_mixing_v1_and_v3_segments_is_refused_not_half_pla
     assert_eq!(bed.data_files(1003), before, "nothing was written");
 }
 
+/// A live StorageV2 segment beside a V3 one: its groups are found from the files (the packed
+/// files milvus-storage's own tests wrote, `../shared/fixtures/milvus-storage-v2`, groups 0 =
+/// fields 100,102 and 101), its rows come from the PK group's footers, and it gets a
+/// single-field column group.
 #[tokio::test]
-async fn contract_a_v2_segment_fails_alone_beside_v3_segments() {
+async fn contract_a_live_v2_segment_is_planned_from_its_files_beside_v3_segments() {
     let v2 = Seg {
         id: 6000,
-        rows: 10,
+        rows: 100,
         storage_version: 2,
     };
-    let bed = Bed::new(1004, 3, vec![v2]).await;
+    let bed = Bed::new(1003, 3, vec![v2]).await;
+    let packed = fixtures().parent().unwrap().join("milvus-storage-v2");
+    let seg_dir = bed
+        .root
+        .join(format!("bkt/files/insert_log/{COLLECTION_ID}/{PARTITION_ID}/6000"));
+    for (group, log, file) in [(0, 9, "column_group_0.parquet"), (101, 10, "column_group_1.parquet")] {
+        std::fs::create_dir_all(seg_dir.join(group.to_string())).unwrap();
+        std::fs::copy(packed.join(file), seg_dir.join(format!("{group}/{log}"))).unwrap();
+    }
+    let mut keys = bed.pks.clone();
+    keys.extend((0..100).map(|i| json!(i)));
+    let want = write_source(&bed.source, &keys);
     let planned = plan(&bed.doc("", "")).await.unwrap();
-    assert_eq!(planned.plan.segments.len(), 1);
-    let failed = &planned.plan.failed;
-    assert_eq!(failed.len(), 1);
-    assert_eq!(failed[0].segment_id, 6000);
-    assert!(
-        failed[0].reason.contains("StorageV2 segments are not supported yet"),
-        "{}",
-        failed[0].reason
+    assert_eq!(planned.plan.segments.len(), 2, "{:?}", planned.plan.failed);
+    let v2 = planned.plan.segments.iter().find(|s| s.segment_id == 6000).unwrap();
+    assert_eq!(v2.storage_version, 2);
+    assert_eq!(v2.pk_binlogs.len(), 1);
+    assert!(v2.pk_binlogs[0].key.ends_with("/6000/0/9"), "{}", v2.pk_binlogs[0].key);
+    let result = run(&planned).await;
+    assert!(result.success, "{}", result.summary());
+    let out = &result.segments["6000"];
+    assert_eq!(
+        (out.storage_version, out.version, out.row_count),
+        (Some(2), Some(-1), 100)
     );
+    let group = &out.column_groups[0];
+    assert_eq!(group.field_ids, vec![103]);
+    let bytes = std::fs::read(bed.root.join("bkt").join(&group.binlog_files[0])).unwrap();
+    let batch = read_all(bytes);
+    let col = batch.column(0).as_primitive::<Float64Type>();
+    // The fixture's ids are 0..99 in row order.
+    for id in 0..100i64 {
+        match want.get(&id.to_string()) {
+            Some(v) => assert_eq!(col.value(id as usize), *v, "row {id}"),
+            None => assert!(col.is_null(id as usize), "row {id}"),
+        }
+    }
 }
 
 #[tokio::test]

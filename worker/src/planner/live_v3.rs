@@ -11,7 +11,7 @@ use milvus_backfill_api::spec::EngineSpec;
 use super::{Collection, Planned, SegmentPlans};
 use crate::error::{BackfillError, Result};
 use crate::manifest::Manifest;
-use crate::plan::{self, Plan, SegmentInfo, SegmentPlan, SkippedSegment, Triage, STORAGE_V1, STORAGE_V3};
+use crate::plan::{self, Plan, SegmentInfo, SegmentPlan, SkippedSegment, Triage, STORAGE_V1, STORAGE_V2, STORAGE_V3};
 use crate::snapshot_planner::{manifest_version, v3_segment};
 use crate::source;
 use crate::store::{ObjectMeta, Store, StoreError};
@@ -39,7 +39,8 @@ pub(super) fn rules(segments: &[SegmentInfo]) -> Result<Rules> {
             .filter(|s| s.storage_version == version && plan::triage(s) == Triage::Backfill)
             .collect()
     };
-    let (v1, v3) = (ids(STORAGE_V1), ids(STORAGE_V3));
+    // StorageV2 outputs are committed into the segments too: the same rules as V3.
+    let (v1, v3) = (ids(STORAGE_V1), [ids(STORAGE_V2), ids(STORAGE_V3)].concat());
     if v3.is_empty() {
         return Ok(Rules::V1Export);
     }
@@ -161,7 +162,11 @@ async fn plan_segments(storage: &Store, root: &str, coll: &Collection) -> Segmen
     // lifetime, which the operator's controller future must be.
     let results: Vec<(SegmentInfo, std::result::Result<SegmentPlan, String>)> =
         futures_util::stream::iter(todo.into_iter().map(|s| async move {
-            let r = read_segment(storage, root, coll, &s).await;
+            let r = if s.storage_version == STORAGE_V2 {
+                super::live_v2::read_segment(storage, root, coll, &s).await
+            } else {
+                read_segment(storage, root, coll, &s).await
+            };
             (s, r)
         }))
         .buffered(16)

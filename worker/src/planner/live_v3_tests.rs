@@ -17,9 +17,10 @@ fn one_kind_of_segment_picks_its_rules() {
     assert_eq!(rules(&[]).unwrap(), Rules::V1Export);
     assert_eq!(rules(&[seg(1, 7, 0), seg(2, 7, 0)]).unwrap(), Rules::V1Export);
     assert_eq!(rules(&[seg(1, 7, 3), seg(2, 8, 3)]).unwrap(), Rules::V3);
-    // StorageV2 segments fail alone in triage and decide nothing.
+    // StorageV2 outputs are committed into the segments as V3 ones are: the same rules.
     assert_eq!(rules(&[seg(1, 7, 3), seg(2, 7, STORAGE_V2)]).unwrap(), Rules::V3);
-    assert_eq!(rules(&[seg(1, 7, 0), seg(2, 7, STORAGE_V2)]).unwrap(), Rules::V1Export);
+    assert_eq!(rules(&[seg(2, 7, STORAGE_V2)]).unwrap(), Rules::V3);
+    assert!(rules(&[seg(1, 7, 0), seg(2, 7, STORAGE_V2)]).is_err());
 }
 
 #[test]

@@ -1,0 +1,140 @@
+//! A live StorageV2 segment (Milvus 2.6/3.0, no snapshot): its column groups are the
+//! directories `{seg}/{groupID}/` holding packed Parquet files `{logID}`. The primary key's
+//! group is the one whose files carry its field ID in their Parquet schema (milvus-storage's
+//! packed writer tags every column with `PARQUET:field_id`); its files, in ascending log ID,
+//! are the segment's rows in storage order, and their footers give the row counts.
+
+use std::collections::BTreeMap;
+
+use milvus_backfill_api::layout;
+
+use super::Collection;
+use crate::plan::{Binlog, SegmentInfo, SegmentPlan, STORAGE_V2};
+use crate::source::ObjectReader;
+use crate::store::{ObjectMeta, Store};
+
+/// The column groups of a segment listing: group ID → files `(log ID, key, size)` in log ID
+/// order. Keys that are not `{prefix}{group}/{logID}` (a V3 `_data/`, stray files) are ignored.
+pub(super) fn groups(listing: &[ObjectMeta], prefix: &str) -> BTreeMap<i64, Vec<(i64, String, u64)>> {
+    let mut out: BTreeMap<i64, Vec<(i64, String, u64)>> = BTreeMap::new();
+    for o in listing {
+        let Some(rest) = o.key.strip_prefix(prefix) else {
+            continue;
+        };
+        let mut parts = rest.split('/');
+        let (Some(g), Some(l), None) = (parts.next(), parts.next(), parts.next()) else {
+            continue;
+        };
+        if let (Ok(group), Ok(log)) = (g.parse::<i64>(), l.parse::<i64>()) {
+            out.entry(group).or_default().push((log, o.key.clone(), o.size));
+        }
+    }
+    for files in out.values_mut() {
+        files.sort_by_key(|(log, _, _)| *log);
+    }
+    out
+}
+
+/// The field IDs of a Parquet file's top-level columns, from its footer (ranged reads).
+async fn field_ids(storage: &Store, key: &str, size: u64) -> Result<Vec<i64>, String> {
+    let md = ObjectReader::new(storage.clone(), key.to_owned(), size)
+        .metadata()
+        .await
+        .map_err(|e| e.message)?;
+    Ok(md
+        .file_metadata()
+        .schema_descr()
+        .root_schema()
+        .get_fields()
+        .iter()
+        .filter(|f| f.get_basic_info().has_id())
+        .map(|f| i64::from(f.get_basic_info().id()))
+        .collect())
+}
+
+async fn rows_of(storage: &Store, key: &str, size: u64) -> Result<u64, String> {
+    let md = ObjectReader::new(storage.clone(), key.to_owned(), size)
+        .metadata()
+        .await
+        .map_err(|e| e.message)?;
+    Ok(md.file_metadata().num_rows().max(0) as u64)
+}
+
+/// One StorageV2 segment's plan from its files, or why it cannot be backfilled.
+pub(super) async fn read_segment(
+    storage: &Store,
+    root: &str,
+    coll: &Collection,
+    s: &SegmentInfo,
+) -> Result<SegmentPlan, String> {
+    let prefix = layout::segment_insert_log_prefix(root, coll.info.collection_id, s.partition_id, s.segment_id);
+    let listing = storage
+        .list(&prefix)
+        .await
+        .map_err(|e| format!("cannot list {}: {e}", storage.display(&prefix)))?;
+    let groups = groups(&listing, &prefix);
+    let pk = coll.pk.field_id;
+    let mut pk_group = None;
+    for (group, files) in &groups {
+        let (_, key, size) = &files[0];
+        if field_ids(storage, key, *size).await?.contains(&pk) {
+            pk_group = Some((*group, files));
+            break;
+        }
+    }
+    let Some((group, files)) = pk_group else {
+        return Err(format!(
+            "no column group under {} holds the primary key field {pk} (groups {:?}): is spec.storage the storage this Milvus uses?",
+            storage.display(&prefix),
+            groups.keys().collect::<Vec<_>>()
+        ));
+    };
+    let mut binlogs = Vec::with_capacity(files.len());
+    for (log_id, key, size) in files {
+        binlogs.push(Binlog {
+            key: key.clone(),
+            log_id: *log_id,
+            size: *size,
+            rows: rows_of(storage, key, *size).await?,
+        });
+    }
+    let total: u64 = binlogs.iter().map(|b| b.rows).sum();
+    if i64::try_from(total).ok() != Some(s.num_rows) {
+        return Err(format!(
+            "column group {group} holds {total} rows but Milvus reports num_rows {}; the segment is being rewritten \
+             (a compaction in progress?): plan again later",
+            s.num_rows
+        ));
+    }
+    Ok(SegmentPlan {
+        segment_id: s.segment_id,
+        partition_id: s.partition_id,
+        partition_name: coll.partition_names.get(&s.partition_id).cloned().unwrap_or_default(),
+        num_rows: total,
+        storage_version: STORAGE_V2,
+        pk_binlogs: binlogs,
+        output_dir: prefix.trim_end_matches('/').to_owned(),
+        v3: None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn groups_are_numeric_directories_in_log_id_order() {
+        let o = |k: &str| ObjectMeta { key: k.into(), size: 1 };
+        let listing = [
+            o("p/0/30"),
+            o("p/0/4"),
+            o("p/101/5"),
+            o("p/_data/0_x.parquet"),
+            o("p/0/x"),
+            o("p/stray"),
+        ];
+        let g = groups(&listing, "p/");
+        assert_eq!(g.keys().copied().collect::<Vec<_>>(), vec![0, 101]);
+        assert_eq!(g[&0].iter().map(|f| f.0).collect::<Vec<_>>(), vec![4, 30]);
+    }
+}
