@@ -175,6 +175,43 @@ impl Metrics {
             .collect()
     }
 
+    /// The gauges of the Backfills this operator sees: segments, rows, phases.
+    fn render_backfills(&self, s: &mut String) {
+        let (segments, rows_written) = self.totals();
+        let _ = writeln!(
+            *s,
+            "# HELP {PREFIX}_segments Segments of the Backfills seen by this operator, by state.\n# TYPE {PREFIX}_segments gauge"
+        );
+        for (state, n) in ["pending", "running", "succeeded", "failed"].iter().zip(segments) {
+            let _ = writeln!(*s, "{PREFIX}_segments{{state=\"{state}\"}} {n}");
+        }
+        let _ = writeln!(
+            *s,
+            "# HELP {PREFIX}_rows_written Rows written by the Backfills seen by this operator.\n# TYPE {PREFIX}_rows_written gauge\n{PREFIX}_rows_written {rows_written}"
+        );
+        let mut by_phase: BTreeMap<&str, u64> = [
+            Phase::Pending,
+            Phase::Planning,
+            Phase::Running,
+            Phase::Suspended,
+            Phase::Succeeded,
+            Phase::Failed,
+        ]
+        .iter()
+        .map(|p| (p.as_str(), 0))
+        .collect();
+        for p in self.phase_counts() {
+            *by_phase.entry(p.as_str()).or_default() += 1;
+        }
+        let _ = writeln!(
+            *s,
+            "# HELP {PREFIX}_backfills Backfills seen by this operator, by phase.\n# TYPE {PREFIX}_backfills gauge"
+        );
+        for (p, n) in by_phase {
+            let _ = writeln!(*s, "{PREFIX}_backfills{{phase=\"{p}\"}} {n}");
+        }
+    }
+
     /// The text exposition format.
     pub fn render(&self) -> String {
         let mut s = String::new();
@@ -227,39 +264,7 @@ impl Metrics {
         );
         self.job_seconds[0].render(&mut s, name, "result=\"succeeded\",");
         self.job_seconds[1].render(&mut s, name, "result=\"failed\",");
-        let (segments, rows_written) = self.totals();
-        let _ = writeln!(
-            s,
-            "# HELP {PREFIX}_segments Segments of the Backfills seen by this operator, by state.\n# TYPE {PREFIX}_segments gauge"
-        );
-        for (state, n) in ["pending", "running", "succeeded", "failed"].iter().zip(segments) {
-            let _ = writeln!(s, "{PREFIX}_segments{{state=\"{state}\"}} {n}");
-        }
-        let _ = writeln!(
-            s,
-            "# HELP {PREFIX}_rows_written Rows written by the Backfills seen by this operator.\n# TYPE {PREFIX}_rows_written gauge\n{PREFIX}_rows_written {rows_written}"
-        );
-        let mut by_phase: BTreeMap<&str, u64> = [
-            Phase::Pending,
-            Phase::Planning,
-            Phase::Running,
-            Phase::Suspended,
-            Phase::Succeeded,
-            Phase::Failed,
-        ]
-        .iter()
-        .map(|p| (p.as_str(), 0))
-        .collect();
-        for p in self.phase_counts() {
-            *by_phase.entry(p.as_str()).or_default() += 1;
-        }
-        let _ = writeln!(
-            s,
-            "# HELP {PREFIX}_backfills Backfills seen by this operator, by phase.\n# TYPE {PREFIX}_backfills gauge"
-        );
-        for (p, n) in by_phase {
-            let _ = writeln!(s, "{PREFIX}_backfills{{phase=\"{p}\"}} {n}");
-        }
+        self.render_backfills(&mut s);
         s
     }
 }
