@@ -5,6 +5,7 @@
 //! `keys` (key index), `source` (matched rows), `join` (alignment), `output` (writer).
 
 pub mod add_fields;
+pub mod avro_value;
 pub mod binlog;
 pub mod cli;
 pub mod commit;

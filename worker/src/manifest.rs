@@ -7,6 +7,8 @@
 use std::collections::BTreeMap;
 
 use apache_avro::types::Value;
+
+use crate::avro_value::{array, field, long, string};
 use apache_avro::Schema;
 
 use milvus_backfill_api::plan::V3File;
@@ -376,39 +378,6 @@ fn group_file(v: &Value) -> Result<GroupFile, String> {
         end_index: long(field(v, "end_index")?)?,
         properties,
     })
-}
-
-fn field<'a>(v: &'a Value, name: &str) -> Result<&'a Value, String> {
-    match v {
-        Value::Record(fields) => fields
-            .iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, v)| v)
-            .ok_or_else(|| format!("manifest record has no `{name}`")),
-        _ => Err(format!("expected a record holding `{name}`")),
-    }
-}
-
-fn array(v: &Value) -> Result<&[Value], String> {
-    match v {
-        Value::Array(a) => Ok(a),
-        other => Err(format!("expected an array, found {other:?}")),
-    }
-}
-
-fn string(v: &Value) -> Result<String, String> {
-    match v {
-        Value::String(s) => Ok(s.clone()),
-        other => Err(format!("expected a string, found {other:?}")),
-    }
-}
-
-fn long(v: &Value) -> Result<i64, String> {
-    match v {
-        Value::Long(l) => Ok(*l),
-        Value::Int(i) => Ok(*i as i64),
-        other => Err(format!("expected a long, found {other:?}")),
-    }
 }
 
 #[cfg(test)]

@@ -88,33 +88,21 @@ pub async fn plan_with(doc: &BackfillDoc, token: &MilvusToken, creds: &StoreCred
     let custom_output = spec.output_path().map(|_| place_key(&at.output_place));
     let mut segments = plan_segments(spec, &stores.storage, &coll, custom_output.as_deref()).await?;
     segments.add_run_warnings(&coll.name, custom_output.is_some());
-    let plan = Plan {
-        run_id: plan::new_run_id(),
-        database: spec.milvus.database().to_owned(),
-        collection_name: coll.name,
-        collection_id: coll.info.collection_id,
-        partition_id: coll.only_partition,
-        schema_version: coll.info.schema_version,
-        pk_field: coll.pk,
-        new_fields: schema.new_fields,
-        storage: at.storage,
-        storage_bucket: at.storage_bucket,
-        root_path: spec.storage.root_path().to_owned(),
-        source: at.source,
-        source_place: at.source_place,
-        source_rows: schema.rows,
-        source_files: schema.files,
-        output_place: at.output_place,
-        batch_size: spec
-            .batch_size()
-            .ok_or_else(|| BackfillError::config("spec.batchSize must be > 0"))?,
-        parallelism: spec.parallelism(),
-        v3_commit: spec.v3_commit(),
-        segments: segments.planned,
-        skipped: segments.skipped,
-        failed: segments.failed,
-        warnings: segments.warnings,
-    };
+    let plan = assemble(
+        spec,
+        at,
+        Learned {
+            collection_name: coll.name,
+            collection_id: coll.info.collection_id,
+            partition_id: coll.only_partition,
+            schema_version: coll.info.schema_version,
+            pk_field: coll.pk,
+            new_fields: schema.new_fields,
+            source_files: schema.files,
+            source_rows: schema.rows,
+            segments,
+        },
+    )?;
     Ok(Planned { plan, stores })
 }
 
@@ -186,11 +174,56 @@ async fn check_source(source: &Store, place: &Place, coll: &Collection) -> Resul
 
 /// The segments sorted into planned, skipped and failed, with the warnings on the way.
 #[derive(Default)]
-struct SegmentPlans {
-    planned: Vec<SegmentPlan>,
-    skipped: Vec<SkippedSegment>,
-    failed: Vec<SkippedSegment>,
-    warnings: Vec<String>,
+pub(crate) struct SegmentPlans {
+    pub planned: Vec<SegmentPlan>,
+    pub skipped: Vec<SkippedSegment>,
+    pub failed: Vec<SkippedSegment>,
+    pub warnings: Vec<String>,
+}
+
+/// What a planner learned of the collection and the source, for [`assemble`].
+pub(crate) struct Learned {
+    pub collection_name: String,
+    pub collection_id: i64,
+    pub partition_id: Option<i64>,
+    pub schema_version: i32,
+    pub pk_field: PkField,
+    pub new_fields: Vec<crate::plan::NewField>,
+    pub source_files: Vec<crate::plan::SourceFile>,
+    pub source_rows: u64,
+    pub segments: SegmentPlans,
+}
+
+/// The plan of what a planner learned, with the spec's settings and a fresh run ID: the one
+/// place every planner (live V1, live V2/V3, snapshot) builds a [`Plan`].
+pub(crate) fn assemble(spec: &EngineSpec, at: RunLocations, l: Learned) -> Result<Plan> {
+    Ok(Plan {
+        run_id: plan::new_run_id(),
+        database: spec.milvus.database().to_owned(),
+        collection_name: l.collection_name,
+        collection_id: l.collection_id,
+        partition_id: l.partition_id,
+        schema_version: l.schema_version,
+        pk_field: l.pk_field,
+        new_fields: l.new_fields,
+        storage: at.storage,
+        storage_bucket: at.storage_bucket,
+        root_path: spec.storage.root_path().to_owned(),
+        source: at.source,
+        source_place: at.source_place,
+        source_rows: l.source_rows,
+        source_files: l.source_files,
+        output_place: at.output_place,
+        batch_size: spec
+            .batch_size()
+            .ok_or_else(|| BackfillError::config("spec.batchSize must be > 0"))?,
+        parallelism: spec.parallelism(),
+        v3_commit: spec.v3_commit(),
+        segments: l.segments.planned,
+        skipped: l.segments.skipped,
+        failed: l.segments.failed,
+        warnings: l.segments.warnings,
+    })
 }
 
 impl SegmentPlans {

@@ -4,6 +4,8 @@
 //! `commit_timestamp`, 4 adds `child_fields` and `format` to each field binlog). Pure.
 
 use apache_avro::types::Value;
+
+use crate::avro_value::{array, field, long, string};
 use apache_avro::Schema;
 
 /// The newest snapshot format this build reads.
@@ -213,39 +215,6 @@ pub fn encode(entry: &SegmentEntry, format_version: i64) -> Result<Vec<u8>, Stri
         .build()
         .and_then(|w| w.write_value_to_vec(Value::Record(fields)))
         .map_err(|e| e.to_string())
-}
-
-fn field<'a>(v: &'a Value, name: &str) -> Result<&'a Value, String> {
-    match v {
-        Value::Record(fields) => fields
-            .iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, v)| v)
-            .ok_or_else(|| format!("segment manifest has no `{name}`")),
-        _ => Err(format!("expected a record holding `{name}`")),
-    }
-}
-
-fn array(v: &Value) -> Result<&[Value], String> {
-    match v {
-        Value::Array(a) => Ok(a),
-        other => Err(format!("expected an array, found {other:?}")),
-    }
-}
-
-fn string(v: &Value) -> Result<String, String> {
-    match v {
-        Value::String(s) => Ok(s.clone()),
-        other => Err(format!("expected a string, found {other:?}")),
-    }
-}
-
-fn long(v: &Value) -> Result<i64, String> {
-    match v {
-        Value::Long(l) => Ok(*l),
-        Value::Int(i) => Ok(*i as i64),
-        other => Err(format!("expected a long, found {other:?}")),
-    }
 }
 
 #[cfg(test)]

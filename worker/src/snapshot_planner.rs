@@ -12,8 +12,8 @@ use milvus_backfill_api::spec::EngineSpec;
 use crate::config::BackfillDoc;
 use crate::error::{BackfillError, Result};
 use crate::manifest::Manifest;
-use crate::plan::{self, PkField, Plan, SegmentPlan, SkippedSegment};
-use crate::planner::{self, Planned};
+use crate::plan::{PkField, SegmentPlan, SkippedSegment};
+use crate::planner::{self, Planned, SegmentPlans};
 use crate::snapshot::{Snapshot, V3Entry};
 use crate::source;
 use crate::store::{Store, StoreError};
@@ -60,35 +60,22 @@ pub async fn plan(doc: &BackfillDoc, snapshot_path: &str, creds: &StoreCredentia
         }
     }
     segments.planned.sort_by_key(|s| s.segment_id);
-    let mut warnings = segments.warnings;
-    warnings.insert(0, CONSISTENCY_NOTE.to_owned());
-    let plan = Plan {
-        run_id: plan::new_run_id(),
-        database: spec.milvus.database().to_owned(),
-        collection_name: snap.collection_name,
-        collection_id: snap.collection.collection_id,
-        partition_id: None,
-        schema_version: snap.collection.schema_version,
-        pk_field: pk,
-        new_fields,
-        storage: at.storage,
-        storage_bucket: at.storage_bucket,
-        root_path: spec.storage.root_path().to_owned(),
-        source: at.source,
-        source_place: at.source_place,
-        source_rows: schema.rows,
-        source_files: schema.files,
-        output_place: at.output_place,
-        batch_size: spec
-            .batch_size()
-            .ok_or_else(|| BackfillError::config("spec.batchSize must be > 0"))?,
-        parallelism: spec.parallelism(),
-        v3_commit: spec.v3_commit(),
-        segments: segments.planned,
-        skipped: segments.skipped,
-        failed: segments.failed,
-        warnings,
-    };
+    segments.warnings.insert(0, CONSISTENCY_NOTE.to_owned());
+    let plan = planner::assemble(
+        spec,
+        at,
+        planner::Learned {
+            collection_name: snap.collection_name,
+            collection_id: snap.collection.collection_id,
+            partition_id: None,
+            schema_version: snap.collection.schema_version,
+            pk_field: pk,
+            new_fields,
+            source_files: schema.files,
+            source_rows: schema.rows,
+            segments,
+        },
+    )?;
     Ok(Planned { plan, stores })
 }
 
@@ -136,14 +123,6 @@ async fn read_snapshot(spec: &EngineSpec, path: &str, storage: &Store, creds: &S
         e => BackfillError::connection(format!("{what} cannot be read: {e}")),
     })?;
     Snapshot::parse(&bytes).map_err(|e| BackfillError::schema(format!("{what}: {e}")))
-}
-
-#[derive(Default)]
-struct SegmentPlans {
-    planned: Vec<SegmentPlan>,
-    skipped: Vec<SkippedSegment>,
-    failed: Vec<SkippedSegment>,
-    warnings: Vec<String>,
 }
 
 /// Every V3 segment, manifests read a few at a time. A segment that cannot be planned fails

@@ -16,7 +16,6 @@ use arrow_array::cast::AsArray;
 use arrow_array::types::Float64Type;
 use arrow_array::{Array, ArrayRef, Float64Array, Int64Array, RecordBatch, StringArray};
 use arrow_schema::{DataType, Field, Schema};
-use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use parquet::arrow::ArrowWriter;
 use serde_json::{json, Value};
 use tonic::{Request, Response, Status};
@@ -33,18 +32,18 @@ use milvus_proto::milvus as pb;
 use milvus_proto::milvus::milvus_service_server::{MilvusService, MilvusServiceServer};
 use milvus_proto::schema;
 
+mod golden;
+use golden::{copy_dir, read_all};
+
+fn fixtures() -> PathBuf {
+    golden::shared_fixtures("milvus-storage-v3")
+}
+
 const COLLECTION: &str = "golden";
 const COLLECTION_ID: i64 = 1001;
 const PARTITION_ID: i64 = 1002;
 const FLUSHED: i32 = 4;
 const LEVEL_L1: i32 = 2;
-
-fn fixtures() -> PathBuf {
-    std::env::var_os("MB_SHARED_FIXTURES")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/fixtures"))
-        .join("milvus-storage-v3")
-}
 
 /// The golden segment: its primary keys in row order and its newest manifest version.
 fn golden(segment: i64) -> (Vec<Value>, i64) {
@@ -59,23 +58,6 @@ fn golden(segment: i64) -> (Vec<Value>, i64) {
         s["pks"].as_array().unwrap().clone(),
         s["manifestVersion"].as_i64().unwrap(),
     )
-}
-
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for e in std::fs::read_dir(from).unwrap() {
-        let e = e.unwrap();
-        let target = to.join(e.file_name());
-        if e.file_type().unwrap().is_dir() {
-            copy_dir(&e.path(), &target);
-        } else {
-            std::fs::copy(e.path(), &target).unwrap();
-            let mut perm = std::fs::metadata(&target).unwrap().permissions();
-            #[allow(clippy::permissions_set_readonly_false)]
-            perm.set_readonly(false);
-            std::fs::set_permissions(&target, perm).unwrap();
-        }
-    }
 }
 
 // ------------------------------------------------------------------ the stand-in Milvus
@@ -496,16 +478,6 @@ fn write_source(path: &Path, pks: &[Value]) -> HashMap<String, f64> {
     w.write(&batch).unwrap();
     w.close().unwrap();
     want
-}
-
-fn read_all(bytes: Vec<u8>) -> RecordBatch {
-    let r = ParquetRecordBatchReaderBuilder::try_new(bytes::Bytes::from(bytes))
-        .unwrap()
-        .with_batch_size(1 << 20)
-        .build()
-        .unwrap();
-    let batches: Vec<RecordBatch> = r.map(|b| b.unwrap()).collect();
-    arrow_select::concat::concat_batches(&batches[0].schema(), &batches).unwrap()
 }
 
 async fn plan(doc: &BackfillDoc) -> Result<Planned> {

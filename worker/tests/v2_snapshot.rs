@@ -22,14 +22,13 @@ use milvus_backfill::runner;
 use milvus_backfill::snapshot_manifest::{self, BinlogEntry, FieldBinlog, SegmentEntry};
 use milvus_backfill::stores::StoreCredentials;
 
-const SEG: &str = "files/insert_log/5001/5002/5003";
+mod golden;
 
 fn fixtures() -> PathBuf {
-    std::env::var_os("MB_SHARED_FIXTURES")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/fixtures"))
-        .join("milvus-storage-v2")
+    golden::shared_fixtures("milvus-storage-v2")
 }
+
+const SEG: &str = "files/insert_log/5001/5002/5003";
 
 /// Places the three packed files as a V2 segment's groups 0, 101 and 103 and writes the
 /// snapshot (format 4) with the new field `score` (104).

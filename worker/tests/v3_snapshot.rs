@@ -11,7 +11,6 @@ use arrow_array::cast::AsArray;
 use arrow_array::types::Float64Type;
 use arrow_array::{Array, ArrayRef, Float32Array, Float64Array, Int64Array, RecordBatch, StringArray};
 use arrow_schema::{DataType, Field, Schema};
-use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use parquet::arrow::ArrowWriter;
 use serde_json::{json, Value};
 
@@ -22,32 +21,8 @@ use milvus_backfill::progress::Progress;
 use milvus_backfill::runner;
 use milvus_backfill::stores::StoreCredentials;
 
-fn fixtures() -> PathBuf {
-    std::env::var_os("MB_SHARED_FIXTURES")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/fixtures"))
-        .join("milvus-storage-v3")
-}
-
 fn expected() -> Value {
     serde_json::from_slice(&std::fs::read(fixtures().join("expected.json")).unwrap()).unwrap()
-}
-
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for e in std::fs::read_dir(from).unwrap() {
-        let e = e.unwrap();
-        let target = to.join(e.file_name());
-        if e.file_type().unwrap().is_dir() {
-            copy_dir(&e.path(), &target);
-        } else {
-            std::fs::copy(e.path(), &target).unwrap();
-            let mut perm = std::fs::metadata(&target).unwrap().permissions();
-            #[allow(clippy::permissions_set_readonly_false)]
-            perm.set_readonly(false);
-            std::fs::set_permissions(&target, perm).unwrap();
-        }
-    }
 }
 
 /// A bucket directory holding the golden segments, served as `file://<root>` bucket `bkt`.
@@ -223,16 +198,6 @@ async fn a_snapshot_alone_plans_and_writes_row_aligned_v3_columns() {
     }
 }
 
-fn read_all(bytes: Vec<u8>) -> RecordBatch {
-    let r = ParquetRecordBatchReaderBuilder::try_new(bytes::Bytes::from(bytes))
-        .unwrap()
-        .with_batch_size(1 << 20)
-        .build()
-        .unwrap();
-    let batches: Vec<RecordBatch> = r.map(|b| b.unwrap()).collect();
-    arrow_select::concat::concat_batches(&batches[0].schema(), &batches).unwrap()
-}
-
 #[tokio::test]
 async fn bad_input_is_refused_before_anything_is_written() {
     let bed = Bed::new();
@@ -330,6 +295,13 @@ async fn a_segment_whose_manifest_is_gone_or_rewritten_fails_alone() {
 // and checks every rule of the newest result decoder on what we send it.
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+mod golden;
+use golden::{copy_dir, read_all};
+
+fn fixtures() -> PathBuf {
+    golden::shared_fixtures("milvus-storage-v3")
+}
 
 /// The §15.3 rules a V3 delta result must satisfy; each violation as a sentence.
 fn contract_violations(r: &Value) -> Vec<String> {

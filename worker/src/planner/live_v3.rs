@@ -11,7 +11,7 @@ use milvus_backfill_api::spec::EngineSpec;
 use super::{Collection, Planned, SegmentPlans};
 use crate::error::{BackfillError, Result};
 use crate::manifest::Manifest;
-use crate::plan::{self, Plan, SegmentInfo, SegmentPlan, SkippedSegment, Triage, STORAGE_V1, STORAGE_V2, STORAGE_V3};
+use crate::plan::{self, SegmentInfo, SegmentPlan, SkippedSegment, Triage, STORAGE_V1, STORAGE_V2, STORAGE_V3};
 use crate::snapshot_planner::{manifest_version, v3_segment};
 use crate::source;
 use crate::store::{ObjectMeta, Store, StoreError};
@@ -106,33 +106,21 @@ pub(super) async fn plan(spec: &EngineSpec, at: RunLocations, stores: RunStores,
     if !segments.planned.is_empty() {
         segments.warnings.insert(0, NO_SNAPSHOT_WARNING.to_owned());
     }
-    let plan = Plan {
-        run_id: plan::new_run_id(),
-        database: spec.milvus.database().to_owned(),
-        collection_name: coll.name,
-        collection_id: coll.info.collection_id,
-        partition_id: coll.only_partition,
-        schema_version: coll.info.schema_version,
-        pk_field: coll.pk,
-        new_fields,
-        storage: at.storage,
-        storage_bucket: at.storage_bucket,
-        root_path: spec.storage.root_path().to_owned(),
-        source: at.source,
-        source_place: at.source_place,
-        source_rows: schema.rows,
-        source_files: schema.files,
-        output_place: at.output_place,
-        batch_size: spec
-            .batch_size()
-            .ok_or_else(|| BackfillError::config("spec.batchSize must be > 0"))?,
-        parallelism: spec.parallelism(),
-        v3_commit: spec.v3_commit(),
-        segments: segments.planned,
-        skipped: segments.skipped,
-        failed: segments.failed,
-        warnings: segments.warnings,
-    };
+    let plan = super::assemble(
+        spec,
+        at,
+        super::Learned {
+            collection_name: coll.name,
+            collection_id: coll.info.collection_id,
+            partition_id: coll.only_partition,
+            schema_version: coll.info.schema_version,
+            pk_field: coll.pk,
+            new_fields,
+            source_files: schema.files,
+            source_rows: schema.rows,
+            segments,
+        },
+    )?;
     Ok(Planned { plan, stores })
 }
 
