@@ -117,13 +117,16 @@ pub async fn call(endpoint: &str, result_key: &str) -> Result<CommitReport> {
     }
     match serde_json::from_slice::<CommitReport>(&body) {
         Ok(r) if status.is_success() || !r.segment_statuses.is_empty() => Ok(r),
-        _ => Err(BackfillError::new(
-            ErrorKind::SegmentProcessingError,
-            format!(
-                "commit endpoint {endpoint} answered HTTP {status}: {}",
-                String::from_utf8_lossy(&body[..body.len().min(2000)])
-            ),
-        )),
+        _ => {
+            let text = String::from_utf8_lossy(&body[..body.len().min(2000)]);
+            Err(BackfillError::new(
+                ErrorKind::SegmentProcessingError,
+                format!(
+                    "commit endpoint {endpoint} answered HTTP {status}: {text}{}",
+                    schema_hint(&text)
+                ),
+            ))
+        }
     }
 }
 
@@ -165,7 +168,7 @@ pub async fn commit_run(
             let v = if s.ok {
                 "committed".to_owned()
             } else {
-                format!("{}: {}", s.kind, s.reason)
+                format!("{}: {}{}", s.kind, s.reason, schema_hint(&s.reason))
             };
             done.segments.insert(s.segment_id.to_string(), v);
         }
@@ -222,6 +225,16 @@ pub async fn store_parts(storage: &Store, layout: &RunLayout, result: &BackfillR
     Ok(keys)
 }
 
+/// What a schema-version refusal means for the user: the fence of `schemaVersion` tripped.
+fn schema_hint(reason: &str) -> &'static str {
+    if reason.to_ascii_lowercase().contains("schema version") {
+        " (the collection's schema changed after this backfill was planned, e.g. another AddCollectionField: plan again \
+         from a new snapshot)"
+    } else {
+        ""
+    }
+}
+
 fn retry_key(result_key: &str, attempt: u32) -> String {
     match result_key.strip_suffix(".json") {
         Some(stem) => format!("{stem}-retry-{attempt}.json"),
@@ -252,5 +265,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!(r.failed().map(|s| s.segment_id).collect::<Vec<_>>(), vec![6]);
+        assert!(schema_hint("schema version mismatch: 3 != 4").contains("schema changed"));
+        assert_eq!(schema_hint("segment is not Flushed"), "");
     }
 }
