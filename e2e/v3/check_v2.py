@@ -22,7 +22,10 @@ import pyarrow.parquet as pq
 from pyarrow import fs as pafs
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from commit_and_verify import OK_CODECS, load_source, same_value  # noqa: E402
+from common import (  # noqa: E402
+    OK_CODECS, check_row_group_metadata, compare_column, exit_on_violations, load_source, print_summary,
+    snapshot_segments,
+)
 from make_collection import key_prefix, pyarrow_fs  # noqa: E402
 
 LOG_ID_MIN = 1 << 62  # Milvus' own log IDs (TSO) stay below; the backfill's must not collide with them
@@ -64,12 +67,10 @@ def check_result(result, expected):
     new_names = sorted(f["name"] for f in expected["newFields"])
     if sorted(result.get("newFieldNames") or []) != new_names:
         errs.append(f"newFieldNames {result.get('newFieldNames')!r} != {new_names}")
-    segs = result.get("segments")
-    if not isinstance(segs, dict):
-        return errs + ["segments must be an object keyed by segment ID"]
-    exp = {str(s["segmentId"]): s for s in expected["segments"]}
-    for k in sorted(set(exp) - set(segs)):
-        errs.append(f"segment {k} of the snapshot is missing from the result")
+    exp = snapshot_segments(result, expected, errs)
+    if exp is None:
+        return errs
+    segs = result["segments"]
     for k in sorted(set(segs) - set(exp)):
         errs.append(f"segment {k}: not a segment of the snapshot")
     new_ids = {f["fieldId"]: f for f in expected["newFields"]}
@@ -169,21 +170,7 @@ def check_file(fs, prefix, key, field, want_rows, ref_keys, errs, where):
         errs.append(f"{where}: storage_version {kv.get('storage_version')!r} != '1.0.0'")
     rgm = kv.get("row_group_metadata")
     if rgm is not None:
-        parts = [p for p in rgm.split(";") if p]
-        if len(parts) != md.num_row_groups:
-            errs.append(f"{where}: row_group_metadata has {len(parts)} entries for {md.num_row_groups} row groups")
-        off = 0
-        for i, p in enumerate(parts[:md.num_row_groups]):
-            t = p.split("|")
-            if len(t) != 3 or not all(x.isdigit() for x in t):
-                errs.append(f"{where}: row_group_metadata entry {p!r} is not memSize|rowNum|rowOffset")
-                break
-            if int(t[1]) != md.row_group(i).num_rows or int(t[2]) != off:
-                errs.append(f"{where}: row_group_metadata entry {i} {p!r} != row group {i}: "
-                            f"{md.row_group(i).num_rows} rows at offset {off}")
-            off += md.row_group(i).num_rows
-        if off != md.num_rows:
-            errs.append(f"{where}: row_group_metadata rows add up to {off}, the file has {md.num_rows}")
+        check_row_group_metadata(rgm, md, errs, where, "row group {i}: {rows} rows at offset {off}", check_total=True)
     codecs = {md.row_group(i).column(j).compression for i in range(md.num_row_groups) for j in range(md.num_columns)}
     if codecs - OK_CODECS:
         errs.append(f"{where}: compression {sorted(codecs - OK_CODECS)} (want ZSTD or none)")
@@ -266,36 +253,21 @@ def main():
                 if len(values) != len(pks):
                     errs.append(f"segment {key} field {field['fieldId']}: {len(values)} values for {len(pks)} rows")
                     continue
-                src = source[field["name"]]
-                for i, k in enumerate(pks):
-                    checked += 1
-                    if not same_value(values[i], src.get(k)):
-                        if len(mismatches) < 30:
-                            mismatches.append({"segment": seg["segmentId"], "row": i, "pk": k, "field": field["name"],
-                                               "got": repr(values[i]), "want": repr(src.get(k))})
-                        else:
-                            mismatches.append({"segment": seg["segmentId"], "suppressed": True})
+                checked += compare_column(seg["segmentId"], field["name"], pks, values, source[field["name"]],
+                                          mismatches, 30)
             matched = sum(1 for k in pks if k in source["__keys__"])
             files_n = sum(len(g["binlog_files"]) for g in entry["column_groups"])
             seg_reports.append({"segmentId": seg["segmentId"], "rows": seg["rows"], "files": files_n,
                                 "valuesChecked": checked, "rowsWithSourceKey": matched})
             log(f"segment {key}: {files_n} file(s), {checked} values checked, {matched}/{seg['rows']} rows have a "
                 f"source key")
-    if errs:
-        for e in errs:
-            log("VIOLATION " + e)
-        summary.update(ok=False, violations=errs)
-        print(json.dumps(summary, indent=1))
-        sys.exit(2)
+    exit_on_violations(log, summary, errs)
     summary.update(ok=not mismatches, segments=seg_reports, rowsChecked=sum(r["rows"] for r in seg_reports),
                    valuesChecked=sum(r["valuesChecked"] for r in seg_reports),
                    rowsWithSourceKey=sum(r["rowsWithSourceKey"] for r in seg_reports),
                    filesChecked=sum(r["files"] for r in seg_reports),
                    mismatches=len(mismatches), mismatchSamples=mismatches[:30])
-    print(json.dumps(summary, indent=1))
-    if mismatches:
-        log(f"FAILED: {len(mismatches)} mismatch(es)")
-        sys.exit(1)
+    print_summary(log, summary, mismatches)
     log(f"OK: {len(seg_reports)} segments, {summary['rowsChecked']} rows, {summary['valuesChecked']} values, "
         f"{summary['filesChecked']} files checked, 0 mismatches")
 

@@ -21,7 +21,6 @@ The summary is printed as JSON on stdout.
 """
 import argparse
 import json
-import math
 import os
 import struct
 import sys
@@ -31,9 +30,11 @@ import pyarrow.parquet as pq
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import loon  # noqa: E402
+from common import (  # noqa: E402
+    OK_CODECS, check_row_group_metadata, compare_column, exit_on_violations, load_source, print_summary,
+    snapshot_segments,
+)
 from make_collection import arrow_type, arrow_field, pyarrow_fs, key_prefix  # noqa: E402
-
-OK_CODECS = {"ZSTD", "UNCOMPRESSED"}
 
 
 class Violation(Exception):
@@ -65,12 +66,7 @@ def check_top(result, expected):
     names = result.get("newFieldNames")
     if not isinstance(names, list) or set(names) != new_names or len(names) != len(set(names)):
         errs.append(f"newFieldNames {names!r} must list the new fields {sorted(new_names)} once each")
-    segs = result.get("segments")
-    if not isinstance(segs, dict):
-        return errs + ["segments must be an object keyed by segment ID"]
-    exp_segs = {str(s["segmentId"]): s for s in expected["segments"]}
-    for k in sorted(set(exp_segs) - set(segs)):
-        errs.append(f"segment {k} of the snapshot is missing from the result")
+    snapshot_segments(result, expected, errs)
     return errs
 
 
@@ -97,6 +93,16 @@ def segment_entries(result, expected, errs):
     return out
 
 
+def check_rows_and_path(entry, exp, expected, errs, where):
+    """rowCount = the segment's rows, outputPath = its base path (a leading bucket name stripped)."""
+    if entry.get("rowCount") != exp["rows"]:
+        errs.append(f"{where}: rowCount {entry.get('rowCount')!r} != the segment's {exp['rows']} rows")
+    out = strip_bucket(entry.get("outputPath") or "", expected["bucket"])
+    if out.rstrip("/") != exp["basePath"]:
+        errs.append(f"{where}: outputPath {entry.get('outputPath')!r} is not the segment base path "
+                    f"{exp['basePath']!r}")
+
+
 def check_result(result, expected):
     """Returns a list of violations (strings) of the V3 `ops` result contract."""
     errs = check_top(result, expected)
@@ -110,12 +116,7 @@ def check_result(result, expected):
             errs.append(f"{where}: no ops (without --already-committed this harness checks V3 delta "
                         f"entries; `version`-only entries are checked with --already-committed)")
             continue
-        if entry.get("rowCount") != exp["rows"]:
-            errs.append(f"{where}: rowCount {entry.get('rowCount')!r} != the segment's {exp['rows']} rows")
-        out = strip_bucket(entry.get("outputPath") or "", expected["bucket"])
-        if out.rstrip("/") != exp["basePath"]:
-            errs.append(f"{where}: outputPath {entry.get('outputPath')!r} is not the segment base path "
-                        f"{exp['basePath']!r}")
+        check_rows_and_path(entry, exp, expected, errs, where)
         seen = {}
         for i, op in enumerate(ops):
             ow = f"{where} op {i}"
@@ -241,19 +242,7 @@ def check_file(fs, prefix, base, name, op, fentry, expected, errs, where):
     if rgm is None:
         errs.append(f"{where}: footer key row_group_metadata missing")
     else:
-        parts = [p for p in rgm.decode().split(";") if p]
-        if len(parts) != md.num_row_groups:
-            errs.append(f"{where}: row_group_metadata has {len(parts)} entries for {md.num_row_groups} row groups")
-        off = 0
-        for i, p in enumerate(parts[:md.num_row_groups]):
-            t = p.split("|")
-            if len(t) != 3 or not all(x.isdigit() for x in t):
-                errs.append(f"{where}: row_group_metadata entry {p!r} is not memSize|rowNum|rowOffset")
-                break
-            if int(t[1]) != md.row_group(i).num_rows or int(t[2]) != off:
-                errs.append(f"{where}: row_group_metadata entry {i} {p!r} != row group rows "
-                            f"{md.row_group(i).num_rows} at offset {off}")
-            off += md.row_group(i).num_rows
+        check_row_group_metadata(rgm.decode(), md, errs, where, "row group rows {rows} at offset {off}")
     if b"group_field_id_list" in kv:
         errs.append(f"{where}: footer has group_field_id_list (a V2 key, not written for V3)")
     codecs = {md.row_group(i).column(j).compression for i in range(md.num_row_groups)
@@ -344,12 +333,7 @@ def check_result_committed(result, expected):
         if "ops" in entry:
             errs.append(f"{where}: has ops {'(empty) ' if not entry['ops'] else ''}although the run committed the "
                         f"manifest itself (DataCoord would apply them a second time)")
-        if entry.get("rowCount") != exp["rows"]:
-            errs.append(f"{where}: rowCount {entry.get('rowCount')!r} != the segment's {exp['rows']} rows")
-        out = strip_bucket(entry.get("outputPath") or "", expected["bucket"])
-        if out.rstrip("/") != exp["basePath"]:
-            errs.append(f"{where}: outputPath {entry.get('outputPath')!r} is not the segment base path "
-                        f"{exp['basePath']!r}")
+        check_rows_and_path(entry, exp, expected, errs, where)
         n = exp["latestVersionAtSetup"]
         sv, v = entry.get("sourceVersion"), entry.get("version")
         if sv != n:
@@ -420,12 +404,7 @@ def verify_committed(args, result, expected, lib, props, fs, prefix, summary):
     if not errs:
         for key, entry in sorted(result["segments"].items()):
             versions[key] = check_committed_segment(lib, props, fs, prefix, exp_segs[key], entry, expected, errs)
-    if errs:
-        for e in errs:
-            log("VIOLATION " + e)
-        summary.update(ok=False, violations=errs, committed=0)
-        print(json.dumps(summary, indent=1))
-        sys.exit(2)
+    exit_on_violations(log, summary, errs, committed=0)
     source_map = load_source(args.source or expected["source"], expected)
     mismatches, reps = [], []
     for key, ver in sorted(versions.items()):
@@ -441,25 +420,12 @@ def verify_committed(args, result, expected, lib, props, fs, prefix, summary):
         ok=not mismatches, segmentsCommitted=len(reps), rowsChecked=sum(r["rows"] for r in reps),
         valuesChecked=sum(r["valuesChecked"] for r in reps), rowsWithSourceKey=sum(r["rowsWithSourceKey"] for r in reps),
         retry=None, mismatches=len(mismatches), mismatchSamples=mismatches[:30], segments=reps)
-    print(json.dumps(summary, indent=1))
-    if mismatches:
-        log(f"FAILED: {len(mismatches)} mismatch(es)")
-        sys.exit(1)
+    print_summary(log, summary, mismatches)
     log(f"OK: {len(reps)} segments committed by the run, {summary['rowsChecked']} rows and "
         f"{summary['valuesChecked']} values checked, 0 mismatches")
 
 
 # ------------------------------------------------------------------ oracle
-def same_value(a, b):
-    if a is None or b is None:
-        return a is None and b is None
-    if isinstance(a, float) and isinstance(b, float):
-        if math.isnan(a) or math.isnan(b):
-            return math.isnan(a) and math.isnan(b)
-        return struct.pack("<d", a) == struct.pack("<d", b)  # -0.0 != 0.0
-    return a == b
-
-
 def verify_segment(lib, props, exp, expected, version, source_map, mismatches, limit=20):
     pk = expected["pk"]
     fields = expected["newFields"]
@@ -468,37 +434,16 @@ def verify_segment(lib, props, exp, expected, version, source_map, mismatches, l
                                     True) for f in fields])
     _v, t = loon.read_table(lib, props, exp["basePath"], schema, version=version)
     pks = t.column(0).to_pylist()
-    checked = 0
     if pks != exp["pks"]:
         mismatches.append({"segment": exp["segmentId"], "problem": "PK column at the new version differs from the "
                            "snapshot's row order", "rows": len(pks), "expectedRows": len(exp["pks"])})
         return 0, 0
-    matched = 0
+    checked = 0
     for f in fields:
-        got = t.column(str(f["fieldId"])).to_pylist()
-        src = source_map[f["name"]]
-        for i, k in enumerate(pks):
-            want = src.get(k)
-            checked += 1
-            if not same_value(got[i], want):
-                if sum(1 for m in mismatches if m["segment"] == exp["segmentId"]) < limit:
-                    mismatches.append({"segment": exp["segmentId"], "row": i, "pk": k, "field": f["name"],
-                                       "got": repr(got[i]), "want": repr(want)})
-                else:
-                    mismatches.append({"segment": exp["segmentId"], "suppressed": True})
+        checked += compare_column(exp["segmentId"], f["name"], pks, t.column(str(f["fieldId"])).to_pylist(),
+                                  source_map[f["name"]], mismatches, limit, per_segment=True)
     matched = sum(1 for k in pks if k in source_map["__keys__"])
     return checked, matched
-
-
-def load_source(path, expected):
-    t = pq.read_table(path)
-    keys = t.column("pk").to_pylist()
-    if len(keys) != len(set(keys)):
-        raise SystemExit("source has duplicate keys: the oracle needs unique keys")
-    out = {"__keys__": set(keys)}
-    for f in expected["newFields"]:
-        out[f["name"]] = dict(zip(keys, t.column(f["name"]).to_pylist())) if f["name"] in t.column_names else {}
-    return out
 
 
 def main():
@@ -543,12 +488,7 @@ def main():
                     errs.append(f"segment {key}: sourceVersion {sv} != the current manifest version {cur} "
                                 f"(snapshot ver {exp['snapshotVersion']}); Milvus refuses such an entry. Ops are "
                                 f"applied to the current manifest: leave sourceVersion out (or 0)")
-    if errs:
-        for e in errs:
-            log("VIOLATION " + e)
-        summary.update(ok=False, violations=errs, committed=0)
-        print(json.dumps(summary, indent=1))
-        sys.exit(2)
+    exit_on_violations(log, summary, errs, committed=0)
 
     source_map = load_source(args.source or expected["source"], expected)
     rounds = 2 if args.retry else 1
@@ -587,10 +527,7 @@ def main():
         retry=("idempotent: " + ", ".join(sorted({r["action"] for r in seg_reports if r["round"] == 2})))
         if args.retry else None,
         mismatches=len(mismatches), mismatchSamples=mismatches[:30], segments=seg_reports)
-    print(json.dumps(summary, indent=1))
-    if mismatches:
-        log(f"FAILED: {len(mismatches)} mismatch(es)")
-        sys.exit(1)
+    print_summary(log, summary, mismatches)
     log(f"OK: {summary['segmentsCommitted']} segments committed, {summary['rowsChecked']} rows and "
         f"{summary['valuesChecked']} values checked, 0 mismatches")
 

@@ -29,7 +29,6 @@ Options that bend the output to exercise the checker (each must be refused or ha
                                        (negative: the manifest the result names does not exist)
 """
 import argparse
-import io
 import json
 import os
 import struct
@@ -41,6 +40,7 @@ import pyarrow.parquet as pq
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import loon  # noqa: E402
+import common  # noqa: E402
 from make_collection import arrow_type, arrow_field, pyarrow_fs, key_prefix  # noqa: E402
 
 ROW_GROUP_ROWS = 512
@@ -56,18 +56,9 @@ def read_location(storage, loc):
 
 def parquet_bytes(table, compression):
     """Parquet with the V3 footer key-values; row groups of ROW_GROUP_ROWS rows."""
-    groups, off = [], 0
-    while off < table.num_rows:
-        n = min(ROW_GROUP_ROWS, table.num_rows - off)
-        groups.append(f"{table.slice(off, n).nbytes}|{n}|{off}")
-        off += n
-    buf = io.BytesIO()
-    # store_schema=False: no ARROW:schema key (the official writer writes none); key-values added explicitly
-    w = pq.ParquetWriter(buf, table.schema, compression=compression, store_schema=False)
-    w.write_table(table, row_group_size=ROW_GROUP_ROWS)
-    w.add_key_value_metadata({"row_group_metadata": ";".join(groups), "storage_version": "1.0.0"})
-    w.close()
-    data = buf.getvalue()
+    # no ARROW:schema key (the official writer writes none); key-values added explicitly
+    data = common.parquet_bytes(table, ROW_GROUP_ROWS, compression, {
+        "row_group_metadata": common.row_group_metadata(table, ROW_GROUP_ROWS), "storage_version": "1.0.0"})
     assert data[-4:] == b"PAR1"
     footer_size = struct.unpack("<I", data[-8:-4])[0] + 8
     return data, footer_size

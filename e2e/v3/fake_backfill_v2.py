@@ -34,6 +34,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from common import parquet_bytes, row_group_metadata  # noqa: E402
 from make_collection import key_prefix, pyarrow_fs  # noqa: E402
 from make_v2_collection import PARSED_SCHEMA  # noqa: E402
 from fake_backfill import read_location  # noqa: E402
@@ -51,19 +52,10 @@ def put(fs, storage, path, data):
 
 
 def packed(table, fid, args):
-    rgm, off, rg = [], 0, 300
-    while off < table.num_rows:
-        n = min(rg, table.num_rows - off)
-        rgm.append(f"{table.slice(off, n).nbytes}|{n}|{off}")
-        off += n
+    rg = 300
     kv = {} if args.no_group_list else {"group_field_id_list": str(fid)}
-    kv.update({"row_group_metadata": ";".join(rgm), "storage_version": "1.0.0"})
-    buf = io.BytesIO()
-    w = pq.ParquetWriter(buf, table.schema, compression="zstd", store_schema=args.store_schema)
-    w.write_table(table, row_group_size=rg)
-    w.add_key_value_metadata(kv)
-    w.close()
-    return buf.getvalue()
+    kv.update({"row_group_metadata": row_group_metadata(table, rg), "storage_version": "1.0.0"})
+    return parquet_bytes(table, rg, "zstd", kv, store_schema=args.store_schema)
 
 
 def main():

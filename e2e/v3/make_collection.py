@@ -250,20 +250,21 @@ def source_table(rng, coll, all_pks):
     return pa.table(data)
 
 
-def snapshot_json(coll, bucket, entries):
+def snapshot_json(coll, parts, manifest_list, storagev2_manifest_list, create_ts=CREATE_TS):
+    """Snapshot metadata (protobuf-JSON) of `coll` over the partitions `parts`, listing its segments in
+    `manifest-list` (V2: snapshot manifest paths) or `storagev2-manifest-list` (V3: {segmentID, manifest})."""
     fields = [dict(f) for f in coll["fields"]] + [dict(f) for f in SYSTEM_FIELDS] + [dict(f) for f in coll["newFields"]]
-    parts = sorted({p for p, _s, _c, _b in coll["segments"]})
     return {
         "snapshot-info": {"name": f"{coll['name']}_backfill", "id": coll["snapshotId"], "collection_id": coll["id"],
-                          "partition_ids": parts, "create_ts": CREATE_TS},
+                          "partition_ids": parts, "create_ts": create_ts},
         "collection": {
             "schema": {"name": coll["name"], "fields": fields, "properties": [{"key": "timezone", "value": "UTC"}],
                        "version": coll["schemaVersion"]},
             "num_partitions": len(parts), "num_shards": 1,
         },
         "indexes": [],
-        "manifest-list": [],
-        "storagev2-manifest-list": entries,
+        "manifest-list": manifest_list,
+        "storagev2-manifest-list": storagev2_manifest_list,
     }
 
 
@@ -337,7 +338,14 @@ def build(coll, target, work, rng, lib, v3_commit=None):
         print(f"  segment {seg}: partition {part}, {rows} rows in {len(commits)} file(s), snapshot ver {snap_ver}"
               + (f", latest {latest}" if latest != snap_ver else ""), file=sys.stderr)
 
-    snap = snapshot_json(coll, target.bucket, entries)
+    parts = sorted({p for p, _s, _c, _b in coll["segments"]})
+    return write_collection_files(coll, target, work, rng, snapshot_json(coll, parts, [], entries), pks_all, parts,
+                                  {"v3Commit": v3_commit or "ops"}, expected_segments, v3_commit)
+
+
+def write_collection_files(coll, target, work, rng, snap, pks_all, parts, extra, expected_segments, v3_commit=None):
+    """Puts the snapshot metadata `snap` into the bucket, writes the source and the spec into WORK, and
+    expected-<coll>.json (the collection's facts, then `extra`, then the segments). Returns its path."""
     snap_key = f"{ROOT_PATH}/snapshots/{coll['id']}/metadata/{coll['snapshotId']}.json"
     snap_loc = target.put(snap_key, json.dumps(snap, indent=1).encode())
 
@@ -349,7 +357,6 @@ def build(coll, target, work, rng, lib, v3_commit=None):
     with open(spec_path, "w") as fh:
         fh.write(spec_yaml(coll, target, snap_loc, src_path, v3_commit))
 
-    parts = sorted({p for p, _s, _c, _b in coll["segments"]})
     expected = {
         "collectionId": coll["id"], "collectionName": coll["name"], "schemaVersion": coll["schemaVersion"],
         "partitionIds": parts, "bucket": target.bucket, "rootPath": ROOT_PATH,
@@ -358,30 +365,42 @@ def build(coll, target, work, rng, lib, v3_commit=None):
                        "nullable": bool(f.get("nullable")), "typeParams": f.get("type_params", [])}
                       for f in coll["newFields"]],
         "snapshot": snap_loc, "source": src_path, "spec": spec_path, "storage": target.storage,
-        "v3Commit": v3_commit or "ops", "segments": expected_segments,
+        **extra, "segments": expected_segments,
     }
     exp_path = os.path.join(work, f"expected-{coll['name']}.json")
     with open(exp_path, "w") as fh:
         json.dump(expected, fh)
     matched = len(set(src.column(0).to_pylist()) & set(pks_all))
-    print(f"{coll['name']}: {len(expected_segments)} segments, {total} rows; source {src.num_rows} rows "
+    print(f"{coll['name']}: {len(expected_segments)} segments, {len(pks_all)} rows; source {src.num_rows} rows "
           f"({matched} in segments); snapshot {snap_loc}; spec {spec_path}", file=sys.stderr)
     return exp_path
 
 
-def main():
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def arg_parser(doc, seed):
+    """The arguments of the make scripts: TARGET WORK [--bucket B] [--region R] [--seed N]."""
+    ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("target", help="local parent dir of the bucket (or file:///DIR), or s3://HOST:PORT")
     ap.add_argument("work", help="local directory for sources, specs, expectations")
     ap.add_argument("--bucket", default="a-bucket")
     ap.add_argument("--region", default="us-east-1")
-    ap.add_argument("--seed", type=int, default=20261215)
-    ap.add_argument("--v3-commit", choices=["ops", "manifest"],
-                    help="write `spec.output.v3Commit: MODE` into the specs (default: no output section = ops)")
-    args = ap.parse_args()
+    ap.add_argument("--seed", type=int, default=seed)
+    return ap
+
+
+def open_target(args):
+    """Creates WORK, and the bucket if missing; returns the Target."""
     os.makedirs(args.work, exist_ok=True)
     target = Target(args.target, args.bucket, args.region)
     target.ensure_bucket()
+    return target
+
+
+def main():
+    ap = arg_parser(__doc__, 20261215)
+    ap.add_argument("--v3-commit", choices=["ops", "manifest"],
+                    help="write `spec.output.v3Commit: MODE` into the specs (default: no output section = ops)")
+    args = ap.parse_args()
+    target = open_target(args)
     lib = loon.Library.get()
     rng = random.Random(args.seed)
     with open(os.path.join(args.work, "storage.json"), "w") as fh:

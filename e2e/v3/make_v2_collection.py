@@ -25,7 +25,6 @@ Snapshot manifests: `files/snapshots/4001/manifests/data-file-manifest-<uuid>.av
 binary record (no container header) of Milvus' `ManifestEntry` schema, format version 4
 (milvus-io/milvus internal/datacoord/snapshotio), encoded with fastavro.
 """
-import argparse
 import io
 import json
 import os
@@ -35,11 +34,12 @@ import uuid
 
 import fastavro
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from common import parquet_bytes, row_group_metadata  # noqa: E402
 from make_collection import (  # noqa: E402
-    BINARY_VECTOR, DOUBLE, INT64, ROOT_PATH, SYSTEM_FIELDS, Target, source_table, spec_yaml,
+    BINARY_VECTOR, DOUBLE, INT64, ROOT_PATH, SYSTEM_FIELDS, arg_parser, open_target, snapshot_json,
+    write_collection_files,
 )
 
 FORMAT_VERSION = 4
@@ -159,18 +159,9 @@ def packed_parquet(table):
     """Parquet bytes as milvus-storage's packed writer writes them: no ARROW:schema, ZSTD, dictionary,
     footer key-values group_field_id_list, row_group_metadata, storage_version."""
     rg = ROW_GROUP_ROWS if table.num_rows <= 10 * ROW_GROUP_ROWS else 64 * 1024
-    rgm, off = [], 0
-    while off < table.num_rows:
-        n = min(rg, table.num_rows - off)
-        rgm.append(f"{table.slice(off, n).nbytes}|{n}|{off}")
-        off += n
-    buf = io.BytesIO()
-    w = pq.ParquetWriter(buf, table.schema, compression="zstd", store_schema=False, use_dictionary=True)
-    w.write_table(table, row_group_size=rg)
-    w.add_key_value_metadata({"group_field_id_list": GROUP_FIELD_ID_LIST, "row_group_metadata": ";".join(rgm),
-                              "storage_version": "1.0.0"})
-    w.close()
-    return buf.getvalue()
+    return parquet_bytes(table, rg, "zstd", {"group_field_id_list": GROUP_FIELD_ID_LIST,
+                                             "row_group_metadata": row_group_metadata(table, rg),
+                                             "storage_version": "1.0.0"})
 
 
 def segment_columns(rng, seg, pks):
@@ -267,62 +258,18 @@ def build(target, work, rng, extra_rows=0):
         })
         print(f"  segment {seg}: partition {part}, {rows} rows in {len(log_ids)} file(s) per group", file=sys.stderr)
 
-    fields = ([dict(f) for f in coll["fields"]] + [dict(f) for f in SYSTEM_FIELDS] +
-              [dict(f) for f in coll["newFields"]])
-    snap = {
-        "format-version": FORMAT_VERSION,
-        "snapshot-info": {"name": f"{coll['name']}_backfill", "id": coll["snapshotId"], "collection_id": coll["id"],
-                          "partition_ids": [part], "create_ts": CREATE_TS},
-        "collection": {"schema": {"name": coll["name"], "fields": fields,
-                                  "properties": [{"key": "timezone", "value": "UTC"}], "version": coll["schemaVersion"]},
-                       "num_partitions": 1, "num_shards": 1},
-        "indexes": [],
-        "manifest-list": manifest_paths,
-        "storagev2-manifest-list": [],
-    }
-    snap_key = f"{ROOT_PATH}/snapshots/{coll['id']}/metadata/{coll['snapshotId']}.json"
-    snap_loc = target.put(snap_key, json.dumps(snap, indent=1).encode())
-
-    src = source_table(rng, coll, pks_all)
-    src_path = os.path.join(work, f"source-{coll['key']}.parquet")
-    pq.write_table(src, src_path, compression="zstd")
-    spec_path = os.path.join(work, f"spec-{coll['name']}.yaml")
-    with open(spec_path, "w") as fh:
-        fh.write(spec_yaml(coll, target, snap_loc, src_path))
-
-    expected = {
-        "collectionId": coll["id"], "collectionName": coll["name"], "schemaVersion": coll["schemaVersion"],
-        "partitionIds": [part], "bucket": target.bucket, "rootPath": ROOT_PATH,
-        "pk": {"fieldId": 100, "name": "pk", "dataType": INT64},
-        "newFields": [{"fieldId": f["fieldID"], "name": f["name"], "dataType": f["data_type"],
-                       "nullable": bool(f.get("nullable")), "typeParams": f.get("type_params", [])}
-                      for f in coll["newFields"]],
-        "snapshot": snap_loc, "source": src_path, "spec": spec_path, "storage": target.storage,
-        "manifestList": manifest_paths, "segments": expected_segments,
-    }
-    exp_path = os.path.join(work, f"expected-{coll['name']}.json")
-    with open(exp_path, "w") as fh:
-        json.dump(expected, fh)
-    matched = len(set(src.column(0).to_pylist()) & set(pks_all))
-    print(f"{coll['name']}: {len(expected_segments)} segments, {total} rows; source {src.num_rows} rows "
-          f"({matched} in segments); snapshot {snap_loc}; spec {spec_path}", file=sys.stderr)
-    return exp_path
+    snap = {"format-version": FORMAT_VERSION, **snapshot_json(coll, [part], manifest_paths, [], CREATE_TS)}
+    return write_collection_files(coll, target, work, rng, snap, pks_all, [part], {"manifestList": manifest_paths},
+                                  expected_segments)
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("target", help="local parent dir of the bucket (or file:///DIR), or s3://HOST:PORT")
-    ap.add_argument("work", help="local directory for sources, specs, expectations")
-    ap.add_argument("--bucket", default="a-bucket")
-    ap.add_argument("--region", default="us-east-1")
-    ap.add_argument("--seed", type=int, default=20261201)
+    ap = arg_parser(__doc__, 20261201)
     ap.add_argument("--extra-segment-rows", type=int, default=0,
                     help="add segment 4005 with this many rows (one file per group); e.g. 1100000 to get a "
                          "new column of more than 2^20 rows, which milvus-backfill writes as several files")
     args = ap.parse_args()
-    os.makedirs(args.work, exist_ok=True)
-    target = Target(args.target, args.bucket, args.region)
-    target.ensure_bucket()
+    target = open_target(args)
     rng = random.Random(args.seed)
     out = build(target, args.work, rng, args.extra_segment_rows)
     with open(os.path.join(args.work, "storage-v2.json"), "w") as fh:

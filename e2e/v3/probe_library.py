@@ -10,10 +10,10 @@ import os
 import sys
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import loon  # noqa: E402
+from common import parquet_bytes, row_group_metadata  # noqa: E402
 
 ROWS = 1000
 
@@ -45,17 +45,9 @@ def main():
     def col_file(base, rows, name="0_probe.parquet", compression="zstd", offset=0, kv=True):
         t = pa.table([pa.array([float(i + offset) for i in range(rows)], pa.float64())],
                      schema=pa.schema([fld(103, pa.float64(), True)]))
-        path = os.path.join(bucket_dir, base, "_data", name)
-        w = pq.ParquetWriter(path, t.schema, compression=compression, store_schema=False)
-        w.write_table(t, row_group_size=256)
-        if kv:
-            groups, off = [], 0
-            while off < rows:
-                n = min(256, rows - off)
-                groups.append(f"{t.slice(off, n).nbytes}|{n}|{off}")
-                off += n
-            w.add_key_value_metadata({"row_group_metadata": ";".join(groups), "storage_version": "1.0.0"})
-        w.close()
+        kvs = {"row_group_metadata": row_group_metadata(t, 256), "storage_version": "1.0.0"} if kv else None
+        with open(os.path.join(bucket_dir, base, "_data", name), "wb") as fh:
+            fh.write(parquet_bytes(t, 256, compression, kvs))
         return name
 
     def stored_paths(base, version):
@@ -96,23 +88,19 @@ def main():
         print(json.dumps(rec))
 
     full = [float(i) for i in range(ROWS)]
-    b = segment()
-    attempt("bare file name", b, [{"path": col_file(b, ROWS), "start_index": 0, "end_index": ROWS}], full)
-    b = segment()
-    n = col_file(b, ROWS)
-    attempt("full bucket-relative key {base}/_data/name", b,
-            [{"path": f"{b}/_data/{n}", "start_index": 0, "end_index": ROWS}], full)
-    b = segment()
-    n = col_file(b, ROWS)
-    attempt("_data/name (wrong)", b, [{"path": f"_data/{n}", "start_index": 0, "end_index": ROWS}], full)
-    b = segment()
-    n = col_file(b, ROWS)
-    attempt("bucket-prefixed key bkt/{base}/_data/name", b,
-            [{"path": f"bkt/{b}/_data/{n}", "start_index": 0, "end_index": ROWS}], full)
-    b = segment()
-    n = col_file(b, ROWS)
-    attempt("file metadata bytes (the only per-file extra this FFI has; no properties map)", b,
-            [{"path": n, "start_index": 0, "end_index": ROWS, "metadata": b"file_size=123;footer_size=45"}], full)
+
+    def one_file(name, path=lambda base, n: n, **extra):
+        """A new segment and one full-length column file, committed as `path(base, file name)`."""
+        b = segment()
+        n = col_file(b, ROWS)
+        attempt(name, b, [{"path": path(b, n), "start_index": 0, "end_index": ROWS, **extra}], full)
+
+    one_file("bare file name")
+    one_file("full bucket-relative key {base}/_data/name", lambda b, n: f"{b}/_data/{n}")
+    one_file("_data/name (wrong)", lambda b, n: f"_data/{n}")
+    one_file("bucket-prefixed key bkt/{base}/_data/name", lambda b, n: f"bkt/{b}/_data/{n}")
+    one_file("file metadata bytes (the only per-file extra this FFI has; no properties map)",
+             metadata=b"file_size=123;footer_size=45")
     b = segment()
     n = col_file(b, ROWS)
     attempt("one file as two ranges [0,400) + [400,1000)", b,
