@@ -15,9 +15,8 @@ use crate::manifest::Manifest;
 use crate::plan::{PkField, SegmentPlan, SkippedSegment};
 use crate::planner::{self, Planned, SegmentPlans};
 use crate::snapshot::{Snapshot, V3Entry};
-use crate::source;
 use crate::store::{Store, StoreError};
-use crate::stores::{place_key, RunLocations, RunStores, StoreCredentials};
+use crate::stores::{RunLocations, RunStores, StoreCredentials};
 use crate::targets;
 use crate::v2_planner;
 
@@ -37,17 +36,14 @@ pub async fn plan(doc: &BackfillDoc, snapshot_path: &str, creds: &StoreCredentia
         )));
     }
     let pk = planner::pk_field(&snap.collection, spec.primary_key_field_id)?;
-    let files = source::list_files(&stores.source, &place_key(&at.source_place)).await?;
-    let schema = source::inspect(&stores.source, &files, pk.pk_type, &[]).await?;
-    let new_fields = targets::bind(
-        &schema.schema,
-        schema.new_fields,
+    let (schema, new_fields) = targets::checked_source(
+        &stores.source,
+        &at.source_place,
+        pk.pk_type,
         &snap.collection.fields,
         &snap.collection_name,
-    )?;
-    source::check_keys(&stores.source, &schema.files, pk.pk_type)
-        .await?
-        .into_result()?;
+    )
+    .await?;
     let mut segments = plan_segments(&stores.storage, &at.storage_bucket, &snap, &pk).await;
     let v2 = v2_planner::plan_all(&stores.storage, spec.storage.root_path(), &snap, &pk)
         .await

@@ -94,6 +94,24 @@ impl ObjectReader {
     }
 }
 
+/// What a Parquet footer says of its file: the field IDs of its top-level columns (as
+/// milvus-storage tags them) and its row count. One ranged read of the footer.
+pub async fn footer_fields_and_rows(store: &Store, key: &str, size: u64) -> Result<(Vec<i64>, u64)> {
+    let md = ObjectReader::new(store.clone(), key.to_owned(), size)
+        .metadata()
+        .await?;
+    let ids = md
+        .file_metadata()
+        .schema_descr()
+        .root_schema()
+        .get_fields()
+        .iter()
+        .filter(|f| f.get_basic_info().has_id())
+        .map(|f| i64::from(f.get_basic_info().id()))
+        .collect();
+    Ok((ids, md.file_metadata().num_rows().max(0) as u64))
+}
+
 impl AsyncFileReader for ObjectReader {
     fn get_bytes(&mut self, range: Range<u64>) -> BoxFuture<'_, parquet::errors::Result<Bytes>> {
         self.fetch(range)

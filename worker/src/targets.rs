@@ -9,6 +9,30 @@ use crate::milvus::FieldInfo;
 use crate::plan::NewField;
 use crate::types::{self, DataType};
 
+/// The source of a run Milvus commits, checked before anything is written: its new-field
+/// columns bound to schema fields ([`bind`]), and its keys free of nulls and duplicates.
+/// What the snapshot and the live V2/V3 planners share.
+pub async fn checked_source(
+    store: &crate::store::Store,
+    place: &crate::config::Place,
+    pk_type: crate::plan::PkType,
+    fields: &[FieldInfo],
+    collection: &str,
+) -> Result<(crate::source::SourceSchema, Vec<NewField>)> {
+    let files = crate::source::list_files(store, &crate::stores::place_key(place)).await?;
+    let mut schema = crate::source::inspect(store, &files, pk_type, &[]).await?;
+    let new_fields = bind(
+        &schema.schema,
+        std::mem::take(&mut schema.new_fields),
+        fields,
+        collection,
+    )?;
+    crate::source::check_keys(store, &schema.files, pk_type)
+        .await?
+        .into_result()?;
+    Ok((schema, new_fields))
+}
+
 /// The new fields with their schema field IDs, or one error naming every column at fault.
 pub fn bind(
     source: &SchemaRef,

@@ -54,17 +54,8 @@ async fn tag_pk_group(storage: &Store, root: &str, coll: i64, e: &mut SegmentEnt
         let Ok(size) = storage.head(&key).await else {
             continue;
         };
-        let mut reader = crate::source::ObjectReader::new(storage.clone(), key, size);
-        if let Ok(md) = reader.metadata().await {
-            g.child_fields = md
-                .file_metadata()
-                .schema_descr()
-                .root_schema()
-                .get_fields()
-                .iter()
-                .filter(|f| f.get_basic_info().has_id())
-                .map(|f| i64::from(f.get_basic_info().id()))
-                .collect();
+        if let Ok((ids, _rows)) = crate::source::footer_fields_and_rows(storage, &key, size).await {
+            g.child_fields = ids;
         }
         if g.child_fields.contains(&pk_field) {
             return;

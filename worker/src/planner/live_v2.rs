@@ -10,7 +10,7 @@ use milvus_backfill_api::layout;
 
 use super::Collection;
 use crate::plan::{Binlog, SegmentInfo, SegmentPlan, STORAGE_V2};
-use crate::source::ObjectReader;
+use crate::source::footer_fields_and_rows;
 use crate::store::{ObjectMeta, Store};
 
 /// The column groups of a segment listing: group ID → files `(log ID, key, size)` in log ID
@@ -35,31 +35,6 @@ pub(super) fn groups(listing: &[ObjectMeta], prefix: &str) -> BTreeMap<i64, Vec<
     out
 }
 
-/// The field IDs of a Parquet file's top-level columns, from its footer (ranged reads).
-async fn field_ids(storage: &Store, key: &str, size: u64) -> Result<Vec<i64>, String> {
-    let md = ObjectReader::new(storage.clone(), key.to_owned(), size)
-        .metadata()
-        .await
-        .map_err(|e| e.message)?;
-    Ok(md
-        .file_metadata()
-        .schema_descr()
-        .root_schema()
-        .get_fields()
-        .iter()
-        .filter(|f| f.get_basic_info().has_id())
-        .map(|f| i64::from(f.get_basic_info().id()))
-        .collect())
-}
-
-async fn rows_of(storage: &Store, key: &str, size: u64) -> Result<u64, String> {
-    let md = ObjectReader::new(storage.clone(), key.to_owned(), size)
-        .metadata()
-        .await
-        .map_err(|e| e.message)?;
-    Ok(md.file_metadata().num_rows().max(0) as u64)
-}
-
 /// One StorageV2 segment's plan from its files, or why it cannot be backfilled.
 pub(super) async fn read_segment(
     storage: &Store,
@@ -74,15 +49,19 @@ pub(super) async fn read_segment(
         .map_err(|e| format!("cannot list {}: {e}", storage.display(&prefix)))?;
     let groups = groups(&listing, &prefix);
     let pk = coll.pk.field_id;
+    // The first file's footer names the group's fields and gives its rows: read once.
     let mut pk_group = None;
     for (group, files) in &groups {
         let (_, key, size) = &files[0];
-        if field_ids(storage, key, *size).await?.contains(&pk) {
-            pk_group = Some((*group, files));
+        let (ids, first_rows) = footer_fields_and_rows(storage, key, *size)
+            .await
+            .map_err(|e| e.message)?;
+        if ids.contains(&pk) {
+            pk_group = Some((*group, files, first_rows));
             break;
         }
     }
-    let Some((group, files)) = pk_group else {
+    let Some((group, files, first_rows)) = pk_group else {
         return Err(format!(
             "no column group under {} holds the primary key field {pk} (groups {:?}): is spec.storage the storage this Milvus uses?",
             storage.display(&prefix),
@@ -90,12 +69,21 @@ pub(super) async fn read_segment(
         ));
     };
     let mut binlogs = Vec::with_capacity(files.len());
-    for (log_id, key, size) in files {
+    for (i, (log_id, key, size)) in files.iter().enumerate() {
+        let rows = match i {
+            0 => first_rows,
+            _ => {
+                footer_fields_and_rows(storage, key, *size)
+                    .await
+                    .map_err(|e| e.message)?
+                    .1
+            }
+        };
         binlogs.push(Binlog {
             key: key.clone(),
             log_id: *log_id,
             size: *size,
-            rows: rows_of(storage, key, *size).await?,
+            rows,
         });
     }
     let total: u64 = binlogs.iter().map(|b| b.rows).sum();

@@ -13,9 +13,8 @@ use crate::error::{BackfillError, Result};
 use crate::manifest::Manifest;
 use crate::plan::{self, SegmentInfo, SegmentPlan, SkippedSegment, Triage, STORAGE_V1, STORAGE_V2, STORAGE_V3};
 use crate::snapshot_planner::{manifest_version, v3_segment};
-use crate::source;
 use crate::store::{ObjectMeta, Store, StoreError};
-use crate::stores::{place_key, RunLocations, RunStores};
+use crate::stores::{RunLocations, RunStores};
 use crate::targets;
 
 pub const NO_SNAPSHOT_WARNING: &str =
@@ -94,12 +93,14 @@ pub(super) async fn plan(spec: &EngineSpec, at: RunLocations, stores: RunStores,
              directory; remove spec.output.path",
         ));
     }
-    let files = source::list_files(&stores.source, &place_key(&at.source_place)).await?;
-    let schema = source::inspect(&stores.source, &files, coll.pk.pk_type, &[]).await?;
-    let new_fields = targets::bind(&schema.schema, schema.new_fields, &coll.info.fields, &coll.name)?;
-    source::check_keys(&stores.source, &schema.files, coll.pk.pk_type)
-        .await?
-        .into_result()?;
+    let (schema, new_fields) = targets::checked_source(
+        &stores.source,
+        &at.source_place,
+        coll.pk.pk_type,
+        &coll.info.fields,
+        &coll.name,
+    )
+    .await?;
     let mut segments = plan_segments(&stores.storage, spec.storage.root_path(), &coll).await;
     // `true`: the GC warning is about the StorageV1 export layout; V3 outputs are the segments' own files.
     segments.add_run_warnings(&coll.name, true);
