@@ -59,7 +59,11 @@ grep -q "PHASE" "$DATA/get-bf.txt" && grep -q "READY" "$DATA/get-bf.txt" && grep
 kubectl -n "$NS" wait --for=condition=Ready "bf/$RUN" --timeout=10s >/dev/null || fail "kubectl wait --for=condition=Ready"
 [ "$(kubectl -n "$NS" get bf "$RUN" -o jsonpath='{.status.conditions[?(@.type=="Reconciling")].status}/{.status.conditions[?(@.type=="Stalled")].status}')" = False/False ] ||
   fail "a succeeded Backfill is still Reconciling or Stalled"
-kubectl -n "$NS" get events --field-selector "involvedObject.name=$RUN" -o name | grep -q . || fail "no Events for the Backfill"
+# The operator's event recorder writes asynchronously: a fast run can be Succeeded before its
+# Events reach the API server, so look for up to 10 s.
+events_seen() { kubectl -n "$NS" get events --field-selector "involvedObject.name=$RUN" -o name | grep -q .; }
+for _ in $(seq 20); do events_seen && break; sleep 0.5; done
+events_seen || fail "no Events for the Backfill"
 spec_after=$(kubectl -n "$NS" get bf "$RUN" -o jsonpath='{.spec}')
 [ "$spec_before" = "$spec_after" ] || fail "the operator changed the spec"
 
