@@ -99,6 +99,28 @@ pub struct TaskOutcome {
     /// Distinct source rows this task's segments used.
     pub used_source_rows: u64,
     pub execution_time_ms: u64,
+    /// How often the source was read (one pass per group of segments), and the bytes read.
+    #[serde(default)]
+    pub source_reads: SourceReads,
+}
+
+/// Reads of the new-field source: one pass serves a whole group of segments.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SourceReads {
+    #[serde(default)]
+    pub source_passes: u32,
+    #[serde(default)]
+    pub source_bytes_read: u64,
+}
+
+impl SourceReads {
+    pub fn plus(self, other: SourceReads) -> SourceReads {
+        SourceReads {
+            source_passes: self.source_passes.saturating_add(other.source_passes),
+            source_bytes_read: self.source_bytes_read.saturating_add(other.source_bytes_read),
+        }
+    }
 }
 
 impl TaskOutcome {
@@ -143,6 +165,10 @@ pub struct BackfillResult {
     pub failed_segments: Vec<FailedSegment>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub skipped_segments: Vec<SkippedSegment>,
+    /// Passes over the source and the bytes they read (the source is read once per group of
+    /// segments, not once per segment).
+    #[serde(flatten)]
+    pub source_reads: SourceReads,
 }
 
 impl BackfillResult {
@@ -187,6 +213,7 @@ impl BackfillResult {
             segments: outcomes.into_iter().map(|o| (o.segment_id.to_string(), o)).collect(),
             failed_segments,
             skipped_segments: plan.skipped.clone(),
+            source_reads: SourceReads::default(),
         }
     }
 
@@ -251,6 +278,11 @@ impl BackfillResult {
         );
         let _ = writeln!(s, "  new-field data rows:  {}", self.total_backfill_data_rows);
         let _ = writeln!(s, "  unmatched data rows:  {}", self.unmatched_backfill_rows);
+        let _ = writeln!(
+            s,
+            "  source read:          {} pass(es), {} bytes",
+            self.source_reads.source_passes, self.source_reads.source_bytes_read
+        );
         let _ = writeln!(
             s,
             "  execution time:       {:.3}s",
@@ -415,6 +447,7 @@ mod tests {
             }],
             used_source_rows: 0,
             execution_time_ms: 0,
+            source_reads: Default::default(),
         };
         assert!(!failed(ErrorKind::SchemaValidationError).retryable());
         assert!(failed(ErrorKind::ConnectionError).retryable());

@@ -195,6 +195,9 @@ pub struct Plan {
     /// Frozen at planning (`spec.batchSize` is immutable for that reason).
     pub batch_size: BatchSize,
     pub parallelism: u32,
+    /// `spec.memoryMiB`: what one pass over the source may hold.
+    #[serde(default = "default_memory_mib", rename = "memoryMiB")]
+    pub memory_mib: u32,
     #[serde(default, skip_serializing_if = "V3CommitMode::is_ops")]
     pub v3_commit: V3CommitMode,
     pub segments: Vec<SegmentPlan>,
@@ -221,8 +224,17 @@ pub struct TaskPlan {
     pub output_place: Place,
     pub batch_size: BatchSize,
     pub root_path: String,
+    #[serde(default = "default_memory_mib", rename = "memoryMiB")]
+    pub memory_mib: u32,
     #[serde(default, skip_serializing_if = "V3CommitMode::is_ops")]
     pub v3_commit: V3CommitMode,
+}
+
+/// The memory one pass over the source may hold when the spec does not say (`spec.memoryMiB`).
+pub const DEFAULT_MEMORY_MIB: u32 = 256;
+
+fn default_memory_mib() -> u32 {
+    DEFAULT_MEMORY_MIB
 }
 
 impl TaskPlan {
@@ -240,6 +252,7 @@ impl TaskPlan {
             output_place: p.output_place.clone(),
             batch_size: p.batch_size,
             root_path: p.root_path.clone(),
+            memory_mib: p.memory_mib,
             v3_commit: p.v3_commit,
         }
     }
@@ -308,6 +321,7 @@ pub fn sample_plan() -> Plan {
         output_place: Place::Storage { prefix: String::new() },
         batch_size: BatchSize::new(10).unwrap(),
         parallelism: 1,
+        memory_mib: DEFAULT_MEMORY_MIB,
         v3_commit: V3CommitMode::Ops,
         segments: vec![],
         skipped: vec![],

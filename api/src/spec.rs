@@ -36,6 +36,12 @@ pub struct EngineSpec {
     /// Maximum segments in flight (local threads, or Jobs in a cluster). Default 4.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub parallelism: Option<u32>,
+    /// Memory, in MiB, one pass over the source may hold for the primary keys and matched values
+    /// of the segments it serves. Segments are grouped so that each group fits, and the source
+    /// is read once per group: more memory, fewer passes. Default 256. Give worker Pods about
+    /// twice this (decoding and encoding buffers come on top).
+    #[serde(default, rename = "memoryMiB", skip_serializing_if = "Option::is_none")]
+    pub memory_mib: Option<u32>,
     /// Flush the collection before planning, so that recent inserts are in sealed segments.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub flush: Option<bool>,
@@ -51,6 +57,9 @@ impl EngineSpec {
     }
     pub fn parallelism(&self) -> u32 {
         self.parallelism.unwrap_or(DEFAULT_PARALLELISM)
+    }
+    pub fn memory_mib(&self) -> u32 {
+        self.memory_mib.unwrap_or(crate::plan::DEFAULT_MEMORY_MIB)
     }
     pub fn flush(&self) -> bool {
         self.flush.unwrap_or(false)
@@ -295,6 +304,7 @@ pub fn validate(spec: &EngineSpec) -> Result<(), Vec<String>> {
     need(!spec.source.path.trim().is_empty(), "spec.source.path is empty");
     need(spec.batch_size().is_some(), "spec.batchSize must be > 0");
     need(spec.parallelism != Some(0), "spec.parallelism must be > 0");
+    need(spec.memory_mib != Some(0), "spec.memoryMiB must be > 0");
     need(
         spec.primary_key_field_id.is_none_or(|f| f >= 100),
         "spec.primaryKeyFieldId must be a user field ID (>= 100)",

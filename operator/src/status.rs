@@ -10,7 +10,7 @@ use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use milvus_backfill_api::error::ErrorKind;
 use milvus_backfill_api::outcome::SegmentOutcome;
 use milvus_backfill_api::outcome::TaskOutcome;
-use milvus_backfill_api::outcome::{BackfillResult, FailedSegment};
+use milvus_backfill_api::outcome::{BackfillResult, FailedSegment, SourceReads};
 use milvus_backfill_api::plan::Plan;
 
 use crate::crd::{
@@ -133,6 +133,7 @@ pub fn synthetic_outcome(plan: &Plan, split: TaskSplit, job: &JobView) -> TaskOu
             .collect(),
         used_source_rows: 0,
         execution_time_ms: 0,
+        source_reads: Default::default(),
     }
 }
 
@@ -276,16 +277,20 @@ pub fn build_result(
     let mut ok: Vec<SegmentOutcome> = Vec::new();
     let mut failed: Vec<FailedSegment> = Vec::new();
     let mut used = 0u64;
+    let mut reads = SourceReads::default();
     for (t, state) in states.iter().enumerate() {
         if let TaskState::Succeeded { attempt } | TaskState::Failed { attempt } = state {
             if let Some(o) = outcomes.get(t as u32, *attempt) {
                 ok.extend(o.segments.iter().cloned());
                 failed.extend(o.failed_segments.iter().cloned());
                 used = used.saturating_add(o.used_source_rows);
+                reads = reads.plus(o.source_reads);
             }
         }
     }
-    BackfillResult::build(plan, ok, failed, used.min(plan.source_rows), execution_time_ms)
+    let mut result = BackfillResult::build(plan, ok, failed, used.min(plan.source_rows), execution_time_ms);
+    result.source_reads = reads;
+    result
 }
 
 /// `done/total` for `kubectl get`.

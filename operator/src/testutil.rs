@@ -78,6 +78,7 @@ pub fn plan_with(n: usize, failed: usize) -> Plan {
         source_rows: 1_000_000,
         batch_size: BatchSize::DEFAULT,
         parallelism: 4,
+        memory_mib: 256,
         v3_commit: Default::default(),
         segments: (0..n)
             .map(|i| {
@@ -140,6 +141,7 @@ pub fn ok_outcome(plan: &Plan, spj: u32, task: u32, attempt: u32, matched: u64) 
         failed_segments: vec![],
         used_source_rows: matched * segs.len() as u64,
         execution_time_ms: 10,
+        source_reads: Default::default(),
     }
 }
 
@@ -185,6 +187,7 @@ pub fn failed_outcome(plan: &Plan, spj: u32, task: u32, attempt: u32, kind: Erro
             .collect(),
         used_source_rows: 0,
         execution_time_ms: 10,
+        source_reads: Default::default(),
     }
 }
 

@@ -174,6 +174,7 @@ fn main() {
             output_place: Place::Local { path: out_dir.clone() },
             batch_size: milvus_backfill_api::plan::BatchSize::DEFAULT,
             root_path: "files".into(),
+            memory_mib: 256,
             v3_commit: Default::default(),
         },
         segments: vec![SegmentPlan {

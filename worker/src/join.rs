@@ -35,23 +35,40 @@ impl Joined {
         batches: &[RecordBatch],
         fields: &[(String, arrow_schema::DataType)],
     ) -> Result<Self, DuplicateKeys> {
+        let pairs: Vec<(u32, u32)> = offsets
+            .iter()
+            .enumerate()
+            .flat_map(|(k, first)| {
+                std::iter::once(first)
+                    .chain(index.more_offsets(*first))
+                    .map(move |&o| (o, k as u32))
+            })
+            .collect();
+        Self::from_pairs(num_rows, &pairs, concat_values(batches, fields), fields)
+    }
+
+    /// `pairs` are `(segment offset, row of values)`; `values` are the matched rows' columns,
+    /// which a whole group of segments may share (arrays are reference-counted).
+    pub fn from_pairs(
+        num_rows: u32,
+        pairs: &[(u32, u32)],
+        values: Vec<ArrayRef>,
+        fields: &[(String, arrow_schema::DataType)],
+    ) -> Result<Self, DuplicateKeys> {
         let mut positions = vec![NO_MATCH; num_rows as usize];
         let mut dup = DuplicateKeys {
             count: 0,
             example_offsets: Vec::new(),
         };
-        for (k, &first) in offsets.iter().enumerate() {
-            let k = k as u32;
-            for &off in std::iter::once(&first).chain(index.more_offsets(first)) {
-                let slot = &mut positions[off as usize];
-                if *slot != NO_MATCH {
-                    dup.count += 1;
-                    if dup.example_offsets.len() < 5 {
-                        dup.example_offsets.push(off);
-                    }
+        for &(off, k) in pairs {
+            let slot = &mut positions[off as usize];
+            if *slot != NO_MATCH {
+                dup.count += 1;
+                if dup.example_offsets.len() < 5 {
+                    dup.example_offsets.push(off);
                 }
-                *slot = k;
             }
+            *slot = k;
         }
         if dup.count > 0 {
             return Err(dup);
@@ -64,17 +81,6 @@ impl Joined {
                 .map(|(n, t)| Field::new(n, t.clone(), true))
                 .collect::<Vec<_>>(),
         ));
-        let values = (0..fields.len())
-            .map(|c| {
-                let cols: Vec<&dyn arrow_array::Array> = batches.iter().map(|b| b.column(c).as_ref()).collect();
-                if cols.is_empty() {
-                    Ok(arrow_array::new_empty_array(&fields[c].1))
-                } else {
-                    arrow_select::concat::concat(&cols)
-                }
-            })
-            .collect::<Result<Vec<_>, _>>()
-            .expect("matched batches share the planned schema");
         Ok(Self {
             positions,
             values,
@@ -106,6 +112,21 @@ impl Joined {
             .collect();
         RecordBatch::try_new(self.schema.clone(), cols).expect("columns match the schema")
     }
+}
+
+/// The matched rows' columns, each concatenated into one array.
+pub fn concat_values(batches: &[RecordBatch], fields: &[(String, arrow_schema::DataType)]) -> Vec<ArrayRef> {
+    (0..fields.len())
+        .map(|c| {
+            let cols: Vec<&dyn arrow_array::Array> = batches.iter().map(|b| b.column(c).as_ref()).collect();
+            if cols.is_empty() {
+                Ok(arrow_array::new_empty_array(&fields[c].1))
+            } else {
+                arrow_select::concat::concat(&cols)
+            }
+        })
+        .collect::<Result<Vec<_>, _>>()
+        .expect("matched batches share the planned schema")
 }
 
 #[cfg(test)]

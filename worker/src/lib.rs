@@ -14,6 +14,7 @@ pub mod engine;
 pub mod error;
 pub mod facade;
 pub mod gc;
+pub mod groups;
 pub mod join;
 pub mod keys;
 pub mod logging;

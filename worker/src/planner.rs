@@ -218,6 +218,7 @@ pub(crate) fn assemble(spec: &EngineSpec, at: RunLocations, l: Learned) -> Resul
             .batch_size()
             .ok_or_else(|| BackfillError::config("spec.batchSize must be > 0"))?,
         parallelism: spec.parallelism(),
+        memory_mib: spec.memory_mib(),
         v3_commit: spec.v3_commit(),
         segments: l.segments.planned,
         skipped: l.segments.skipped,

@@ -1,18 +1,18 @@
 //! Running planned segments: all of a plan in-process (`run`), or one task (`segment`).
 
+use std::ops::Range;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
 use std::time::Instant;
 
-use futures_util::StreamExt;
-
 use milvus_backfill_api::layout::RunLayout;
-use milvus_backfill_api::outcome::{BackfillResult, FailedSegment, SegmentOutcome, TaskOutcome};
+use milvus_backfill_api::outcome::{BackfillResult, FailedSegment, SourceReads, TaskOutcome};
 
-use crate::engine;
+use crate::engine::Group;
 use crate::error::Result;
-use crate::plan::{Plan, Task, TaskPlan};
+use crate::groups;
+use crate::plan::{Plan, SegmentPlan, Task, TaskPlan};
 use crate::progress::Progress;
+use crate::source;
 use crate::store::Store;
 use crate::stores::RunStores;
 
@@ -39,48 +39,72 @@ impl UsedRows {
     }
 }
 
-/// Runs every planned segment with at most `plan.parallelism` in flight. A failed
+/// Runs every planned segment: one pass over the source per group of segments
+/// ([`crate::groups`]), then up to `plan.parallelism` segments written at once. A failed
 /// segment does not stop the others.
 pub async fn run_plan(plan: &Plan, stores: &RunStores, progress: &Progress) -> BackfillResult {
     let started = Instant::now();
     let tp = TaskPlan::from_plan(plan);
     let used = UsedRows::new(plan.source_rows);
     let task_id = RunLayout::of_plan(plan).local_task_id();
-    let results: Vec<(i64, i64, Result<SegmentOutcome>)> =
-        futures_util::stream::iter(plan.segments.iter().map(|seg| {
-            let (tp, task_id, used) = (&tp, &task_id, &used);
-            async move {
-                progress.started(seg.segment_id);
-                let r = engine::process_segment(stores, tp, seg, task_id, 0).await;
-                match &r {
-                    Ok(o) => {
-                        used.mark(&o.used_source_rows);
-                        progress.finished(seg.segment_id, o.row_count, None);
-                    }
-                    Err(e) => progress.finished(seg.segment_id, 0, Some(e)),
-                }
-                (seg.segment_id, seg.partition_id, r)
-            }
-        }))
-        .buffer_unordered(plan.parallelism.max(1) as usize)
-        .collect()
-        .await;
-    progress.done();
+    let group = Group {
+        stores,
+        plan: &tp,
+        task_id: &task_id,
+        attempt: 0,
+        parallelism: plan.parallelism.max(1) as usize,
+    };
+    let mut reads = SourceReads::default();
     let mut outcomes = Vec::new();
     let mut failures = Vec::new();
-    for (seg, part, r) in results {
-        match r {
-            Ok(o) => outcomes.push(o),
-            Err(e) => failures.push(FailedSegment::from_error(seg, part, &e)),
+    for range in pass_groups(stores, &tp, &plan.segments).await {
+        let segs = &plan.segments[range];
+        segs.iter().for_each(|s| progress.started(s.segment_id));
+        let done = group.process(segs).await;
+        reads = reads.plus(done.reads);
+        for (seg, r) in segs.iter().zip(done.outcomes) {
+            match r {
+                Ok(o) => {
+                    used.mark(&o.used_source_rows);
+                    progress.finished(seg.segment_id, o.row_count, None);
+                    outcomes.push(o);
+                }
+                Err(e) => {
+                    progress.finished(seg.segment_id, 0, Some(&e));
+                    failures.push(FailedSegment::from_error(seg.segment_id, seg.partition_id, &e));
+                }
+            }
         }
     }
-    BackfillResult::build(
+    progress.done();
+    let mut result = BackfillResult::build(
         plan,
         outcomes,
         failures,
         used.count(),
         started.elapsed().as_millis() as u64,
-    )
+    );
+    result.source_reads = reads;
+    result
+}
+
+/// The groups of consecutive segments that share a pass, each within the plan's memory.
+async fn pass_groups(stores: &RunStores, plan: &TaskPlan, segs: &[SegmentPlan]) -> Vec<Range<usize>> {
+    let costs = source::row_costs(&stores.source, &plan.source_files, &plan.new_fields)
+        .await
+        .unwrap_or(source::RowCosts::UNKNOWN);
+    let per_row = groups::bytes_per_row(plan.pk_field.pk_type, costs.key_bytes, costs.value_bytes);
+    let max_rows = groups::rows_per_pass(plan.memory_mib, per_row);
+    let ranges = groups::plan_groups(&segs.iter().map(|s| s.num_rows).collect::<Vec<_>>(), max_rows);
+    tracing::info!(
+        segments = segs.len(),
+        passes = ranges.len(),
+        rows_per_pass = max_rows,
+        bytes_per_row = per_row,
+        memory_mib = plan.memory_mib,
+        "segments grouped for passes over the source"
+    );
+    ranges
 }
 
 /// Writes the result JSON into the run's directory in the storage bucket, split into parts
@@ -92,25 +116,38 @@ pub async fn store_result(plan: &Plan, storage: &Store, result: &BackfillResult)
 
 pub async fn run_task(task: &Task, stores: &RunStores) -> TaskOutcome {
     let started = Instant::now();
-    let used = Arc::new(UsedRows::new(task.plan.source_rows()));
+    let used = UsedRows::new(task.plan.source_rows());
+    let group = Group {
+        stores,
+        plan: &task.plan,
+        task_id: &task.task_id,
+        attempt: task.attempt,
+        parallelism: std::thread::available_parallelism().map_or(1, |n| n.get()).clamp(1, 4),
+    };
+    let mut reads = SourceReads::default();
     let mut segments = Vec::new();
     let mut failed_segments = Vec::new();
-    for seg in &task.segments {
-        match engine::process_segment(stores, &task.plan, seg, &task.task_id, task.attempt).await {
-            Ok(o) => {
-                used.mark(&o.used_source_rows);
-                tracing::info!(
-                    segment = o.segment_id,
-                    rows = o.row_count,
-                    matched = o.matched_row_count,
-                    ms = o.execution_time_ms,
-                    "segment done"
-                );
-                segments.push(o);
-            }
-            Err(e) => {
-                tracing::error!(segment = seg.segment_id, kind = %e.kind, error = %e.message, "segment failed");
-                failed_segments.push(FailedSegment::from_error(seg.segment_id, seg.partition_id, &e));
+    for range in pass_groups(stores, &task.plan, &task.segments).await {
+        let segs = &task.segments[range];
+        let done = group.process(segs).await;
+        reads = reads.plus(done.reads);
+        for (seg, r) in segs.iter().zip(done.outcomes) {
+            match r {
+                Ok(o) => {
+                    used.mark(&o.used_source_rows);
+                    tracing::info!(
+                        segment = o.segment_id,
+                        rows = o.row_count,
+                        matched = o.matched_row_count,
+                        ms = o.execution_time_ms,
+                        "segment done"
+                    );
+                    segments.push(o);
+                }
+                Err(e) => {
+                    tracing::error!(segment = seg.segment_id, kind = %e.kind, error = %e.message, "segment failed");
+                    failed_segments.push(FailedSegment::from_error(seg.segment_id, seg.partition_id, &e));
+                }
             }
         }
     }
@@ -122,6 +159,7 @@ pub async fn run_task(task: &Task, stores: &RunStores) -> TaskOutcome {
         failed_segments,
         used_source_rows: used.count(),
         execution_time_ms: started.elapsed().as_millis() as u64,
+        source_reads: reads,
     }
 }
 

@@ -2,6 +2,7 @@
 //! streaming read that keeps only the rows whose key is in one segment.
 
 use std::ops::Range;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use arrow_array::{Array, BooleanArray, Int64Array, LargeStringArray, RecordBatch, StringArray};
@@ -31,6 +32,8 @@ pub struct ObjectReader {
     metadata: Option<Arc<ParquetMetaData>>,
     /// The whole object, when it was small enough to fetch in one request.
     whole: Option<Bytes>,
+    /// Bytes fetched from the store, shared by the readers of one pass.
+    fetched: Arc<AtomicU64>,
 }
 
 /// Objects up to this size are fetched whole: one request instead of one per column chunk.
@@ -46,7 +49,14 @@ impl ObjectReader {
             size,
             metadata: None,
             whole: None,
+            fetched: Arc::default(),
         }
+    }
+
+    /// Counts this reader's fetches into `fetched`.
+    pub fn counting(mut self, fetched: Arc<AtomicU64>) -> Self {
+        self.fetched = fetched;
+        self
     }
 
     /// Fetches the whole object now if it is small; later reads are served from memory.
@@ -57,6 +67,7 @@ impl ObjectReader {
                 .get(&self.key)
                 .await
                 .map_err(|e| BackfillError::data_read(self.store.display(&self.key), e))?;
+            self.fetched.fetch_add(b.len() as u64, Ordering::Relaxed);
             self.whole = Some(b);
         }
         Ok(())
@@ -69,10 +80,13 @@ impl ObjectReader {
                     return Ok(w.slice(range.start as usize..range.end as usize));
                 }
             }
-            self.store
+            let b = self
+                .store
                 .get_range(&self.key, range)
                 .await
-                .map_err(|e| parquet::errors::ParquetError::External(Box::new(e)))
+                .map_err(|e| parquet::errors::ParquetError::External(Box::new(e)))?;
+            self.fetched.fetch_add(b.len() as u64, Ordering::Relaxed);
+            Ok(b)
         }
         .boxed()
     }
@@ -420,6 +434,52 @@ pub async fn check_keys(store: &Store, files: &[SourceFile], pk_type: PkType) ->
     Ok(report)
 }
 
+/// What one source row costs in memory once decoded, in bytes: its key and its new-field
+/// values. From the first file's column chunk sizes, uncompressed (close to Arrow's layout).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RowCosts {
+    pub key_bytes: u64,
+    pub value_bytes: u64,
+}
+
+impl RowCosts {
+    /// What a row costs when the footer cannot tell (an empty or unreadable first file; the
+    /// scan reports an unreadable file itself).
+    pub const UNKNOWN: RowCosts = RowCosts {
+        key_bytes: 16,
+        value_bytes: 64,
+    };
+}
+
+pub async fn row_costs(store: &Store, files: &[SourceFile], new_fields: &[NewField]) -> Result<RowCosts> {
+    let Some(f) = files.first() else {
+        return Ok(RowCosts::UNKNOWN);
+    };
+    let md = ObjectReader::new(store.clone(), f.key.clone(), f.size)
+        .metadata()
+        .await?;
+    let rows = md.file_metadata().num_rows().max(0) as u64;
+    if rows == 0 {
+        return Ok(RowCosts::UNKNOWN);
+    }
+    let (mut key, mut values) = (0u64, 0u64);
+    for rg in md.row_groups() {
+        for c in rg.columns() {
+            let root = c.column_path().parts().first().map(String::as_str).unwrap_or("");
+            let size = c.uncompressed_size().max(0) as u64;
+            if root == KEY_COLUMN {
+                key += size;
+            } else if new_fields.iter().any(|nf| nf.name == root) {
+                values += size;
+            }
+        }
+    }
+    Ok(RowCosts {
+        key_bytes: key.div_ceil(rows),
+        value_bytes: values.div_ceil(rows),
+    })
+}
+
 /// Whether a row group's key statistics can overlap a segment's key range.
 fn may_match(stats: Option<&Statistics>, range: &KeyRange) -> bool {
     match (stats, range) {
@@ -452,6 +512,8 @@ pub struct Matches {
     pub row_groups_skipped: usize,
     /// Names and Arrow types of the new fields, from the source schema.
     pub fields: Vec<(String, DataType)>,
+    /// Bytes fetched from the source for this scan.
+    pub bytes_read: u64,
 }
 
 /// Streams every source file, decoding the value columns only for rows whose key
@@ -468,8 +530,9 @@ pub async fn read_matches(
     // Row groups are decoded on all cores: the scan of the source dominates a segment.
     let workers = std::thread::available_parallelism().map_or(1, |n| n.get()).clamp(1, 8);
     let value_names: Arc<Vec<String>> = Arc::new(new_fields.iter().map(|f| f.name.clone()).collect());
+    let fetched = Arc::new(AtomicU64::new(0));
     for f in files {
-        let file = OpenedFile::open(store, f, new_fields).await?;
+        let file = OpenedFile::open(store, f, new_fields, fetched.clone()).await?;
         if m.fields.is_empty() {
             m.fields = file.value_fields();
         }
@@ -495,6 +558,7 @@ pub async fn read_matches(
                     value_names: value_names.clone(),
                     index: index.clone(),
                     batch_size,
+                    fetched: fetched.clone(),
                 };
                 tokio::spawn(scan.run())
             })
@@ -509,6 +573,7 @@ pub async fn read_matches(
             m.source_rows.extend(part.source_rows);
         }
     }
+    m.bytes_read = fetched.load(Ordering::Relaxed);
     Ok(m)
 }
 
@@ -524,9 +589,9 @@ struct OpenedFile {
 }
 
 impl OpenedFile {
-    async fn open(store: &Store, f: &SourceFile, new_fields: &[NewField]) -> Result<Self> {
+    async fn open(store: &Store, f: &SourceFile, new_fields: &[NewField], fetched: Arc<AtomicU64>) -> Result<Self> {
         let what = store.display(&f.key);
-        let mut r = ObjectReader::new(store.clone(), f.key.clone(), f.size);
+        let mut r = ObjectReader::new(store.clone(), f.key.clone(), f.size).counting(fetched);
         r.prefetch_if_small().await?;
         let md = r.metadata().await?;
         let meta = ArrowReaderMetadata::try_new(md, ArrowReaderOptions::default())
@@ -646,12 +711,14 @@ struct ChunkScan {
     value_names: Arc<Vec<String>>,
     index: Arc<KeyIndex>,
     batch_size: usize,
+    fetched: Arc<AtomicU64>,
 }
 
 impl ChunkScan {
     async fn run(self) -> Result<Part> {
         let what = self.store.display(&self.key);
-        let mut reader = ObjectReader::new(self.store.clone(), self.key.clone(), self.size);
+        let mut reader =
+            ObjectReader::new(self.store.clone(), self.key.clone(), self.size).counting(self.fetched.clone());
         reader.metadata = Some(self.meta.metadata().clone());
         reader.whole = self.whole.clone();
         let builder = ParquetRecordBatchStreamBuilder::new_with_metadata(reader, self.meta.clone());

@@ -22,6 +22,14 @@ pub fn column_of(schema: &arrow_schema::Schema, field_id: i64) -> Option<usize> 
 
 /// Pushes rows `[start, end)` of `field_id`'s column in one data file into `index`.
 pub fn push_range(index: &mut KeyIndex, data: Bytes, field_id: i64, start: u64, end: u64) -> Result<(), String> {
+    for keys in read_range(data, field_id, start, end)? {
+        index.push(keys.as_ref())?;
+    }
+    Ok(())
+}
+
+/// Rows `[start, end)` of `field_id`'s column in one data file, as non-null arrays.
+pub fn read_range(data: Bytes, field_id: i64, start: u64, end: u64) -> Result<Vec<ArrayRef>, String> {
     let builder = ParquetRecordBatchReaderBuilder::try_new(data).map_err(|e| e.to_string())?;
     let col = column_of(builder.schema(), field_id).ok_or_else(|| {
         format!(
@@ -42,15 +50,16 @@ pub fn push_range(index: &mut KeyIndex, data: Bytes, field_id: i64, start: u64, 
         .with_limit((end - start) as usize)
         .build()
         .map_err(|e| e.to_string())?;
+    let mut out = Vec::new();
     for batch in reader {
         let batch: RecordBatch = batch.map_err(|e| e.to_string())?;
         let keys: &ArrayRef = batch.column(0);
         if keys.null_count() > 0 {
             return Err("the primary key column holds nulls".into());
         }
-        index.push(keys.as_ref())?;
+        out.push(keys.clone());
     }
-    Ok(())
+    Ok(out)
 }
 
 #[cfg(test)]
