@@ -7,7 +7,7 @@ E2E_STATE := $(MB_HOME)/e2e
 BIN := target/release/milvus-backfill
 DATA := target/e2e-data
 
-.PHONY: build demo test unit-test gitops-test e2e-test v3-test env-up env-down lint bench crds k8s-test operator-e2e
+.PHONY: build demo test unit-test gitops-test e2e-test v3-test env-up env-down lint bench bench-scale crds k8s-test operator-e2e
 
 build:
 	cargo build --release --workspace --locked
@@ -55,6 +55,10 @@ test: lint unit-test gitops-test v3-test e2e-test k8s-test
 
 bench: build
 	bench/run.sh
+
+# The same job over many segments (BENCH_SEGMENTS, default 200) against DuckDB and PySpark.
+bench-scale: build
+	bench/scale.sh
 
 # The Kubernetes suites (part of `make test`): builds etcd, kube-apiserver,
 # kube-controller-manager, kubectl and helm from Go modules into $(MB_HOME)/k8s (about 15 min

@@ -231,7 +231,7 @@ pub struct TaskPlan {
 }
 
 /// The memory one pass over the source may hold when the spec does not say (`spec.memoryMiB`).
-pub const DEFAULT_MEMORY_MIB: u32 = 256;
+pub const DEFAULT_MEMORY_MIB: u32 = 384;
 
 fn default_memory_mib() -> u32 {
     DEFAULT_MEMORY_MIB

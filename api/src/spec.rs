@@ -38,7 +38,7 @@ pub struct EngineSpec {
     pub parallelism: Option<u32>,
     /// Memory, in MiB, one pass over the source may hold for the primary keys and matched values
     /// of the segments it serves. Segments are grouped so that each group fits, and the source
-    /// is read once per group: more memory, fewer passes. Default 256. Give worker Pods about
+    /// is read once per group: more memory, fewer passes. Default 384. Give worker Pods about
     /// twice this (decoding and encoding buffers come on top).
     #[serde(default, rename = "memoryMiB", skip_serializing_if = "Option::is_none")]
     pub memory_mib: Option<u32>,

@@ -78,7 +78,7 @@ pub fn plan_with(n: usize, failed: usize) -> Plan {
         source_rows: 1_000_000,
         batch_size: BatchSize::DEFAULT,
         parallelism: 4,
-        memory_mib: 256,
+        memory_mib: 384,
         v3_commit: Default::default(),
         segments: (0..n)
             .map(|i| {

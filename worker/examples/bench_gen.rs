@@ -1,15 +1,16 @@
 //! Builds the benchmark's data with the project's own V1 binlog writer (which
 //! round-trips the real 2.3.5 fixtures, see tests/fixtures.rs):
-//!   - one segment of `--rows` Int64 keys (random order) as 4 PK binlogs under
-//!     `<out>/storage/milvus-bucket/files/insert_log/1/2/3/100/`;
+//!   - `<segments>` segments (default 1) sharing `<rows>` Int64 keys (random order) as PK
+//!     binlogs under `<out>/storage/milvus-bucket/files/insert_log/1/2/<segment>/100/` (4
+//!     binlogs for a single segment, 1 each otherwise);
 //!   - a new-field file of `--source-rows` rows (`pk`, `score` Float64, `label` Utf8)
 //!     holding every other segment key plus keys in no segment, shuffled;
-//!   - `segment_keys.parquet` (`row_offset`, `pk`) for the peers (DuckDB, Spark),
-//!     which do not read binlogs;
+//!   - `segment_keys.parquet` (`segment_id`, `row_offset`, `pk`) for the peers (DuckDB,
+//!     Spark), which do not read binlogs;
 //!   - `task.json` for `milvus-backfill segment --task`, reading the copy of the bucket
 //!     through a `file://` storage endpoint.
 //!
-//! Usage: cargo run --release --example bench_gen -- <out> <rows> <source_rows>
+//! Usage: cargo run --release --example bench_gen -- <out> <rows> <source_rows> [segments]
 
 use std::sync::Arc;
 
@@ -57,24 +58,19 @@ fn write_parquet(path: &std::path::Path, batch: RecordBatch, row_group: usize) {
     w.close().unwrap();
 }
 
-fn main() {
-    let args: Vec<String> = std::env::args().collect();
-    let out = std::path::PathBuf::from(args.get(1).expect("usage: bench_gen <out> <rows> <source_rows>"));
-    let rows: usize = args.get(2).map(|s| s.parse().unwrap()).unwrap_or(1_000_000);
-    let source_rows: usize = args.get(3).map(|s| s.parse().unwrap()).unwrap_or(10_000_000);
-    let mut rng = Rng(42);
-
-    // Segment keys: even numbers in random order (storage order = this order).
-    let mut seg_keys: Vec<i64> = (0..rows as i64).map(|i| i * 2).collect();
-    rng.shuffle(&mut seg_keys);
-    let (coll, part, seg, field) = (1i64, 2i64, 3i64, 100i64);
-    let root = out.join("storage/milvus-bucket");
+/// Writes one segment's keys as `files` V1 PK binlogs; log IDs 9, 1009, ... so that numeric
+/// order differs from string order.
+fn write_segment_binlogs(
+    root: &std::path::Path,
+    (coll, part, seg, field): (i64, i64, i64, i64),
+    keys: &[i64],
+    files: usize,
+) -> Vec<Binlog> {
     let dir = root.join(format!("files/insert_log/{coll}/{part}/{seg}/{field}"));
     std::fs::create_dir_all(&dir).unwrap();
     let mut binlogs = Vec::new();
-    let per = rows.div_ceil(4);
-    for (i, chunk) in seg_keys.chunks(per).enumerate() {
-        let log_id = 9 + i as i64 * 1000; // 9, 1009, ...: numeric order differs from string order
+    for (i, chunk) in keys.chunks(keys.len().div_ceil(files).max(1)).enumerate() {
+        let log_id = 9 + i as i64 * 1000;
         let w = BinlogWriter {
             collection_id: coll,
             partition_id: part,
@@ -93,6 +89,45 @@ fn main() {
             log_id,
             size: bytes.len() as u64,
             rows: chunk.len() as u64,
+        });
+    }
+    binlogs
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let out = std::path::PathBuf::from(args.get(1).expect("usage: bench_gen <out> <rows> <source_rows>"));
+    let rows: usize = args.get(2).map(|s| s.parse().unwrap()).unwrap_or(1_000_000);
+    let source_rows: usize = args.get(3).map(|s| s.parse().unwrap()).unwrap_or(10_000_000);
+    let segments: usize = args.get(4).map(|s| s.parse().unwrap()).unwrap_or(1);
+    let mut rng = Rng(42);
+
+    // Segment keys: even numbers in random order (storage order = this order).
+    let mut seg_keys: Vec<i64> = (0..rows as i64).map(|i| i * 2).collect();
+    rng.shuffle(&mut seg_keys);
+    let (coll, part, field) = (1i64, 2i64, 100i64);
+    let root = out.join("storage/milvus-bucket");
+    let per_segment = rows.div_ceil(segments.max(1));
+    let out_dir = out.join("out");
+    let mut plans = Vec::new();
+    let (mut key_segments, mut key_offsets) = (Vec::new(), Vec::new());
+    for (s, keys) in seg_keys.chunks(per_segment.max(1)).enumerate() {
+        let seg = 3 + s as i64;
+        let binlogs = write_segment_binlogs(&root, (coll, part, seg, field), keys, if segments == 1 { 4 } else { 1 });
+        key_segments.extend(std::iter::repeat_n(seg, keys.len()));
+        key_offsets.extend(0..keys.len() as i64);
+        plans.push(SegmentPlan {
+            segment_id: seg,
+            partition_id: part,
+            partition_name: "_default".into(),
+            num_rows: keys.len() as u64,
+            storage_version: 0,
+            pk_binlogs: binlogs,
+            output_dir: format!(
+                "{}/{coll}/{part}/{seg}/new_field",
+                out_dir.strip_prefix("/").unwrap().display()
+            ),
+            v3: None,
         });
     }
 
@@ -118,13 +153,15 @@ fn main() {
     write_parquet(&src_path, RecordBatch::try_new(schema, cols).unwrap(), 128 * 1024);
 
     let ks = Arc::new(Schema::new(vec![
+        Field::new("segment_id", DataType::Int64, false),
         Field::new("row_offset", DataType::Int64, false),
         Field::new("pk", DataType::Int64, false),
     ]));
     let kb = RecordBatch::try_new(
         ks,
         vec![
-            Arc::new(Int64Array::from_iter_values(0..rows as i64)),
+            Arc::new(Int64Array::from(key_segments)),
+            Arc::new(Int64Array::from(key_offsets)),
             Arc::new(Int64Array::from(seg_keys)),
         ],
     )
@@ -137,7 +174,6 @@ fn main() {
         use_ssl: false,
     };
     let size = std::fs::metadata(&src_path).unwrap().len();
-    let out_dir = out.join("out");
     let task = Task {
         task_id: "bench".into(),
         attempt: 0,
@@ -174,26 +210,14 @@ fn main() {
             output_place: Place::Local { path: out_dir.clone() },
             batch_size: milvus_backfill_api::plan::BatchSize::DEFAULT,
             root_path: "files".into(),
-            memory_mib: 256,
+            memory_mib: 384,
             v3_commit: Default::default(),
         },
-        segments: vec![SegmentPlan {
-            segment_id: seg,
-            partition_id: part,
-            partition_name: "_default".into(),
-            num_rows: rows as u64,
-            storage_version: 0,
-            pk_binlogs: binlogs,
-            output_dir: format!(
-                "{}/{coll}/{part}/{seg}/new_field",
-                out_dir.strip_prefix("/").unwrap().display()
-            ),
-            v3: None,
-        }],
+        segments: plans,
     };
     std::fs::write(out.join("task.json"), serde_json::to_vec_pretty(&task).unwrap()).unwrap();
     eprintln!(
-        "bench data in {}: segment {rows} rows, source {source_rows} rows ({size} bytes)",
+        "bench data in {}: {segments} segment(s), {rows} rows, source {source_rows} rows ({size} bytes)",
         out.display()
     );
 }

@@ -7,36 +7,46 @@ use std::ops::Range;
 
 use crate::keys::{KeyIndex, PkType};
 
-/// The default memory a pass may hold for its keys and matched values (`spec.memoryMiB`).
-pub const DEFAULT_MEMORY_MIB: u32 = 256;
-
-/// What one segment row costs a pass, in bytes: its entry in the key index (hash map slot
-/// and prefilter bits, sized for the worst load factor), its position in the join, and the
-/// source values it may match (at most one source row per segment row).
-pub fn bytes_per_row(pk: PkType, avg_key_bytes: u64, value_bytes_per_source_row: u64) -> u64 {
-    let index = match pk {
-        // (i64, u32) buckets of 16 bytes and a control byte, at a load factor down to 0.44.
-        PkType::Int64 => 40,
-        // A boxed str (16 bytes) and its heap block, a u32, a control byte.
-        PkType::VarChar => 64 + avg_key_bytes,
-    };
-    index + 4 + value_bytes_per_source_row
+/// What a pass holds for `rows` segment rows, in bytes: the key index (hash map buckets
+/// and the prefilter, sized exactly as [`KeyIndex::new`] and [`KeyIndex::seal`] size them),
+/// the join's positions, and the source values those rows may match (at most one source row
+/// per segment row). An upper bound: the match rate is not known before the pass.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct PassCost {
+    pub pk: PkType,
+    /// Average key bytes (VarChar keys live on the heap, one allocation each).
+    pub key_bytes: u64,
+    pub value_bytes_per_source_row: u64,
 }
 
-/// The most segment rows one pass may hold within `memory_mib`.
-pub fn rows_per_pass(memory_mib: u32, bytes_per_row: u64) -> u64 {
-    (u64::from(memory_mib.max(1)) << 20) / bytes_per_row.max(1)
+impl PassCost {
+    pub fn bytes(&self, rows: u64) -> u64 {
+        // hashbrown: a power of two of buckets at most 7/8 full, each an entry and a control byte.
+        let buckets = (rows.saturating_mul(8).div_ceil(7)).max(1).next_power_of_two();
+        let entry = match self.pk {
+            PkType::Int64 => 16 + 1,
+            // A boxed str and its heap block (rounded to 16 bytes), a u32, a control byte.
+            PkType::VarChar => 24 + 1,
+        };
+        let heap_keys = match self.pk {
+            PkType::Int64 => 0,
+            PkType::VarChar => rows * self.key_bytes.div_ceil(16) * 16,
+        };
+        // The prefilter: ~16 bits per key, a power of two of 64-bit words.
+        let filter = (rows * 16 / 64).max(1).next_power_of_two() * 8;
+        buckets * entry + heap_keys + filter + rows * (4 + self.value_bytes_per_source_row)
+    }
 }
 
-/// Consecutive runs of segments whose rows together stay within `max_rows` (and within the
-/// 2^32 rows a group index can address). A segment larger than that is a group alone: it
-/// needs its own keys in memory whatever the budget, as before groups existed.
-pub fn plan_groups(rows: &[u64], max_rows: u64) -> Vec<Range<usize>> {
-    let limit = max_rows.clamp(1, u64::from(u32::MAX));
+/// Consecutive runs of segments whose pass fits `budget_bytes` (and whose rows a u32 group
+/// offset can address). A segment that does not fit alone is a group alone: it needs its own
+/// keys in memory whatever the budget, as before groups existed.
+pub fn plan_groups(rows: &[u64], budget_bytes: u64, cost: &PassCost) -> Vec<Range<usize>> {
+    let fits = |total: u64| total <= u64::from(u32::MAX) && cost.bytes(total) <= budget_bytes;
     let mut groups = Vec::new();
     let (mut start, mut total) = (0usize, 0u64);
     for (i, &r) in rows.iter().enumerate() {
-        if i > start && total + r > limit {
+        if i > start && !fits(total + r) {
             groups.push(start..i);
             (start, total) = (i, 0);
         }
@@ -100,34 +110,77 @@ mod tests {
 
     #[test]
     fn groups_fill_up_to_the_budget_and_keep_the_segment_order() {
-        assert_eq!(plan_groups(&[10, 10, 10, 10, 10], 25), vec![0..2, 2..4, 4..5]);
-        assert_eq!(plan_groups(&[10, 10, 10], 30), vec![0..3]);
-        assert_eq!(plan_groups(&[], 30), Vec::<Range<usize>>::new());
+        let cost = PassCost {
+            pk: PkType::Int64,
+            key_bytes: 8,
+            value_bytes_per_source_row: 20,
+        };
+        let one = cost.bytes(1000);
+        assert_eq!(plan_groups(&[1000, 1000, 1000], cost.bytes(3000), &cost), vec![0..3]);
+        assert_eq!(
+            plan_groups(&[1000, 1000, 1000], cost.bytes(3000) - 1, &cost),
+            vec![0..2, 2..3]
+        );
+        assert_eq!(
+            plan_groups(&[1000, 1000, 1000], cost.bytes(2000), &cost),
+            vec![0..2, 2..3]
+        );
+        assert_eq!(plan_groups(&[1000, 1000, 1000], one, &cost), vec![0..1, 1..2, 2..3]);
+        assert_eq!(plan_groups(&[], one, &cost), Vec::<Range<usize>>::new());
     }
 
     #[test]
     fn a_segment_over_the_budget_is_a_group_alone() {
-        assert_eq!(plan_groups(&[5, 100, 5, 5], 20), vec![0..1, 1..2, 2..4]);
-        assert_eq!(plan_groups(&[100], 0), vec![0..1]);
+        let cost = PassCost {
+            pk: PkType::Int64,
+            key_bytes: 8,
+            value_bytes_per_source_row: 0,
+        };
+        let budget = cost.bytes(20);
+        assert_eq!(plan_groups(&[5, 100, 5, 5], budget, &cost), vec![0..1, 1..2, 2..4]);
+        assert_eq!(plan_groups(&[100], 0, &cost), vec![0..1]);
     }
 
     #[test]
     fn groups_never_exceed_what_a_u32_offset_addresses() {
+        let cost = PassCost {
+            pk: PkType::Int64,
+            key_bytes: 8,
+            value_bytes_per_source_row: 0,
+        };
         let big = u64::from(u32::MAX) / 2 + 1;
-        assert_eq!(plan_groups(&[big, big], u64::MAX), vec![0..1, 1..2]);
+        assert_eq!(plan_groups(&[big, big], u64::MAX, &cost), vec![0..1, 1..2]);
     }
 
+    /// The estimate follows the index's real layout: a power of two of buckets, so one more
+    /// row past a power-of-two boundary doubles the map; VarChar keys add their heap blocks.
     #[test]
-    fn the_budget_sets_the_rows_per_pass() {
-        let per_row = bytes_per_row(PkType::Int64, 8, 20);
-        assert_eq!(per_row, 64);
-        assert_eq!(rows_per_pass(256, per_row), 256 * 1024 * 1024 / 64);
-        assert!(bytes_per_row(PkType::VarChar, 36, 0) > bytes_per_row(PkType::Int64, 8, 0));
-        assert_eq!(
-            rows_per_pass(0, 0),
-            1 << 20,
-            "a zero budget or cost is clamped, never a division by zero"
-        );
+    fn the_cost_follows_the_index_layout() {
+        let int = PassCost {
+            pk: PkType::Int64,
+            key_bytes: 8,
+            value_bytes_per_source_row: 0,
+        };
+        // 7 rows fit 8 buckets; 8 rows need 16.
+        assert_eq!(int.bytes(7) - 7 * 4, 8 * 17 + 8);
+        assert_eq!(int.bytes(8) - 8 * 4, 16 * 17 + 16);
+        let s = PassCost {
+            pk: PkType::VarChar,
+            key_bytes: 36,
+            value_bytes_per_source_row: 0,
+        };
+        assert_eq!(s.bytes(7) - int.bytes(7), 8 * 8 + 7 * 48);
+        let with_values = PassCost {
+            value_bytes_per_source_row: 100,
+            ..int
+        };
+        assert_eq!(with_values.bytes(1000) - int.bytes(1000), 100 * 1000);
+        // 5M Int64 rows with 26 value bytes each: the benchmark's one pass fits 384 MiB.
+        let bench = PassCost {
+            value_bytes_per_source_row: 26,
+            ..int
+        };
+        assert!(bench.bytes(5_000_000) < 384 << 20);
     }
 
     #[test]

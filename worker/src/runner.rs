@@ -93,14 +93,17 @@ async fn pass_groups(stores: &RunStores, plan: &TaskPlan, segs: &[SegmentPlan]) 
     let costs = source::row_costs(&stores.source, &plan.source_files, &plan.new_fields)
         .await
         .unwrap_or(source::RowCosts::UNKNOWN);
-    let per_row = groups::bytes_per_row(plan.pk_field.pk_type, costs.key_bytes, costs.value_bytes);
-    let max_rows = groups::rows_per_pass(plan.memory_mib, per_row);
-    let ranges = groups::plan_groups(&segs.iter().map(|s| s.num_rows).collect::<Vec<_>>(), max_rows);
+    let cost = groups::PassCost {
+        pk: plan.pk_field.pk_type,
+        key_bytes: costs.key_bytes,
+        value_bytes_per_source_row: costs.value_bytes,
+    };
+    let budget = u64::from(plan.memory_mib) << 20;
+    let ranges = groups::plan_groups(&segs.iter().map(|s| s.num_rows).collect::<Vec<_>>(), budget, &cost);
     tracing::info!(
         segments = segs.len(),
         passes = ranges.len(),
-        rows_per_pass = max_rows,
-        bytes_per_row = per_row,
+        value_bytes_per_row = costs.value_bytes,
         memory_mib = plan.memory_mib,
         "segments grouped for passes over the source"
     );

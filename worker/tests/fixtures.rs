@@ -293,7 +293,7 @@ async fn case(collection: &str, segment: &str, pk_type: PkType) -> (Case, Vec<Va
         },
         batch_size: milvus_backfill_api::plan::BatchSize::new(100).unwrap(),
         root_path: "files".into(),
-        memory_mib: 256,
+        memory_mib: 384,
         v3_commit: Default::default(),
     };
     let seg = SegmentPlan {
@@ -514,7 +514,7 @@ async fn a_failed_segment_does_not_stop_the_others() {
         output_place: a.plan.output_place.clone(),
         batch_size: milvus_backfill_api::plan::BatchSize::new(100).unwrap(),
         parallelism: 2,
-        memory_mib: 256,
+        memory_mib: 384,
         v3_commit: Default::default(),
         segments: vec![seg_a, broken],
         skipped: vec![],
