@@ -103,14 +103,14 @@ impl BlockedBloom {
 }
 
 #[inline]
-fn hash_i64(k: i64) -> u64 {
+pub(crate) fn hash_i64(k: i64) -> u64 {
     let mut h = FastHasher::default();
     h.write_i64(k);
     h.finish()
 }
 
 #[inline]
-fn hash_str(k: &str) -> u64 {
+pub(crate) fn hash_str(k: &str) -> u64 {
     let mut h = FastHasher::default();
     h.write(k.as_bytes());
     h.finish()

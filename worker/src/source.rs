@@ -376,62 +376,153 @@ impl KeyReport {
     }
 }
 
-/// Reads only the key column of every file; sorting the keys finds duplicates in
-/// O(n log n) with 8 bytes per Int64 key.
+/// The memory the key check may hold when planning (keys of one pass, sorted in place).
+pub const KEY_CHECK_BUDGET_BYTES: u64 = 256 << 20;
+
+/// Null and duplicate keys over all source files, within [`KEY_CHECK_BUDGET_BYTES`].
 pub async fn check_keys(store: &Store, files: &[SourceFile], pk_type: PkType) -> Result<KeyReport> {
+    check_keys_within(store, files, pk_type, KEY_CHECK_BUDGET_BYTES).await
+}
+
+/// Reads only the key column. The keys are split by hash into as many passes as the budget
+/// needs; each pass keeps and sorts the keys of its share, so two equal keys always meet in
+/// the same pass, wherever they sit (another file, another row group). Nulls and rows are
+/// counted in the first pass. Memory: the budget, whatever the source size; reads: the key
+/// column once per pass.
+pub async fn check_keys_within(store: &Store, files: &[SourceFile], pk_type: PkType, budget: u64) -> Result<KeyReport> {
+    let per_key = match pk_type {
+        PkType::Int64 => 8,
+        // A boxed str and its heap block, rounded up to 16 bytes.
+        PkType::VarChar => 16 + row_costs_key(store, files).await?.div_ceil(16) * 16,
+    };
+    let rows: u64 = files.iter().map(|f| f.rows).sum();
+    let passes = rows.saturating_mul(per_key).div_ceil(budget.max(1)).max(1);
     let mut report = KeyReport::default();
-    let mut ints: Vec<i64> = Vec::new();
-    let mut strs: Vec<Box<str>> = Vec::new();
-    for f in files {
-        let r = ObjectReader::new(store.clone(), f.key.clone(), f.size);
-        let what = store.display(&f.key);
-        let b = ParquetRecordBatchStreamBuilder::new(r)
-            .await
-            .map_err(|e| BackfillError::data_read(&what, e))?;
-        let idx = b
-            .schema()
-            .index_of(KEY_COLUMN)
-            .map_err(|e| BackfillError::data_read(&what, e))?;
-        let mask = ProjectionMask::roots(b.parquet_schema(), [idx]);
-        let mut stream = b
-            .with_projection(mask)
-            .with_batch_size(64 * 1024)
-            .build()
-            .map_err(|e| BackfillError::data_read(&what, e))?;
-        while let Some(batch) = stream.next().await {
-            let batch = batch.map_err(|e| BackfillError::data_read(&what, e))?;
-            let col = batch.column(0);
-            report.rows += col.len() as u64;
-            report.nulls += col.null_count() as u64;
-            match pk_type {
-                PkType::Int64 => {
-                    let a = col.as_any().downcast_ref::<Int64Array>().expect("checked type");
-                    ints.extend(a.iter().flatten());
+    for pass in 0..passes {
+        let mut keys = PassKeys::new(pk_type, pass, passes);
+        for f in files {
+            let counted = scan_key_column(store, f, &mut keys).await?;
+            if pass == 0 {
+                report.rows += counted.rows;
+                report.nulls += counted.nulls;
+            }
+        }
+        keys.find_duplicates(&mut report);
+    }
+    if passes > 1 {
+        tracing::info!(
+            passes,
+            rows,
+            "source keys checked in passes within the key check's memory"
+        );
+    }
+    Ok(report)
+}
+
+/// Average bytes of a key as the footer tells (VarChar lengths included).
+async fn row_costs_key(store: &Store, files: &[SourceFile]) -> Result<u64> {
+    Ok(row_costs(store, files, &[]).await?.key_bytes)
+}
+
+/// Rows and nulls of one file's key column, its keys of this pass handed to `keys`.
+struct Counted {
+    rows: u64,
+    nulls: u64,
+}
+
+async fn scan_key_column(store: &Store, f: &SourceFile, keys: &mut PassKeys) -> Result<Counted> {
+    let r = ObjectReader::new(store.clone(), f.key.clone(), f.size);
+    let what = store.display(&f.key);
+    let b = ParquetRecordBatchStreamBuilder::new(r)
+        .await
+        .map_err(|e| BackfillError::data_read(&what, e))?;
+    let idx = b
+        .schema()
+        .index_of(KEY_COLUMN)
+        .map_err(|e| BackfillError::data_read(&what, e))?;
+    let mask = ProjectionMask::roots(b.parquet_schema(), [idx]);
+    let mut stream = b
+        .with_projection(mask)
+        .with_batch_size(64 * 1024)
+        .build()
+        .map_err(|e| BackfillError::data_read(&what, e))?;
+    let mut counted = Counted { rows: 0, nulls: 0 };
+    while let Some(batch) = stream.next().await {
+        let batch = batch.map_err(|e| BackfillError::data_read(&what, e))?;
+        let col = batch.column(0);
+        counted.rows += col.len() as u64;
+        counted.nulls += col.null_count() as u64;
+        keys.take(col.as_ref());
+    }
+    Ok(counted)
+}
+
+/// The keys of one pass: those whose hash falls in this pass's share.
+struct PassKeys {
+    pass: u64,
+    passes: u64,
+    ints: Vec<i64>,
+    strs: Vec<Box<str>>,
+    pk_type: PkType,
+}
+
+impl PassKeys {
+    fn new(pk_type: PkType, pass: u64, passes: u64) -> Self {
+        Self {
+            pass,
+            passes,
+            ints: Vec::new(),
+            strs: Vec::new(),
+            pk_type,
+        }
+    }
+
+    fn mine(&self, hash: u64) -> bool {
+        self.passes == 1 || hash % self.passes == self.pass
+    }
+
+    fn take(&mut self, col: &dyn Array) {
+        match self.pk_type {
+            PkType::Int64 => {
+                let a = col.as_any().downcast_ref::<Int64Array>().expect("checked type");
+                let kept: Vec<i64> = a
+                    .iter()
+                    .flatten()
+                    .filter(|&k| self.mine(crate::keys::hash_i64(k)))
+                    .collect();
+                self.ints.extend(kept);
+            }
+            PkType::VarChar => {
+                let mut add = |k: &str| {
+                    if self.mine(crate::keys::hash_str(k)) {
+                        self.strs.push(Box::from(k));
+                    }
+                };
+                if let Some(a) = col.as_any().downcast_ref::<StringArray>() {
+                    a.iter().flatten().for_each(&mut add);
+                } else if let Some(a) = col.as_any().downcast_ref::<LargeStringArray>() {
+                    a.iter().flatten().for_each(&mut add);
                 }
-                PkType::VarChar => {
-                    if let Some(a) = col.as_any().downcast_ref::<StringArray>() {
-                        strs.extend(a.iter().flatten().map(Box::from));
-                    } else if let Some(a) = col.as_any().downcast_ref::<LargeStringArray>() {
-                        strs.extend(a.iter().flatten().map(Box::from));
+            }
+        }
+    }
+
+    fn find_duplicates(mut self, report: &mut KeyReport) {
+        fn dups<T: Ord + std::fmt::Debug>(v: &mut [T], report: &mut KeyReport) {
+            v.sort_unstable();
+            for w in v.windows(2) {
+                if w[0] == w[1] {
+                    report.duplicates += 1;
+                    let example = format!("{:?}", w[0]);
+                    if report.examples.len() < 5 && !report.examples.contains(&example) {
+                        report.examples.push(example);
                     }
                 }
             }
         }
+        dups(&mut self.ints, report);
+        dups(&mut self.strs, report);
     }
-    fn dups<T: Ord + Clone + std::fmt::Debug>(v: &mut [T], report: &mut KeyReport) {
-        v.sort_unstable();
-        for w in v.windows(2) {
-            if w[0] == w[1] {
-                report.duplicates += 1;
-                if report.examples.len() < 5 && report.examples.last() != Some(&format!("{:?}", w[0])) {
-                    report.examples.push(format!("{:?}", w[0]));
-                }
-            }
-        }
-    }
-    dups(&mut ints, &mut report);
-    dups(&mut strs, &mut report);
-    Ok(report)
 }
 
 /// What one source row costs in memory once decoded, in bytes: its key and its new-field
@@ -835,6 +926,111 @@ impl PredicateState {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Writes `(pk)` Parquet files into a directory, `rows_per_group` rows per row group.
+    fn key_files(
+        dir: &std::path::Path,
+        files: &[(&str, arrow_array::ArrayRef)],
+        rows_per_group: usize,
+    ) -> Vec<SourceFile> {
+        let mut out = Vec::new();
+        let mut first_row = 0;
+        for (name, keys) in files {
+            let schema = Arc::new(arrow_schema::Schema::new(vec![arrow_schema::Field::new(
+                KEY_COLUMN,
+                keys.data_type().clone(),
+                true,
+            )]));
+            let batch = RecordBatch::try_new(schema.clone(), vec![keys.clone()]).unwrap();
+            let props = parquet::file::properties::WriterProperties::builder()
+                .set_max_row_group_row_count(Some(rows_per_group))
+                .build();
+            let path = dir.join(name);
+            let mut w =
+                parquet::arrow::ArrowWriter::try_new(std::fs::File::create(&path).unwrap(), schema, Some(props))
+                    .unwrap();
+            w.write(&batch).unwrap();
+            w.close().unwrap();
+            out.push(SourceFile {
+                key: (*name).to_owned(),
+                size: std::fs::metadata(&path).unwrap().len(),
+                rows: keys.len() as u64,
+                first_row,
+            });
+            first_row += keys.len() as u64;
+        }
+        out
+    }
+
+    /// A duplicate split over two files (and row groups) and a null key are found, in one pass
+    /// and in as many passes as there are rows; the report is the same either way.
+    #[tokio::test]
+    async fn the_key_check_finds_duplicates_across_files_in_any_number_of_passes() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = Store::Local {
+            root: tmp.path().to_path_buf(),
+        };
+        let files = key_files(
+            tmp.path(),
+            &[
+                (
+                    "a.parquet",
+                    Arc::new(Int64Array::from(vec![Some(1), Some(2), Some(3), None])),
+                ),
+                ("b.parquet", Arc::new(Int64Array::from(vec![Some(4), Some(5), Some(2)]))),
+            ],
+            2,
+        );
+        let expected = KeyReport {
+            rows: 7,
+            nulls: 1,
+            duplicates: 1,
+            examples: vec!["2".into()],
+        };
+        for budget in [u64::MAX, 8, 16] {
+            let r = check_keys_within(&store, &files, PkType::Int64, budget).await.unwrap();
+            assert_eq!(r, expected, "budget {budget}");
+        }
+        let e = expected.into_result().unwrap_err();
+        assert!(e.message.contains("1 row(s) with a null `pk`"), "{}", e.message);
+        assert!(e.message.contains("1 duplicate `pk` value(s), e.g. 2"), "{}", e.message);
+    }
+
+    #[tokio::test]
+    async fn the_key_check_of_varchar_keys_splits_by_hash_too() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = Store::Local {
+            root: tmp.path().to_path_buf(),
+        };
+        let keys: Vec<String> = (0..100).map(|i| format!("key-{i}")).collect();
+        let mut second: Vec<String> = (100..150).map(|i| format!("key-{i}")).collect();
+        second.push("key-7".into());
+        second.push("key-42".into());
+        let files = key_files(
+            tmp.path(),
+            &[
+                ("a.parquet", Arc::new(StringArray::from(keys))),
+                ("b.parquet", Arc::new(StringArray::from(second))),
+            ],
+            16,
+        );
+        for budget in [u64::MAX, 1024] {
+            let r = check_keys_within(&store, &files, PkType::VarChar, budget)
+                .await
+                .unwrap();
+            assert_eq!((r.rows, r.nulls, r.duplicates), (152, 0, 2), "budget {budget}");
+            let mut ex = r.examples.clone();
+            ex.sort();
+            assert_eq!(ex, vec!["\"key-42\"", "\"key-7\""]);
+        }
+        let clean = key_files(
+            tmp.path(),
+            &[("c.parquet", Arc::new(StringArray::from(vec!["x", "y"])))],
+            1,
+        );
+        let r = check_keys_within(&store, &clean, PkType::VarChar, 1).await.unwrap();
+        assert_eq!(r.into_result().unwrap(), 2);
+    }
 
     #[test]
     fn ranges_coalesce_within_the_gap() {
