@@ -104,7 +104,7 @@ transitions0=$(kubectl -n "$NS" get lease "$LEASE" -o jsonpath='{.spec.leaseTran
 
 RUN2=op2-$(date +%s)
 GATE=$RUN2-gate
-sed -e "s/name: $RUN,/name: $RUN2,/" -e "s#backfill-out/$RUN\"#backfill-out/$RUN2\"#" -e 's/parallelism: 2/parallelism: 1/' \
+sed -e "s/name: $RUN,/name: $RUN2,/" -e "s#backfill-out/$RUN\"#backfill-out/$RUN2\"#" -e 's/parallelism: 2/parallelism: 1\n  segmentsPerJob: 1/' \
   -e "s#worker: {image: milvus-backfill:e2e}#worker: {image: milvus-backfill:e2e, env: [{name: OP_GATE, valueFrom: {secretKeyRef: {name: $GATE, key: open}}}]}#" \
   "$DATA/backfill.yaml" >"$DATA/backfill2.yaml"
 grep -q "$GATE" "$DATA/backfill2.yaml" || fail "backfill2.yaml was not derived"

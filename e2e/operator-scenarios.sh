@@ -53,6 +53,7 @@ spec:
   storage: {endpoint: "$S3_ENDPOINT", bucket: $S3_BUCKET, credentialsSecretRef: {name: minio-creds}}
   source: {path: "s3://$DATA_BUCKET/$COLL/multi/"}
   output: {path: "s3://$S3_BUCKET/backfill-out/$name"}
+  segmentsPerJob: 1
 YAML
   for l in "$@"; do echo "  $l"; done
 }

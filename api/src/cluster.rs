@@ -18,7 +18,6 @@ use serde::{Deserialize, Serialize};
 
 pub use crate::spec::EngineSpec;
 
-pub const DEFAULT_SEGMENTS_PER_JOB: u32 = 1;
 pub const DEFAULT_MAX_ATTEMPTS: u32 = 3;
 pub const DEFAULT_BACKOFF_SECONDS: u32 = 10;
 /// Upper bound of the exponential retry delay.
@@ -103,7 +102,9 @@ pub struct BackfillSpec {
     /// The worker Jobs' pod: image, placement, resources.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub worker: Option<WorkerSpec>,
-    /// Segments per Job (task). Default 1. Immutable: it splits the plan into tasks.
+    /// Segments per Job (task). A Job reads the source once per group of its segments that fits
+    /// `memoryMiB`, so fewer, larger tasks read it less often. Default: the planned segments
+    /// split evenly over `parallelism` Jobs. Immutable: it splits the plan into tasks.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1))]
     pub segments_per_job: Option<u32>,
@@ -125,8 +126,15 @@ pub struct BackfillSpec {
 }
 
 impl BackfillSpec {
-    pub fn segments_per_job(&self) -> u32 {
-        self.segments_per_job.unwrap_or(DEFAULT_SEGMENTS_PER_JOB).max(1)
+    /// `segmentsPerJob`, or `planned` segments split evenly over `parallelism` Jobs.
+    pub fn segments_per_job(&self, planned: usize) -> u32 {
+        match self.segments_per_job {
+            Some(n) => n.max(1),
+            None => {
+                let per = planned.div_ceil(self.parallelism().max(1) as usize);
+                u32::try_from(per).unwrap_or(u32::MAX).max(1)
+            }
+        }
     }
     pub fn suspend(&self) -> bool {
         self.suspend.unwrap_or(false)
@@ -480,7 +488,7 @@ spec:
         assert_eq!(s.engine.milvus.collection, "my_collection");
         assert_eq!(s.engine.parallelism(), 8);
         assert_eq!(s.parallelism(), 8);
-        assert_eq!(s.segments_per_job(), 2);
+        assert_eq!(s.segments_per_job(100), 2);
         assert_eq!(
             s.retry_policy(),
             RetryPolicy {
@@ -508,7 +516,10 @@ spec:
         )
         .unwrap();
         let s = &bf.spec;
-        assert_eq!(s.segments_per_job(), DEFAULT_SEGMENTS_PER_JOB);
+        // Split evenly over `parallelism` (4) Jobs.
+        assert_eq!(s.segments_per_job(10), 3);
+        assert_eq!(s.segments_per_job(1000), 250);
+        assert_eq!(s.segments_per_job(0), 1);
         assert_eq!(s.retry_policy().max_attempts, DEFAULT_MAX_ATTEMPTS);
         assert_eq!(s.retry_policy().backoff_seconds, DEFAULT_BACKOFF_SECONDS);
         assert_eq!(s.parallelism(), crate::spec::DEFAULT_PARALLELISM);

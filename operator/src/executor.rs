@@ -128,7 +128,6 @@ async fn create_jobs(
 ) -> Result<bool, Error> {
     let uid = bf.uid().unwrap_or_default();
     let api: Api<Job> = Api::namespaced(ctx.client.clone(), &bf.namespace().unwrap_or_default());
-    let split = TaskSplit::new(status.segments_per_job.unwrap_or_else(|| bf.spec.segments_per_job()));
     let mut found_done = false;
     for r in reqs {
         if ctx.already_done(&uid, r.task, r.attempt).await? {
@@ -138,7 +137,10 @@ async fn create_jobs(
         let (task, storage, layout) = {
             let runs = ctx.runs.lock().await;
             let Some(run) = runs.get(&uid) else { break };
-            let task = split.task(&run.plan, r.task, r.attempt);
+            let per_job = status
+                .segments_per_job
+                .unwrap_or_else(|| bf.spec.segments_per_job(run.plan.segments.len()));
+            let task = TaskSplit::new(per_job).task(&run.plan, r.task, r.attempt);
             (task, run.storage.clone(), run.layout.clone())
         };
         let key = layout.task_key(&task.task_id, r.attempt);

@@ -357,7 +357,11 @@ fn failures_event(old: &BackfillStatus, agg: &Aggregate) -> Option<Action> {
 
 fn decide_run(o: &Observed<'_>, spec: &BackfillSpec, mut st: BackfillStatus, run: RunInput<'_>) -> Decision {
     let (now, plan) = (o.now, run.plan);
-    let split = TaskSplit::new(o.status.segments_per_job.unwrap_or_else(|| spec.segments_per_job()));
+    let split = TaskSplit::new(
+        o.status
+            .segments_per_job
+            .unwrap_or_else(|| spec.segments_per_job(plan.segments.len())),
+    );
     let policy = spec.retry_policy();
     st.start_time = st.start_time.or_else(|| Some(time(now)));
     let mut actions = vec![];
@@ -883,7 +887,7 @@ pub fn status_after_plan(
     now: Timestamp,
 ) -> (BackfillStatus, EventSpec) {
     let mut st = old.clone();
-    let split = TaskSplit::new(spec.segments_per_job());
+    let split = TaskSplit::new(spec.segments_per_job(plan.segments.len()));
     st.observed_generation = Some(generation);
     st.run_id = Some(plan.run_id.clone());
     st.collection_id = Some(plan.collection_id);

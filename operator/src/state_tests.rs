@@ -228,9 +228,22 @@ fn decisions_reach_a_fixed_point() {
 }
 
 #[test]
+fn by_default_the_segments_split_evenly_over_parallelism_jobs() {
+    let mut s = spec();
+    s.engine.parallelism = Some(3);
+    let plan = plan_with(10, 0);
+    let st = planned(&s, &plan);
+    // 10 segments over 3 Jobs: 4 + 4 + 2, each Job reading the source once per pass.
+    assert_eq!((st.tasks, st.segments_per_job), (Some(3), Some(4)));
+    s.segments_per_job = Some(1);
+    assert_eq!(planned(&s, &plan).tasks, Some(10), "an explicit segmentsPerJob wins");
+}
+
+#[test]
 fn the_plan_is_recorded_then_jobs_start_within_parallelism() {
     let mut s = spec();
     s.engine.parallelism = Some(3);
+    s.segments_per_job = Some(1);
     let plan = plan_with(10, 1);
     let st = planned(&s, &plan);
     assert_eq!(st.run_id.as_deref(), Some(plan.run_id.as_str()));
@@ -436,7 +449,7 @@ impl Case {
             max_attempts: Some(1 + rng.below(3) as u32),
             backoff_seconds: Some(rng.below(20) as u32),
         });
-        let tasks = TaskSplit::new(spec.segments_per_job()).count(&plan);
+        let tasks = TaskSplit::new(spec.segments_per_job(plan.segments.len())).count(&plan);
         let commit_case = rng.chance(40);
         // Most commit cases write every segment, so that there is something to commit.
         let fate_span = if commit_case && rng.chance(70) { 60 } else { 100 };
@@ -459,7 +472,7 @@ impl Case {
     }
 
     fn spj(&self) -> u32 {
-        self.spec.segments_per_job()
+        self.spec.segments_per_job(self.plan.segments.len())
     }
 }
 
