@@ -86,6 +86,19 @@ def partition_labels(root, seg):
     return got
 
 
+def record(segments, rows, runs):
+    """Appends this run's figures to BENCH_CSV (for bench/plot.py), if set."""
+    path = os.environ.get("BENCH_CSV")
+    if not path:
+        return
+    new = not os.path.exists(path)
+    with open(path, "a") as f:
+        if new:
+            f.write("time,segments,segment_rows,contender,wall_s,peak_rss_kib,rchar\n")
+        for name, (wall, rss, rchar) in runs:
+            f.write(f"{time.strftime('%Y-%m-%dT%H:%M:%S')},{segments},{rows},{name},{wall:.3f},{rss},{rchar}\n")
+
+
 def main():
     tmp = tempfile.mkdtemp(prefix="mb-bench-scale-")
     task = json.load(open(os.path.join(DATA, "task.json")))
@@ -116,6 +129,7 @@ def main():
     print(f"{'contender':<16}{'wall s':>9}{'peak RSS MiB':>14}{'read MB':>10}{'read / input':>14}{'ours / it':>11}")
     for name, r in [("milvus-backfill", ours), ("duckdb", duck)] + ([("pyspark (driver)", spark)] if spark else []):
         print(f"{name:<16}{r[0]:>9.2f}{r[1] / 1024:>14.0f}{r[2] / 1e6:>10.1f}{r[2] / inputs:>14.2f}{ours[0] / r[0]:>11.3f}")
+    record(len(segs), rows, [("milvus-backfill", ours), ("duckdb", duck)] + ([("pyspark", spark)] if spark else []))
     print(f"targets: wall ours/duckdb <= 1.0 -> {ours[0] / duck[0]:.3f}; "
           f"bytes read <= 1.3x input -> {ours[2] / inputs:.2f}x; peak RSS <= 512 MiB -> {ours[1] / 1024:.0f} MiB")
     shutil.rmtree(tmp, ignore_errors=True)

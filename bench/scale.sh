@@ -13,10 +13,10 @@ SEGMENTS=${BENCH_SEGMENTS:-200}
 ROWS=${BENCH_ROWS:-5000000}
 SRC=${BENCH_SOURCE_ROWS:-10000000}
 DATA=$MB_HOME/bench-scale-$SEGMENTS-$ROWS-$SRC
-if ! "$VENV/bin/python" -c 'import duckdb, pyspark, pyarrow' 2>/dev/null; then
+if ! "$VENV/bin/python" -c 'import duckdb, pyspark, pyarrow, matplotlib' 2>/dev/null; then
   echo "[bench-scale] installing duckdb, pyspark, pyarrow into $VENV" >&2
   python3 -m venv "$VENV"
-  "$VENV/bin/pip" install -q duckdb pyspark pyarrow
+  "$VENV/bin/pip" install -q duckdb pyspark pyarrow matplotlib
 fi
 cargo build --release --locked --bin milvus-backfill --example bench_gen
 if [ ! -f "$DATA/task.json" ]; then

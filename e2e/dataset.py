@@ -12,6 +12,8 @@ It (re)creates two collections (dropping them first) and records the ground trut
                  partitions _default (two insert+flush rounds -> two segments) and p1 (one round);
                  then a few deletes in each partition and a final flush.
   <name>_varchar pk VarChar(32) PK, vec FloatVector(4); one partition, one round, a few deletes.
+  <name>_many    id Int64 PK, vec FloatVector(4); --many-segments insert+flush rounds of 100 rows
+                 (one segment each), no deletes: the source is read once for all of them.
   <name>_growing id Int64 PK, vec FloatVector(4); 50 rows inserted and never flushed (DIR/growing.json).
 Rows are inserted in shuffled PK order (fixed seed). After each flush the new segment IDs come
 from GetPersistentSegmentInfo; a segment's row order is the insertion order (Milvus 2.3.5), and this
@@ -331,6 +333,7 @@ def main():
     ap.add_argument("--name", default="demo")
     ap.add_argument("--rows", type=int, default=6000, help="rows of <name>_int64 (varchar gets rows/4)")
     ap.add_argument("--seed", type=int, default=20240611)
+    ap.add_argument("--many-segments", type=int, default=42, help="segments of <name>_many")
     a = ap.parse_args()
     if a.rows < 12:
         sys.exit("--rows must be >= 12")
@@ -378,10 +381,10 @@ def main():
         FieldSchema("vec", DataType.FLOAT_VECTOR, dim=4),
     ], description="milvus-backfill e2e, varchar pk")
 
-    def str_rows(keys):
+    def vec4_rows(keys):
         return [keys, [[rng.uniform(-1, 1) for _ in range(4)] for _ in keys]]
 
-    vb = Builder(store, vname, vschema, "pk", str_rows, rng)
+    vb = Builder(store, vname, vschema, "pk", vec4_rows, rng)
     vrows = max(a.rows // 4, 12)
     vkeys = [f"key-{i:05d}" for i in range(vrows)]
     rng.shuffle(vkeys)
@@ -392,6 +395,22 @@ def main():
     vabsent = [f"absent-{i:05d}" for i in range(vrows // 10)]
     nf, bad = write_new_fields(store, a.out, vname, vb.inserted, vabsent, pa.string(), rng, "vec")
     expected[vname]["newField"], expected[vname]["badInputs"] = nf, bad
+
+    # ---- <name>_many: many small segments
+    mname = f"{a.name}_many"
+    mschema = CollectionSchema([
+        FieldSchema("id", DataType.INT64, is_primary=True, auto_id=False),
+        FieldSchema("vec", DataType.FLOAT_VECTOR, dim=4),
+    ], description="milvus-backfill e2e, many segments")
+    mb = Builder(store, mname, mschema, "id", vec4_rows, rng)
+    mkeys = [7 * i + 2 for i in range(a.many_segments * 100)]
+    rng.shuffle(mkeys)
+    for s in range(a.many_segments):
+        mb.round(mkeys[s * 100:(s + 1) * 100], pause=0)
+    expected[mname] = mb.verify_and_record([])
+    nf, bad = write_new_fields(store, a.out, mname, mb.inserted, [7 * i + 5 for i in range(300)],
+                               pa.int64(), rng, "vec")
+    expected[mname]["newField"], expected[mname]["badInputs"] = nf, bad
 
     # ---- <name>_growing: rows inserted but never flushed (a Growing segment)
     gname = f"{a.name}_growing"

@@ -196,6 +196,9 @@ settings = {
     "dataCoord.gc.interval": int(E["GC_INTERVAL"]),
     "dataCoord.gc.missingTolerance": int(E["GC_MISSING"]),
     "dataCoord.gc.dropTolerance": int(E["GC_DROP"]),
+    # The dataset records each segment's rows; a background compaction merging small segments
+    # would change them under the tests.
+    "dataCoord.compaction.enableAutoCompaction": "false",
 }
 for comp in ("rootCoord", "proxy", "queryCoord", "queryNode", "indexNode", "dataCoord", "dataNode"):
     settings[f"{comp}.ip"] = "127.0.0.1"     # advertised address (listening stays on all interfaces)

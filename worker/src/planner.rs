@@ -1,7 +1,7 @@
 //! Planning: asks Milvus for the collection and its segments, lists the binlogs,
 //! checks the source, and produces a [`Plan`]. Writes nothing.
 
-use std::collections::btree_map::{BTreeMap, Entry};
+use std::collections::btree_map::BTreeMap;
 use std::time::Duration;
 
 use futures_util::{StreamExt, TryStreamExt};
@@ -242,6 +242,10 @@ impl SegmentPlans {
     }
 }
 
+/// Segments planned at once: each is one small listing and a few ranged reads, so latency,
+/// not bandwidth, bounds planning; 10,000 segments take seconds, not minutes.
+const PLAN_CONCURRENCY: usize = 32;
+
 /// Triages every segment and plans the ones to backfill. A segment that cannot be planned
 /// fails alone; only a storage that cannot be listed fails planning.
 async fn plan_segments(
@@ -251,57 +255,61 @@ async fn plan_segments(
     custom_output: Option<&str>,
 ) -> Result<SegmentPlans> {
     let mut out = SegmentPlans::default();
-    // One listing per partition serves all of its segments.
-    let mut listings: BTreeMap<i64, Vec<ObjectMeta>> = BTreeMap::new();
+    let skip = |s: &SegmentInfo, reason: String| SkippedSegment {
+        segment_id: s.segment_id,
+        partition_id: s.partition_id,
+        num_rows: s.num_rows,
+        reason,
+    };
+    let mut to_plan = Vec::new();
     for s in &coll.segments {
-        let skip = |reason: String| SkippedSegment {
-            segment_id: s.segment_id,
-            partition_id: s.partition_id,
-            num_rows: s.num_rows,
-            reason,
-        };
         match plan::triage(s) {
-            Triage::Skip(r) => {
-                out.skipped.push(skip(r));
-                continue;
-            }
+            Triage::Skip(r) => out.skipped.push(skip(s, r)),
             Triage::Warn(w) => {
                 out.warnings.push(w.clone());
-                out.skipped.push(skip(w));
-                continue;
+                out.skipped.push(skip(s, w));
             }
-            Triage::Fail(r) => {
-                out.failed.push(skip(r));
-                continue;
-            }
-            Triage::Backfill => {}
+            Triage::Fail(r) => out.failed.push(skip(s, r)),
+            Triage::Backfill => to_plan.push(s),
         }
-        let listing = match listings.entry(s.partition_id) {
-            Entry::Occupied(l) => l.into_mut(),
-            Entry::Vacant(slot) => slot.insert(list_partition(spec, storage, coll, s.partition_id).await?),
-        };
-        match plan_segment(spec, storage, coll, s, listing, custom_output).await {
-            Ok(p) => out.planned.push(p),
-            Err(reason) => out.failed.push(skip(reason)),
+    }
+    // Each segment lists only its own primary key directory (never the whole partition, whose
+    // listing grows with every field and segment), in parallel, results in segment order.
+    let mut planned = futures_util::stream::iter(to_plan.into_iter().map(|s| async move {
+        let listing = list_pk_binlogs(spec, storage, coll, s).await?;
+        Ok::<_, BackfillError>((s, plan_segment(spec, storage, coll, s, &listing, custom_output).await))
+    }))
+    .buffered(PLAN_CONCURRENCY);
+    while let Some(next) = planned.next().await {
+        match next? {
+            (_, Ok(p)) => out.planned.push(p),
+            (s, Err(reason)) => out.failed.push(skip(s, reason)),
         }
     }
     Ok(out)
 }
 
-async fn list_partition(
+/// The objects under a segment's primary key directory, `{root}/insert_log/{coll}/{part}/{seg}/{pk}/`.
+async fn list_pk_binlogs(
     spec: &EngineSpec,
     storage: &Store,
     coll: &Collection,
-    partition_id: i64,
+    s: &SegmentInfo,
 ) -> Result<Vec<ObjectMeta>> {
-    let prefix = layout::partition_insert_log_prefix(spec.storage.root_path(), coll.info.collection_id, partition_id);
+    let seg_prefix = layout::segment_insert_log_prefix(
+        spec.storage.root_path(),
+        coll.info.collection_id,
+        s.partition_id,
+        s.segment_id,
+    );
+    let prefix = format!("{}/{}/", seg_prefix.trim_end_matches('/'), coll.pk.field_id);
     storage
         .list(&prefix)
         .await
         .map_err(|e| BackfillError::connection(e.to_string()))
 }
 
-/// One segment's plan from its partition's listing, or why it cannot be backfilled.
+/// One segment's plan from the listing of its primary key directory, or why it cannot be backfilled.
 async fn plan_segment(
     spec: &EngineSpec,
     storage: &Store,

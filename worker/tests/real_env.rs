@@ -227,6 +227,40 @@ async fn int64_collection_single_object_default_output() {
     assert!(plan.warnings.iter().any(|w| w.contains("garbage collector")));
 }
 
+/// Dozens of sealed segments: one pass over the source serves them all, so the source is read
+/// once (the result says how often and how much), and every row of every segment is right.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_segments_read_the_source_once() {
+    let Some(e) = env() else { return };
+    let c = "e2e_many";
+    let multi = e.expected[c]["newField"]["multi"].as_str().unwrap();
+    let (plan, stores, r) = plan_and_run(&yaml(c, multi, "")).await;
+    assert!(r.success, "{}", r.summary());
+    let segs = e.expected[c]["segments"].as_object().unwrap();
+    assert!(segs.len() >= 40, "the dataset has {} segments", segs.len());
+    assert_eq!(plan.segments.len(), segs.len(), "every flushed segment is planned");
+    let checked = verify_outputs(&e, c, &plan, &stores, &r).await;
+    assert_eq!(checked, r.total_rows_written);
+    let source_bytes: u64 = plan.source_files.iter().map(|f| f.size).sum();
+    assert_eq!(r.source_reads.source_passes, 1, "{}", r.summary());
+    assert!(
+        r.source_reads.source_bytes_read > 0 && r.source_reads.source_bytes_read * 10 <= source_bytes * 13,
+        "read {} bytes of a {source_bytes}-byte source",
+        r.source_reads.source_bytes_read
+    );
+    // The stored result says the same.
+    let stored: Value = serde_json::from_slice(
+        &stores
+            .storage
+            .get(&milvus_backfill_api::layout::RunLayout::of_plan(&plan).result_key())
+            .await
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(stored["sourcePasses"], 1);
+    assert_eq!(stored["sourceBytesRead"], r.source_reads.source_bytes_read);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn varchar_collection_multi_file_prefix_custom_output() {
     let Some(e) = env() else { return };
