@@ -275,11 +275,13 @@ async fn plan_segments(
     }
     // Each segment lists only its own primary key directory (never the whole partition, whose
     // listing grows with every field and segment), in parallel, results in segment order.
-    let mut planned = futures_util::stream::iter(to_plan.into_iter().map(|s| async move {
-        let listing = list_pk_binlogs(spec, storage, coll, s).await?;
-        Ok::<_, BackfillError>((s, plan_segment(spec, storage, coll, s, &listing, custom_output).await))
-    }))
-    .buffered(PLAN_CONCURRENCY);
+    // The futures are built by a named async fn, not a closure: the operator's reconcile future
+    // must be Send, which a closure borrowing the segments defeats (rust-lang/rust#102211).
+    let futures: Vec<_> = to_plan
+        .into_iter()
+        .map(|s| list_and_plan(spec, storage, coll, s, custom_output))
+        .collect();
+    let mut planned = futures_util::stream::iter(futures).buffered(PLAN_CONCURRENCY);
     while let Some(next) = planned.next().await {
         match next? {
             (_, Ok(p)) => out.planned.push(p),
@@ -287,6 +289,17 @@ async fn plan_segments(
         }
     }
     Ok(out)
+}
+
+async fn list_and_plan<'a>(
+    spec: &EngineSpec,
+    storage: &Store,
+    coll: &Collection,
+    s: &'a SegmentInfo,
+    custom_output: Option<&str>,
+) -> Result<(&'a SegmentInfo, Result<SegmentPlan, String>)> {
+    let listing = list_pk_binlogs(spec, storage, coll, s).await?;
+    Ok((s, plan_segment(spec, storage, coll, s, &listing, custom_output).await))
 }
 
 /// The objects under a segment's primary key directory, `{root}/insert_log/{coll}/{part}/{seg}/{pk}/`.
