@@ -45,6 +45,10 @@ impl RunLayout {
     pub fn plan_key(&self) -> String {
         format!("{}/plan.json", self.prefix)
     }
+    /// Where one task attempt's exchange lives while it runs (deleted when it ends).
+    pub fn exchange_prefix(&self, task_id: &str, attempt: u32) -> String {
+        format!("{}/exchange/{task_id}-{attempt}", self.prefix)
+    }
     pub fn result_key(&self) -> String {
         format!("{}/result.json", self.prefix)
     }

@@ -112,6 +112,9 @@ pub struct SourceReads {
     pub source_passes: u32,
     #[serde(default)]
     pub source_bytes_read: u64,
+    /// Bytes written to the exchange (zero when every group of segments fit one pass).
+    #[serde(default)]
+    pub exchange_bytes_written: u64,
 }
 
 impl SourceReads {
@@ -119,6 +122,7 @@ impl SourceReads {
         SourceReads {
             source_passes: self.source_passes.saturating_add(other.source_passes),
             source_bytes_read: self.source_bytes_read.saturating_add(other.source_bytes_read),
+            exchange_bytes_written: self.exchange_bytes_written.saturating_add(other.exchange_bytes_written),
         }
     }
 }
@@ -280,8 +284,10 @@ impl BackfillResult {
         let _ = writeln!(s, "  unmatched data rows:  {}", self.unmatched_backfill_rows);
         let _ = writeln!(
             s,
-            "  source read:          {} pass(es), {} bytes",
-            self.source_reads.source_passes, self.source_reads.source_bytes_read
+            "  source read:          {} pass(es), {} bytes; exchange: {} bytes written",
+            self.source_reads.source_passes,
+            self.source_reads.source_bytes_read,
+            self.source_reads.exchange_bytes_written
         );
         let _ = writeln!(
             s,

@@ -3,6 +3,7 @@
 //! outputs of its storage version ([`write`]: V1 export layout, V2 column groups, V3 data files
 //! and ops or a published manifest).
 
+mod exchanged;
 mod read;
 mod write;
 
@@ -71,10 +72,26 @@ pub struct Group<'a> {
     pub parallelism: usize,
 }
 
+/// How a group of segments meets the source.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Mode {
+    /// Every key in one index, one scan of the source.
+    OnePass,
+    /// Keys and source split by key hash into partitions through the exchange.
+    Exchange { partitions: u32 },
+}
+
 /// A segment's keys in the group index, or why it has none.
 type Indexed = std::result::Result<u32, BackfillError>;
 
 impl Group<'_> {
+    pub async fn process_in(&self, segs: &[SegmentPlan], mode: Mode) -> GroupDone {
+        match mode {
+            Mode::OnePass => self.process(segs).await,
+            Mode::Exchange { partitions } => self.process_exchanged(segs, partitions).await,
+        }
+    }
+
     /// Reads every segment's keys into one index, scans the source once, then joins and writes
     /// each segment. Returns one outcome per segment, in order; a segment that fails does not
     /// stop the others (a failed source scan fails them all: none of them has its rows).
@@ -96,6 +113,7 @@ impl Group<'_> {
         let reads = SourceReads {
             source_passes: 1,
             source_bytes_read: matches.bytes_read,
+            exchange_bytes_written: 0,
         };
         if matches.fields.is_empty() {
             // `read_matches` takes the fields from the first source file whether or not any of its

@@ -12,6 +12,7 @@ pub mod commit;
 pub mod config;
 pub mod engine;
 pub mod error;
+pub mod exchange;
 pub mod facade;
 pub mod gc;
 pub mod groups;

@@ -7,7 +7,7 @@ use std::time::Instant;
 use milvus_backfill_api::layout::RunLayout;
 use milvus_backfill_api::outcome::{BackfillResult, FailedSegment, SourceReads, TaskOutcome};
 
-use crate::engine::Group;
+use crate::engine::{Group, Mode};
 use crate::error::Result;
 use crate::groups;
 use crate::plan::{Plan, SegmentPlan, Task, TaskPlan};
@@ -57,10 +57,10 @@ pub async fn run_plan(plan: &Plan, stores: &RunStores, progress: &Progress) -> B
     let mut reads = SourceReads::default();
     let mut outcomes = Vec::new();
     let mut failures = Vec::new();
-    for range in pass_groups(stores, &tp, &plan.segments).await {
+    for (range, mode) in passes(stores, &tp, &plan.segments).await {
         let segs = &plan.segments[range];
         segs.iter().for_each(|s| progress.started(s.segment_id));
-        let done = group.process(segs).await;
+        let done = group.process_in(segs, mode).await;
         reads = reads.plus(done.reads);
         for (seg, r) in segs.iter().zip(done.outcomes) {
             match r {
@@ -88,8 +88,9 @@ pub async fn run_plan(plan: &Plan, stores: &RunStores, progress: &Progress) -> B
     result
 }
 
-/// The groups of consecutive segments that share a pass, each within the plan's memory.
-async fn pass_groups(stores: &RunStores, plan: &TaskPlan, segs: &[SegmentPlan]) -> Vec<Range<usize>> {
+/// How the segments are processed within the plan's memory: in one pass over the source when
+/// they fit it, else all of them through the exchange (the source read once either way).
+async fn passes(stores: &RunStores, plan: &TaskPlan, segs: &[SegmentPlan]) -> Vec<(Range<usize>, Mode)> {
     let costs = source::row_costs(&stores.source, &plan.source_files, &plan.new_fields)
         .await
         .unwrap_or(source::RowCosts::UNKNOWN);
@@ -99,15 +100,26 @@ async fn pass_groups(stores: &RunStores, plan: &TaskPlan, segs: &[SegmentPlan]) 
         value_bytes_per_source_row: costs.value_bytes,
     };
     let budget = u64::from(plan.memory_mib) << 20;
-    let ranges = groups::plan_groups(&segs.iter().map(|s| s.num_rows).collect::<Vec<_>>(), budget, &cost);
+    let rows: Vec<u64> = segs.iter().map(|s| s.num_rows).collect();
+    let ranges = groups::plan_groups(&rows, budget, &cost);
+    if ranges.len() <= 1 {
+        tracing::info!(
+            segments = segs.len(),
+            memory_mib = plan.memory_mib,
+            "one pass over the source serves every segment"
+        );
+        return ranges.into_iter().map(|r| (r, Mode::OnePass)).collect();
+    }
+    let partitions = crate::exchange::partitions_for(rows.iter().sum(), budget, &cost);
     tracing::info!(
         segments = segs.len(),
-        passes = ranges.len(),
+        would_be_passes = ranges.len(),
+        partitions,
         value_bytes_per_row = costs.value_bytes,
         memory_mib = plan.memory_mib,
-        "segments grouped for passes over the source"
+        "the segments exceed one pass: keys and source go through the exchange"
     );
-    ranges
+    vec![(0..segs.len(), Mode::Exchange { partitions })]
 }
 
 /// Writes the result JSON into the run's directory in the storage bucket, split into parts
@@ -130,9 +142,9 @@ pub async fn run_task(task: &Task, stores: &RunStores) -> TaskOutcome {
     let mut reads = SourceReads::default();
     let mut segments = Vec::new();
     let mut failed_segments = Vec::new();
-    for range in pass_groups(stores, &task.plan, &task.segments).await {
+    for (range, mode) in passes(stores, &task.plan, &task.segments).await {
         let segs = &task.segments[range];
-        let done = group.process(segs).await;
+        let done = group.process_in(segs, mode).await;
         reads = reads.plus(done.reads);
         for (seg, r) in segs.iter().zip(done.outcomes) {
             match r {

@@ -53,6 +53,12 @@ impl ObjectReader {
         }
     }
 
+    /// A footer already read: no fetch for it.
+    pub fn with_metadata(mut self, metadata: Arc<ParquetMetaData>) -> Self {
+        self.metadata = Some(metadata);
+        self
+    }
+
     /// Counts this reader's fetches into `fetched`.
     pub fn counting(mut self, fetched: Arc<AtomicU64>) -> Self {
         self.fetched = fetched;
@@ -753,7 +759,7 @@ impl OpenedFile {
 }
 
 /// The column index of each planned new field, which must still have its planned type.
-fn planned_columns(what: &str, schema: &SchemaRef, new_fields: &[NewField]) -> Result<Vec<usize>> {
+pub(crate) fn planned_columns(what: &str, schema: &SchemaRef, new_fields: &[NewField]) -> Result<Vec<usize>> {
     new_fields
         .iter()
         .map(|nf| {

@@ -1,0 +1,244 @@
+//! Many segments, little memory: the task's segments do not fit one pass, so keys and source go
+//! through the exchange. Every output row must equal what one pass writes and what the keys
+//! say, the source must be read once, and the exchange must be gone afterwards. V1 segments are
+//! written with the project's binlog writer (which round-trips the real 2.3.5 fixtures).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use arrow_array::{Array, Float64Array, Int64Array, RecordBatch, StringArray};
+use arrow_schema::{DataType, Field, Schema};
+use milvus_backfill::binlog::BinlogWriter;
+use milvus_backfill::config::{Place, S3Endpoint};
+use milvus_backfill::keys::PkType;
+use milvus_backfill::output::{read_back, read_manifest};
+use milvus_backfill::plan::{Binlog, NewField, PkField, SegmentPlan, SourceFile, Task, TaskPlan};
+use milvus_backfill::runner;
+use milvus_backfill::stores::{RunLocations, RunStores, StoreCredentials};
+use milvus_backfill_api::layout::RunLayout;
+use milvus_backfill_api::outcome::TaskOutcome;
+
+const SEGMENTS: i64 = 30;
+const ROWS: i64 = 2_000;
+
+struct Bed {
+    dir: tempfile::TempDir,
+    task: Task,
+    /// Each segment's keys in storage order.
+    keys: Vec<Vec<i64>>,
+}
+
+/// Keys 0..SEGMENTS*ROWS spread over the segments by a fixed shuffle (each segment's key range
+/// spans nearly everything, as with random keys); the source holds every third key, plus keys
+/// in no segment, with `label` null for some rows.
+fn bed() -> Bed {
+    let dir = tempfile::tempdir().unwrap();
+    let bucket = dir.path().join("storage/milvus-bucket");
+    let mut all: Vec<i64> = (0..SEGMENTS * ROWS).collect();
+    let mut x = 7u64;
+    for i in (1..all.len()).rev() {
+        x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        all.swap(i, (x >> 33) as usize % (i + 1));
+    }
+    let keys: Vec<Vec<i64>> = all.chunks(ROWS as usize).map(<[i64]>::to_vec).collect();
+    let out = dir.path().join("out");
+    let mut segments = Vec::new();
+    for (s, k) in keys.iter().enumerate() {
+        let seg = 100 + s as i64;
+        let key = format!("files/insert_log/1/2/{seg}/100/9");
+        let w = BinlogWriter {
+            collection_id: 1,
+            partition_id: 2,
+            segment_id: seg,
+            field_id: 100,
+            payload_type: 5,
+            start_ts: 1 << 18,
+            end_ts: 2 << 18,
+            writer_ts: 3 << 18,
+        };
+        let bytes = w.write_insert(Arc::new(Int64Array::from(k.clone()))).unwrap();
+        std::fs::create_dir_all(bucket.join(&key).parent().unwrap()).unwrap();
+        std::fs::write(bucket.join(&key), &bytes).unwrap();
+        segments.push(SegmentPlan {
+            segment_id: seg,
+            partition_id: 2,
+            partition_name: "_default".into(),
+            num_rows: ROWS as u64,
+            storage_version: 0,
+            pk_binlogs: vec![Binlog {
+                key,
+                log_id: 9,
+                size: bytes.len() as u64,
+                rows: ROWS as u64,
+            }],
+            output_dir: format!("{}/1/2/{seg}/new_field", out.strip_prefix("/").unwrap().display()),
+            v3: None,
+        });
+    }
+    let src_keys: Vec<i64> = (0..SEGMENTS * ROWS).step_by(3).chain(-500..0).collect();
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("pk", DataType::Int64, false),
+        Field::new("score", DataType::Float64, true),
+        Field::new("label", DataType::Utf8, true),
+    ]));
+    let batch = RecordBatch::try_new(
+        schema.clone(),
+        vec![
+            Arc::new(Int64Array::from(src_keys.clone())),
+            Arc::new(Float64Array::from_iter_values(src_keys.iter().map(|&k| k as f64 / 2.0))),
+            Arc::new(StringArray::from_iter(
+                src_keys.iter().map(|&k| (k % 7 != 0).then(|| format!("l{k}"))),
+            )),
+        ],
+    )
+    .unwrap();
+    let src = dir.path().join("source/new.parquet");
+    std::fs::create_dir_all(src.parent().unwrap()).unwrap();
+    let props = parquet::file::properties::WriterProperties::builder()
+        .set_max_row_group_row_count(Some(4096))
+        .build();
+    let mut w =
+        parquet::arrow::ArrowWriter::try_new(std::fs::File::create(&src).unwrap(), schema, Some(props)).unwrap();
+    w.write(&batch).unwrap();
+    w.close().unwrap();
+    let local = |p: &std::path::Path| S3Endpoint {
+        endpoint: format!("file://{}", p.display()),
+        region: "us-east-1".into(),
+        use_ssl: false,
+    };
+    let nf = |name: &str, t: &str| NewField {
+        name: name.into(),
+        arrow_type: t.into(),
+        field_id: None,
+    };
+    let task = Task {
+        task_id: "t".into(),
+        attempt: 0,
+        plan: TaskPlan {
+            run_id: "exchange".into(),
+            collection_id: 1,
+            pk_field: PkField {
+                field_id: 100,
+                name: "id".into(),
+                pk_type: PkType::Int64,
+            },
+            new_fields: vec![nf("score", "Float64"), nf("label", "Utf8")],
+            storage: local(&dir.path().join("storage")),
+            storage_bucket: "milvus-bucket".into(),
+            source: local(src.parent().unwrap()),
+            source_place: Place::Local {
+                path: src.parent().unwrap().to_path_buf(),
+            },
+            source_files: vec![SourceFile {
+                key: src.strip_prefix("/").unwrap().display().to_string(),
+                size: std::fs::metadata(&src).unwrap().len(),
+                rows: src_keys.len() as u64,
+                first_row: 0,
+            }],
+            output_place: Place::Local { path: out },
+            batch_size: milvus_backfill_api::plan::BatchSize::new(500).unwrap(),
+            root_path: "files".into(),
+            memory_mib: 384,
+            v3_commit: Default::default(),
+        },
+        segments,
+    };
+    Bed { dir, task, keys }
+}
+
+async fn run(task: &Task) -> (RunStores, TaskOutcome) {
+    let stores = RunStores::open(&RunLocations::of_task(&task.plan), &StoreCredentials::default()).await;
+    let outcome = runner::run_task(task, &stores).await;
+    (stores, outcome)
+}
+
+/// Every segment's `(score, label)` column, row by row.
+async fn outputs(stores: &RunStores, task: &Task) -> Vec<Vec<(Option<f64>, Option<String>)>> {
+    let mut all = Vec::new();
+    for seg in &task.segments {
+        let m = read_manifest(&stores.output, &seg.manifest_key())
+            .await
+            .unwrap()
+            .expect("manifest");
+        let mut rows = Vec::new();
+        for b in read_back(&stores.output, &m).await.unwrap() {
+            let score = b
+                .column_by_name("score")
+                .unwrap()
+                .as_any()
+                .downcast_ref::<Float64Array>()
+                .unwrap()
+                .clone();
+            let label = b
+                .column_by_name("label")
+                .unwrap()
+                .as_any()
+                .downcast_ref::<StringArray>()
+                .unwrap()
+                .clone();
+            for i in 0..b.num_rows() {
+                rows.push((
+                    score.is_valid(i).then(|| score.value(i)),
+                    label.is_valid(i).then(|| label.value(i).to_owned()),
+                ));
+            }
+        }
+        all.push(rows);
+    }
+    all
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn segments_over_the_budget_go_through_the_exchange_and_write_what_one_pass_writes() {
+    let bed = bed();
+    let (stores, one_pass) = run(&bed.task).await;
+    assert!(one_pass.success, "{:?}", one_pass.failed_segments);
+    assert_eq!(
+        (
+            one_pass.source_reads.source_passes,
+            one_pass.source_reads.exchange_bytes_written
+        ),
+        (1, 0)
+    );
+    let expected = outputs(&stores, &bed.task).await;
+
+    let mut small = bed.task.clone();
+    small.plan.memory_mib = 1;
+    small.attempt = 1;
+    std::fs::remove_dir_all(bed.dir.path().join("out")).unwrap();
+    let (stores, exchanged) = run(&small).await;
+    assert!(exchanged.success, "{:?}", exchanged.failed_segments);
+    let reads = exchanged.source_reads;
+    assert_eq!(reads.source_passes, 1, "the source is read once");
+    assert!(reads.exchange_bytes_written > 0, "{reads:?}");
+    let source_size = small.plan.source_files[0].size;
+    assert!(
+        reads.source_bytes_read <= source_size * 13 / 10,
+        "{reads:?} of a {source_size}-byte source"
+    );
+    assert_eq!(exchanged.used_source_rows, one_pass.used_source_rows);
+    let got = outputs(&stores, &small).await;
+    assert_eq!(got, expected, "the exchange writes what one pass writes");
+
+    // And both say what the keys say: every third key has its values, others are null.
+    for (s, rows) in got.iter().enumerate() {
+        for (k, row) in bed.keys[s].iter().zip(rows) {
+            let want = if k % 3 == 0 {
+                (Some(*k as f64 / 2.0), (k % 7 != 0).then(|| format!("l{k}")))
+            } else {
+                (None, None)
+            };
+            assert_eq!(row, &want, "segment {s} key {k}");
+        }
+    }
+    let matched: HashMap<i64, u64> = exchanged
+        .segments
+        .iter()
+        .map(|o| (o.segment_id, o.matched_row_count))
+        .collect();
+    assert_eq!(matched.values().sum::<u64>(), ((SEGMENTS * ROWS) as u64).div_ceil(3));
+
+    // Nothing of the exchange is left under the run's prefix.
+    let prefix = RunLayout::of_task(&small.plan).exchange_prefix("t", 1);
+    assert_eq!(stores.storage.list(&prefix).await.unwrap(), vec![], "exchange deleted");
+}
