@@ -7,7 +7,7 @@ E2E_STATE := $(MB_HOME)/e2e
 BIN := target/release/milvus-backfill
 DATA := target/e2e-data
 
-.PHONY: build demo test unit-test gitops-test e2e-test v3-test env-up env-down lint bench bench-scale crds k8s-test operator-e2e
+.PHONY: build demo test unit-test gitops-test e2e-test v3-test env-up env-down lint bench bench-scale bench-plan crds k8s-test operator-e2e
 
 build:
 	cargo build --release --workspace --locked
@@ -59,6 +59,10 @@ bench: build
 # The same job over many segments (BENCH_SEGMENTS, default 200) against DuckDB and PySpark.
 bench-scale: build
 	bench/scale.sh
+
+# Planning time of 10,000 segments (a stand-in Milvus over gRPC, binlogs in a local directory).
+bench-plan:
+	cargo run --release --locked --example plan_bench -- $(MB_HOME)/plan-bench 10000
 
 # The Kubernetes suites (part of `make test`): builds etcd, kube-apiserver,
 # kube-controller-manager, kubectl and helm from Go modules into $(MB_HOME)/k8s (about 15 min

@@ -4,7 +4,8 @@
 # per segment) and PySpark local doing the same, on the same files in the same run. Prints
 # wall, peak RSS and bytes read of each, and our ratios. See docs/benchmarks.md.
 # Knobs: MB_HOME, BENCH_SEGMENTS [200], BENCH_ROWS (all segments) [5000000],
-# BENCH_SOURCE_ROWS [10000000], BENCH_SPARK=0 to skip Spark.
+# BENCH_SOURCE_ROWS [10000000], BENCH_SPARK=0 to skip Spark, BENCH_MEMORY_MIB to override the
+# task's memoryMiB (a small one sends the segments through the exchange).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 MB_HOME=${MB_HOME:-$HOME/.cache/milvus-backfill}

@@ -25,8 +25,16 @@ use crate::groups::PassCost;
 use crate::plan::SourceFile;
 use crate::store::Store;
 
-/// A partition's buffered rows are written out as a part file once they reach this size.
-const PART_BYTES: usize = 8 << 20;
+/// A partition's buffered rows are written out as a part file once they reach the part size:
+/// the pass budget shared by every partition of every routing worker, within these bounds.
+const MIN_PART_BYTES: usize = 256 << 10;
+const MAX_PART_BYTES: usize = 8 << 20;
+
+/// The part size that keeps all routing buffers within half of `budget_bytes`.
+pub fn part_bytes(budget_bytes: u64, partitions: u32, workers: usize) -> usize {
+    let share = budget_bytes / 2 / u64::from(partitions.max(1)) / workers.max(1) as u64;
+    (share as usize).clamp(MIN_PART_BYTES, MAX_PART_BYTES)
+}
 
 /// How many partitions keep one partition's join within `budget_bytes`: the hash spreads keys
 /// evenly, with a fifth of headroom for an unlucky partition.
@@ -52,17 +60,20 @@ pub struct Exchange {
     store: Store,
     prefix: String,
     pub partitions: u32,
+    part_bytes: usize,
     written: AtomicU64,
     keys: Mutex<Vec<String>>,
 }
 
 impl Exchange {
-    /// `prefix` is the task attempt's own directory under the run prefix.
-    pub fn new(store: Store, prefix: String, partitions: u32) -> Self {
+    /// `prefix` is the task attempt's own directory under the run prefix; routing buffers stay
+    /// within half of `budget_bytes`.
+    pub fn new(store: Store, prefix: String, partitions: u32, budget_bytes: u64) -> Self {
         Self {
             store,
             prefix,
             partitions,
+            part_bytes: part_bytes(budget_bytes, partitions, routing_workers()),
             written: AtomicU64::new(0),
             keys: Mutex::new(Vec::new()),
         }
@@ -115,6 +126,11 @@ impl Exchange {
     }
 }
 
+/// Tasks that route the source at once: one per core, at most 8.
+pub fn routing_workers() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get()).clamp(1, 8)
+}
+
 /// Parquet bytes of `batches`; with `group_per_batch` each batch is a row group of its own.
 pub(crate) fn encode(batches: &[RecordBatch], group_per_batch: bool) -> std::result::Result<Vec<u8>, String> {
     let Some(first) = batches.first() else {
@@ -164,7 +180,7 @@ impl PartitionBuffers {
         let (batches, bytes) = &mut self.buffers[partition as usize];
         *bytes += batch.get_array_memory_size();
         batches.push(batch);
-        if *bytes >= PART_BYTES {
+        if *bytes >= self.exchange.part_bytes {
             self.flush(partition).await?;
         }
         Ok(())
@@ -199,6 +215,13 @@ impl PartitionBuffers {
 mod tests {
     use super::*;
     use crate::keys::{hash_i64, PkType};
+
+    #[test]
+    fn routing_buffers_share_half_the_budget() {
+        assert_eq!(part_bytes(64 << 20, 8, 2), 2 << 20);
+        assert_eq!(part_bytes(u64::MAX, 1, 1), MAX_PART_BYTES);
+        assert_eq!(part_bytes(1 << 20, 1024, 8), MIN_PART_BYTES);
+    }
 
     #[test]
     fn partitions_grow_until_one_fits_the_budget() {

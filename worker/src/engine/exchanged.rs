@@ -30,7 +30,8 @@ impl Group<'_> {
     pub async fn process_exchanged(&self, segs: &[SegmentPlan], partitions: u32) -> GroupDone {
         let started = Instant::now();
         let prefix = RunLayout::of_task(self.plan).exchange_prefix(self.task_id, self.attempt);
-        let ex = Arc::new(Exchange::new(self.stores.storage.clone(), prefix, partitions));
+        let budget = u64::from(self.plan.memory_mib) << 20;
+        let ex = Arc::new(Exchange::new(self.stores.storage.clone(), prefix, partitions, budget));
         tracing::info!(
             segments = segs.len(),
             partitions,

@@ -128,7 +128,7 @@ pub async fn source(
     files: &[SourceFile],
     new_fields: &[NewField],
 ) -> Result<RoutedSource> {
-    let workers = std::thread::available_parallelism().map_or(1, |n| n.get()).clamp(1, 8);
+    let workers = super::routing_workers();
     let fetched = Arc::new(AtomicU64::new(0));
     let mut slices = Vec::new();
     let mut fields = Vec::new();
