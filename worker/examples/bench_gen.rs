@@ -105,13 +105,40 @@ fn main() {
     // Segment keys: even numbers in random order (storage order = this order).
     let mut seg_keys: Vec<i64> = (0..rows as i64).map(|i| i * 2).collect();
     rng.shuffle(&mut seg_keys);
-    let (coll, part, field) = (1i64, 2i64, 100i64);
-    let root = out.join("storage/milvus-bucket");
-    let per_segment = rows.div_ceil(segments.max(1));
     let out_dir = out.join("out");
+    let plans = write_segments(&out, &out_dir, &seg_keys, segments);
+    let src_path = write_source(&out, &seg_keys, source_rows, &mut rng);
+    let size = std::fs::metadata(&src_path).unwrap().len();
+    let task = Task {
+        task_id: "bench".into(),
+        attempt: 0,
+        plan: task_plan(&out, &src_path, source_rows as u64, &out_dir),
+        segments: plans,
+    };
+    std::fs::write(out.join("task.json"), serde_json::to_vec_pretty(&task).unwrap()).unwrap();
+    eprintln!(
+        "bench data in {}: {segments} segment(s), {rows} rows, source {source_rows} rows ({size} bytes)",
+        out.display()
+    );
+}
+
+const COLLECTION: i64 = 1;
+const PARTITION: i64 = 2;
+const PK_FIELD: i64 = 100;
+
+/// The segments' binlogs and plans, and `segment_keys.parquet` for the peers.
+fn write_segments(
+    out: &std::path::Path,
+    out_dir: &std::path::Path,
+    seg_keys: &[i64],
+    segments: usize,
+) -> Vec<SegmentPlan> {
+    let (coll, part, field) = (COLLECTION, PARTITION, PK_FIELD);
+    let root = out.join("storage/milvus-bucket");
+    let per_segment = seg_keys.len().div_ceil(segments.max(1)).max(1);
     let mut plans = Vec::new();
     let (mut key_segments, mut key_offsets) = (Vec::new(), Vec::new());
-    for (s, keys) in seg_keys.chunks(per_segment.max(1)).enumerate() {
+    for (s, keys) in seg_keys.chunks(per_segment).enumerate() {
         let seg = 3 + s as i64;
         let binlogs = write_segment_binlogs(&root, (coll, part, seg, field), keys, if segments == 1 { 4 } else { 1 });
         key_segments.extend(std::iter::repeat_n(seg, keys.len()));
@@ -130,8 +157,26 @@ fn main() {
             v3: None,
         });
     }
+    let ks = Arc::new(Schema::new(vec![
+        Field::new("segment_id", DataType::Int64, false),
+        Field::new("row_offset", DataType::Int64, false),
+        Field::new("pk", DataType::Int64, false),
+    ]));
+    let kb = RecordBatch::try_new(
+        ks,
+        vec![
+            Arc::new(Int64Array::from(key_segments)),
+            Arc::new(Int64Array::from(key_offsets)),
+            Arc::new(Int64Array::from(seg_keys.to_vec())),
+        ],
+    )
+    .unwrap();
+    write_parquet(&out.join("segment_keys.parquet"), kb, 128 * 1024);
+    plans
+}
 
-    // Source: every other segment key, then odd keys (in no segment), shuffled.
+/// The source: every other segment key, then odd keys (in no segment), shuffled.
+fn write_source(out: &std::path::Path, seg_keys: &[i64], source_rows: usize, rng: &mut Rng) -> std::path::PathBuf {
     let mut src: Vec<i64> = seg_keys.iter().step_by(2).copied().collect();
     let mut k = 1i64;
     while src.len() < source_rows {
@@ -151,73 +196,54 @@ fn main() {
     std::fs::create_dir_all(&src_dir).unwrap();
     let src_path = src_dir.join("new_fields.parquet");
     write_parquet(&src_path, RecordBatch::try_new(schema, cols).unwrap(), 128 * 1024);
+    src_path
+}
 
-    let ks = Arc::new(Schema::new(vec![
-        Field::new("segment_id", DataType::Int64, false),
-        Field::new("row_offset", DataType::Int64, false),
-        Field::new("pk", DataType::Int64, false),
-    ]));
-    let kb = RecordBatch::try_new(
-        ks,
-        vec![
-            Arc::new(Int64Array::from(key_segments)),
-            Arc::new(Int64Array::from(key_offsets)),
-            Arc::new(Int64Array::from(seg_keys)),
-        ],
-    )
-    .unwrap();
-    write_parquet(&out.join("segment_keys.parquet"), kb, 128 * 1024);
-
+/// What the task runs on: the bucket copy and the source through `file://` endpoints.
+fn task_plan(
+    out: &std::path::Path,
+    src_path: &std::path::Path,
+    source_rows: u64,
+    out_dir: &std::path::Path,
+) -> TaskPlan {
     let local = |p: &std::path::Path| S3Endpoint {
         endpoint: format!("file://{}", p.display()),
         region: "us-east-1".into(),
         use_ssl: false,
     };
-    let size = std::fs::metadata(&src_path).unwrap().len();
-    let task = Task {
-        task_id: "bench".into(),
-        attempt: 0,
-        plan: TaskPlan {
-            run_id: "bench".into(),
-            collection_id: coll,
-            pk_field: PkField {
-                field_id: field,
-                name: "id".into(),
-                pk_type: PkType::Int64,
-            },
-            new_fields: vec![
-                NewField {
-                    name: "score".into(),
-                    arrow_type: "Float64".into(),
-                    field_id: None,
-                },
-                NewField {
-                    name: "label".into(),
-                    arrow_type: "Utf8".into(),
-                    field_id: None,
-                },
-            ],
-            storage: local(&out.join("storage")),
-            storage_bucket: "milvus-bucket".into(),
-            source: local(&src_dir),
-            source_place: Place::Local { path: src_dir.clone() },
-            source_files: vec![SourceFile {
-                key: src_path.strip_prefix("/").unwrap().display().to_string(),
-                size,
-                rows: source_rows as u64,
-                first_row: 0,
-            }],
-            output_place: Place::Local { path: out_dir.clone() },
-            batch_size: milvus_backfill_api::plan::BatchSize::DEFAULT,
-            root_path: "files".into(),
-            memory_mib: 384,
-            v3_commit: Default::default(),
-        },
-        segments: plans,
+    let nf = |name: &str, arrow_type: &str| NewField {
+        name: name.into(),
+        arrow_type: arrow_type.into(),
+        field_id: None,
     };
-    std::fs::write(out.join("task.json"), serde_json::to_vec_pretty(&task).unwrap()).unwrap();
-    eprintln!(
-        "bench data in {}: {segments} segment(s), {rows} rows, source {source_rows} rows ({size} bytes)",
-        out.display()
-    );
+    let src_dir = src_path.parent().unwrap();
+    TaskPlan {
+        run_id: "bench".into(),
+        collection_id: COLLECTION,
+        pk_field: PkField {
+            field_id: PK_FIELD,
+            name: "id".into(),
+            pk_type: PkType::Int64,
+        },
+        new_fields: vec![nf("score", "Float64"), nf("label", "Utf8")],
+        storage: local(&out.join("storage")),
+        storage_bucket: "milvus-bucket".into(),
+        source: local(src_dir),
+        source_place: Place::Local {
+            path: src_dir.to_path_buf(),
+        },
+        source_files: vec![SourceFile {
+            key: src_path.strip_prefix("/").unwrap().display().to_string(),
+            size: std::fs::metadata(src_path).unwrap().len(),
+            rows: source_rows,
+            first_row: 0,
+        }],
+        output_place: Place::Local {
+            path: out_dir.to_path_buf(),
+        },
+        batch_size: milvus_backfill_api::plan::BatchSize::DEFAULT,
+        root_path: "files".into(),
+        memory_mib: 384,
+        v3_commit: Default::default(),
+    }
 }

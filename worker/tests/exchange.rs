@@ -33,7 +33,6 @@ struct Bed {
 /// in no segment, with `label` null for some rows.
 fn bed() -> Bed {
     let dir = tempfile::tempdir().unwrap();
-    let bucket = dir.path().join("storage/milvus-bucket");
     let mut all: Vec<i64> = (0..SEGMENTS * ROWS).collect();
     let mut x = 7u64;
     for i in (1..all.len()).rev() {
@@ -42,6 +41,20 @@ fn bed() -> Bed {
     }
     let keys: Vec<Vec<i64>> = all.chunks(ROWS as usize).map(<[i64]>::to_vec).collect();
     let out = dir.path().join("out");
+    let segments = write_segments(&dir.path().join("storage/milvus-bucket"), &out, &keys);
+    let src = dir.path().join("source/new.parquet");
+    let rows = write_source(&src);
+    let task = Task {
+        task_id: "t".into(),
+        attempt: 0,
+        plan: task_plan(dir.path(), &src, rows, out),
+        segments,
+    };
+    Bed { dir, task, keys }
+}
+
+/// One V1 PK binlog per segment.
+fn write_segments(bucket: &std::path::Path, out: &std::path::Path, keys: &[Vec<i64>]) -> Vec<SegmentPlan> {
     let mut segments = Vec::new();
     for (s, k) in keys.iter().enumerate() {
         let seg = 100 + s as i64;
@@ -75,6 +88,11 @@ fn bed() -> Bed {
             v3: None,
         });
     }
+    segments
+}
+
+/// `(pk, score, label)`: every third key, and keys in no segment; returns the row count.
+fn write_source(src: &std::path::Path) -> u64 {
     let src_keys: Vec<i64> = (0..SEGMENTS * ROWS).step_by(3).chain(-500..0).collect();
     let schema = Arc::new(Schema::new(vec![
         Field::new("pk", DataType::Int64, false),
@@ -92,15 +110,17 @@ fn bed() -> Bed {
         ],
     )
     .unwrap();
-    let src = dir.path().join("source/new.parquet");
     std::fs::create_dir_all(src.parent().unwrap()).unwrap();
     let props = parquet::file::properties::WriterProperties::builder()
         .set_max_row_group_row_count(Some(4096))
         .build();
-    let mut w =
-        parquet::arrow::ArrowWriter::try_new(std::fs::File::create(&src).unwrap(), schema, Some(props)).unwrap();
+    let mut w = parquet::arrow::ArrowWriter::try_new(std::fs::File::create(src).unwrap(), schema, Some(props)).unwrap();
     w.write(&batch).unwrap();
     w.close().unwrap();
+    src_keys.len() as u64
+}
+
+fn task_plan(dir: &std::path::Path, src: &std::path::Path, rows: u64, out: std::path::PathBuf) -> TaskPlan {
     let local = |p: &std::path::Path| S3Endpoint {
         endpoint: format!("file://{}", p.display()),
         region: "us-east-1".into(),
@@ -111,39 +131,33 @@ fn bed() -> Bed {
         arrow_type: t.into(),
         field_id: None,
     };
-    let task = Task {
-        task_id: "t".into(),
-        attempt: 0,
-        plan: TaskPlan {
-            run_id: "exchange".into(),
-            collection_id: 1,
-            pk_field: PkField {
-                field_id: 100,
-                name: "id".into(),
-                pk_type: PkType::Int64,
-            },
-            new_fields: vec![nf("score", "Float64"), nf("label", "Utf8")],
-            storage: local(&dir.path().join("storage")),
-            storage_bucket: "milvus-bucket".into(),
-            source: local(src.parent().unwrap()),
-            source_place: Place::Local {
-                path: src.parent().unwrap().to_path_buf(),
-            },
-            source_files: vec![SourceFile {
-                key: src.strip_prefix("/").unwrap().display().to_string(),
-                size: std::fs::metadata(&src).unwrap().len(),
-                rows: src_keys.len() as u64,
-                first_row: 0,
-            }],
-            output_place: Place::Local { path: out },
-            batch_size: milvus_backfill_api::plan::BatchSize::new(500).unwrap(),
-            root_path: "files".into(),
-            memory_mib: 384,
-            v3_commit: Default::default(),
+    TaskPlan {
+        run_id: "exchange".into(),
+        collection_id: 1,
+        pk_field: PkField {
+            field_id: 100,
+            name: "id".into(),
+            pk_type: PkType::Int64,
         },
-        segments,
-    };
-    Bed { dir, task, keys }
+        new_fields: vec![nf("score", "Float64"), nf("label", "Utf8")],
+        storage: local(&dir.join("storage")),
+        storage_bucket: "milvus-bucket".into(),
+        source: local(src.parent().unwrap()),
+        source_place: Place::Local {
+            path: src.parent().unwrap().to_path_buf(),
+        },
+        source_files: vec![SourceFile {
+            key: src.strip_prefix("/").unwrap().display().to_string(),
+            size: std::fs::metadata(src).unwrap().len(),
+            rows,
+            first_row: 0,
+        }],
+        output_place: Place::Local { path: out },
+        batch_size: milvus_backfill_api::plan::BatchSize::new(500).unwrap(),
+        root_path: "files".into(),
+        memory_mib: 384,
+        v3_commit: Default::default(),
+    }
 }
 
 async fn run(task: &Task) -> (RunStores, TaskOutcome) {
