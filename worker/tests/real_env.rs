@@ -117,6 +117,12 @@ async fn plan_and_run(
     (planned.plan, planned.stores, result)
 }
 
+/// The result JSON the run stored beside its outputs.
+async fn stored_result(stores: &RunStores, plan: &milvus_backfill::plan::Plan) -> Value {
+    let key = milvus_backfill_api::layout::RunLayout::of_plan(plan).result_key();
+    serde_json::from_slice(&stores.storage.get(&key).await.unwrap()).unwrap()
+}
+
 /// Checks every row of every segment's output against the source value of the key
 /// Milvus stored at that offset (null where the source has no such key).
 async fn verify_outputs(
@@ -215,14 +221,7 @@ async fn int64_collection_single_object_default_output() {
     assert_eq!(r.unmatched_backfill_rows, unmatched);
     assert_eq!(r.total_backfill_data_rows, src.len() as u64);
     // The result JSON is stored beside the outputs.
-    let stored: Value = serde_json::from_slice(
-        &stores
-            .storage
-            .get(&milvus_backfill_api::layout::RunLayout::of_plan(&plan).result_key())
-            .await
-            .unwrap(),
-    )
-    .unwrap();
+    let stored = stored_result(&stores, &plan).await;
     assert_eq!(stored["totalRowsWritten"], total);
     assert!(plan.warnings.iter().any(|w| w.contains("garbage collector")));
 }
@@ -249,14 +248,7 @@ async fn many_segments_read_the_source_once() {
         r.source_reads.source_bytes_read
     );
     // The stored result says the same.
-    let stored: Value = serde_json::from_slice(
-        &stores
-            .storage
-            .get(&milvus_backfill_api::layout::RunLayout::of_plan(&plan).result_key())
-            .await
-            .unwrap(),
-    )
-    .unwrap();
+    let stored = stored_result(&stores, &plan).await;
     assert_eq!(stored["sourcePasses"], 1);
     assert_eq!(stored["sourceBytesRead"], r.source_reads.source_bytes_read);
 }
