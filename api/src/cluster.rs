@@ -102,9 +102,9 @@ pub struct BackfillSpec {
     /// The worker Jobs' pod: image, placement, resources.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub worker: Option<WorkerSpec>,
-    /// Segments per Job (task). A Job reads the source once per group of its segments that fits
-    /// `memoryMiB`, so fewer, larger tasks read it less often. Default: the planned segments
-    /// split evenly over `parallelism` Jobs. Immutable: it splits the plan into tasks.
+    /// Segments per Job (task). Each Job reads the source once for all of its segments, so
+    /// fewer, larger tasks read it less often. Default: the planned segments split evenly over
+    /// `parallelism` Jobs. Immutable: it splits the plan into tasks.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1))]
     pub segments_per_job: Option<u32>,

@@ -99,7 +99,7 @@ pub struct TaskOutcome {
     /// Distinct source rows this task's segments used.
     pub used_source_rows: u64,
     pub execution_time_ms: u64,
-    /// How often the source was read (one pass per group of segments), and the bytes read.
+    /// How often the source was read (once for all the task's segments), and the bytes read.
     #[serde(default)]
     pub source_reads: SourceReads,
 }
@@ -169,8 +169,8 @@ pub struct BackfillResult {
     pub failed_segments: Vec<FailedSegment>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub skipped_segments: Vec<SkippedSegment>,
-    /// Passes over the source and the bytes they read (the source is read once per group of
-    /// segments, not once per segment).
+    /// Passes over the source and the bytes they read (once per run or Job, not once per
+    /// segment), and what the exchange wrote.
     #[serde(flatten)]
     pub source_reads: SourceReads,
 }

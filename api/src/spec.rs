@@ -37,9 +37,9 @@ pub struct EngineSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub parallelism: Option<u32>,
     /// Memory, in MiB, one pass over the source may hold for the primary keys and matched values
-    /// of the segments it serves. Segments are grouped so that each group fits, and the source
-    /// is read once per group: more memory, fewer passes. Default 384. Give worker Pods about
-    /// twice this (decoding and encoding buffers come on top).
+    /// of the segments it serves. Beyond it the segments' keys and the source go through the
+    /// exchange, partitioned by key hash; the source is read once either way. Default 384. Give
+    /// worker Pods about twice this (decoding and encoding buffers come on top).
     #[serde(default, rename = "memoryMiB", skip_serializing_if = "Option::is_none")]
     pub memory_mib: Option<u32>,
     /// Flush the collection before planning, so that recent inserts are in sealed segments.

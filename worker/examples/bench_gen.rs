@@ -71,16 +71,7 @@ fn write_segment_binlogs(
     let mut binlogs = Vec::new();
     for (i, chunk) in keys.chunks(keys.len().div_ceil(files).max(1)).enumerate() {
         let log_id = 9 + i as i64 * 1000;
-        let w = BinlogWriter {
-            collection_id: coll,
-            partition_id: part,
-            segment_id: seg,
-            field_id: field,
-            payload_type: 5,
-            start_ts: 1 << 18,
-            end_ts: 2 << 18,
-            writer_ts: 3 << 18,
-        };
+        let w = BinlogWriter::int64_pk(coll, part, seg, field);
         let bytes = w.write_insert(Arc::new(Int64Array::from(chunk.to_vec()))).unwrap();
         let key = format!("files/insert_log/{coll}/{part}/{seg}/{field}/{log_id}");
         std::fs::write(root.join(&key), &bytes).unwrap();

@@ -136,16 +136,7 @@ fn write_segments(root: &std::path::Path, segments: i64, rows: i64) {
     for i in 0..segments {
         let seg = FIRST_SEGMENT + i;
         let keys: Vec<i64> = (0..rows).map(|r| i * rows + r).collect();
-        let w = BinlogWriter {
-            collection_id: COLLECTION_ID,
-            partition_id: PARTITION_ID,
-            segment_id: seg,
-            field_id: 100,
-            payload_type: 5,
-            start_ts: 1 << 18,
-            end_ts: 2 << 18,
-            writer_ts: 3 << 18,
-        };
+        let w = BinlogWriter::int64_pk(COLLECTION_ID, PARTITION_ID, seg, 100);
         let bytes = w.write_insert(Arc::new(Int64Array::from(keys))).unwrap();
         for field in [0, 1, 100, 101] {
             let dir = root.join(format!("files/insert_log/{COLLECTION_ID}/{PARTITION_ID}/{seg}/{field}"));

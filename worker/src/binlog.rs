@@ -262,6 +262,21 @@ pub struct BinlogWriter {
 }
 
 impl BinlogWriter {
+    /// A writer of Int64 primary key binlogs with fixed, non-zero timestamps, as the benchmarks
+    /// and tests build segments.
+    pub fn int64_pk(collection_id: i64, partition_id: i64, segment_id: i64, field_id: i64) -> Self {
+        Self {
+            collection_id,
+            partition_id,
+            segment_id,
+            field_id,
+            payload_type: 5,
+            start_ts: 1 << 18,
+            end_ts: 2 << 18,
+            writer_ts: 3 << 18,
+        }
+    }
+
     pub fn write_insert(&self, values: ArrayRef) -> Result<Vec<u8>, String> {
         if self.start_ts == 0 || self.end_ts == 0 {
             return Err("binlog timestamps must be non-zero".into());

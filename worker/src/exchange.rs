@@ -187,8 +187,7 @@ impl PartitionBuffers {
     }
 
     async fn flush(&mut self, partition: u32) -> Result<()> {
-        let (batches, bytes) = std::mem::take(&mut self.buffers[partition as usize]);
-        let _ = bytes;
+        let (batches, _) = std::mem::take(&mut self.buffers[partition as usize]);
         if batches.is_empty() {
             return Ok(());
         }

@@ -1,9 +1,8 @@
-//! Segments that share one pass over the source. The keys of every segment of a group go into
-//! one index, so each source row is read once per group and sent to the segment that holds its
-//! key, instead of once per segment. A group is as large as the memory budget allows: its key
-//! index and its matched source values must fit. Pure logic; the pass itself is in `engine`.
-
-use std::ops::Range;
+//! Segments that share one pass over the source. The keys of every segment of a run or task go
+//! into one index, so each source row is read once and sent to the segment that holds its key,
+//! instead of once per segment. They must fit the memory budget (their key index and matched
+//! source values); otherwise they go through the exchange. Pure logic; the pass itself is in
+//! `engine`.
 
 use crate::keys::{KeyIndex, PkType};
 
@@ -38,24 +37,10 @@ impl PassCost {
     }
 }
 
-/// Consecutive runs of segments whose pass fits `budget_bytes` (and whose rows a u32 group
-/// offset can address). A segment that does not fit alone is a group alone: it needs its own
-/// keys in memory whatever the budget, as before groups existed.
-pub fn plan_groups(rows: &[u64], budget_bytes: u64, cost: &PassCost) -> Vec<Range<usize>> {
-    let fits = |total: u64| total <= u64::from(u32::MAX) && cost.bytes(total) <= budget_bytes;
-    let mut groups = Vec::new();
-    let (mut start, mut total) = (0usize, 0u64);
-    for (i, &r) in rows.iter().enumerate() {
-        if i > start && !fits(total + r) {
-            groups.push(start..i);
-            (start, total) = (i, 0);
-        }
-        total += r;
-    }
-    if start < rows.len() {
-        groups.push(start..rows.len());
-    }
-    groups
+/// Whether `total_rows` segment rows fit one pass: within `budget_bytes`, and addressable by a
+/// u32 group offset. Otherwise the segments go through the exchange.
+pub fn fits_one_pass(total_rows: u64, budget_bytes: u64, cost: &PassCost) -> bool {
+    total_rows <= u64::from(u32::MAX) && cost.bytes(total_rows) <= budget_bytes
 }
 
 /// Where each segment's rows start in the group index (segments are pushed in order).
@@ -109,47 +94,26 @@ mod tests {
     use arrow_array::Int64Array;
 
     #[test]
-    fn groups_fill_up_to_the_budget_and_keep_the_segment_order() {
+    fn rows_fit_one_pass_up_to_the_budget() {
         let cost = PassCost {
             pk: PkType::Int64,
             key_bytes: 8,
             value_bytes_per_source_row: 20,
         };
-        let one = cost.bytes(1000);
-        assert_eq!(plan_groups(&[1000, 1000, 1000], cost.bytes(3000), &cost), vec![0..3]);
-        assert_eq!(
-            plan_groups(&[1000, 1000, 1000], cost.bytes(3000) - 1, &cost),
-            vec![0..2, 2..3]
-        );
-        assert_eq!(
-            plan_groups(&[1000, 1000, 1000], cost.bytes(2000), &cost),
-            vec![0..2, 2..3]
-        );
-        assert_eq!(plan_groups(&[1000, 1000, 1000], one, &cost), vec![0..1, 1..2, 2..3]);
-        assert_eq!(plan_groups(&[], one, &cost), Vec::<Range<usize>>::new());
+        assert!(fits_one_pass(3000, cost.bytes(3000), &cost));
+        assert!(!fits_one_pass(3000, cost.bytes(3000) - 1, &cost));
+        assert!(fits_one_pass(0, cost.bytes(0), &cost));
     }
 
     #[test]
-    fn a_segment_over_the_budget_is_a_group_alone() {
+    fn one_pass_never_exceeds_what_a_u32_offset_addresses() {
         let cost = PassCost {
             pk: PkType::Int64,
             key_bytes: 8,
             value_bytes_per_source_row: 0,
         };
-        let budget = cost.bytes(20);
-        assert_eq!(plan_groups(&[5, 100, 5, 5], budget, &cost), vec![0..1, 1..2, 2..4]);
-        assert_eq!(plan_groups(&[100], 0, &cost), vec![0..1]);
-    }
-
-    #[test]
-    fn groups_never_exceed_what_a_u32_offset_addresses() {
-        let cost = PassCost {
-            pk: PkType::Int64,
-            key_bytes: 8,
-            value_bytes_per_source_row: 0,
-        };
-        let big = u64::from(u32::MAX) / 2 + 1;
-        assert_eq!(plan_groups(&[big, big], u64::MAX, &cost), vec![0..1, 1..2]);
+        assert!(fits_one_pass(u64::from(u32::MAX), u64::MAX, &cost));
+        assert!(!fits_one_pass(u64::from(u32::MAX) + 1, u64::MAX, &cost));
     }
 
     /// The estimate follows the index's real layout: a power of two of buckets, so one more

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use arrow_array::{ArrayRef, RecordBatch, UInt32Array};
 use arrow_schema::{Field, Schema, SchemaRef};
 
+#[cfg(test)]
 use crate::keys::KeyIndex;
 
 const NO_MATCH: u32 = u32::MAX;
@@ -27,7 +28,9 @@ pub struct DuplicateKeys {
 
 impl Joined {
     /// `offsets[k]` is the first segment offset of matched source row `k`, and row
-    /// `k` of the concatenated `batches` holds its values.
+    /// `k` of the concatenated `batches` holds its values. Tests build joins this way; the
+    /// engine splits a group's matches itself and calls [`Joined::from_pairs`].
+    #[cfg(test)]
     pub fn build(
         num_rows: u32,
         index: &KeyIndex,

@@ -1,13 +1,12 @@
 //! Running planned segments: all of a plan in-process (`run`), or one task (`segment`).
 
-use std::ops::Range;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 use milvus_backfill_api::layout::RunLayout;
 use milvus_backfill_api::outcome::{BackfillResult, FailedSegment, SourceReads, TaskOutcome};
 
-use crate::engine::{Group, Mode};
+use crate::engine::{Group, GroupDone, Mode};
 use crate::error::Result;
 use crate::groups;
 use crate::plan::{Plan, SegmentPlan, Task, TaskPlan};
@@ -39,8 +38,9 @@ impl UsedRows {
     }
 }
 
-/// Runs every planned segment: one pass over the source per group of segments
-/// ([`crate::groups`]), then up to `plan.parallelism` segments written at once. A failed
+/// Runs every planned segment: one pass over the source for all of them, or the exchange when
+/// they exceed `memoryMiB` ([`crate::groups`]), then up to `plan.parallelism` segments written
+/// at once. A failed
 /// segment does not stop the others.
 pub async fn run_plan(plan: &Plan, stores: &RunStores, progress: &Progress) -> BackfillResult {
     let started = Instant::now();
@@ -54,25 +54,20 @@ pub async fn run_plan(plan: &Plan, stores: &RunStores, progress: &Progress) -> B
         attempt: 0,
         parallelism: plan.parallelism.max(1) as usize,
     };
-    let mut reads = SourceReads::default();
     let mut outcomes = Vec::new();
     let mut failures = Vec::new();
-    for (range, mode) in passes(stores, &tp, &plan.segments).await {
-        let segs = &plan.segments[range];
-        segs.iter().for_each(|s| progress.started(s.segment_id));
-        let done = group.process_in(segs, mode).await;
-        reads = reads.plus(done.reads);
-        for (seg, r) in segs.iter().zip(done.outcomes) {
-            match r {
-                Ok(o) => {
-                    used.mark(&o.used_source_rows);
-                    progress.finished(seg.segment_id, o.row_count, None);
-                    outcomes.push(o);
-                }
-                Err(e) => {
-                    progress.finished(seg.segment_id, 0, Some(&e));
-                    failures.push(FailedSegment::from_error(seg.segment_id, seg.partition_id, &e));
-                }
+    plan.segments.iter().for_each(|s| progress.started(s.segment_id));
+    let done = process_all(&group, &plan.segments).await;
+    for (seg, r) in plan.segments.iter().zip(done.outcomes) {
+        match r {
+            Ok(o) => {
+                used.mark(&o.used_source_rows);
+                progress.finished(seg.segment_id, o.row_count, None);
+                outcomes.push(o);
+            }
+            Err(e) => {
+                progress.finished(seg.segment_id, 0, Some(&e));
+                failures.push(FailedSegment::from_error(seg.segment_id, seg.partition_id, &e));
             }
         }
     }
@@ -84,13 +79,13 @@ pub async fn run_plan(plan: &Plan, stores: &RunStores, progress: &Progress) -> B
         used.count(),
         started.elapsed().as_millis() as u64,
     );
-    result.source_reads = reads;
+    result.source_reads = done.reads;
     result
 }
 
-/// How the segments are processed within the plan's memory: in one pass over the source when
-/// they fit it, else all of them through the exchange (the source read once either way).
-async fn passes(stores: &RunStores, plan: &TaskPlan, segs: &[SegmentPlan]) -> Vec<(Range<usize>, Mode)> {
+/// How the segments meet the source within the plan's memory: one pass when they fit it, else
+/// through the exchange (the source is read once either way).
+async fn mode_for(stores: &RunStores, plan: &TaskPlan, segs: &[SegmentPlan]) -> Mode {
     let costs = source::row_costs(&stores.source, &plan.source_files, &plan.new_fields)
         .await
         .unwrap_or(source::RowCosts::UNKNOWN);
@@ -100,26 +95,36 @@ async fn passes(stores: &RunStores, plan: &TaskPlan, segs: &[SegmentPlan]) -> Ve
         value_bytes_per_source_row: costs.value_bytes,
     };
     let budget = u64::from(plan.memory_mib) << 20;
-    let rows: Vec<u64> = segs.iter().map(|s| s.num_rows).collect();
-    let ranges = groups::plan_groups(&rows, budget, &cost);
-    if ranges.len() <= 1 {
+    let rows: u64 = segs.iter().map(|s| s.num_rows).sum();
+    if groups::fits_one_pass(rows, budget, &cost) {
         tracing::info!(
             segments = segs.len(),
             memory_mib = plan.memory_mib,
             "one pass over the source serves every segment"
         );
-        return ranges.into_iter().map(|r| (r, Mode::OnePass)).collect();
+        return Mode::OnePass;
     }
-    let partitions = crate::exchange::partitions_for(rows.iter().sum(), budget, &cost);
+    let partitions = crate::exchange::partitions_for(rows, budget, &cost);
     tracing::info!(
         segments = segs.len(),
-        would_be_passes = ranges.len(),
         partitions,
         value_bytes_per_row = costs.value_bytes,
         memory_mib = plan.memory_mib,
         "the segments exceed one pass: keys and source go through the exchange"
     );
-    vec![(0..segs.len(), Mode::Exchange { partitions })]
+    Mode::Exchange { partitions }
+}
+
+/// Every segment, in the mode their memory allows; nothing at all for no segment.
+async fn process_all(group: &Group<'_>, segs: &[SegmentPlan]) -> GroupDone {
+    if segs.is_empty() {
+        return GroupDone {
+            outcomes: Vec::new(),
+            reads: SourceReads::default(),
+        };
+    }
+    let mode = mode_for(group.stores, group.plan, segs).await;
+    group.process_in(segs, mode).await
 }
 
 /// Writes the result JSON into the run's directory in the storage bucket, split into parts
@@ -139,30 +144,25 @@ pub async fn run_task(task: &Task, stores: &RunStores) -> TaskOutcome {
         attempt: task.attempt,
         parallelism: std::thread::available_parallelism().map_or(1, |n| n.get()).clamp(1, 4),
     };
-    let mut reads = SourceReads::default();
     let mut segments = Vec::new();
     let mut failed_segments = Vec::new();
-    for (range, mode) in passes(stores, &task.plan, &task.segments).await {
-        let segs = &task.segments[range];
-        let done = group.process_in(segs, mode).await;
-        reads = reads.plus(done.reads);
-        for (seg, r) in segs.iter().zip(done.outcomes) {
-            match r {
-                Ok(o) => {
-                    used.mark(&o.used_source_rows);
-                    tracing::info!(
-                        segment = o.segment_id,
-                        rows = o.row_count,
-                        matched = o.matched_row_count,
-                        ms = o.execution_time_ms,
-                        "segment done"
-                    );
-                    segments.push(o);
-                }
-                Err(e) => {
-                    tracing::error!(segment = seg.segment_id, kind = %e.kind, error = %e.message, "segment failed");
-                    failed_segments.push(FailedSegment::from_error(seg.segment_id, seg.partition_id, &e));
-                }
+    let done = process_all(&group, &task.segments).await;
+    for (seg, r) in task.segments.iter().zip(done.outcomes) {
+        match r {
+            Ok(o) => {
+                used.mark(&o.used_source_rows);
+                tracing::info!(
+                    segment = o.segment_id,
+                    rows = o.row_count,
+                    matched = o.matched_row_count,
+                    ms = o.execution_time_ms,
+                    "segment done"
+                );
+                segments.push(o);
+            }
+            Err(e) => {
+                tracing::error!(segment = seg.segment_id, kind = %e.kind, error = %e.message, "segment failed");
+                failed_segments.push(FailedSegment::from_error(seg.segment_id, seg.partition_id, &e));
             }
         }
     }
@@ -174,7 +174,7 @@ pub async fn run_task(task: &Task, stores: &RunStores) -> TaskOutcome {
         failed_segments,
         used_source_rows: used.count(),
         execution_time_ms: started.elapsed().as_millis() as u64,
-        source_reads: reads,
+        source_reads: done.reads,
     }
 }
 

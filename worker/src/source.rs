@@ -399,7 +399,7 @@ pub async fn check_keys_within(store: &Store, files: &[SourceFile], pk_type: PkT
     let per_key = match pk_type {
         PkType::Int64 => 8,
         // A boxed str and its heap block, rounded up to 16 bytes.
-        PkType::VarChar => 16 + row_costs_key(store, files).await?.div_ceil(16) * 16,
+        PkType::VarChar => 16 + row_costs(store, files, &[]).await?.key_bytes.div_ceil(16) * 16,
     };
     let rows: u64 = files.iter().map(|f| f.rows).sum();
     let passes = rows.saturating_mul(per_key).div_ceil(budget.max(1)).max(1);
@@ -423,11 +423,6 @@ pub async fn check_keys_within(store: &Store, files: &[SourceFile], pk_type: PkT
         );
     }
     Ok(report)
-}
-
-/// Average bytes of a key as the footer tells (VarChar lengths included).
-async fn row_costs_key(store: &Store, files: &[SourceFile]) -> Result<u64> {
-    Ok(row_costs(store, files, &[]).await?.key_bytes)
 }
 
 /// Rows and nulls of one file's key column, its keys of this pass handed to `keys`.

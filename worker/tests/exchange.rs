@@ -59,16 +59,7 @@ fn write_segments(bucket: &std::path::Path, out: &std::path::Path, keys: &[Vec<i
     for (s, k) in keys.iter().enumerate() {
         let seg = 100 + s as i64;
         let key = format!("files/insert_log/1/2/{seg}/100/9");
-        let w = BinlogWriter {
-            collection_id: 1,
-            partition_id: 2,
-            segment_id: seg,
-            field_id: 100,
-            payload_type: 5,
-            start_ts: 1 << 18,
-            end_ts: 2 << 18,
-            writer_ts: 3 << 18,
-        };
+        let w = BinlogWriter::int64_pk(1, 2, seg, 100);
         let bytes = w.write_insert(Arc::new(Int64Array::from(k.clone()))).unwrap();
         std::fs::create_dir_all(bucket.join(&key).parent().unwrap()).unwrap();
         std::fs::write(bucket.join(&key), &bytes).unwrap();

@@ -74,19 +74,21 @@ async fn load_keys(ex: &Exchange, pk: PkType, parts: &[SourceFile]) -> Result<Pa
             keys.index
                 .push(col(KEY_COLUMN)?.as_ref())
                 .map_err(|e| BackfillError::data_read(&what, e))?;
-            keys.segment.extend(u32s(&col(SEGMENT)?));
-            keys.offset.extend(u32s(&col(OFFSET)?));
+            keys.segment.extend(
+                u32s(&col(SEGMENT)?).ok_or_else(|| BackfillError::data_read(&what, "not a key part of this run"))?,
+            );
+            keys.offset.extend(
+                u32s(&col(OFFSET)?).ok_or_else(|| BackfillError::data_read(&what, "not a key part of this run"))?,
+            );
         }
     }
     keys.index.seal();
     Ok(keys)
 }
 
-fn u32s(a: &ArrayRef) -> Vec<u32> {
-    a.as_any()
-        .downcast_ref::<UInt32Array>()
-        .map(|a| a.values().to_vec())
-        .unwrap_or_default()
+/// The values of a UInt32 column, or `None` for another type.
+fn u32s(a: &ArrayRef) -> Option<Vec<u32>> {
+    a.as_any().downcast_ref::<UInt32Array>().map(|a| a.values().to_vec())
 }
 
 /// What every partition's join shares.
@@ -224,7 +226,7 @@ mod tests {
             vec![(0, 2), (3, 2)]
         );
         let seg3 = &b[1].1;
-        assert_eq!(u32s(seg3.column(0)), vec![0, 7]);
+        assert_eq!(u32s(seg3.column(0)), Some(vec![0, 7]));
         let rows = seg3.column(1).as_any().downcast_ref::<UInt64Array>().unwrap();
         assert_eq!(rows.values().to_vec(), vec![101, 102]);
         let v = seg3.column(2).as_any().downcast_ref::<Int64Array>().unwrap();
