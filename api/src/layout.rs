@@ -130,6 +130,7 @@ impl TaskSplit {
             attempt,
             plan: TaskPlan::from_plan(p),
             segments: self.segments(p, index).to_vec(),
+            stage: None,
         }
     }
     /// Attempt 0 of every task.

@@ -9,6 +9,7 @@
 //! | [`plan`] | `Plan`, `Task`, `SegmentPlan`, `BatchSize`, ... |
 //! | [`outcome`] | `SegmentOutcome`, `TaskOutcome`, `FailedSegment`, `BackfillResult` |
 //! | [`layout`] | `RunLayout` (every bucket key of a run), `TaskSplit` (plan → tasks) |
+//! | [`stage`] | a routed run's stages: `Stage`, `StageOutput`, and the work of each next task |
 //! | [`invocation`] | the worker's `segment` command line and environment names |
 //! | [`place`] | `S3Endpoint`, `S3Uri`, `Place` |
 //! | [`error`] | `ErrorKind` (with `is_permanent`), `BackfillError` |
@@ -21,6 +22,7 @@ pub mod outcome;
 pub mod place;
 pub mod plan;
 pub mod spec;
+pub mod stage;
 
 pub const GROUP: &str = "milvusbackfill.io";
 pub const VERSION: &str = "v1alpha1";

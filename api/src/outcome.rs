@@ -102,6 +102,9 @@ pub struct TaskOutcome {
     /// How often the source was read (once for all the task's segments), and the bytes read.
     #[serde(default)]
     pub source_reads: SourceReads,
+    /// What a route or join task of a routed run hands the next stage.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stage_output: Option<crate::stage::StageOutput>,
 }
 
 /// Reads of the new-field source: one pass serves a whole group of segments.
@@ -131,6 +134,9 @@ impl TaskOutcome {
     /// Whether a failed attempt is worth another one: not when every failed segment failed
     /// with an error the same input would give again.
     pub fn retryable(&self) -> bool {
+        if let Some(crate::stage::StageOutput::Failed { error, .. }) = &self.stage_output {
+            return !error.is_permanent();
+        }
         self.failed_segments.is_empty() || self.failed_segments.iter().any(|f| !f.kind.is_permanent())
     }
 }
@@ -454,6 +460,7 @@ mod tests {
             used_source_rows: 0,
             execution_time_ms: 0,
             source_reads: Default::default(),
+            stage_output: None,
         };
         assert!(!failed(ErrorKind::SchemaValidationError).retryable());
         assert!(failed(ErrorKind::ConnectionError).retryable());

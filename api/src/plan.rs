@@ -274,6 +274,10 @@ pub struct Task {
     #[serde(flatten)]
     pub plan: TaskPlan,
     pub segments: Vec<SegmentPlan>,
+    /// The task's stage in a routed run ([`crate::stage`]); `None`: its segments read the
+    /// source themselves.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stage: Option<crate::stage::Stage>,
 }
 
 /// The partition ID the result JSON reports: the one all segments share, else 0

@@ -134,6 +134,7 @@ pub fn synthetic_outcome(plan: &Plan, split: TaskSplit, job: &JobView) -> TaskOu
         used_source_rows: 0,
         execution_time_ms: 0,
         source_reads: Default::default(),
+        stage_output: None,
     }
 }
 

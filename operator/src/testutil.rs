@@ -142,6 +142,7 @@ pub fn ok_outcome(plan: &Plan, spj: u32, task: u32, attempt: u32, matched: u64) 
         used_source_rows: matched * segs.len() as u64,
         execution_time_ms: 10,
         source_reads: Default::default(),
+        stage_output: None,
     }
 }
 
@@ -188,6 +189,7 @@ pub fn failed_outcome(plan: &Plan, spj: u32, task: u32, attempt: u32, kind: Erro
         used_source_rows: 0,
         execution_time_ms: 10,
         source_reads: Default::default(),
+        stage_output: None,
     }
 }
 

@@ -105,6 +105,7 @@ fn main() {
         attempt: 0,
         plan: task_plan(&out, &src_path, source_rows as u64, &out_dir),
         segments: plans,
+        stage: None,
     };
     std::fs::write(out.join("task.json"), serde_json::to_vec_pretty(&task).unwrap()).unwrap();
     eprintln!(

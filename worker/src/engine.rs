@@ -5,7 +5,10 @@
 
 mod exchanged;
 mod read;
+mod staged;
 mod write;
+
+pub use staged::StageDone;
 
 use std::sync::Arc;
 use std::time::Instant;

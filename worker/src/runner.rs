@@ -5,8 +5,9 @@ use std::time::Instant;
 
 use milvus_backfill_api::layout::RunLayout;
 use milvus_backfill_api::outcome::{BackfillResult, FailedSegment, SourceReads, TaskOutcome};
+use milvus_backfill_api::stage::{Stage, StageOutput};
 
-use crate::engine::{Group, GroupDone, Mode};
+use crate::engine::{Group, GroupDone, Mode, StageDone};
 use crate::error::Result;
 use crate::groups;
 use crate::plan::{Plan, SegmentPlan, Task, TaskPlan};
@@ -144,9 +145,14 @@ pub async fn run_task(task: &Task, stores: &RunStores) -> TaskOutcome {
         attempt: task.attempt,
         parallelism: std::thread::available_parallelism().map_or(1, |n| n.get()).clamp(1, 4),
     };
+    let done = match &task.stage {
+        None => process_all(&group, &task.segments).await,
+        Some(Stage::Write(w)) => group.write_task(&task.segments, w).await,
+        Some(Stage::Route(w)) => return stage_outcome(task, group.route_task(&task.segments, w).await, started),
+        Some(Stage::Join(w)) => return stage_outcome(task, group.join_task(w).await, started),
+    };
     let mut segments = Vec::new();
     let mut failed_segments = Vec::new();
-    let done = process_all(&group, &task.segments).await;
     for (seg, r) in task.segments.iter().zip(done.outcomes) {
         match r {
             Ok(o) => {
@@ -175,6 +181,40 @@ pub async fn run_task(task: &Task, stores: &RunStores) -> TaskOutcome {
         used_source_rows: used.count(),
         execution_time_ms: started.elapsed().as_millis() as u64,
         source_reads: done.reads,
+        stage_output: None,
+    }
+}
+
+/// The outcome of a route or join task: what it hands on, or why it failed (and the segment
+/// whose keys could not be routed, if that was why).
+fn stage_outcome(task: &Task, done: StageDone, started: Instant) -> TaskOutcome {
+    let (stage_output, failed_segments) = match done.output {
+        Ok(out) => (out, Vec::new()),
+        Err(e) => {
+            tracing::error!(kind = %e.kind, error = %e.message, "stage task failed");
+            let failed = task
+                .segments
+                .iter()
+                .filter(|s| Some(s.segment_id) == e.segment_id)
+                .map(|s| FailedSegment::from_error(s.segment_id, s.partition_id, &e))
+                .collect();
+            let out = StageOutput::Failed {
+                error: e.kind,
+                reason: e.message,
+            };
+            (out, failed)
+        }
+    };
+    TaskOutcome {
+        task_id: task.task_id.clone(),
+        attempt: task.attempt,
+        success: !matches!(stage_output, StageOutput::Failed { .. }),
+        segments: Vec::new(),
+        failed_segments,
+        used_source_rows: 0,
+        execution_time_ms: started.elapsed().as_millis() as u64,
+        source_reads: done.reads,
+        stage_output: Some(stage_output),
     }
 }
 

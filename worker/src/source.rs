@@ -753,6 +753,32 @@ impl OpenedFile {
     }
 }
 
+/// The name and type of each planned new field in `schema`, in plan order.
+pub(crate) fn field_types(what: &str, schema: &SchemaRef, new_fields: &[NewField]) -> Result<Vec<(String, DataType)>> {
+    Ok(planned_columns(what, schema, new_fields)?
+        .into_iter()
+        .map(|i| (schema.field(i).name().clone(), schema.field(i).data_type().clone()))
+        .collect())
+}
+
+/// The new fields' names and types, from the first source file's footer.
+pub async fn planned_field_types(
+    store: &Store,
+    files: &[SourceFile],
+    new_fields: &[NewField],
+) -> Result<Vec<(String, DataType)>> {
+    let Some(f) = files.first() else {
+        return Err(BackfillError::unexpected("a plan without source files"));
+    };
+    let what = store.display(&f.key);
+    let md = ObjectReader::new(store.clone(), f.key.clone(), f.size)
+        .metadata()
+        .await?;
+    let meta = ArrowReaderMetadata::try_new(md, ArrowReaderOptions::default())
+        .map_err(|e| BackfillError::data_read(&what, e))?;
+    field_types(&what, meta.schema(), new_fields)
+}
+
 /// The column index of each planned new field, which must still have its planned type.
 pub(crate) fn planned_columns(what: &str, schema: &SchemaRef, new_fields: &[NewField]) -> Result<Vec<usize>> {
     new_fields

@@ -17,6 +17,7 @@ use milvus_backfill::runner;
 use milvus_backfill::stores::{RunLocations, RunStores, StoreCredentials};
 use milvus_backfill_api::layout::RunLayout;
 use milvus_backfill_api::outcome::TaskOutcome;
+use milvus_backfill_api::stage::{self, JoinWork, RouteWork, Stage, StageOutput};
 
 const SEGMENTS: i64 = 30;
 const ROWS: i64 = 2_000;
@@ -49,6 +50,7 @@ fn bed() -> Bed {
         attempt: 0,
         plan: task_plan(dir.path(), &src, rows, out),
         segments,
+        stage: None,
     };
     Bed { dir, task, keys }
 }
@@ -246,4 +248,108 @@ async fn segments_over_the_budget_go_through_the_exchange_and_write_what_one_pas
     // Nothing of the exchange is left under the run's prefix.
     let prefix = RunLayout::of_task(&small.plan).exchange_prefix("t", 1);
     assert_eq!(stores.storage.list(&prefix).await.unwrap(), vec![], "exchange deleted");
+}
+
+/// The task, as the operator stores it and a Job reads it back.
+fn stage_task(bed: &Bed, index: usize, segments: std::ops::Range<usize>, stage: Stage) -> Task {
+    let json = serde_json::to_string(&Task {
+        task_id: format!("t{index}"),
+        attempt: 0,
+        plan: bed.task.plan.clone(),
+        segments: bed.task.segments[segments].to_vec(),
+        stage: Some(stage),
+    })
+    .unwrap();
+    serde_json::from_str(&json).unwrap()
+}
+
+async fn run_ok(task: &Task) -> TaskOutcome {
+    let (_, o) = run(task).await;
+    assert!(
+        o.success,
+        "{}: {:?} {:?}",
+        task.task_id, o.failed_segments, o.stage_output
+    );
+    o
+}
+
+/// The stages as a cluster runs them, each task on its own as a Job would: three route tasks
+/// (a third of the segments' keys and a slice of the source each), one join task per
+/// partition, two write tasks. The outputs are those of one pass; the source is read once in
+/// all, and no slice is read twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_stages_as_separate_tasks_write_what_one_pass_writes() {
+    let bed = bed();
+    let (stores, one_pass) = run(&bed.task).await;
+    assert!(one_pass.success);
+    let expected = outputs(&stores, &bed.task).await;
+    std::fs::remove_dir_all(bed.dir.path().join("out")).unwrap();
+
+    let n = bed.task.segments.len();
+    let (partitions, routes) = (4u32, 3usize);
+    let slices = stage::source_slices(&bed.task.plan.source_files, routes as u32);
+    let mut routed = Vec::new();
+    let mut bytes_read = 0;
+    for (r, slices) in slices.into_iter().enumerate() {
+        let segs = r * n / routes..(r + 1) * n / routes;
+        let work = RouteWork {
+            partitions,
+            first_segment: segs.start as u32,
+            slices,
+        };
+        let o = run_ok(&stage_task(&bed, r, segs, Stage::Route(work))).await;
+        bytes_read += o.source_reads.source_bytes_read;
+        routed.push(o.stage_output.unwrap());
+    }
+    let source_size = bed.task.plan.source_files[0].size;
+    // Each route task reads its own row groups and the footer (a 64 KiB tail read): a slice
+    // read twice would add a third of the source.
+    let footers = routes as u64 * (64 << 10);
+    assert!(bytes_read <= source_size + footers, "{bytes_read} of {source_size}");
+    assert!(bytes_read >= source_size * 9 / 10, "{bytes_read} of {source_size}");
+    let mut joined = Vec::new();
+    for (p, w) in stage::join_works(partitions, &routed.iter().collect::<Vec<_>>())
+        .into_iter()
+        .enumerate()
+    {
+        let o = run_ok(&stage_task(&bed, 10 + p, 0..0, Stage::Join(w))).await;
+        joined.push(o.stage_output.unwrap());
+    }
+    let joined: Vec<&StageOutput> = joined.iter().collect();
+    let mut matched = 0;
+    for (i, segs) in [0..n / 2, n / 2..n].into_iter().enumerate() {
+        let work = stage::write_work(segs.start as u32..segs.end as u32, &joined);
+        let o = run_ok(&stage_task(&bed, 20 + i, segs, Stage::Write(work))).await;
+        matched += o.segments.iter().map(|s| s.matched_row_count).sum::<u64>();
+    }
+    assert_eq!(matched, ((SEGMENTS * ROWS) as u64).div_ceil(3));
+    assert_eq!(
+        outputs(&stores, &bed.task).await,
+        expected,
+        "the stages write what one pass writes"
+    );
+}
+
+/// A join task whose parts are gone fails as a whole, and says which object is missing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stage_task_that_fails_says_why_and_hands_nothing_on() {
+    let bed = bed();
+    let gone = SourceFile {
+        key: "files/backfill/1/exchange/gone/keys/00000-k-00000.parquet".into(),
+        size: 100,
+        rows: 10,
+        first_row: 0,
+    };
+    let work = JoinWork {
+        partition: 0,
+        keys: vec![gone.clone()],
+        source: vec![gone],
+        first_row: 0,
+    };
+    let (_, o) = run(&stage_task(&bed, 0, 0..0, Stage::Join(work))).await;
+    assert!(!o.success);
+    match o.stage_output {
+        Some(StageOutput::Failed { reason, .. }) => assert!(reason.contains("00000-k-00000"), "{reason}"),
+        other => panic!("{other:?}"),
+    }
 }

@@ -11,13 +11,16 @@ use bytes::Bytes;
 use parquet::arrow::arrow_reader::{ArrowReaderMetadata, ArrowReaderOptions, ParquetRecordBatchReaderBuilder};
 use parquet::file::metadata::ParquetMetaDataReader;
 
+use milvus_backfill_api::stage::JoinedFile;
+
 use super::route::{OFFSET, SEGMENT};
 use super::{encode, Exchange};
 use crate::error::{BackfillError, Result};
 use crate::join::concat_values;
 use crate::keys::{KeyIndex, PkType};
 use crate::plan::{NewField, SourceFile};
-use crate::source::{self, KEY_COLUMN};
+use crate::source::{self, ObjectReader, KEY_COLUMN};
+use crate::store::Store;
 
 /// Column names of a joined part beside the new fields.
 pub const ROW: &str = "row";
@@ -31,6 +34,20 @@ pub struct JoinedPartition {
 }
 
 impl JoinedPartition {
+    /// A partition another task joined, with its footer read.
+    pub async fn open(store: &Store, f: &JoinedFile) -> Result<Self> {
+        let md = ObjectReader::new(store.clone(), f.file.key.clone(), f.file.size)
+            .metadata()
+            .await?;
+        let meta = ArrowReaderMetadata::try_new(md, ArrowReaderOptions::default())
+            .map_err(|e| BackfillError::data_read(store.display(&f.file.key), e))?;
+        Ok(Self {
+            file: Some((f.file.clone(), meta)),
+            row_groups: f.row_groups.iter().map(|&(s, g)| (s, g as usize)).collect(),
+            matched: f.file.rows,
+        })
+    }
+
     pub fn row_group_of(&self, segment: u32) -> Option<usize> {
         self.row_groups
             .binary_search_by_key(&segment, |&(s, _)| s)

@@ -11,6 +11,8 @@ use parquet::arrow::arrow_reader::{ArrowReaderMetadata, ArrowReaderOptions};
 use parquet::arrow::async_reader::ParquetRecordBatchStreamBuilder;
 use parquet::arrow::ProjectionMask;
 
+use milvus_backfill_api::stage::SourceSlice;
+
 use super::{partition_of, Exchange, PartitionBuffers};
 use crate::error::{BackfillError, Result};
 use crate::keys::{hash_i64, hash_str};
@@ -120,19 +122,20 @@ impl KeyRouter {
 /// Each partition's part files, the new fields' names and types, and the bytes read.
 pub type RoutedSource = (Vec<Vec<SourceFile>>, Vec<(String, DataType)>, u64);
 
-/// Routes every source row (its key and planned new fields) into its key's partition, files
-/// and runs of row groups on all cores.
+/// Routes every source row of `slices` (its key and planned new fields) into its key's
+/// partition, the slices on all cores.
 pub async fn source(
     exchange: Arc<Exchange>,
     store: &Store,
-    files: &[SourceFile],
+    slices: &[SourceSlice],
     new_fields: &[NewField],
 ) -> Result<RoutedSource> {
     let workers = super::routing_workers();
     let fetched = Arc::new(AtomicU64::new(0));
-    let mut slices = Vec::new();
+    let mut runs = Vec::with_capacity(slices.len());
     let mut fields = Vec::new();
-    for (fi, f) in files.iter().enumerate() {
+    for (si, slice) in slices.iter().enumerate() {
+        let f = &slice.file;
         let mut r = ObjectReader::new(store.clone(), f.key.clone(), f.size).counting(fetched.clone());
         let what = store.display(&f.key);
         let meta = ArrowReaderMetadata::try_new(r.metadata().await?, ArrowReaderOptions::default())
@@ -147,28 +150,25 @@ pub async fn source(
             ));
         }
         if fields.is_empty() {
-            let schema = meta.schema();
-            fields = source::planned_columns(&what, schema, new_fields)?
-                .into_iter()
-                .map(|i| (schema.field(i).name().clone(), schema.field(i).data_type().clone()))
-                .collect();
+            fields = source::field_types(&what, meta.schema(), new_fields)?;
         }
-        let groups: Vec<usize> = (0..meta.metadata().num_row_groups()).collect();
-        for (ci, chunk) in groups.chunks(groups.len().div_ceil(workers).max(1)).enumerate() {
-            slices.push(Slice {
-                store: store.clone(),
-                file: f.clone(),
-                meta: meta.clone(),
-                groups: chunk.to_vec(),
-                new_fields: new_fields.to_vec(),
-                fetched: fetched.clone(),
-                exchange: exchange.clone(),
-                name: format!("f{fi}c{ci}"),
-            });
+        let groups: Vec<usize> = slice.row_groups(meta.metadata().num_row_groups()).collect();
+        if groups.is_empty() {
+            continue;
         }
+        runs.push(Slice {
+            store: store.clone(),
+            file: f.clone(),
+            meta,
+            groups,
+            new_fields: new_fields.to_vec(),
+            fetched: fetched.clone(),
+            exchange: exchange.clone(),
+            name: format!("s{si}c{}", slice.chunk),
+        });
     }
     let mut parts: Vec<Vec<SourceFile>> = vec![Vec::new(); exchange.partitions as usize];
-    let mut running = futures_util::stream::iter(slices.into_iter().map(|s| tokio::spawn(s.run()))).buffered(workers);
+    let mut running = futures_util::stream::iter(runs.into_iter().map(|s| tokio::spawn(s.run()))).buffered(workers);
     while let Some(done) = running.next().await {
         let slice_parts = done.map_err(|e| BackfillError::unexpected(format!("routing the source: {e}")))??;
         for (p, files) in slice_parts.into_iter().enumerate() {
