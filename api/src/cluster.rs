@@ -108,6 +108,13 @@ pub struct BackfillSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1))]
     pub segments_per_job: Option<u32>,
+    /// How the Jobs meet the source. `PerJob`: each Job reads it for its segments. `Staged`:
+    /// it is read once for the whole run, by route Jobs that split it (and the segments' keys)
+    /// by key hash into partitions in the bucket, then join Jobs (one per partition), then
+    /// write Jobs. Default `Auto`: `Staged` when more than two Jobs would each read a source
+    /// larger than `memoryMiB`. Immutable once planned.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub routing: Option<Routing>,
     /// Retries of a failed task (a new Job per attempt).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retry: Option<RetrySpec>,
@@ -138,6 +145,17 @@ impl BackfillSpec {
     }
     pub fn suspend(&self) -> bool {
         self.suspend.unwrap_or(false)
+    }
+    /// Whether `plan` runs in stages ([`Routing`]) when split into `jobs` Jobs.
+    pub fn staged(&self, plan: &crate::plan::Plan, jobs: u32) -> bool {
+        match self.routing.unwrap_or_default() {
+            Routing::PerJob => false,
+            Routing::Staged => !plan.segments.is_empty() && !plan.source_files.is_empty(),
+            Routing::Auto => {
+                let source: u64 = plan.source_files.iter().map(|f| f.size).sum();
+                jobs > 2 && source > u64::from(plan.memory_mib) << 20
+            }
+        }
     }
     /// The retry settings, read from the (mutable) spec on every pass.
     pub fn retry_policy(&self) -> RetryPolicy {
@@ -239,6 +257,15 @@ impl RetryPolicy {
     }
 }
 
+/// How the Jobs of a run meet the source (`spec.routing`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum Routing {
+    #[default]
+    Auto,
+    PerJob,
+    Staged,
+}
+
 /// Where a run is. `Succeeded` and `Failed` with a `completionTime` are final.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub enum Phase {
@@ -291,6 +318,13 @@ pub struct BackfillStatus {
     /// Tasks (Jobs, retries not counted) of the plan.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tasks: Option<u32>,
+    /// Partitions of a staged run (`spec.routing`): the source is routed once, then joined per
+    /// partition; absent when each Job reads the source.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exchange_partitions: Option<u32>,
+    /// The stage a staged run is in: `Route`, `Join`, `Write` (then absent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stage: Option<String>,
     /// `done/total` segments, for `kubectl get`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub progress: Option<String>,

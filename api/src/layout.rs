@@ -46,6 +46,10 @@ impl RunLayout {
         format!("{}/plan.json", self.prefix)
     }
     /// Where one task attempt's exchange lives while it runs (deleted when it ends).
+    /// Every exchange of the run (deleted when it ends).
+    pub fn exchange_root(&self) -> String {
+        format!("{}/exchange/", self.prefix)
+    }
     pub fn exchange_prefix(&self, task_id: &str, attempt: u32) -> String {
         format!("{}/exchange/{task_id}-{attempt}", self.prefix)
     }

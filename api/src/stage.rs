@@ -16,7 +16,8 @@ use std::ops::Range;
 use serde::{Deserialize, Serialize};
 
 use crate::error::ErrorKind;
-use crate::plan::SourceFile;
+use crate::layout::{RunLayout, TaskSplit};
+use crate::plan::{Plan, SegmentPlan, SourceFile, Task};
 
 /// What a task of a routed run does, beside the segments it carries.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -180,6 +181,155 @@ pub fn write_work(segments: Range<u32>, joined: &[&StageOutput]) -> WriteWork {
     }
 }
 
+/// The tasks of a run: segment tasks that each read the source (`partitions: None`), or the
+/// three stages of a routed run over the same segment batches: route tasks `[0, B)`, join
+/// tasks `[B, B+P)`, write tasks `[B+P, 2B+P)` for `B` batches and `P` partitions.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TaskLayout {
+    pub split: TaskSplit,
+    pub partitions: Option<u32>,
+}
+
+/// What task `index` of a layout does.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    /// Batch `n`'s segments, reading the source themselves.
+    Segments(u32),
+    /// Batch `n`'s keys and slice `n` of the source.
+    Route(u32),
+    /// Partition `n`.
+    Join(u32),
+    /// Batch `n`'s segments, gathered from the joined partitions.
+    Write(u32),
+}
+
+impl Role {
+    /// The stage: tasks of a stage start when every task of the stages before has succeeded.
+    pub fn stage(self) -> u32 {
+        match self {
+            Role::Segments(_) | Role::Route(_) => 0,
+            Role::Join(_) => 1,
+            Role::Write(_) => 2,
+        }
+    }
+    pub fn name(self) -> &'static str {
+        match self {
+            Role::Segments(_) => "segments",
+            Role::Route(_) => "route",
+            Role::Join(_) => "join",
+            Role::Write(_) => "write",
+        }
+    }
+}
+
+impl TaskLayout {
+    pub fn direct(split: TaskSplit) -> Self {
+        Self {
+            split,
+            partitions: None,
+        }
+    }
+    pub fn count(self, p: &Plan) -> u32 {
+        let batches = self.split.count(p);
+        match self.partitions {
+            None => batches,
+            Some(parts) => 2 * batches + parts,
+        }
+    }
+    /// The role of task `index` (an index past the end reads as a write of no segments).
+    pub fn role(self, p: &Plan, index: u32) -> Role {
+        let Some(parts) = self.partitions else {
+            return Role::Segments(index);
+        };
+        let batches = self.split.count(p);
+        if index < batches {
+            Role::Route(index)
+        } else if index < batches + parts {
+            Role::Join(index - batches)
+        } else {
+            Role::Write(index - batches - parts)
+        }
+    }
+    /// The tasks of `stage`, in order.
+    pub fn stage_tasks(self, p: &Plan, stage: u32) -> Range<u32> {
+        let (batches, parts) = (self.split.count(p), self.partitions.unwrap_or(0));
+        match (self.partitions, stage) {
+            (None, 0) => 0..batches,
+            (None, _) => batches..batches,
+            (Some(_), 0) => 0..batches,
+            (Some(_), 1) => batches..batches + parts,
+            (Some(_), _) => batches + parts..2 * batches + parts,
+        }
+    }
+    /// The segments whose outcomes task `index` reports (none for route and join tasks).
+    pub fn result_segments(self, p: &Plan, index: u32) -> &[SegmentPlan] {
+        match self.role(p, index) {
+            Role::Segments(b) | Role::Write(b) => self.split.segments(p, b),
+            Role::Route(_) | Role::Join(_) => &[],
+        }
+    }
+    /// What attempt `attempt` of task `index` runs; `output` gives a task's stage output (of
+    /// its succeeded attempt). `None` while an earlier stage's output is missing.
+    pub fn task(self, p: &Plan, index: u32, attempt: u32, output: &dyn Fn(u32) -> Option<StageOutput>) -> Option<Task> {
+        let outputs = |stage: u32| -> Option<Vec<StageOutput>> { self.stage_tasks(p, stage).map(output).collect() };
+        let stage = match self.role(p, index) {
+            Role::Segments(_) => None,
+            Role::Route(b) => {
+                let slices = source_slices(&p.source_files, self.split.count(p)).swap_remove(b as usize);
+                let work = RouteWork {
+                    partitions: self.partitions.unwrap_or(1),
+                    first_segment: b * self.split.segments_per_task(),
+                    slices,
+                };
+                Some(Stage::Route(work))
+            }
+            Role::Join(n) => {
+                let routed = outputs(0)?;
+                let mut works = join_works(self.partitions.unwrap_or(1), &routed.iter().collect::<Vec<_>>());
+                Some(Stage::Join(works.swap_remove(n as usize)))
+            }
+            Role::Write(b) => {
+                let joined = outputs(1)?;
+                let first = b * self.split.segments_per_task();
+                let n = self.split.segments(p, b).len() as u32;
+                Some(Stage::Write(write_work(
+                    first..first + n,
+                    &joined.iter().collect::<Vec<_>>(),
+                )))
+            }
+        };
+        Some(self.task_with(p, index, attempt, stage))
+    }
+
+    /// Task `index` with `stage` as its work: its id, and the segments it carries (a batch for
+    /// segment, route and write tasks; none for a join).
+    pub fn task_with(self, p: &Plan, index: u32, attempt: u32, stage: Option<Stage>) -> Task {
+        let batch = match self.role(p, index) {
+            Role::Segments(b) | Role::Route(b) | Role::Write(b) => b,
+            Role::Join(_) => u32::MAX,
+        };
+        let mut task = self.split.task(p, batch, attempt);
+        task.task_id = RunLayout::of_plan(p).task_id(index);
+        task.stage = stage;
+        task
+    }
+}
+
+/// How many partitions keep one join within `memory_mib`, at least `parallelism` so that the
+/// joins run side by side: an estimate from the plan alone (the key index's bytes per key and
+/// the source's bytes per row, doubled for decoding), with a fifth of headroom.
+pub fn partitions_for(p: &Plan, parallelism: u32) -> u32 {
+    let rows: u64 = p.segments.iter().map(|s| s.num_rows).sum();
+    let source_bytes: u64 = p.source_files.iter().map(|f| f.size).sum();
+    let per_row = 48 + 2 * source_bytes / p.source_rows.max(1);
+    let budget = (u64::from(p.memory_mib) << 20).max(1);
+    let needed = (rows.saturating_mul(per_row) / budget + 1) * 6 / 5;
+    needed.max(u64::from(parallelism)).clamp(1, MAX_PARTITIONS) as u32
+}
+
+/// Join tasks of one run at most.
+pub const MAX_PARTITIONS: u64 = 4096;
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -260,5 +410,111 @@ mod tests {
         assert_eq!(w.first_segment, 2);
         assert_eq!(w.joined.len(), 1);
         assert_eq!(w.joined[0].row_groups, vec![(3, 1)]);
+    }
+
+    fn plan_of(n: i64) -> Plan {
+        let seg = |id| SegmentPlan {
+            segment_id: id,
+            partition_id: 1,
+            partition_name: "_default".into(),
+            num_rows: 10,
+            storage_version: 0,
+            pk_binlogs: vec![],
+            output_dir: format!("o/{id}"),
+            v3: None,
+        };
+        Plan {
+            segments: (0..n).map(seg).collect(),
+            source_files: vec![file("src", 100)],
+            source_rows: 100,
+            ..crate::plan::sample_plan()
+        }
+    }
+
+    fn routed(plan: &Plan) -> (TaskLayout, u32) {
+        let layout = TaskLayout {
+            split: TaskSplit::new(2),
+            partitions: Some(3),
+        };
+        (layout, layout.split.count(plan))
+    }
+
+    #[test]
+    fn a_routed_layout_has_route_join_and_write_tasks_in_order() {
+        let plan = plan_of(4);
+        let (layout, b) = routed(&plan);
+        assert_eq!(layout.count(&plan), 2 * b + 3);
+        assert_eq!(layout.role(&plan, 0), Role::Route(0));
+        assert_eq!(layout.role(&plan, b), Role::Join(0));
+        assert_eq!(layout.role(&plan, b + 3), Role::Write(0));
+        assert_eq!(layout.stage_tasks(&plan, 1), b..b + 3);
+        assert!(
+            layout.result_segments(&plan, 0).is_empty(),
+            "a route task reports no segment"
+        );
+        assert_eq!(layout.result_segments(&plan, b + 3), layout.split.segments(&plan, 0));
+        let direct = TaskLayout::direct(TaskSplit::new(2));
+        assert_eq!(direct.count(&plan), b);
+        assert_eq!(direct.role(&plan, 1), Role::Segments(1));
+    }
+
+    #[test]
+    fn each_stage_is_built_from_the_outputs_of_the_one_before() {
+        let plan = plan_of(4);
+        let (layout, b) = routed(&plan);
+        let none = |_: u32| None;
+        let route = layout.task(&plan, 0, 1, &none).expect("a route task needs nothing");
+        assert_eq!(route.task_id, RunLayout::of_plan(&plan).task_id(0));
+        assert_eq!(route.segments, layout.split.segments(&plan, 0));
+        assert!(matches!(
+            route.stage,
+            Some(Stage::Route(RouteWork {
+                partitions: 3,
+                first_segment: 0,
+                ..
+            }))
+        ));
+        assert_eq!(
+            layout.task(&plan, b, 0, &none),
+            None,
+            "no join before every route output"
+        );
+        let routed_out = |t: u32| {
+            (t < b).then(|| StageOutput::Routed {
+                keys: vec![vec![file(&format!("k{t}"), 1)], vec![], vec![]],
+                source: vec![vec![], vec![], vec![file(&format!("s{t}"), 2)]],
+            })
+        };
+        let join = layout.task(&plan, b, 0, &routed_out).unwrap();
+        let Some(Stage::Join(w)) = &join.stage else {
+            panic!("{join:?}")
+        };
+        assert_eq!(w.keys.len() as u32, b);
+        assert!(join.segments.is_empty());
+        let joined = |t: u32| {
+            (b..b + 3).contains(&t).then(|| StageOutput::Joined {
+                file: Some(JoinedFile {
+                    file: file("j", 1),
+                    row_groups: vec![(0, 0), (2, 1)],
+                }),
+            })
+        };
+        let write = layout.task(&plan, b + 4, 0, &joined).unwrap();
+        let Some(Stage::Write(w)) = &write.stage else {
+            panic!("{write:?}")
+        };
+        assert_eq!(w.first_segment, 2);
+        assert!(w.joined.iter().all(|j| j.row_groups == vec![(2, 1)]));
+        assert_eq!(write.segments, layout.split.segments(&plan, 1));
+    }
+
+    #[test]
+    fn partitions_keep_a_join_within_memory_and_run_side_by_side() {
+        let mut plan = plan_of(4);
+        assert_eq!(partitions_for(&plan, 4), 4, "a small run: one partition per Job slot");
+        plan.memory_mib = 1;
+        plan.segments.iter_mut().for_each(|s| s.num_rows = 1_000_000);
+        let p = partitions_for(&plan, 1);
+        assert!(p as usize >= plan.segments.len() * 48, "{p}");
     }
 }

@@ -10,8 +10,8 @@ use k8s_openapi::api::batch::v1::Job;
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::controller::Action as Requeue;
 use kube::ResourceExt;
-use milvus_backfill::facade::{self, StoreError};
-use milvus_backfill_api::layout::{RunLayout, TaskSplit};
+use milvus_backfill::facade::{self, Store, StoreError};
+use milvus_backfill_api::layout::RunLayout;
 use milvus_backfill_api::outcome::{BackfillResult, TaskOutcome};
 
 use crate::controller::{now, Context, Error, RunCache};
@@ -137,10 +137,12 @@ async fn create_jobs(
         let (task, storage, layout) = {
             let runs = ctx.runs.lock().await;
             let Some(run) = runs.get(&uid) else { break };
-            let per_job = status
-                .segments_per_job
-                .unwrap_or_else(|| bf.spec.segments_per_job(run.plan.segments.len()));
-            let task = TaskSplit::new(per_job).task(&run.plan, r.task, r.attempt);
+            let layout = state::layout_of(&bf.spec, status, &run.plan);
+            if layout.partitions.is_some() && r.stage.is_none() {
+                tracing::error!(task = r.task, "a task of a staged run without its work; not created");
+                continue;
+            }
+            let task = layout.task_with(&run.plan, r.task, r.attempt, r.stage.clone());
             (task, run.storage.clone(), run.layout.clone())
         };
         let key = layout.task_key(&task.task_id, r.attempt);
@@ -188,8 +190,31 @@ async fn write_result(bf: &Backfill, ctx: &Context, result: &BackfillResult) -> 
         facade::store_result(&run.storage, &run.layout, result)
             .await
             .map_err(|e| Error::Storage(StoreError::Other(e.message)))?;
+        delete_exchange(&run.storage, &run.layout).await;
     }
     Ok(())
+}
+
+/// Deletes what a staged run's route and join tasks left in the bucket, once the result is
+/// stored (a later pass never needs it again). A failure is a warning: the objects are
+/// garbage, not state.
+async fn delete_exchange(storage: &Store, layout: &RunLayout) {
+    let root = layout.exchange_root();
+    let keys = match storage.list_keys(&root).await {
+        Ok(k) => k,
+        Err(e) => {
+            tracing::warn!(prefix = %root, error = %e, "exchange not listed; left in the bucket");
+            return;
+        }
+    };
+    for k in &keys {
+        if let Err(e) = storage.delete(k).await {
+            tracing::warn!(key = %k, error = %e, "exchange object not deleted");
+        }
+    }
+    if !keys.is_empty() {
+        tracing::info!(objects = keys.len(), prefix = %root, "exchange deleted");
+    }
 }
 
 /// Commits the stored result through the facade and records the answer in status

@@ -136,7 +136,11 @@ impl Harness {
 fn create_jobs_action(reqs: &[(u32, u32)]) -> Action {
     Action::CreateJobs(
         reqs.iter()
-            .map(|&(task, attempt)| JobRequest { task, attempt })
+            .map(|&(task, attempt)| JobRequest {
+                task,
+                attempt,
+                stage: None,
+            })
             .collect(),
     )
 }
@@ -165,7 +169,10 @@ async fn status_goes_before_jobs_and_each_task_object_before_its_job() {
     // The stored task is the plan's task 0, and the Job points at it.
     let key = h.layout.task_key(&h.layout.task_id(0), 0);
     let task: Task = h.read_json(&key);
-    assert_eq!(task, TaskSplit::new(SPJ).task(&h.plan, 0, 0));
+    assert_eq!(
+        task,
+        milvus_backfill_api::layout::TaskSplit::new(SPJ).task(&h.plan, 0, 0)
+    );
     assert!(seen[1].text.contains(&key), "the Job's arguments name the task key");
     assert_eq!(seen[1].body["metadata"]["name"], h.job_name(0, 0).as_str());
     assert_eq!(

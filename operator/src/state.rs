@@ -32,6 +32,7 @@ use milvus_backfill_api::outcome::{BackfillResult, TaskOutcome};
 use milvus_backfill_api::plan::Plan;
 
 use milvus_backfill_api::layout::{RunLayout, TaskSplit};
+use milvus_backfill_api::stage::{partitions_for, Role, Stage, TaskLayout};
 
 use crate::conditions::{self, Situation};
 pub use crate::conditions::{get_condition, is_true};
@@ -104,10 +105,12 @@ pub struct RunInput<'a> {
     pub jobs: &'a [JobView],
 }
 
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct JobRequest {
     pub task: u32,
     pub attempt: u32,
+    /// The task's work in a staged run, built from the outputs of the stages before.
+    pub stage: Option<Stage>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -296,6 +299,7 @@ fn schedule(spec: &BackfillSpec, states: &mut [TaskState], now: Timestamp) -> (V
                     create.push(JobRequest {
                         task: t as u32,
                         attempt,
+                        stage: None,
                     });
                     *s = TaskState::Running { attempt };
                 }
@@ -357,17 +361,21 @@ fn failures_event(old: &BackfillStatus, agg: &Aggregate) -> Option<Action> {
 
 fn decide_run(o: &Observed<'_>, spec: &BackfillSpec, mut st: BackfillStatus, run: RunInput<'_>) -> Decision {
     let (now, plan) = (o.now, run.plan);
-    let split = TaskSplit::new(
-        o.status
-            .segments_per_job
-            .unwrap_or_else(|| spec.segments_per_job(plan.segments.len())),
-    );
+    let layout = layout_of(spec, o.status, plan);
     let policy = spec.retry_policy();
     st.start_time = st.start_time.or_else(|| Some(time(now)));
     let mut actions = vec![];
 
-    // 1. Finished Jobs without an outcome: record one, so their Jobs may go.
-    let recorded = status::missing_outcomes(plan, split, run.outcomes, run.jobs);
+    // 1. Finished Jobs without an outcome, and tasks an earlier stage's failure stops: record
+    //    one, so their Jobs may go.
+    let mut recorded = status::missing_outcomes(plan, layout, run.outcomes, run.jobs);
+    let view = OutcomeView {
+        stored: run.outcomes,
+        recorded: &recorded,
+    };
+    let states = status::task_states(plan, layout, view, run.jobs, policy);
+    let blocked = status::blocked_outcomes(plan, layout, &states, view);
+    recorded.extend(blocked);
     for ((task, attempt), outcome) in &recorded {
         actions.push(Action::RecordOutcome {
             task: *task,
@@ -379,10 +387,13 @@ fn decide_run(o: &Observed<'_>, spec: &BackfillSpec, mut st: BackfillStatus, run
         stored: run.outcomes,
         recorded: &recorded,
     };
-    let mut states = status::task_states(plan, split, view, run.jobs, policy);
+    let mut states = status::task_states(plan, layout, view, run.jobs, policy);
 
-    // 2. New Jobs.
-    let (create, wake) = schedule(spec, &mut states, now);
+    // 2. New Jobs (with the work the stages before handed on).
+    let (mut create, wake) = schedule(spec, &mut states, now);
+    for r in &mut create {
+        r.stage = stage_work(plan, layout, r, view, &states);
+    }
     actions.extend(retry_event(&create, policy));
     let more_to_create = !create.is_empty();
     if more_to_create {
@@ -390,18 +401,19 @@ fn decide_run(o: &Observed<'_>, spec: &BackfillSpec, mut st: BackfillStatus, run
     }
 
     // 3. Status from outcomes and Jobs.
-    let agg = status::aggregate(plan, split, &states, view);
+    let agg = status::aggregate(plan, layout, &states, view);
     actions.extend(failures_event(o.status, &agg));
     st.progress = Some(status::progress(&agg.segments));
     st.segments = Some(agg.segments.clone());
     st.rows = Some(agg.rows.clone());
     st.failed_segments = agg.failed_segments.clone();
-    st.segments_per_job = Some(split.segments_per_task());
-    st.tasks = Some(split.count(plan));
+    st.segments_per_job = Some(layout.split.segments_per_task());
+    st.tasks = Some(layout.count(plan));
+    st.stage = current_stage(plan, layout, &states);
 
     // 4. All tasks final: the result, then the final status.
     if agg.done {
-        return finish_run(o, spec, st, plan, (&states, view), &agg, actions);
+        return finish_run(o, spec, st, plan, (layout, &states, view), &agg, actions);
     }
     let requeue = if more_to_create {
         // More may be due right away (capped per pass); the Job events will also wake us.
@@ -411,6 +423,48 @@ fn decide_run(o: &Observed<'_>, spec: &BackfillSpec, mut st: BackfillStatus, run
         until_wake.map_or(RESYNC, |d| d.min(RESYNC))
     };
     running(o, spec.suspend(), st, &agg, actions, requeue)
+}
+
+/// How the plan is split into tasks, as recorded in status when it was planned.
+pub fn layout_of(spec: &BackfillSpec, status: &BackfillStatus, plan: &Plan) -> TaskLayout {
+    let per_job = status
+        .segments_per_job
+        .unwrap_or_else(|| spec.segments_per_job(plan.segments.len()));
+    TaskLayout {
+        split: TaskSplit::new(per_job),
+        partitions: status.exchange_partitions,
+    }
+}
+
+/// The work of a new Job of a staged run: built from the succeeded attempts' outputs.
+fn stage_work(
+    plan: &Plan,
+    layout: TaskLayout,
+    r: &JobRequest,
+    view: OutcomeView<'_>,
+    states: &[TaskState],
+) -> Option<Stage> {
+    layout.partitions?;
+    let output = |t: u32| match states.get(t as usize) {
+        Some(TaskState::Succeeded { attempt }) => view.get(t, *attempt).and_then(|o| o.stage_output.clone()),
+        _ => None,
+    };
+    layout.task(plan, r.task, r.attempt, &output).and_then(|t| t.stage)
+}
+
+/// The stage of a staged run: that of its first task not yet final (`None` when every task
+/// is, or the run is not staged).
+fn current_stage(plan: &Plan, layout: TaskLayout, states: &[TaskState]) -> Option<String> {
+    layout.partitions?;
+    let t = states.iter().position(|s| !s.is_final())?;
+    Some(
+        match layout.role(plan, t as u32) {
+            Role::Route(_) | Role::Segments(_) => "Route",
+            Role::Join(_) => "Join",
+            Role::Write(_) => "Write",
+        }
+        .to_owned(),
+    )
 }
 
 /// The summary of a finished run, for its conditions and Events.
@@ -428,7 +482,7 @@ fn finish_run(
     spec: &BackfillSpec,
     mut st: BackfillStatus,
     plan: &Plan,
-    (states, view): (&[TaskState], OutcomeView<'_>),
+    (layout, states, view): (TaskLayout, &[TaskState], OutcomeView<'_>),
     agg: &Aggregate,
     actions: Vec<Action>,
 ) -> Decision {
@@ -442,7 +496,7 @@ fn finish_run(
         }
         _ => elapsed,
     };
-    let result = status::build_result(plan, states, view, ms);
+    let result = status::build_result(plan, layout, states, view, ms);
     st.execution_time_ms = Some(ms);
     st.result_path = Some(format!(
         "s3://{}/{}",
@@ -888,6 +942,11 @@ pub fn status_after_plan(
 ) -> (BackfillStatus, EventSpec) {
     let mut st = old.clone();
     let split = TaskSplit::new(spec.segments_per_job(plan.segments.len()));
+    let staged = spec.staged(plan, split.count(plan));
+    let layout = TaskLayout {
+        split,
+        partitions: staged.then(|| partitions_for(plan, spec.parallelism())),
+    };
     st.observed_generation = Some(generation);
     st.run_id = Some(plan.run_id.clone());
     st.collection_id = Some(plan.collection_id);
@@ -898,21 +957,18 @@ pub fn status_after_plan(
         .map(|f| truncate(&f.name, 256))
         .collect();
     st.segments_per_job = Some(split.segments_per_task());
-    st.tasks = Some(split.count(plan));
+    st.tasks = Some(layout.count(plan));
+    st.exchange_partitions = layout.partitions;
     st.plan_path = Some(plan_path.to_owned());
     st.start_time = st.start_time.or_else(|| Some(time(now)));
-    let states: Vec<TaskState> = (0..split.count(plan))
-        .map(|_| TaskState::Pending {
-            attempt: 0,
-            not_before: None,
-        })
-        .collect();
     let empty = Outcomes::new();
     let view = OutcomeView {
         stored: &empty,
         recorded: &empty,
     };
-    let agg = status::aggregate(plan, split, &states, view);
+    let states = status::task_states(plan, layout, view, &[], spec.retry_policy());
+    st.stage = current_stage(plan, layout, &states);
+    let agg = status::aggregate(plan, layout, &states, view);
     st.progress = Some(status::progress(&agg.segments));
     st.segments = Some(agg.segments);
     st.rows = Some(agg.rows);
@@ -921,10 +977,15 @@ pub fn status_after_plan(
         "run {}: {} segment(s) in {} task(s), {} skipped, {} failed planning",
         plan.run_id,
         plan.segments.len(),
-        split.count(plan),
+        layout.count(plan),
         plan.skipped.len(),
         plan.failed.len()
     );
+    if let Some(p) = layout.partitions {
+        msg.push_str(&format!(
+            "; staged: the source is routed once into {p} partitions (route, join, write)"
+        ));
+    }
     if let Some(w) = plan.warnings.first() {
         msg.push_str(&format!("; warning: {w}"));
     }
@@ -990,3 +1051,7 @@ mod tests;
 #[cfg(test)]
 #[path = "commit_tests.rs"]
 mod commit_tests;
+
+#[cfg(test)]
+#[path = "staged_tests.rs"]
+mod staged_tests;

@@ -44,6 +44,10 @@ fn events(d: &Decision) -> Vec<&'static str> {
         .collect()
 }
 
+pub(super) fn planned_for(spec: &BackfillSpec, plan: &Plan) -> BackfillStatus {
+    planned(spec, plan)
+}
+
 fn planned(spec: &BackfillSpec, plan: &Plan) -> BackfillStatus {
     let d = decide(&observe(spec, &BackfillStatus::default(), &[], None, t0()));
     let planning = d.new_status().unwrap().clone();
@@ -272,9 +276,21 @@ fn the_plan_is_recorded_then_jobs_start_within_parallelism() {
     assert_eq!(
         jobs,
         vec![
-            &JobRequest { task: 0, attempt: 0 },
-            &JobRequest { task: 1, attempt: 0 },
-            &JobRequest { task: 2, attempt: 0 }
+            &JobRequest {
+                task: 0,
+                attempt: 0,
+                stage: None
+            },
+            &JobRequest {
+                task: 1,
+                attempt: 0,
+                stage: None
+            },
+            &JobRequest {
+                task: 2,
+                attempt: 0,
+                stage: None
+            }
         ]
     );
     let ns = d.new_status().unwrap();
@@ -382,7 +398,11 @@ fn retries_wait_for_their_backoff() {
     let d = decide(&observe(&s, &st, &[], Some(run), t0() + SignedDuration::from_secs(30)));
     assert_eq!(
         d.jobs_to_create().collect::<Vec<_>>(),
-        vec![&JobRequest { task: 0, attempt: 1 }]
+        vec![&JobRequest {
+            task: 0,
+            attempt: 1,
+            stage: None
+        }]
     );
     let retrying = d
         .actions

@@ -17,7 +17,8 @@ use crate::crd::{
     truncate, CommitFailure, CommitStatus, FailedSegmentStatus, RowCounts, SegmentCounts,
     MAX_FAILED_SEGMENTS_IN_STATUS, MAX_MESSAGE_BYTES, MAX_REASON_BYTES,
 };
-use milvus_backfill_api::layout::{RunLayout, TaskSplit};
+use milvus_backfill_api::layout::RunLayout;
+use milvus_backfill_api::stage::{Role, StageOutput, TaskLayout};
 
 /// Outcomes by `(task index, attempt)`.
 pub type Outcomes = BTreeMap<(u32, u32), TaskOutcome>;
@@ -86,6 +87,8 @@ pub enum TaskState {
     Running {
         attempt: u32,
     },
+    /// A task of a later stage: no Job until every task of the stages before has succeeded.
+    Waiting,
     /// The outcome of `attempt` succeeded.
     Succeeded {
         attempt: u32,
@@ -105,7 +108,7 @@ impl TaskState {
 pub use crate::crd::RetryPolicy;
 
 /// The outcome the operator records for a finished Job that left none.
-pub fn synthetic_outcome(plan: &Plan, split: TaskSplit, job: &JobView) -> TaskOutcome {
+pub fn synthetic_outcome(plan: &Plan, layout: TaskLayout, job: &JobView) -> TaskOutcome {
     let why = match &job.state {
         JobState::Failed { reason, message, .. } => {
             if message.is_empty() {
@@ -116,53 +119,66 @@ pub fn synthetic_outcome(plan: &Plan, split: TaskSplit, job: &JobView) -> TaskOu
         }
         _ => format!("Job {} finished without storing its outcome", job.name),
     };
+    failed_outcome(plan, layout, job.task, job.attempt, JOB_FAILURE_KIND, &why)
+}
+
+/// A failed attempt of task `task`: each segment it reports fails with `why`; a route or
+/// join task fails as a whole.
+fn failed_outcome(plan: &Plan, layout: TaskLayout, task: u32, attempt: u32, kind: ErrorKind, why: &str) -> TaskOutcome {
+    let stage_failed = match layout.role(plan, task) {
+        Role::Route(_) | Role::Join(_) => Some(StageOutput::Failed {
+            error: kind,
+            reason: truncate(why, MAX_REASON_BYTES),
+        }),
+        Role::Segments(_) | Role::Write(_) => None,
+    };
     TaskOutcome {
-        task_id: RunLayout::of_plan(plan).task_id(job.task),
-        attempt: job.attempt,
+        task_id: RunLayout::of_plan(plan).task_id(task),
+        attempt,
         success: false,
         segments: vec![],
-        failed_segments: split
-            .segments(plan, job.task)
+        failed_segments: layout
+            .result_segments(plan, task)
             .iter()
             .map(|s| FailedSegment {
                 segment_id: s.segment_id,
                 partition_id: s.partition_id,
-                kind: JOB_FAILURE_KIND,
-                reason: truncate(&why, MAX_REASON_BYTES),
+                kind,
+                reason: truncate(why, MAX_REASON_BYTES),
             })
             .collect(),
         used_source_rows: 0,
         execution_time_ms: 0,
         source_reads: Default::default(),
-        stage_output: None,
+        stage_output: stage_failed,
     }
 }
 
 /// Finished Jobs of this run that have no outcome: the operator records one for each,
 /// so that the Job may be deleted (TTL, by hand) without losing the attempt.
-pub fn missing_outcomes(plan: &Plan, split: TaskSplit, stored: &Outcomes, jobs: &[JobView]) -> Outcomes {
-    let tasks = split.count(plan);
+pub fn missing_outcomes(plan: &Plan, layout: TaskLayout, stored: &Outcomes, jobs: &[JobView]) -> Outcomes {
+    let tasks = layout.count(plan);
     jobs.iter()
         .filter(|j| j.task < tasks && j.state != JobState::Active)
         .filter(|j| !stored.contains_key(&(j.task, j.attempt)))
-        .map(|j| ((j.task, j.attempt), synthetic_outcome(plan, split, j)))
+        .map(|j| ((j.task, j.attempt), synthetic_outcome(plan, layout, j)))
         .collect()
 }
 
 /// The state of every task of the plan.
 pub fn task_states(
     plan: &Plan,
-    split: TaskSplit,
+    layout: TaskLayout,
     outcomes: OutcomeView<'_>,
     jobs: &[JobView],
     policy: RetryPolicy,
 ) -> Vec<TaskState> {
-    let tasks = split.count(plan);
+    let tasks = layout.count(plan);
     let mut by_task: BTreeMap<u32, Vec<&JobView>> = BTreeMap::new();
     for j in jobs.iter().filter(|j| j.task < tasks) {
         by_task.entry(j.task).or_default().push(j);
     }
-    (0..tasks)
+    let mut states = (0..tasks)
         .map(|t| {
             let jobs = by_task.get(&t).map(Vec::as_slice).unwrap_or_default();
             let job_attempt = jobs.iter().map(|j| j.attempt).max();
@@ -199,7 +215,79 @@ pub fn task_states(
                 },
             }
         })
+        .collect::<Vec<_>>();
+    gate_stages(plan, layout, &mut states, outcomes);
+    states
+}
+
+/// A task of a staged run waits until every task of the stages before has succeeded; when one
+/// of them failed for good, it fails without running ([`blocked_outcomes`] says why).
+fn gate_stages(plan: &Plan, layout: TaskLayout, states: &mut [TaskState], outcomes: OutcomeView<'_>) {
+    for stage in 1..=2 {
+        let before = 0..layout.stage_tasks(plan, stage).start;
+        let earlier = &states[before.start as usize..before.end as usize];
+        if earlier.iter().all(|s| matches!(s, TaskState::Succeeded { .. })) {
+            continue;
+        }
+        let failed = earlier.iter().any(|s| matches!(s, TaskState::Failed { .. }));
+        for t in layout.stage_tasks(plan, stage) {
+            let s = &mut states[t as usize];
+            if matches!(s, TaskState::Running { .. } | TaskState::Succeeded { .. }) {
+                continue;
+            }
+            *s = if failed {
+                TaskState::Failed {
+                    attempt: outcomes.latest_attempt(t).unwrap_or(0),
+                }
+            } else {
+                TaskState::Waiting
+            };
+        }
+    }
+}
+
+/// Outcomes for tasks that failed without running because a task of an earlier stage failed
+/// for good: each of their segments fails, naming that task.
+pub fn blocked_outcomes(plan: &Plan, layout: TaskLayout, states: &[TaskState], outcomes: OutcomeView<'_>) -> Outcomes {
+    let first_failed = states
+        .iter()
+        .enumerate()
+        .find(|(_, s)| matches!(s, TaskState::Failed { .. }))
+        .map(|(t, s)| (t as u32, s.clone()));
+    let Some((culprit, TaskState::Failed { attempt })) = first_failed else {
+        return Outcomes::new();
+    };
+    let why = outcomes
+        .get(culprit, attempt)
+        .map(failure_reason)
+        .unwrap_or_else(|| "no outcome".to_owned());
+    let role = layout.role(plan, culprit);
+    let why = format!("not run: {} task {culprit} failed: {why}", role.name());
+    states
+        .iter()
+        .enumerate()
+        .filter_map(|(t, s)| match s {
+            TaskState::Failed { attempt } if layout.role(plan, t as u32).stage() > role.stage() => {
+                let (t, a) = (t as u32, *attempt);
+                (outcomes.get(t, a).is_none()).then(|| {
+                    (
+                        (t, a),
+                        failed_outcome(plan, layout, t, a, ErrorKind::SegmentProcessingError, &why),
+                    )
+                })
+            }
+            _ => None,
+        })
         .collect()
+}
+
+/// Why a failed attempt failed, in a line.
+fn failure_reason(o: &TaskOutcome) -> String {
+    match (&o.stage_output, o.failed_segments.first()) {
+        (Some(StageOutput::Failed { error, reason }), _) => format!("{error}: {reason}"),
+        (_, Some(f)) => format!("segment {}: {}: {}", f.segment_id, f.kind, f.reason),
+        _ => "failed".to_owned(),
+    }
 }
 
 /// Status counters and the first failed segments.
@@ -212,7 +300,7 @@ pub struct Aggregate {
     pub done: bool,
 }
 
-pub fn aggregate(plan: &Plan, split: TaskSplit, states: &[TaskState], outcomes: OutcomeView<'_>) -> Aggregate {
+pub fn aggregate(plan: &Plan, layout: TaskLayout, states: &[TaskState], outcomes: OutcomeView<'_>) -> Aggregate {
     let mut a = Aggregate {
         done: states.iter().all(TaskState::is_final),
         ..Default::default()
@@ -238,9 +326,9 @@ pub fn aggregate(plan: &Plan, split: TaskSplit, states: &[TaskState], outcomes: 
         );
     }
     for (t, state) in states.iter().enumerate() {
-        let n = split.segments(plan, t as u32).len() as u64;
+        let n = layout.result_segments(plan, t as u32).len() as u64;
         match state {
-            TaskState::Pending { .. } => a.segments.pending += n,
+            TaskState::Pending { .. } | TaskState::Waiting => a.segments.pending += n,
             TaskState::Running { .. } => {
                 a.segments.running += n;
                 a.running_tasks += 1;
@@ -271,6 +359,7 @@ pub fn aggregate(plan: &Plan, split: TaskSplit, states: &[TaskState], outcomes: 
 /// `unmatchedBackfillRows` is a lower bound when keys repeat across tasks.
 pub fn build_result(
     plan: &Plan,
+    layout: TaskLayout,
     states: &[TaskState],
     outcomes: OutcomeView<'_>,
     execution_time_ms: u64,
@@ -288,6 +377,13 @@ pub fn build_result(
                 reads = reads.plus(o.source_reads);
             }
         }
+    }
+    // The route tasks read one slice each: together, the source once.
+    let routed = layout
+        .stage_tasks(plan, 0)
+        .any(|t| layout.partitions.is_some() && matches!(states.get(t as usize), Some(TaskState::Succeeded { .. })));
+    if routed {
+        reads.source_passes = 1;
     }
     let mut result = BackfillResult::build(plan, ok, failed, used.min(plan.source_rows), execution_time_ms);
     result.source_reads = reads;
@@ -431,6 +527,8 @@ mod tests {
     use crate::crd::{BackfillStatus, Condition, Phase};
     use crate::testutil::{failed_outcome, ok_outcome, plan_with, v3, Rng};
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+    use milvus_backfill_api::layout::TaskSplit;
+    use milvus_backfill_api::stage::MAX_PARTITIONS;
 
     const POLICY: RetryPolicy = RetryPolicy {
         max_attempts: 3,
@@ -469,7 +567,7 @@ mod tests {
     #[test]
     fn a_fresh_plan_is_all_pending() {
         let p = plan_with(5, 0);
-        let s = task_states(&p, TaskSplit::new(2), view(NONE), &[], POLICY);
+        let s = task_states(&p, TaskLayout::direct(TaskSplit::new(2)), view(NONE), &[], POLICY);
         assert_eq!(s.len(), 3);
         assert!(s.iter().all(|t| *t
             == TaskState::Pending {
@@ -494,7 +592,7 @@ mod tests {
             job(4, 0, JobState::Active),
             // Task 5: attempt 0's Job vanished with no outcome.
         ];
-        let s = task_states(&p, TaskSplit::new(1), view(&o), &jobs, POLICY);
+        let s = task_states(&p, TaskLayout::direct(TaskSplit::new(1)), view(&o), &jobs, POLICY);
         assert_eq!(s[0], TaskState::Succeeded { attempt: 0 });
         assert_eq!(
             s[1],
@@ -513,7 +611,7 @@ mod tests {
                 not_before: None
             }
         );
-        let a = aggregate(&p, TaskSplit::new(1), &s, view(&o));
+        let a = aggregate(&p, TaskLayout::direct(TaskSplit::new(1)), &s, view(&o));
         assert_eq!(
             a.segments,
             SegmentCounts {
@@ -552,7 +650,7 @@ mod tests {
         ];
         let mut stored = Outcomes::new();
         stored.insert((1, 0), ok_outcome(&p, 1, 1, 0, 1));
-        let rec = missing_outcomes(&p, TaskSplit::new(1), &stored, &jobs);
+        let rec = missing_outcomes(&p, TaskLayout::direct(TaskSplit::new(1)), &stored, &jobs);
         assert_eq!(rec.keys().copied().collect::<Vec<_>>(), vec![(0, 0)]);
         let o = &rec[&(0, 0)];
         assert!(!o.success && o.retryable());
@@ -563,11 +661,11 @@ mod tests {
             stored: &stored,
             recorded: &rec,
         };
-        let s = task_states(&p, TaskSplit::new(1), v, &jobs, POLICY);
+        let s = task_states(&p, TaskLayout::direct(TaskSplit::new(1)), v, &jobs, POLICY);
         assert!(matches!(s[0], TaskState::Pending { attempt: 1, .. }));
         assert_eq!(s[1], TaskState::Succeeded { attempt: 0 });
         // A completed Job whose outcome is missing is a failed attempt too.
-        let rec = missing_outcomes(&p, TaskSplit::new(1), &Outcomes::new(), &jobs[1..2]);
+        let rec = missing_outcomes(&p, TaskLayout::direct(TaskSplit::new(1)), &Outcomes::new(), &jobs[1..2]);
         assert!(rec[&(1, 0)].failed_segments[0]
             .reason
             .contains("without storing its outcome"));
@@ -606,9 +704,9 @@ mod tests {
         o.insert((0, 0), mixed);
         o.insert((1, 0), ok_outcome(&p, 2, 1, 0, 100));
         o.insert((2, 0), ok_outcome(&p, 2, 2, 0, 100));
-        let s = task_states(&p, TaskSplit::new(2), view(&o), &[], POLICY);
+        let s = task_states(&p, TaskLayout::direct(TaskSplit::new(2)), view(&o), &[], POLICY);
         assert_eq!(s[0], TaskState::Failed { attempt: 0 });
-        let a = aggregate(&p, TaskSplit::new(2), &s, view(&o));
+        let a = aggregate(&p, TaskLayout::direct(TaskSplit::new(2)), &s, view(&o));
         assert!(a.done);
         assert_eq!(
             a.segments,
@@ -622,7 +720,7 @@ mod tests {
         );
         assert_eq!(a.failed_segments[0].segment_id, 9000, "planning failures first");
         assert_eq!(a.failed_segments[0].attempts, 0);
-        let r = build_result(&p, &s, view(&o), 1234);
+        let r = build_result(&p, TaskLayout::direct(TaskSplit::new(1)), &s, view(&o), 1234);
         assert!(!r.success);
         assert_eq!(r.segments_processed, 4);
         assert_eq!(r.total_rows_written, 400);
@@ -648,7 +746,7 @@ mod tests {
                 max_attempts: 1 + rng.below(4) as u32,
                 backoff_seconds: rng.below(30) as u32,
             };
-            let tasks = TaskSplit::new(spj).count(&p);
+            let tasks = TaskLayout::direct(TaskSplit::new(spj)).count(&p);
             let mut o = Outcomes::new();
             let mut jobs = Vec::new();
             for t in 0..tasks {
@@ -676,7 +774,7 @@ mod tests {
                     }
                 }
             }
-            let rec = missing_outcomes(&p, TaskSplit::new(spj), &o, &jobs);
+            let rec = missing_outcomes(&p, TaskLayout::direct(TaskSplit::new(spj)), &o, &jobs);
             for k in rec.keys() {
                 assert!(!o.contains_key(k));
             }
@@ -684,7 +782,7 @@ mod tests {
                 stored: &o,
                 recorded: &rec,
             };
-            let s = task_states(&p, TaskSplit::new(spj), v, &jobs, policy);
+            let s = task_states(&p, TaskLayout::direct(TaskSplit::new(spj)), v, &jobs, policy);
             assert_eq!(s.len() as u32, tasks);
             for (t, st) in s.iter().enumerate() {
                 match st {
@@ -698,9 +796,10 @@ mod tests {
                         assert!(!last.success);
                         assert!(!last.retryable() || attempt + 1 >= policy.max_attempts, "case {case}");
                     }
+                    TaskState::Waiting => panic!("case {case}: a run that is not staged never waits"),
                 }
             }
-            let a = aggregate(&p, TaskSplit::new(spj), &s, v);
+            let a = aggregate(&p, TaskLayout::direct(TaskSplit::new(spj)), &s, v);
             let c = &a.segments;
             assert_eq!(c.pending + c.running + c.succeeded + c.failed, c.total, "case {case}");
             assert_eq!(c.total as usize, n + p.failed.len());
@@ -708,7 +807,7 @@ mod tests {
             assert_eq!(a.done, s.iter().all(TaskState::is_final));
             assert!(a.rows.matched <= a.rows.written && a.rows.written <= a.rows.total);
             if a.done {
-                let r = build_result(&p, &s, v, 1);
+                let r = build_result(&p, TaskLayout::direct(TaskSplit::new(1)), &s, v, 1);
                 assert_eq!(r.segments_processed as u64, c.succeeded);
                 assert_eq!(r.failed_segments.len() as u64, c.failed);
                 assert_eq!(r.success, c.failed == 0);
@@ -729,8 +828,8 @@ mod tests {
             f.failed_segments[0].reason = "x".repeat(10_000);
             o.insert((t, 2), f);
         }
-        let s = task_states(&p, TaskSplit::new(1), view(&o), &[], POLICY);
-        let a = aggregate(&p, TaskSplit::new(1), &s, view(&o));
+        let s = task_states(&p, TaskLayout::direct(TaskSplit::new(1)), view(&o), &[], POLICY);
+        let a = aggregate(&p, TaskLayout::direct(TaskSplit::new(1)), &s, view(&o));
         assert_eq!(a.segments.failed, n as u64);
         let now = Time("2026-11-27T03:00:00Z".parse().unwrap());
         let cond = |t: &str| Condition {
@@ -753,6 +852,8 @@ mod tests {
             new_field_names: p.new_fields.iter().map(|f| f.name.clone()).collect(),
             segments_per_job: Some(1),
             tasks: Some(n as u32),
+            exchange_partitions: Some(MAX_PARTITIONS as u32),
+            stage: Some("Write".into()),
             progress: Some(progress(&a.segments)),
             segments: Some(a.segments.clone()),
             rows: Some(a.rows.clone()),
