@@ -8,7 +8,10 @@
 #   2. helm upgrade with changed values: two replicas with leader election, JSON logs. One
 #      Lease holder; a second Backfill runs; the leader Pod is deleted mid-run; the standby
 #      takes the Lease over; the new leader is killed (no release); after the lease expires
-#      another takes over and finishes the run with one Job per task and every row right.
+#      another takes over and finishes the run with one Job per task and every row right. That
+#      run is staged (`routing: Staged`): the leader goes while the route stage runs, and no
+#      finished route, join or write task is run again; the source is read once and the
+#      exchange is deleted.
 #   3. Deleting a Backfill deletes its Jobs.
 #   4. helm uninstall: the CRD and the remaining Backfill stay.
 set -euo pipefail
@@ -104,7 +107,7 @@ transitions0=$(kubectl -n "$NS" get lease "$LEASE" -o jsonpath='{.spec.leaseTran
 
 RUN2=op2-$(date +%s)
 GATE=$RUN2-gate
-sed -e "s/name: $RUN,/name: $RUN2,/" -e "s#backfill-out/$RUN\"#backfill-out/$RUN2\"#" -e 's/parallelism: 2/parallelism: 1\n  segmentsPerJob: 1/' \
+sed -e "s/name: $RUN,/name: $RUN2,/" -e "s#backfill-out/$RUN\"#backfill-out/$RUN2\"#" -e 's/parallelism: 2/parallelism: 1\n  segmentsPerJob: 1\n  routing: Staged/' \
   -e "s#worker: {image: milvus-backfill:e2e}#worker: {image: milvus-backfill:e2e, env: [{name: OP_GATE, valueFrom: {secretKeyRef: {name: $GATE, key: open}}}]}#" \
   "$DATA/backfill.yaml" >"$DATA/backfill2.yaml"
 grep -q "$GATE" "$DATA/backfill2.yaml" || fail "backfill2.yaml was not derived"
@@ -114,7 +117,13 @@ for _ in $(seq 1 120); do
   [ "$(kubectl -n "$NS" get jobs -l "milvusbackfill.io/backfill=$RUN2" -o name | wc -l)" -ge 1 ] && break
   sleep 1
 done
-log "deleting the leader Pod $LEADER mid-run ($(kubectl -n "$NS" get jobs -l "milvusbackfill.io/backfill=$RUN2" -o name | wc -l) Job(s))"
+for _ in $(seq 1 10); do
+  stage=$(kubectl -n "$NS" get bf "$RUN2" -o jsonpath='{.status.stage}')
+  [ "$stage" = Route ] && break
+  sleep 1
+done
+[ "$stage" = Route ] || { kubectl -n "$NS" get bf "$RUN2" -o yaml; fail "$RUN2 at its first Job: stage '$stage', expected Route"; }
+log "deleting the leader Pod $LEADER mid-run, in the route stage ($(kubectl -n "$NS" get jobs -l "milvusbackfill.io/backfill=$RUN2" -o name | wc -l) Job(s))"
 kubectl -n "$NS" delete pod "$LEADER" --wait=false >/dev/null
 kubectl -n "$NS" create secret generic "$GATE" --from-literal=open=yes >/dev/null
 # next_leader OLD: waits up to 60 s for a holder other than OLD, sets $h to it
@@ -148,6 +157,7 @@ ntasks=$(kubectl -n "$NS" get bf "$RUN2" -o jsonpath='{.status.tasks}')
 kubectl -n "$NS" get bf "$RUN2" -o json >"$DATA/bf2.json"
 "$MB_PY" e2e/operator-scenarios/s3check.py check "$DATA/bf2.json" "$DATA/expected.json" op_int64 "$RUN2" ||
   fail "status or output rows of $RUN2"
+"$MB_PY" e2e/operator-scenarios/s3check.py staged "$DATA/bf2.json" || fail "the staged run $RUN2"
 log "failover ok: $LEADER -> $LEADER2 -> $h, $ntasks Jobs, one per task"
 
 # ---- 3. deleting a Backfill deletes its Jobs ----------------------------------------------------

@@ -4,6 +4,8 @@
   s3check.py stash EXPECTED COLL SEG DIR             -> copies the segment's PK binlogs to DIR, deletes them
   s3check.py restore EXPECTED COLL SEG DIR           -> puts them back from DIR
   s3check.py outcomes BF_JSON                        -> the run's task outcome objects, one "task-attempt" per line
+  s3check.py staged BF_JSON                          -> a staged run: partitions in status, the source read
+      once (sourcePasses 1 in the stored result, exchange bytes written), the exchange deleted
   s3check.py check BF_JSON EXPECTED COLL RUN [--failed SEG --attempts N]
       status totals; per succeeded segment a manifest whose Parquet parts hold, row by row in
       the segment's storage order, the source's values of that row's key (nulls where the source
@@ -86,6 +88,19 @@ def main():
                 name = o["Key"][len(prefix):].removesuffix(".json")
                 task, attempt = name[len(st["runId"]) + 1:].split("-")
                 print(f"{task}-{attempt}")
+    elif cmd == "staged":
+        st = json.load(open(sys.argv[2]))["status"]
+        assert st.get("exchangePartitions", 0) >= 1, st
+        assert "stage" not in st, f"a finished run has no stage: {st.get('stage')}"
+        key = st["resultPath"].split("/", 3)[3]
+        r = json.loads(s3.get_object(Bucket=BUCKET, Key=key)["Body"].read())
+        assert r["sourcePasses"] == 1, {k: r.get(k) for k in ("sourcePasses", "sourceBytesRead")}
+        assert r["sourceBytesRead"] > 0 and r["exchangeBytesWritten"] > 0, r
+        prefix = f"{ROOT}/backfill/{st['collectionId']}/{st['runId']}/exchange/"
+        left = s3.list_objects_v2(Bucket=BUCKET, Prefix=prefix).get("KeyCount", 0)
+        assert left == 0, f"{left} exchange object(s) left under {prefix}"
+        print(f"staged ok: {st['exchangePartitions']} partition(s), source read once "
+              f"({r['sourceBytesRead']} bytes), {r['exchangeBytesWritten']} exchange bytes, deleted")
     elif cmd == "check":
         bf, exp, run = json.load(open(sys.argv[2])), exp_of(sys.argv[3], sys.argv[4]), sys.argv[5]
         failed = sys.argv[sys.argv.index("--failed") + 1] if "--failed" in sys.argv else None
