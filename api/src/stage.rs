@@ -17,6 +17,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::ErrorKind;
 use crate::layout::{RunLayout, TaskSplit};
+use crate::outcome::FailedSegment;
 use crate::plan::{Plan, SegmentPlan, SourceFile, Task};
 
 /// What a task of a routed run does, beside the segments it carries.
@@ -84,6 +85,9 @@ pub struct JoinWork {
 pub struct WriteWork {
     pub first_segment: u32,
     pub joined: Vec<JoinedFile>,
+    /// The task's segments whose keys the route stage could not read: failed, not written.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub unreadable: Vec<FailedSegment>,
 }
 
 /// A joined partition: one row group per segment with matches, as `(segment, row group)`
@@ -99,10 +103,13 @@ pub struct JoinedFile {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", tag = "kind")]
 pub enum StageOutput {
-    /// Each partition's key parts and source parts.
+    /// Each partition's key parts and source parts, and the segments whose keys cannot be
+    /// read for a reason a retry would not fix (their write task reports them failed).
     Routed {
         keys: Vec<Vec<SourceFile>>,
         source: Vec<Vec<SourceFile>>,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        unreadable: Vec<FailedSegment>,
     },
     /// The joined partition; `None` when nothing in it matched.
     Joined { file: Option<JoinedFile> },
@@ -140,7 +147,7 @@ pub fn join_works(partitions: u32, routed: &[&StageOutput]) -> Vec<JoinWork> {
         })
         .collect();
     for out in routed {
-        if let StageOutput::Routed { keys, source } = out {
+        if let StageOutput::Routed { keys, source, .. } = out {
             for (w, k) in works.iter_mut().zip(keys) {
                 w.keys.extend(k.iter().cloned());
             }
@@ -178,6 +185,7 @@ pub fn write_work(segments: Range<u32>, joined: &[&StageOutput]) -> WriteWork {
     WriteWork {
         first_segment: segments.start,
         joined: files.collect(),
+        unreadable: Vec::new(),
     }
 }
 
@@ -291,11 +299,18 @@ impl TaskLayout {
             Role::Write(b) => {
                 let joined = outputs(1)?;
                 let first = b * self.split.segments_per_task();
-                let n = self.split.segments(p, b).len() as u32;
-                Some(Stage::Write(write_work(
-                    first..first + n,
-                    &joined.iter().collect::<Vec<_>>(),
-                )))
+                let segs = self.split.segments(p, b);
+                let range = first..first + segs.len() as u32;
+                let mut work = write_work(range, &joined.iter().collect::<Vec<_>>());
+                work.unreadable = outputs(0)?
+                    .into_iter()
+                    .flat_map(|o| match o {
+                        StageOutput::Routed { unreadable, .. } => unreadable,
+                        _ => Vec::new(),
+                    })
+                    .filter(|f| segs.iter().any(|s| s.segment_id == f.segment_id))
+                    .collect();
+                Some(Stage::Write(work))
             }
         };
         Some(self.task_with(p, index, attempt, stage))
@@ -381,10 +396,12 @@ mod tests {
         let r1 = StageOutput::Routed {
             keys: vec![vec![file("k1p0", 2)], vec![]],
             source: vec![vec![file("s1p0", 3)], vec![file("s1p1", 4)]],
+            unreadable: vec![],
         };
         let r2 = StageOutput::Routed {
             keys: vec![vec![], vec![file("k2p1", 1)]],
             source: vec![vec![file("s2p0", 5)], vec![]],
+            unreadable: vec![],
         };
         let w = join_works(2, &[&r1, &r2]);
         assert_eq!(w[0].keys, vec![file("k1p0", 2)]);
@@ -483,6 +500,16 @@ mod tests {
             (t < b).then(|| StageOutput::Routed {
                 keys: vec![vec![file(&format!("k{t}"), 1)], vec![], vec![]],
                 source: vec![vec![], vec![], vec![file(&format!("s{t}"), 2)]],
+                // Route task 0 could not read segment 2's keys (it is in batch 1).
+                unreadable: (t == 0)
+                    .then(|| FailedSegment {
+                        segment_id: 2,
+                        partition_id: 1,
+                        kind: ErrorKind::SegmentProcessingError,
+                        reason: "binlog gone".into(),
+                    })
+                    .into_iter()
+                    .collect(),
             })
         };
         let join = layout.task(&plan, b, 0, &routed_out).unwrap();
@@ -492,6 +519,9 @@ mod tests {
         assert_eq!(w.keys.len() as u32, b);
         assert!(join.segments.is_empty());
         let joined = |t: u32| {
+            if t < b {
+                return routed_out(t);
+            }
             (b..b + 3).contains(&t).then(|| StageOutput::Joined {
                 file: Some(JoinedFile {
                     file: file("j", 1),
@@ -506,6 +536,11 @@ mod tests {
         assert_eq!(w.first_segment, 2);
         assert!(w.joined.iter().all(|j| j.row_groups == vec![(2, 1)]));
         assert_eq!(write.segments, layout.split.segments(&plan, 1));
+        assert_eq!(w.unreadable.iter().map(|f| f.segment_id).collect::<Vec<_>>(), vec![2]);
+        let Some(Stage::Write(w0)) = layout.task(&plan, b + 3, 0, &joined).unwrap().stage else {
+            panic!("a write task")
+        };
+        assert!(w0.unreadable.is_empty(), "batch 0 holds no unreadable segment");
     }
 
     #[test]

@@ -92,6 +92,7 @@ fn the_stages_run_in_order_each_from_the_outputs_of_the_one_before() {
     let routed = |t: u32| StageOutput::Routed {
         keys: (0..parts).map(|p| vec![file(format!("k{t}-{p}"))]).collect(),
         source: (0..parts).map(|p| vec![file(format!("s{t}-{p}"))]).collect(),
+        unreadable: vec![],
     };
     for t in 0..2 {
         outcomes.insert((t, 0), stage_ok(&plan, t, routed(t)));
@@ -178,6 +179,7 @@ fn a_route_task_failing_for_good_fails_every_segment_without_the_later_stages() 
         let routed = StageOutput::Routed {
             keys: vec![vec![]; parts as usize],
             source: vec![vec![]; parts as usize],
+            unreadable: vec![],
         };
         outcomes.insert((t, 0), stage_ok(&plan, t, routed));
     }

@@ -353,3 +353,49 @@ async fn a_stage_task_that_fails_says_why_and_hands_nothing_on() {
         other => panic!("{other:?}"),
     }
 }
+
+/// A segment whose binlog is gone fails alone: its route task still routes the others and
+/// names it; its write task reports it failed and writes the rest.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_segment_the_route_stage_cannot_read_fails_alone() {
+    let bed = bed();
+    let gone = &bed.task.segments[1];
+    std::fs::remove_file(
+        bed.dir
+            .path()
+            .join("storage/milvus-bucket")
+            .join(&gone.pk_binlogs[0].key),
+    )
+    .unwrap();
+    let segs = 0..4usize;
+    let work = RouteWork {
+        partitions: 2,
+        first_segment: 0,
+        slices: stage::source_slices(&bed.task.plan.source_files, 1).remove(0),
+    };
+    let route = run_ok(&stage_task(&bed, 0, segs.clone(), Stage::Route(work))).await;
+    let routed = route.stage_output.unwrap();
+    let StageOutput::Routed { unreadable, .. } = &routed else {
+        panic!("{routed:?}")
+    };
+    assert_eq!(
+        unreadable.iter().map(|f| f.segment_id).collect::<Vec<_>>(),
+        vec![gone.segment_id]
+    );
+    assert!(unreadable[0].reason.contains("gone"), "{}", unreadable[0].reason);
+    let mut joined = Vec::new();
+    for (p, w) in stage::join_works(2, &[&routed]).into_iter().enumerate() {
+        joined.push(
+            run_ok(&stage_task(&bed, 10 + p, 0..0, Stage::Join(w)))
+                .await
+                .stage_output
+                .unwrap(),
+        );
+    }
+    let mut work = stage::write_work(0..4, &joined.iter().collect::<Vec<_>>());
+    work.unreadable = unreadable.clone();
+    let (_, o) = run(&stage_task(&bed, 20, segs, Stage::Write(work))).await;
+    assert_eq!(o.segments.len(), 3, "{:?}", o.failed_segments);
+    assert_eq!(o.failed_segments.len(), 1);
+    assert_eq!(o.failed_segments[0].segment_id, gone.segment_id);
+}

@@ -60,6 +60,7 @@ impl Group<'_> {
         let out = StageOutput::Routed {
             keys: std::mem::take(&mut routed.keys),
             source: std::mem::take(&mut routed.source),
+            unreadable: Vec::new(),
         };
         let mut joined = Vec::with_capacity(ex.partitions as usize);
         for w in stage::join_works(ex.partitions, &[&out]) {

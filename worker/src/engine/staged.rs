@@ -8,8 +8,9 @@ use std::time::Instant;
 
 use futures_util::StreamExt;
 
+use milvus_backfill_api::error::ErrorKind;
 use milvus_backfill_api::layout::RunLayout;
-use milvus_backfill_api::outcome::SourceReads;
+use milvus_backfill_api::outcome::{FailedSegment, SourceReads};
 use milvus_backfill_api::stage::{JoinWork, JoinedFile, RouteWork, SourceSlice, StageOutput, WriteWork};
 
 use super::{read, Group, GroupDone, Indexed, Shared};
@@ -111,12 +112,22 @@ impl Group<'_> {
             source_bytes_read: routed.as_ref().map_or(0, |r| r.bytes_read),
             exchange_bytes_written: ex.bytes_written(),
         };
-        let output = routed.and_then(|r| match r.indexed.iter().find_map(|i| i.as_ref().err()) {
-            Some(e) => Err(e.clone()),
-            None => Ok(StageOutput::Routed {
+        let output = routed.and_then(|r| {
+            // Storage out of reach fails the task, so that it is retried; a segment whose keys
+            // cannot be read (binlogs gone, row counts off) fails alone, in its write task.
+            let mut unreadable = Vec::new();
+            for (seg, i) in segs.iter().zip(&r.indexed) {
+                match i {
+                    Err(e) if e.kind == ErrorKind::ConnectionError => return Err(e.clone()),
+                    Err(e) => unreadable.push(FailedSegment::from_error(seg.segment_id, seg.partition_id, e)),
+                    Ok(_) => {}
+                }
+            }
+            Ok(StageOutput::Routed {
                 keys: r.keys,
                 source: r.source,
-            }),
+                unreadable,
+            })
         });
         if output.is_err() {
             ex.delete().await;
@@ -162,7 +173,13 @@ impl Group<'_> {
             Ok(f) => f,
             Err(e) => return GroupDone::failed(segs, &e),
         };
-        let indexed = segs.iter().map(super::supported_rows).collect();
+        let indexed = segs
+            .iter()
+            .map(|s| match w.unreadable.iter().find(|f| f.segment_id == s.segment_id) {
+                Some(f) => Err(BackfillError::new(f.kind, f.reason.clone()).with_segment(s.segment_id)),
+                None => super::supported_rows(s),
+            })
+            .collect();
         let positions = w.first_segment..w.first_segment + segs.len() as u32;
         self.gather_and_write(&ex, segs, positions, (indexed, &partitions, &fields), started)
             .await
