@@ -74,6 +74,13 @@ pub const MAX_MESSAGE_BYTES: usize = 1024;
         priority = 1
     ),
     printcolumn(
+        name = "Stage",
+        type_ = "string",
+        json_path = ".status.stage",
+        description = "Route, Join or Write (a staged run, spec.routing)",
+        priority = 1
+    ),
+    printcolumn(
         name = "Commit",
         type_ = "string",
         json_path = ".status.commit.state",

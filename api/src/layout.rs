@@ -200,11 +200,11 @@ impl Task {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::plan::sample_plan;
 
-    fn plan_with(n: i64) -> Plan {
+    pub(crate) fn plan_with(n: i64) -> Plan {
         let seg = |id| SegmentPlan {
             segment_id: id,
             partition_id: 1,

@@ -430,21 +430,10 @@ mod tests {
     }
 
     fn plan_of(n: i64) -> Plan {
-        let seg = |id| SegmentPlan {
-            segment_id: id,
-            partition_id: 1,
-            partition_name: "_default".into(),
-            num_rows: 10,
-            storage_version: 0,
-            pk_binlogs: vec![],
-            output_dir: format!("o/{id}"),
-            v3: None,
-        };
         Plan {
-            segments: (0..n).map(seg).collect(),
             source_files: vec![file("src", 100)],
             source_rows: 100,
-            ..crate::plan::sample_plan()
+            ..crate::layout::tests::plan_with(n)
         }
     }
 

@@ -67,6 +67,19 @@ fn stage_ok(plan: &Plan, task: u32, output: StageOutput) -> TaskOutcome {
     o
 }
 
+/// Every join task succeeded, each partition holding a row group of every segment.
+fn join_all(plan: &Plan, first: u32, parts: u32, outcomes: &mut Outcomes) {
+    for p in 0..parts {
+        let joined = StageOutput::Joined {
+            file: Some(JoinedFile {
+                file: file(format!("j{p}")),
+                row_groups: (0..6).map(|s| (s, s)).collect(),
+            }),
+        };
+        outcomes.insert((first + p, 0), stage_ok(plan, first + p, joined));
+    }
+}
+
 fn created(d: &Decision) -> Vec<&JobRequest> {
     d.jobs_to_create().collect()
 }
@@ -119,15 +132,7 @@ fn the_stages_run_in_order_each_from_the_outputs_of_the_one_before() {
     );
 
     // Write: after every join, with just the batch's row groups.
-    for p in 0..parts {
-        let joined = StageOutput::Joined {
-            file: Some(JoinedFile {
-                file: file(format!("j{p}")),
-                row_groups: (0..6).map(|s| (s, s)).collect(),
-            }),
-        };
-        outcomes.insert((b + p, 0), stage_ok(&plan, b + p, joined));
-    }
+    join_all(&plan, b, parts, &mut outcomes);
     let d = decide_with(&spec, &st, &plan, &outcomes);
     let st = d.new_status().unwrap().clone();
     assert_eq!(st.stage.as_deref(), Some("Write"));

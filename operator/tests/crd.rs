@@ -40,15 +40,19 @@ fn schema() -> serde_json::Value {
         .collect();
     assert_eq!(
         cols,
-        ["Phase", "Ready", "Segments", "Failed", "Rows", "Age", "Message", "Commit"]
+        ["Phase", "Ready", "Segments", "Failed", "Rows", "Age", "Message", "Stage", "Commit"]
     );
     let cols = v["additionalPrinterColumns"].as_array().unwrap();
     // kstatus' Ready beside the phase; its message only with `-o wide`.
     assert_eq!(cols[1]["jsonPath"], ".status.conditions[?(@.type==\"Ready\")].status");
     assert_eq!(cols[6]["priority"], 1);
-    // The commit's state (spec.commit.endpoint) with `-o wide`.
-    assert_eq!(cols[7]["jsonPath"], ".status.commit.state");
-    assert_eq!(cols[7]["priority"], 1);
+    // A staged run's stage, then the commit's state (spec.commit.endpoint), with `-o wide`.
+    assert_eq!(cols[7]["jsonPath"], ".status.stage");
+    assert_eq!(cols[8]["jsonPath"], ".status.commit.state");
+    assert_eq!(
+        (cols[7]["priority"].clone(), cols[8]["priority"].clone()),
+        (1.into(), 1.into())
+    );
     v["schema"]["openAPIV3Schema"].clone()
 }
 
