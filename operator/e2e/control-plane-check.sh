@@ -96,7 +96,12 @@ wait_until 20 bash -c "exec 3<>/dev/tcp/127.0.0.1/$S3_PORT"
 
 echo "== CRD"
 check "the committed CRD is accepted" kubectl apply --server-side --force-conflicts -f "$ROOT/crds/backfills.milvusbackfill.io.yaml"
-check "the CRD is established" kubectl wait --for=condition=Established crd/backfills.milvusbackfill.io --timeout=30s
+# Polled rather than `kubectl wait`, which gave up at once in one CI run on a control plane
+# seconds old (the CRD was established a second later).
+crd_established() {
+	[ "$(kubectl get crd/backfills.milvusbackfill.io -o jsonpath='{.status.conditions[?(@.type=="Established")].status}')" = True ]
+}
+check "the CRD is established" wait_until 30 crd_established
 kubectl create ns "$NS" --dry-run=client -o yaml | kubectl apply -f - >/dev/null
 kubectl -n "$NS" create secret generic minio --from-literal=accesskey="$MBO_S3_AK" --from-literal=secretkey="$MBO_S3_SK" \
 	--dry-run=client -o yaml | kubectl apply -f - >/dev/null
