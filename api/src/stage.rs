@@ -29,16 +29,6 @@ pub enum Stage {
     Write(WriteWork),
 }
 
-impl Stage {
-    pub fn name(&self) -> &'static str {
-        match self {
-            Stage::Route(_) => "route",
-            Stage::Join(_) => "join",
-            Stage::Write(_) => "write",
-        }
-    }
-}
-
 /// Route: the task's segments' keys (numbered from `firstSegment` in the plan) and its slices
 /// of the source, into `partitions` partitions.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
