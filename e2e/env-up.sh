@@ -20,7 +20,7 @@
 #   MB_S3_ACCESS_KEY / MB_S3_SECRET_KEY   [minioadmin / minioadmin]
 #   MB_MILVUS_BUCKET [milvus-bucket]  MB_DATA_BUCKET [backfill-data]  MB_ROOT_PATH [files]
 #   MB_PORT_OFFSET           added to every Milvus port [0]: gRPC 19530, metrics/healthz 9091,
-#                            etcd 2379/2380, rootCoord 53100, proxy-internal 19529, queryCoord 19531,
+#                            etcd 2379/2380, rootCoord 22100, proxy-internal 19529, queryCoord 19531,
 #                            queryNode 21123, indexCoord 22930, indexNode 21121, dataCoord 13333,
 #                            dataNode 21124.
 #   MB_INSERT_BUF            dataNode.segment.insertBufSize in bytes [65536]
@@ -165,7 +165,10 @@ import milvus
 
 E = os.environ
 off = int(E["OFF"])
-base_ports = dict(etcd_port=2379, root_coord_port=53100, proxy_port=19530, proxy_internal_port=19529,
+# Every port lies below Linux's ephemeral range (32768-60999): the wheel's default rootCoord port,
+# 53100, is in it, and a client socket of an earlier suite holding it failed a CI run
+# ("set root_coord_port=53100, but bind failed").
+base_ports = dict(etcd_port=2379, root_coord_port=22100, proxy_port=19530, proxy_internal_port=19529,
                   query_coord_port=19531, query_node_port=21123, index_coord_port=22930,
                   index_node_port=21121, data_coord_port=13333, data_node_port=21124)
 cfg = milvus.MilvusServerConfig(data_dir=E["MV_DIR"], **{k: v + off for k, v in base_ports.items()})
