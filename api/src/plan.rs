@@ -85,6 +85,24 @@ pub struct NewField {
     /// it); `None` in the export layout, whose fields are not in the schema.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub field_id: Option<i64>,
+    /// The source column, when `spec.columnMapping` renames it to `name`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_column: Option<String>,
+}
+
+impl NewField {
+    /// The source column that holds this field's values: `spec.columnMapping` may name a
+    /// column other than the field.
+    pub fn column(&self) -> &str {
+        self.source_column.as_deref().unwrap_or(&self.name)
+    }
+}
+
+/// The join key's source column when `spec.columnMapping` does not name one.
+pub const DEFAULT_KEY_COLUMN: &str = "pk";
+
+fn key_column_of(c: &Option<String>) -> &str {
+    c.as_deref().unwrap_or(DEFAULT_KEY_COLUMN)
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -183,6 +201,9 @@ pub struct Plan {
     /// `CollectionSchema.version` (0 before Milvus 2.6.8).
     pub schema_version: i32,
     pub pk_field: PkField,
+    /// The source column of the join key, when `spec.columnMapping` names one (else `pk`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_key_column: Option<String>,
     pub new_fields: Vec<NewField>,
     pub storage: S3Endpoint,
     pub storage_bucket: String,
@@ -215,6 +236,9 @@ pub struct TaskPlan {
     pub run_id: String,
     pub collection_id: i64,
     pub pk_field: PkField,
+    /// The source column of the join key, when `spec.columnMapping` names one (else `pk`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_key_column: Option<String>,
     pub new_fields: Vec<NewField>,
     pub storage: S3Endpoint,
     pub storage_bucket: String,
@@ -230,6 +254,13 @@ pub struct TaskPlan {
     pub v3_commit: V3CommitMode,
 }
 
+impl Plan {
+    /// The source column of the join key.
+    pub fn key_column(&self) -> &str {
+        key_column_of(&self.source_key_column)
+    }
+}
+
 /// The memory one pass over the source may hold when the spec does not say (`spec.memoryMiB`).
 pub const DEFAULT_MEMORY_MIB: u32 = 384;
 
@@ -243,6 +274,7 @@ impl TaskPlan {
             run_id: p.run_id.clone(),
             collection_id: p.collection_id,
             pk_field: p.pk_field.clone(),
+            source_key_column: p.source_key_column.clone(),
             new_fields: p.new_fields.clone(),
             storage: p.storage.clone(),
             storage_bucket: p.storage_bucket.clone(),
@@ -259,6 +291,10 @@ impl TaskPlan {
 
     pub fn source_rows(&self) -> u64 {
         self.source_files.iter().map(|f| f.rows).sum()
+    }
+    /// The source column of the join key.
+    pub fn key_column(&self) -> &str {
+        key_column_of(&self.source_key_column)
     }
 }
 
@@ -310,10 +346,12 @@ pub fn sample_plan() -> Plan {
             name: "id".into(),
             pk_type: PkType::Int64,
         },
+        source_key_column: None,
         new_fields: vec![NewField {
             name: "score".into(),
             arrow_type: "Float64".into(),
             field_id: None,
+            source_column: None,
         }],
         storage: ep.clone(),
         storage_bucket: "b".into(),

@@ -30,6 +30,12 @@ pub struct EngineSpec {
     pub source: SourceSpec,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub output: Option<OutputSpec>,
+    /// Source column -> Milvus field name, a complete projection as in the reference's
+    /// `columnMapping`: only the listed columns are read, and one of them must map to the primary
+    /// key's name (the join key). Without it the source has a `pk` column and every other column
+    /// is a new field of the same name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub column_mapping: Option<std::collections::BTreeMap<String, String>>,
     /// Rows per write batch (Parquet row groups are multiples of it). Default 1024.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub batch_size: Option<u32>,
@@ -272,6 +278,34 @@ pub struct SecretRef {
 }
 
 /// Checks that need no network. Every problem is listed, each naming its field.
+/// What `spec.columnMapping` gets wrong on its own; the columns and the key are checked
+/// against the source and the collection at planning.
+fn mapping_problems(m: &std::collections::BTreeMap<String, String>) -> Vec<String> {
+    let mut problems = Vec::new();
+    if m.len() < 2 {
+        problems.push(
+            "spec.columnMapping must map the join key column to the primary key's name and at least one column to a new field"
+                .to_owned(),
+        );
+    }
+    for (from, to) in m {
+        if from.trim().is_empty() || to.trim().is_empty() {
+            problems.push(format!("spec.columnMapping: {from:?}: {to:?} has an empty name"));
+        }
+    }
+    let mut targets: Vec<&String> = m.values().collect();
+    targets.sort();
+    for pair in targets.windows(2).filter(|w| w[0] == w[1]) {
+        let sources: Vec<&String> = m.iter().filter(|(_, t)| *t == pair[0]).map(|(s, _)| s).collect();
+        problems.push(format!(
+            "spec.columnMapping maps {sources:?} to the same field {:?}; each field takes one column",
+            pair[0]
+        ));
+    }
+    problems.dedup();
+    problems
+}
+
 pub fn validate(spec: &EngineSpec) -> Result<(), Vec<String>> {
     let mut problems = Vec::new();
     let mut need = |ok: bool, msg: &str| {
@@ -317,6 +351,9 @@ pub fn validate(spec: &EngineSpec) -> Result<(), Vec<String>> {
     if let Some(snapshot) = &spec.milvus.snapshot {
         problems.extend(snapshot.problems());
     }
+    if let Some(m) = &spec.column_mapping {
+        problems.extend(mapping_problems(m));
+    }
     if problems.is_empty() {
         Ok(())
     } else {
@@ -333,6 +370,25 @@ mod tests {
         "storage": {"endpoint": "127.0.0.1:9000", "bucket": "b"},
         "source": {"path": "s3://data/x.parquet"}
     }"#;
+
+    #[test]
+    fn a_column_mapping_is_checked_on_its_own_first() {
+        let with = |mapping: &str| {
+            let mut v: serde_json::Value = serde_json::from_str(MINIMAL).unwrap();
+            v["columnMapping"] = serde_json::from_str(mapping).unwrap();
+            validate(&serde_json::from_value(v).unwrap())
+        };
+        assert_eq!(with(r#"{"user": "id", "s": "score"}"#), Ok(()));
+        let p = with(r#"{"user": "id"}"#).unwrap_err();
+        assert!(p[0].contains("at least one column to a new field"), "{p:?}");
+        let p = with(r#"{"user": "id", "a": "score", "b": "score", "": "x"}"#).unwrap_err();
+        assert!(
+            p.iter()
+                .any(|m| m.contains(r#"maps ["a", "b"] to the same field "score""#)),
+            "{p:?}"
+        );
+        assert!(p.iter().any(|m| m.contains("has an empty name")), "{p:?}");
+    }
 
     #[test]
     fn defaults_come_from_code_not_from_the_document() {

@@ -204,12 +204,14 @@ fn task_plan(
         use_ssl: false,
     };
     let nf = |name: &str, arrow_type: &str| NewField {
+        source_column: None,
         name: name.into(),
         arrow_type: arrow_type.into(),
         field_id: None,
     };
     let src_dir = src_path.parent().unwrap();
     TaskPlan {
+        source_key_column: None,
         run_id: "bench".into(),
         collection_id: COLLECTION,
         pk_field: PkField {

@@ -65,14 +65,23 @@ pub async fn add_fields(doc: &BackfillDoc, token: &MilvusToken, max_length: u32)
     let info = milvus.describe_collection(&spec.milvus.collection).await?;
     let pk = crate::planner::pk_field(&info, spec.primary_key_field_id)?;
     let files = source::list_files(&stores.source, &place_key(&at.source_place)).await?;
-    let schema = source::inspect(&stores.source, &files, pk.pk_type, &[]).await?;
+    let schema = source::inspect(
+        &stores.source,
+        &files,
+        &source::Join {
+            pk: &pk,
+            mapping: spec.column_mapping.as_ref(),
+        },
+        &[],
+    )
+    .await?;
     let columns: Vec<(String, arrow_schema::DataType)> = schema
         .new_fields
         .iter()
         .map(|f| {
             let t = schema
                 .schema
-                .field_with_name(&f.name)
+                .field_with_name(f.column())
                 .expect("from the schema")
                 .data_type()
                 .clone();

@@ -371,13 +371,19 @@ pub fn plan_text(p: &Plan) -> String {
     );
     let _ = writeln!(
         s,
-        "  primary key:  {} (field {}, {:?})",
-        p.pk_field.name, p.pk_field.field_id, p.pk_field.pk_type
+        "  primary key:  {} (field {}, {:?}), joined on source column `{}`",
+        p.pk_field.name,
+        p.pk_field.field_id,
+        p.pk_field.pk_type,
+        p.key_column()
     );
     let fields: Vec<String> = p
         .new_fields
         .iter()
-        .map(|f| format!("{} ({})", f.name, f.arrow_type))
+        .map(|f| match &f.source_column {
+            Some(c) => format!("{} ({}, from column `{c}`)", f.name, f.arrow_type),
+            None => format!("{} ({})", f.name, f.arrow_type),
+        })
         .collect();
     let _ = writeln!(s, "  new fields:   {}", fields.join(", "));
     let _ = writeln!(
@@ -468,6 +474,17 @@ mod tests {
             }
             other => panic!("parsed as {other:?}"),
         }
+    }
+
+    #[test]
+    fn the_plan_text_says_which_columns_are_read() {
+        let mut p = crate::plan::sample_plan();
+        assert!(plan_text(&p).contains("joined on source column `pk`"));
+        p.source_key_column = Some("user".into());
+        p.new_fields[0].source_column = Some("s".into());
+        let text = plan_text(&p);
+        assert!(text.contains("joined on source column `user`"), "{text}");
+        assert!(text.contains("score (Float64, from column `s`)"), "{text}");
     }
 
     #[test]

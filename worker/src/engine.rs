@@ -259,6 +259,7 @@ async fn scan_source(source: &Store, plan: &TaskPlan, segs: &[SegmentPlan], inde
         source,
         &plan.source_files,
         index,
+        plan.key_column(),
         &plan.new_fields,
         plan.batch_size.rows(),
     )

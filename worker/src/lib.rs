@@ -8,6 +8,7 @@ pub mod add_fields;
 pub mod avro_value;
 pub mod binlog;
 pub mod cli;
+pub mod columns;
 pub mod commit;
 pub mod config;
 pub mod engine;

@@ -83,7 +83,7 @@ pub async fn plan_with(doc: &BackfillDoc, token: &MilvusToken, creds: &StoreCred
     if live_v3::rules(&coll.segments)? == live_v3::Rules::V3 {
         return live_v3::plan(spec, at, stores, coll).await;
     }
-    let schema = check_source(&stores.source, &at.source_place, &coll).await?;
+    let schema = check_source(&stores.source, &at.source_place, &coll, spec.column_mapping.as_ref()).await?;
     // Without `spec.output.path` outputs sit beside the binlogs, in `insert_log/`.
     let custom_output = spec.output_path().map(|_| place_key(&at.output_place));
     let mut segments = plan_segments(spec, &stores.storage, &coll, custom_output.as_deref()).await?;
@@ -97,6 +97,7 @@ pub async fn plan_with(doc: &BackfillDoc, token: &MilvusToken, creds: &StoreCred
             partition_id: coll.only_partition,
             schema_version: coll.info.schema_version,
             pk_field: coll.pk,
+            source_key_column: schema.key_column,
             new_fields: schema.new_fields,
             source_files: schema.files,
             source_rows: schema.rows,
@@ -162,11 +163,17 @@ fn partition_id(partitions: &[(String, i64)], name: &str) -> Result<i64> {
 }
 
 /// The source's schema and keys, checked before anything is written.
-async fn check_source(source: &Store, place: &Place, coll: &Collection) -> Result<SourceSchema> {
+async fn check_source(
+    source: &Store,
+    place: &Place,
+    coll: &Collection,
+    mapping: Option<&BTreeMap<String, String>>,
+) -> Result<SourceSchema> {
     let files = source::list_files(source, &place_key(place)).await?;
     let existing: Vec<String> = coll.info.fields.iter().map(|f| f.name.clone()).collect();
-    let schema = source::inspect(source, &files, coll.pk.pk_type, &existing).await?;
-    source::check_keys(source, &schema.files, coll.pk.pk_type)
+    let join = source::Join { pk: &coll.pk, mapping };
+    let schema = source::inspect(source, &files, &join, &existing).await?;
+    source::check_keys(source, &schema.files, schema.key_column(), coll.pk.pk_type)
         .await?
         .into_result()?;
     Ok(schema)
@@ -188,6 +195,7 @@ pub(crate) struct Learned {
     pub partition_id: Option<i64>,
     pub schema_version: i32,
     pub pk_field: PkField,
+    pub source_key_column: Option<String>,
     pub new_fields: Vec<crate::plan::NewField>,
     pub source_files: Vec<crate::plan::SourceFile>,
     pub source_rows: u64,
@@ -205,6 +213,7 @@ pub(crate) fn assemble(spec: &EngineSpec, at: RunLocations, l: Learned) -> Resul
         partition_id: l.partition_id,
         schema_version: l.schema_version,
         pk_field: l.pk_field,
+        source_key_column: l.source_key_column,
         new_fields: l.new_fields,
         storage: at.storage,
         storage_bucket: at.storage_bucket,

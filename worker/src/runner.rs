@@ -87,7 +87,7 @@ pub async fn run_plan(plan: &Plan, stores: &RunStores, progress: &Progress) -> B
 /// How the segments meet the source within the plan's memory: one pass when they fit it, else
 /// through the exchange (the source is read once either way).
 async fn mode_for(stores: &RunStores, plan: &TaskPlan, segs: &[SegmentPlan]) -> Mode {
-    let costs = source::row_costs(&stores.source, &plan.source_files, &plan.new_fields)
+    let costs = source::row_costs(&stores.source, &plan.source_files, plan.key_column(), &plan.new_fields)
         .await
         .unwrap_or(source::RowCosts::UNKNOWN);
     let cost = groups::PassCost {

@@ -39,7 +39,10 @@ pub async fn plan(doc: &BackfillDoc, snapshot_path: &str, creds: &StoreCredentia
     let (schema, new_fields) = targets::checked_source(
         &stores.source,
         &at.source_place,
-        pk.pk_type,
+        &crate::source::Join {
+            pk: &pk,
+            mapping: spec.column_mapping.as_ref(),
+        },
         &snap.collection.fields,
         &snap.collection_name,
     )
@@ -66,6 +69,7 @@ pub async fn plan(doc: &BackfillDoc, snapshot_path: &str, creds: &StoreCredentia
             partition_id: None,
             schema_version: snap.collection.schema_version,
             pk_field: pk,
+            source_key_column: schema.key_column,
             new_fields,
             source_files: schema.files,
             source_rows: schema.rows,

@@ -1,6 +1,7 @@
 //! The user's new-field Parquet: listing, schema checks, key checks, and the
 //! streaming read that keeps only the rows whose key is in one segment.
 
+use std::collections::BTreeMap;
 use std::ops::Range;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -18,11 +19,11 @@ use parquet::file::statistics::Statistics;
 
 use crate::error::{BackfillError, Result};
 use crate::keys::{KeyIndex, KeyRange, PkType};
-use crate::plan::{NewField, SourceFile};
+use crate::plan::{NewField, PkField, SourceFile};
 use crate::store::{ObjectMeta, Store};
 
-/// The join key column every source must have.
-pub const KEY_COLUMN: &str = "pk";
+/// The join key's column in the exchange's parts, and in a source without `spec.columnMapping`.
+pub const KEY_COLUMN: &str = crate::plan::DEFAULT_KEY_COLUMN;
 
 /// Reads byte ranges of one object through [`Store`], for the async Parquet reader.
 pub struct ObjectReader {
@@ -232,16 +233,32 @@ pub async fn list_files(store: &Store, key: &str) -> Result<Vec<ObjectMeta>> {
 #[derive(Debug, Clone)]
 pub struct SourceSchema {
     pub schema: SchemaRef,
+    /// The join key's column, when not `pk` (as [`crate::plan::Plan::source_key_column`]).
+    pub key_column: Option<String>,
     pub new_fields: Vec<NewField>,
     pub files: Vec<SourceFile>,
     pub rows: u64,
+}
+
+impl SourceSchema {
+    /// The join key's column.
+    pub fn key_column(&self) -> &str {
+        self.key_column.as_deref().unwrap_or(KEY_COLUMN)
+    }
+}
+
+/// How the source joins the collection: on the primary key, through `spec.columnMapping` if any.
+#[derive(Debug, Clone, Copy)]
+pub struct Join<'a> {
+    pub pk: &'a PkField,
+    pub mapping: Option<&'a BTreeMap<String, String>>,
 }
 
 /// Reads every file's footer; checks the key column and the new fields.
 pub async fn inspect(
     store: &Store,
     files: &[ObjectMeta],
-    pk_type: PkType,
+    join: &Join<'_>,
     existing_fields: &[String],
 ) -> Result<SourceSchema> {
     let mut schema: Option<SchemaRef> = None;
@@ -278,9 +295,10 @@ pub async fn inspect(
         first_row += rows;
     }
     let schema = schema.expect("at least one file");
-    let new_fields = check_schema(&schema, pk_type, existing_fields)?;
+    let (key_column, new_fields) = check_schema(&schema, join, existing_fields)?;
     Ok(SourceSchema {
         schema,
+        key_column,
         new_fields,
         files: out,
         rows: first_row,
@@ -304,38 +322,39 @@ fn describe(s: &SchemaRef) -> String {
     format!("[{}]", cols.join(", "))
 }
 
-/// The key column exists with the collection's PK type, there is at least one new
-/// field, and no new field reuses the name of an existing collection field.
-pub fn check_schema(schema: &SchemaRef, pk_type: PkType, existing_fields: &[String]) -> Result<Vec<NewField>> {
-    let key = schema.field_with_name(KEY_COLUMN).map_err(|_| {
-        BackfillError::schema(format!(
-            "the source has no `{KEY_COLUMN}` column (columns: {}); add the join key as `{KEY_COLUMN}`",
-            describe(schema)
-        ))
-    })?;
-    if !crate::keys::pk_accepts(pk_type, key.data_type()) {
+/// The source columns ([`crate::columns::resolve`]) with the key column of the collection's
+/// PK type, and no new field reusing the name of an existing collection field.
+/// Returns the key column as the plan records it, and the new fields.
+pub fn check_schema(
+    schema: &SchemaRef,
+    join: &Join<'_>,
+    existing_fields: &[String],
+) -> Result<(Option<String>, Vec<NewField>)> {
+    let cols = crate::columns::resolve(schema, &join.pk.name, join.mapping)?;
+    let key = schema.field_with_name(&cols.key).expect("resolved from the schema");
+    if !crate::keys::pk_accepts(join.pk.pk_type, key.data_type()) {
         return Err(BackfillError::schema(format!(
-            "source column `{KEY_COLUMN}` is {}, but the collection's primary key is {:?}: write `{KEY_COLUMN}` as {}",
+            "source column `{}` (the join key) is {}, but the collection's primary key is {:?}: write it as {}",
+            cols.key,
             key.data_type(),
-            pk_type,
-            pk_type.expected_arrow()
+            join.pk.pk_type,
+            join.pk.pk_type.expected_arrow()
         )));
     }
-    let new_fields: Vec<NewField> = schema
-        .fields()
+    let new_fields: Vec<NewField> = cols
+        .fields
         .iter()
-        .filter(|f| f.name() != KEY_COLUMN)
-        .map(|f| NewField {
-            name: f.name().clone(),
-            arrow_type: f.data_type().to_string(),
+        .map(|(column, name)| NewField {
+            name: name.clone(),
+            arrow_type: schema
+                .field_with_name(column)
+                .expect("resolved from the schema")
+                .data_type()
+                .to_string(),
             field_id: None,
+            source_column: (column != name).then(|| column.clone()),
         })
         .collect();
-    if new_fields.is_empty() {
-        return Err(BackfillError::schema(format!(
-            "the source has only the `{KEY_COLUMN}` column: add at least one new field column"
-        )));
-    }
     let clashes: Vec<&str> = new_fields
         .iter()
         .filter(|f| existing_fields.iter().any(|e| e.eq_ignore_ascii_case(&f.name)))
@@ -343,15 +362,18 @@ pub fn check_schema(schema: &SchemaRef, pk_type: PkType, existing_fields: &[Stri
         .collect();
     if !clashes.is_empty() {
         return Err(BackfillError::schema(format!(
-            "new field(s) {clashes:?} already exist in the collection; rename these source columns"
+            "new field(s) {clashes:?} already exist in the collection; rename these source columns (or map them to \
+             other names in spec.columnMapping)"
         )));
     }
-    Ok(new_fields)
+    Ok((cols.plan_key_column(), new_fields))
 }
 
 /// Null and duplicate key counts over all source files, with a few examples.
 #[derive(Debug, Default, PartialEq)]
 pub struct KeyReport {
+    /// The key column checked.
+    pub column: String,
     pub rows: u64,
     pub nulls: u64,
     pub duplicates: u64,
@@ -365,12 +387,13 @@ impl KeyReport {
         }
         let mut parts = Vec::new();
         if self.nulls > 0 {
-            parts.push(format!("{} row(s) with a null `{KEY_COLUMN}`", self.nulls));
+            parts.push(format!("{} row(s) with a null `{}`", self.nulls, self.column));
         }
         if self.duplicates > 0 {
             parts.push(format!(
-                "{} duplicate `{KEY_COLUMN}` value(s), e.g. {}",
+                "{} duplicate `{}` value(s), e.g. {}",
                 self.duplicates,
+                self.column,
                 self.examples.join(", ")
             ));
         }
@@ -386,8 +409,8 @@ impl KeyReport {
 pub const KEY_CHECK_BUDGET_BYTES: u64 = 256 << 20;
 
 /// Null and duplicate keys over all source files, within [`KEY_CHECK_BUDGET_BYTES`].
-pub async fn check_keys(store: &Store, files: &[SourceFile], pk_type: PkType) -> Result<KeyReport> {
-    check_keys_within(store, files, pk_type, KEY_CHECK_BUDGET_BYTES).await
+pub async fn check_keys(store: &Store, files: &[SourceFile], column: &str, pk_type: PkType) -> Result<KeyReport> {
+    check_keys_within(store, files, column, pk_type, KEY_CHECK_BUDGET_BYTES).await
 }
 
 /// Reads only the key column. The keys are split by hash into as many passes as the budget
@@ -395,19 +418,28 @@ pub async fn check_keys(store: &Store, files: &[SourceFile], pk_type: PkType) ->
 /// the same pass, wherever they sit (another file, another row group). Nulls and rows are
 /// counted in the first pass. Memory: the budget, whatever the source size; reads: the key
 /// column once per pass.
-pub async fn check_keys_within(store: &Store, files: &[SourceFile], pk_type: PkType, budget: u64) -> Result<KeyReport> {
+pub async fn check_keys_within(
+    store: &Store,
+    files: &[SourceFile],
+    column: &str,
+    pk_type: PkType,
+    budget: u64,
+) -> Result<KeyReport> {
     let per_key = match pk_type {
         PkType::Int64 => 8,
         // A boxed str and its heap block, rounded up to 16 bytes.
-        PkType::VarChar => 16 + row_costs(store, files, &[]).await?.key_bytes.div_ceil(16) * 16,
+        PkType::VarChar => 16 + row_costs(store, files, column, &[]).await?.key_bytes.div_ceil(16) * 16,
     };
     let rows: u64 = files.iter().map(|f| f.rows).sum();
     let passes = rows.saturating_mul(per_key).div_ceil(budget.max(1)).max(1);
-    let mut report = KeyReport::default();
+    let mut report = KeyReport {
+        column: column.to_owned(),
+        ..KeyReport::default()
+    };
     for pass in 0..passes {
         let mut keys = PassKeys::new(pk_type, pass, passes);
         for f in files {
-            let counted = scan_key_column(store, f, &mut keys).await?;
+            let counted = scan_key_column(store, f, column, &mut keys).await?;
             if pass == 0 {
                 report.rows += counted.rows;
                 report.nulls += counted.nulls;
@@ -431,7 +463,7 @@ struct Counted {
     nulls: u64,
 }
 
-async fn scan_key_column(store: &Store, f: &SourceFile, keys: &mut PassKeys) -> Result<Counted> {
+async fn scan_key_column(store: &Store, f: &SourceFile, column: &str, keys: &mut PassKeys) -> Result<Counted> {
     let r = ObjectReader::new(store.clone(), f.key.clone(), f.size);
     let what = store.display(&f.key);
     let b = ParquetRecordBatchStreamBuilder::new(r)
@@ -439,7 +471,7 @@ async fn scan_key_column(store: &Store, f: &SourceFile, keys: &mut PassKeys) -> 
         .map_err(|e| BackfillError::data_read(&what, e))?;
     let idx = b
         .schema()
-        .index_of(KEY_COLUMN)
+        .index_of(column)
         .map_err(|e| BackfillError::data_read(&what, e))?;
     let mask = ProjectionMask::roots(b.parquet_schema(), [idx]);
     let mut stream = b
@@ -543,7 +575,12 @@ impl RowCosts {
     };
 }
 
-pub async fn row_costs(store: &Store, files: &[SourceFile], new_fields: &[NewField]) -> Result<RowCosts> {
+pub async fn row_costs(
+    store: &Store,
+    files: &[SourceFile],
+    key_column: &str,
+    new_fields: &[NewField],
+) -> Result<RowCosts> {
     let Some(f) = files.first() else {
         return Ok(RowCosts::UNKNOWN);
     };
@@ -559,9 +596,9 @@ pub async fn row_costs(store: &Store, files: &[SourceFile], new_fields: &[NewFie
         for c in rg.columns() {
             let root = c.column_path().parts().first().map(String::as_str).unwrap_or("");
             let size = c.uncompressed_size().max(0) as u64;
-            if root == KEY_COLUMN {
+            if root == key_column {
                 key += size;
-            } else if new_fields.iter().any(|nf| nf.name == root) {
+            } else if new_fields.iter().any(|nf| nf.column() == root) {
                 values += size;
             }
         }
@@ -614,6 +651,7 @@ pub async fn read_matches(
     store: &Store,
     files: &[SourceFile],
     index: Arc<KeyIndex>,
+    key_column: &str,
     new_fields: &[NewField],
     batch_size: usize,
 ) -> Result<Matches> {
@@ -621,12 +659,17 @@ pub async fn read_matches(
     let mut m = Matches::default();
     // Row groups are decoded on all cores: the scan of the source dominates a segment.
     let workers = std::thread::available_parallelism().map_or(1, |n| n.get()).clamp(1, 8);
-    let value_names: Arc<Vec<String>> = Arc::new(new_fields.iter().map(|f| f.name.clone()).collect());
+    let value_names: Arc<Vec<(String, String)>> = Arc::new(
+        new_fields
+            .iter()
+            .map(|f| (f.column().to_owned(), f.name.clone()))
+            .collect(),
+    );
     let fetched = Arc::new(AtomicU64::new(0));
     for f in files {
-        let file = OpenedFile::open(store, f, new_fields, fetched.clone()).await?;
+        let file = OpenedFile::open(store, f, key_column, new_fields, fetched.clone()).await?;
         if m.fields.is_empty() {
-            m.fields = file.value_fields();
+            m.fields = file.value_fields(new_fields);
         }
         file.check_rows(f)?;
         let (groups, skipped) = file.matching_groups(f.first_row, &range);
@@ -676,12 +719,19 @@ struct OpenedFile {
     /// The whole object, when it was small enough to fetch at once; the scans share it.
     whole: Option<Bytes>,
     meta: ArrowReaderMetadata,
+    key_column: String,
     key_idx: usize,
     value_idx: Vec<usize>,
 }
 
 impl OpenedFile {
-    async fn open(store: &Store, f: &SourceFile, new_fields: &[NewField], fetched: Arc<AtomicU64>) -> Result<Self> {
+    async fn open(
+        store: &Store,
+        f: &SourceFile,
+        key_column: &str,
+        new_fields: &[NewField],
+        fetched: Arc<AtomicU64>,
+    ) -> Result<Self> {
         let what = store.display(&f.key);
         let mut r = ObjectReader::new(store.clone(), f.key.clone(), f.size).counting(fetched);
         r.prefetch_if_small().await?;
@@ -690,23 +740,26 @@ impl OpenedFile {
             .map_err(|e| BackfillError::data_read(&what, e))?;
         let schema = meta.schema().clone();
         let key_idx = schema
-            .index_of(KEY_COLUMN)
+            .index_of(key_column)
             .map_err(|e| BackfillError::data_read(&what, e))?;
         let value_idx = planned_columns(&what, &schema, new_fields)?;
         Ok(Self {
             what,
             whole: r.whole,
             meta,
+            key_column: key_column.to_owned(),
             key_idx,
             value_idx,
         })
     }
 
-    fn value_fields(&self) -> Vec<(String, DataType)> {
+    /// The new fields' names (not their source columns') and types.
+    fn value_fields(&self, new_fields: &[NewField]) -> Vec<(String, DataType)> {
         let schema = self.meta.schema();
-        self.value_idx
+        new_fields
             .iter()
-            .map(|&i| (schema.field(i).name().clone(), schema.field(i).data_type().clone()))
+            .zip(&self.value_idx)
+            .map(|(nf, &i)| (nf.name.clone(), schema.field(i).data_type().clone()))
             .collect()
     }
 
@@ -732,7 +785,7 @@ impl OpenedFile {
             .parquet_schema()
             .columns()
             .iter()
-            .position(|c| c.path().parts() == [KEY_COLUMN]);
+            .position(|c| c.path().parts() == [self.key_column.as_str()]);
         let mut groups = Vec::new();
         let mut skipped = 0;
         let mut row = first_row;
@@ -755,9 +808,10 @@ impl OpenedFile {
 
 /// The name and type of each planned new field in `schema`, in plan order.
 pub(crate) fn field_types(what: &str, schema: &SchemaRef, new_fields: &[NewField]) -> Result<Vec<(String, DataType)>> {
-    Ok(planned_columns(what, schema, new_fields)?
-        .into_iter()
-        .map(|i| (schema.field(i).name().clone(), schema.field(i).data_type().clone()))
+    Ok(new_fields
+        .iter()
+        .zip(planned_columns(what, schema, new_fields)?)
+        .map(|(nf, i)| (nf.name.clone(), schema.field(i).data_type().clone()))
         .collect())
 }
 
@@ -784,16 +838,16 @@ pub(crate) fn planned_columns(what: &str, schema: &SchemaRef, new_fields: &[NewF
     new_fields
         .iter()
         .map(|nf| {
-            let i = schema.index_of(&nf.name).map_err(|_| {
+            let i = schema.index_of(nf.column()).map_err(|_| {
                 BackfillError::schema(format!(
                     "{what} has no column `{}` that the plan expects; was the source changed after planning?",
-                    nf.name
+                    nf.column()
                 ))
             })?;
             if schema.field(i).data_type().to_string() != nf.arrow_type {
                 return Err(BackfillError::schema(format!(
                     "{what}: column `{}` is {}, the plan expects {}; was the source changed after planning?",
-                    nf.name,
+                    nf.column(),
                     schema.field(i).data_type(),
                     nf.arrow_type
                 )));
@@ -826,7 +880,8 @@ struct ChunkScan {
     groups: Vec<GroupSpan>,
     key_idx: usize,
     value_idx: Vec<usize>,
-    value_names: Arc<Vec<String>>,
+    /// `(source column, field name)` of each value column.
+    value_names: Arc<Vec<(String, String)>>,
     index: Arc<KeyIndex>,
     batch_size: usize,
     fetched: Arc<AtomicU64>,
@@ -876,15 +931,22 @@ impl ChunkScan {
             let batch = batch.map_err(|e| BackfillError::data_read(&what, e))?;
             emitted += batch.num_rows();
             let projected = batch.schema();
+            // Named by field, whatever the source calls the columns.
             let fields: Vec<_> = self
                 .value_names
                 .iter()
-                .map(|n| projected.field_with_name(n).expect("projected").clone())
+                .map(|(column, name)| {
+                    projected
+                        .field_with_name(column)
+                        .expect("projected")
+                        .clone()
+                        .with_name(name)
+                })
                 .collect();
             let cols = self
                 .value_names
                 .iter()
-                .map(|n| batch.column_by_name(n).expect("projected").clone())
+                .map(|(column, _)| batch.column_by_name(column).expect("projected").clone())
                 .collect();
             let values = RecordBatch::try_new(Arc::new(arrow_schema::Schema::new(fields)), cols)
                 .map_err(|e| BackfillError::data_read(&what, e))?;
@@ -1009,13 +1071,16 @@ mod tests {
             2,
         );
         let expected = KeyReport {
+            column: "pk".into(),
             rows: 7,
             nulls: 1,
             duplicates: 1,
             examples: vec!["2".into()],
         };
         for budget in [u64::MAX, 8, 16] {
-            let r = check_keys_within(&store, &files, PkType::Int64, budget).await.unwrap();
+            let r = check_keys_within(&store, &files, "pk", PkType::Int64, budget)
+                .await
+                .unwrap();
             assert_eq!(r, expected, "budget {budget}");
         }
         let e = expected.into_result().unwrap_err();
@@ -1042,7 +1107,7 @@ mod tests {
             16,
         );
         for budget in [u64::MAX, 1024] {
-            let r = check_keys_within(&store, &files, PkType::VarChar, budget)
+            let r = check_keys_within(&store, &files, "pk", PkType::VarChar, budget)
                 .await
                 .unwrap();
             assert_eq!((r.rows, r.nulls, r.duplicates), (152, 0, 2), "budget {budget}");
@@ -1055,7 +1120,9 @@ mod tests {
             &[("c.parquet", Arc::new(StringArray::from(vec!["x", "y"])))],
             1,
         );
-        let r = check_keys_within(&store, &clean, PkType::VarChar, 1).await.unwrap();
+        let r = check_keys_within(&store, &clean, "pk", PkType::VarChar, 1)
+            .await
+            .unwrap();
         assert_eq!(r.into_result().unwrap(), 2);
     }
 

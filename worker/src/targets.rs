@@ -15,19 +15,19 @@ use crate::types::{self, DataType};
 pub async fn checked_source(
     store: &crate::store::Store,
     place: &crate::config::Place,
-    pk_type: crate::plan::PkType,
+    join: &crate::source::Join<'_>,
     fields: &[FieldInfo],
     collection: &str,
 ) -> Result<(crate::source::SourceSchema, Vec<NewField>)> {
     let files = crate::source::list_files(store, &crate::stores::place_key(place)).await?;
-    let mut schema = crate::source::inspect(store, &files, pk_type, &[]).await?;
+    let mut schema = crate::source::inspect(store, &files, join, &[]).await?;
     let new_fields = bind(
         &schema.schema,
         std::mem::take(&mut schema.new_fields),
         fields,
         collection,
     )?;
-    crate::source::check_keys(store, &schema.files, pk_type)
+    crate::source::check_keys(store, &schema.files, schema.key_column(), join.pk.pk_type)
         .await?
         .into_result()?;
     Ok((schema, new_fields))
@@ -44,19 +44,19 @@ pub fn bind(
     let mut bound = Vec::with_capacity(new_fields.len());
     for mut nf in new_fields {
         let arrow = source
-            .field_with_name(&nf.name)
+            .field_with_name(nf.column())
             .map(|f| f.data_type().clone())
             .expect("new fields come from the source schema");
         let Some(field) = fields.iter().find(|f| f.name == nf.name) else {
             problems.push(format!(
-                "source column `{}` ({arrow}) has no field in collection {collection:?}: add it first with AddCollectionField \
+                "source column `{}` ({arrow}) has no field {:?} in collection {collection:?}: add it first with AddCollectionField \
                  (nullable; pymilvus: client.add_collection_field({collection:?}, field_name={:?}, data_type=..., nullable=True)), \
                  then plan again (from a new snapshot when planning from one)",
-                nf.name, nf.name
+                nf.column(), nf.name, nf.name
             ));
             continue;
         };
-        if let Some(p) = field_problem(field, &arrow) {
+        if let Some(p) = field_problem(field, nf.column(), &arrow) {
             problems.push(p);
             continue;
         }
@@ -70,11 +70,11 @@ pub fn bind(
     }
 }
 
-fn field_problem(field: &FieldInfo, arrow: &arrow_schema::DataType) -> Option<String> {
+fn field_problem(field: &FieldInfo, column: &str, arrow: &arrow_schema::DataType) -> Option<String> {
     let name = &field.name;
     if field.is_primary_key || field.field_id < 100 {
         return Some(format!(
-            "source column `{name}` names the primary key or a system field; it cannot be backfilled"
+            "source column `{column}` names the primary key or a system field `{name}`; it cannot be backfilled"
         ));
     }
     let Some(dt) = DataType::from_i32(field.data_type).filter(|t| t.storage_arrow().is_some()) else {
@@ -86,7 +86,7 @@ fn field_problem(field: &FieldInfo, arrow: &arrow_schema::DataType) -> Option<St
     if !dt.accepts(arrow) {
         let want = dt.storage_arrow().expect("filtered above");
         return Some(format!(
-            "source column `{name}` is {arrow} but field `{name}` is {}: write the column as {want} (types must match exactly; cast it in the ETL)",
+            "source column `{column}` is {arrow} but field `{name}` is {}: write the column as {want} (types must match exactly; cast it in the ETL)",
             dt.name()
         ));
     }
@@ -118,6 +118,7 @@ mod tests {
 
     fn nf(name: &str, t: &A) -> NewField {
         NewField {
+            source_column: None,
             name: name.into(),
             arrow_type: t.to_string(),
             field_id: None,
@@ -167,7 +168,7 @@ mod tests {
         .unwrap_err();
         assert_eq!(e.kind, crate::error::ErrorKind::SchemaValidationError);
         for phrase in [
-            "`missing` (Int64) has no field in collection \"docs\": add it first with AddCollectionField",
+            "`missing` (Int64) has no field \"missing\" in collection \"docs\": add it first with AddCollectionField",
             "`score` is Float32 but field `score` is Double: write the column as Float64",
             "field `strict` is not nullable",
             "field `emb` is FloatVector",

@@ -38,6 +38,7 @@ fn joined(rows: usize) -> Joined {
 
 fn new_fields() -> Vec<NewField> {
     let nf = |name: &str, t: &str, id| NewField {
+        source_column: None,
         name: name.into(),
         arrow_type: t.into(),
         field_id: Some(id),

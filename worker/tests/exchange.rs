@@ -120,11 +120,13 @@ fn task_plan(dir: &std::path::Path, src: &std::path::Path, rows: u64, out: std::
         use_ssl: false,
     };
     let nf = |name: &str, t: &str| NewField {
+        source_column: None,
         name: name.into(),
         arrow_type: t.into(),
         field_id: None,
     };
     TaskPlan {
+        source_key_column: None,
         run_id: "exchange".into(),
         collection_id: 1,
         pk_field: PkField {
@@ -398,4 +400,66 @@ async fn a_segment_the_route_stage_cannot_read_fails_alone() {
     assert_eq!(o.segments.len(), 3, "{:?}", o.failed_segments);
     assert_eq!(o.failed_segments.len(), 1);
     assert_eq!(o.failed_segments[0].segment_id, gone.segment_id);
+}
+
+/// The bed's source as `spec.columnMapping` `{user: id, s: score, label: label}` reads it: other
+/// names, the key last, and a column that is not mapped (it must not be read or written).
+fn write_mapped_source(plain: &std::path::Path, mapped: &std::path::Path) {
+    let file = std::fs::File::open(plain).unwrap();
+    let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file)
+        .unwrap()
+        .build()
+        .unwrap();
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("noise", DataType::Int64, false),
+        Field::new("label", DataType::Utf8, true),
+        Field::new("s", DataType::Float64, true),
+        Field::new("user", DataType::Int64, false),
+    ]));
+    std::fs::create_dir_all(mapped.parent().unwrap()).unwrap();
+    let props = parquet::file::properties::WriterProperties::builder()
+        .set_max_row_group_row_count(Some(4096))
+        .build();
+    let mut w =
+        parquet::arrow::ArrowWriter::try_new(std::fs::File::create(mapped).unwrap(), schema.clone(), Some(props))
+            .unwrap();
+    for b in reader {
+        let b = b.unwrap();
+        let noise = Arc::new(Int64Array::from_iter_values((0..b.num_rows() as i64).map(|i| -i)));
+        let cols = vec![noise, b.column(2).clone(), b.column(1).clone(), b.column(0).clone()];
+        w.write(&RecordBatch::try_new(schema.clone(), cols).unwrap()).unwrap();
+    }
+    w.close().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mapped_source_columns_write_what_the_plain_source_writes_in_one_pass_and_through_the_exchange() {
+    let bed = bed();
+    let (stores, plain) = run(&bed.task).await;
+    assert!(plain.success);
+    let expected = outputs(&stores, &bed.task).await;
+
+    let plain_src = bed.dir.path().join("source/new.parquet");
+    let mapped_src = bed.dir.path().join("mapped/new.parquet");
+    write_mapped_source(&plain_src, &mapped_src);
+    let out = bed.dir.path().join("out");
+    let mut task = bed.task.clone();
+    task.plan = task_plan(bed.dir.path(), &mapped_src, bed.task.plan.source_rows(), out.clone());
+    task.plan.source_key_column = Some("user".into());
+    task.plan.new_fields[0].source_column = Some("s".into());
+    for (attempt, memory_mib) in [(1, 384), (2, 1)] {
+        std::fs::remove_dir_all(&out).unwrap();
+        task.attempt = attempt;
+        task.plan.memory_mib = memory_mib;
+        let (stores, mapped) = run(&task).await;
+        assert!(mapped.success, "memoryMiB {memory_mib}: {:?}", mapped.failed_segments);
+        assert_eq!(
+            mapped.source_reads.exchange_bytes_written > 0,
+            memory_mib == 1,
+            "memoryMiB {memory_mib}: {:?}",
+            mapped.source_reads
+        );
+        assert_eq!(mapped.used_source_rows, plain.used_source_rows);
+        assert_eq!(outputs(&stores, &task).await, expected, "memoryMiB {memory_mib}");
+    }
 }

@@ -257,6 +257,7 @@ async fn case(collection: &str, segment: &str, pk_type: PkType) -> (Case, Vec<Va
         use_ssl: false,
     };
     let plan = TaskPlan {
+        source_key_column: None,
         run_id: "test-run".into(),
         collection_id: coll_id,
         pk_field: PkField {
@@ -266,11 +267,13 @@ async fn case(collection: &str, segment: &str, pk_type: PkType) -> (Case, Vec<Va
         },
         new_fields: vec![
             NewField {
+                source_column: None,
                 name: "score".into(),
                 arrow_type: "Float64".into(),
                 field_id: None,
             },
             NewField {
+                source_column: None,
                 name: "label".into(),
                 arrow_type: "Utf8".into(),
                 field_id: None,
@@ -436,10 +439,15 @@ async fn duplicate_source_keys_fail_validation() {
     let e = process_segment(&c.stores, &plan, &c.seg, "t0", 0).await.unwrap_err();
     assert_eq!(e.kind, ErrorKind::SchemaValidationError);
     let files = vec![source::list_files(&c.stores.source, "src.parquet").await.unwrap()[0].clone()];
-    let schema = source::inspect(&c.stores.source, &files, PkType::VarChar, &["pk".into(), "vec".into()])
-        .await
-        .unwrap();
-    let report = source::check_keys(&c.stores.source, &schema.files, PkType::VarChar)
+    let schema = source::inspect(
+        &c.stores.source,
+        &files,
+        &join_on(&pk_of(PkType::VarChar)),
+        &["pk".into(), "vec".into()],
+    )
+    .await
+    .unwrap();
+    let report = source::check_keys(&c.stores.source, &schema.files, schema.key_column(), PkType::VarChar)
         .await
         .unwrap();
     assert_eq!((report.rows, report.duplicates), (3, 1));
@@ -447,19 +455,36 @@ async fn duplicate_source_keys_fail_validation() {
     assert!(err.message.contains("1 duplicate `pk`"), "{}", err.message);
 }
 
+fn pk_of(pk_type: PkType) -> PkField {
+    PkField {
+        field_id: 100,
+        name: "id".into(),
+        pk_type,
+    }
+}
+
+fn join_on(pk: &PkField) -> source::Join<'_> {
+    source::Join { pk, mapping: None }
+}
+
 #[tokio::test]
 async fn schema_checks_name_what_to_fix() {
     let (c, _) = case("bf_varchar", "470712559048465100", PkType::VarChar).await;
     let files = source::list_files(&c.stores.source, "src.parquet").await.unwrap();
     // The fixture source has a string `pk`: wrong for an Int64 collection.
-    let e = source::inspect(&c.stores.source, &files, PkType::Int64, &[])
+    let e = source::inspect(&c.stores.source, &files, &join_on(&pk_of(PkType::Int64)), &[])
         .await
         .unwrap_err();
     assert_eq!(e.kind, ErrorKind::SchemaValidationError);
     assert!(e.message.contains("collection's primary key is Int64"), "{}", e.message);
-    let e = source::inspect(&c.stores.source, &files, PkType::VarChar, &["Label".into()])
-        .await
-        .unwrap_err();
+    let e = source::inspect(
+        &c.stores.source,
+        &files,
+        &join_on(&pk_of(PkType::VarChar)),
+        &["Label".into()],
+    )
+    .await
+    .unwrap_err();
     assert!(e.message.contains("[\"label\"] already exist"), "{}", e.message);
     let e = source::list_files(&c.stores.source, "missing/").await.unwrap_err();
     assert_eq!(e.kind, ErrorKind::DataReadError);
@@ -496,6 +521,7 @@ async fn a_failed_segment_does_not_stop_the_others() {
         output_place: a.plan.output_place.clone(),
     };
     let plan = Plan {
+        source_key_column: None,
         run_id: "r".into(),
         database: "default".into(),
         collection_name: "c".into(),

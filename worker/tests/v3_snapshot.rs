@@ -227,7 +227,7 @@ async fn bad_input_is_refused_before_anything_is_written() {
     let e = plan_and_run(&bed.doc(&no_field, &source)).await.unwrap_err();
     assert!(
         e.message
-            .contains("`score` (Float64) has no field in collection \"golden\""),
+            .contains("`score` (Float64) has no field \"score\" in collection \"golden\""),
         "{}",
         e.message
     );
@@ -675,4 +675,81 @@ async fn a_manifest_claiming_more_rows_than_its_files_fails_its_segment() {
         f.reason
     );
     assert_eq!(bed.data_files(1003), before, "nothing was written");
+}
+
+/// `spec.columnMapping`: the source names the key and the field otherwise and holds a column
+/// that is not mapped; the output is the one of the plain source. A mapping that names a
+/// missing column, or maps no column to the primary key, is refused before anything is written.
+#[tokio::test]
+async fn a_column_mapping_renames_and_drops_source_columns() {
+    let segment = 1003;
+    let bed = Bed::new();
+    let seg = bed.segment(segment);
+    let pks = seg["pks"].as_array().unwrap().clone();
+    let ver = seg["manifestVersion"].as_i64().unwrap();
+    let plain = bed.root.join("plain.parquet");
+    let want = write_source(&plain, &pks, DataType::Float64);
+    let source = bed.root.join("src/mapped.parquet");
+    std::fs::create_dir_all(source.parent().unwrap()).unwrap();
+    let batch = read_all(std::fs::read(&plain).unwrap());
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("value", DataType::Float64, true),
+        Field::new("comment", DataType::Utf8, true),
+        Field::new("key", batch.schema().field(0).data_type().clone(), false),
+    ]));
+    let comment: ArrayRef = Arc::new(StringArray::from_iter_values(
+        (0..batch.num_rows()).map(|i| format!("c{i}")),
+    ));
+    let mapped = RecordBatch::try_new(
+        schema.clone(),
+        vec![batch.column(1).clone(), comment, batch.column(0).clone()],
+    )
+    .unwrap();
+    let mut w = ArrowWriter::try_new(std::fs::File::create(&source).unwrap(), schema, None).unwrap();
+    w.write(&mapped).unwrap();
+    w.close().unwrap();
+    let snapshot = bed.snapshot(segment, ver, 5);
+    let before = bed.data_files(segment);
+    let with = |pairs: &[(&str, &str)]| {
+        let mut doc = bed.doc(&snapshot, &source);
+        doc.spec.column_mapping = Some(pairs.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect());
+        doc
+    };
+
+    for (pairs, says) in [
+        (
+            &[("key", "pk"), ("missing", "score")][..],
+            r#"source column(s) ["missing"] that the source does not have"#,
+        ),
+        (
+            &[("key", "id"), ("value", "score")][..],
+            r#"maps no column to the primary key "pk""#,
+        ),
+        (
+            &[("key", "pk"), ("comment", "score")][..],
+            "source column `comment` is Utf8 but field `score` is Double",
+        ),
+    ] {
+        let e = plan_and_run(&with(pairs)).await.unwrap_err();
+        assert_eq!(e.kind, ErrorKind::SchemaValidationError, "{pairs:?}");
+        assert!(e.message.contains(says), "{pairs:?}: {}", e.message);
+        assert_eq!(bed.data_files(segment), before, "nothing written for {pairs:?}");
+    }
+
+    let result = plan_and_run(&with(&[("key", "pk"), ("value", "score")])).await.unwrap();
+    assert!(result.success, "{}", result.summary());
+    assert_eq!(result.new_field_names, vec!["score"]);
+    let out = &result.segments[&segment.to_string()];
+    let file = &out.ops[0].files[0];
+    let written =
+        read_all(std::fs::read(bed.root.join(format!("bkt/{}/_data/{}", out.output_path, file.path))).unwrap());
+    assert_eq!(written.num_columns(), 1, "the unmapped column is not written");
+    let col = written.column(0).as_primitive::<Float64Type>();
+    for (i, pk) in pks.iter().enumerate() {
+        match want.get(&pk.to_string()) {
+            Some(v) => assert_eq!(col.value(i), *v, "row {i}"),
+            None => assert!(col.is_null(i), "row {i} should be null"),
+        }
+    }
+    assert_eq!(out.matched_row_count, want.len() as u64);
 }

@@ -75,7 +75,14 @@ impl Group<'_> {
         let (source, fields, bytes_read) = if slices.is_empty() {
             (vec![Vec::new(); ex.partitions as usize], Vec::new(), 0)
         } else {
-            route::source(ex.clone(), &self.stores.source, slices, &self.plan.new_fields).await?
+            route::source(
+                ex.clone(),
+                &self.stores.source,
+                slices,
+                self.plan.key_column(),
+                &self.plan.new_fields,
+            )
+            .await?
         };
         Ok(Routed {
             indexed,

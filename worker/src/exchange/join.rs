@@ -148,7 +148,24 @@ pub async fn partition(ex: &Exchange, spec: &JoinSpec<'_>, parts: PartitionParts
         next += f.rows;
     }
     let index = Arc::new(keys.index);
-    let m = source::read_matches(ex.store(), &numbered, index.clone(), spec.new_fields, spec.batch_size).await?;
+    // Source parts name their columns by field ([`super::route`]), whatever the source's names.
+    let fields: Vec<NewField> = spec
+        .new_fields
+        .iter()
+        .map(|f| NewField {
+            source_column: None,
+            ..f.clone()
+        })
+        .collect();
+    let m = source::read_matches(
+        ex.store(),
+        &numbered,
+        index.clone(),
+        KEY_COLUMN,
+        &fields,
+        spec.batch_size,
+    )
+    .await?;
     // (segment, offset, matched row): every row holding a matched key.
     let mut hits: Vec<(u32, u32, u32)> = Vec::with_capacity(m.offsets.len());
     for (k, &first) in m.offsets.iter().enumerate() {

@@ -128,6 +128,7 @@ pub async fn source(
     exchange: Arc<Exchange>,
     store: &Store,
     slices: &[SourceSlice],
+    key_column: &str,
     new_fields: &[NewField],
 ) -> Result<RoutedSource> {
     let workers = super::routing_workers();
@@ -161,6 +162,7 @@ pub async fn source(
             file: f.clone(),
             meta,
             groups,
+            key_column: key_column.to_owned(),
             new_fields: new_fields.to_vec(),
             fetched: fetched.clone(),
             exchange: exchange.clone(),
@@ -184,6 +186,7 @@ struct Slice {
     file: SourceFile,
     meta: ArrowReaderMetadata,
     groups: Vec<usize>,
+    key_column: String,
     new_fields: Vec<NewField>,
     fetched: Arc<AtomicU64>,
     exchange: Arc<Exchange>,
@@ -195,7 +198,7 @@ impl Slice {
         let what = self.store.display(&self.file.key);
         let schema = self.meta.schema().clone();
         let key_idx = schema
-            .index_of(KEY_COLUMN)
+            .index_of(&self.key_column)
             .map_err(|e| BackfillError::data_read(&what, e))?;
         let value_idx = source::planned_columns(&what, &schema, &self.new_fields)?;
         let mut columns = vec![key_idx];
@@ -214,12 +217,14 @@ impl Slice {
         let mut buffers = PartitionBuffers::new(self.exchange.clone(), "source", self.name.clone());
         while let Some(batch) = stream.next().await {
             let batch = batch.map_err(|e| BackfillError::data_read(&what, e))?;
-            let batch = in_plan_order(&batch, &self.new_fields).map_err(|e| BackfillError::data_read(&what, e))?;
+            let batch = in_plan_order(&batch, &self.key_column, &self.new_fields)
+                .map_err(|e| BackfillError::data_read(&what, e))?;
             let keys = batch.column(0);
             if keys.null_count() > 0 {
                 return Err(BackfillError::schema(format!(
-                    "{what} has {} null `{KEY_COLUMN}` value(s); the source changed after planning, plan again",
-                    keys.null_count()
+                    "{what} has {} null `{}` value(s); the source changed after planning, plan again",
+                    keys.null_count(),
+                    self.key_column
                 )));
             }
             let parts = partitions_of(keys.as_ref(), partitions);
@@ -233,16 +238,21 @@ impl Slice {
     }
 }
 
-/// The batch as `(pk, new fields in plan order)`.
-fn in_plan_order(batch: &RecordBatch, new_fields: &[NewField]) -> std::result::Result<RecordBatch, String> {
-    let mut names = vec![KEY_COLUMN];
-    names.extend(new_fields.iter().map(|f| f.name.as_str()));
+/// The batch as `(pk, new fields in plan order)`, each column named as the exchange names it:
+/// `pk`, then the fields' names, whatever the source calls them.
+fn in_plan_order(
+    batch: &RecordBatch,
+    key_column: &str,
+    new_fields: &[NewField],
+) -> std::result::Result<RecordBatch, String> {
+    let mut names = vec![(key_column, KEY_COLUMN)];
+    names.extend(new_fields.iter().map(|f| (f.column(), f.name.as_str())));
     let schema = batch.schema();
     let mut fields = Vec::with_capacity(names.len());
     let mut cols = Vec::with_capacity(names.len());
-    for n in names {
-        let i = schema.index_of(n).map_err(|e| e.to_string())?;
-        fields.push(schema.field(i).clone());
+    for (column, name) in names {
+        let i = schema.index_of(column).map_err(|e| e.to_string())?;
+        fields.push(schema.field(i).as_ref().clone().with_name(name));
         cols.push(batch.column(i).clone());
     }
     RecordBatch::try_new(Arc::new(Schema::new(fields)), cols).map_err(|e| e.to_string())
