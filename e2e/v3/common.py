@@ -43,9 +43,20 @@ def parquet_bytes(table, rows_per_group, compression, key_values=None, store_sch
 
 
 # ------------------------------------------------------------------ oracle
+def as_mapped(t, expected):
+    """The source table with columns `pk` and the field names: as the expectation's `columnMapping`
+    (source column -> field name) renames them, unlisted columns dropped."""
+    mapping = expected.get("columnMapping")
+    if not mapping:
+        return t
+    return t.select(list(mapping)).rename_columns(
+        ["pk" if mapping[c] == expected["pk"]["name"] else mapping[c] for c in mapping])
+
+
 def load_source(path, expected):
-    """The source as {"__keys__": set of keys, new field name: {key: value}} (key column `pk`)."""
-    t = pq.read_table(path)
+    """The source as {"__keys__": set of keys, new field name: {key: value}}: key column `pk` and columns
+    named by field, or as the expectation's `columnMapping` (source column -> field name) says."""
+    t = as_mapped(pq.read_table(path), expected)
     keys = t.column("pk").to_pylist()
     if len(keys) != len(set(keys)):
         raise SystemExit("source has duplicate keys: the oracle needs unique keys")

@@ -28,6 +28,7 @@ import pyarrow.parquet as pq
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import loon  # noqa: E402
+import common  # noqa: E402
 
 ROOT_PATH = "files"  # Milvus minio.rootPath
 CREATE_TS = 462324677975474190
@@ -63,6 +64,8 @@ COLLECTIONS = [
     },
     {
         "key": "b", "id": 3001, "name": "v3_varchar", "snapshotId": 462324574599774301, "schemaVersion": 2,
+        # The source names its columns otherwise, with one column not mapped: spec.columnMapping.
+        "columnMapping": {"doc_id": "doc", "score_src": "score"},
         "pk": {"fieldID": 100, "name": "doc", "data_type": VARCHAR},
         "fields": [
             {"fieldID": 100, "name": "doc", "is_primary_key": True, "data_type": VARCHAR,
@@ -247,7 +250,13 @@ def source_table(rng, coll, all_pks):
                 else:
                     vals.append("".join(rng.choice("abcdefghijklmnop ,;|\"'") for _ in range(rng.randint(1, 64))))
             data[f["name"]] = pa.array(vals, pa.string())
-    return pa.table(data)
+    mapping = coll.get("columnMapping")
+    if not mapping:
+        return pa.table(data)
+    # Renamed as the mapping reads them, the key last, and a column the run must not read.
+    renamed = {src: data["pk" if to == coll["pk"]["name"] else to] for src, to in mapping.items()}
+    unmapped = {"not_mapped": pa.array([f"x{i}" for i in range(len(keys))], pa.string())}
+    return pa.table({**unmapped, **dict(reversed(list(renamed.items())))})
 
 
 def snapshot_json(coll, parts, manifest_list, storagev2_manifest_list, create_ts=CREATE_TS):
@@ -288,6 +297,8 @@ def spec_yaml(coll, target, snapshot_path, source_path, v3_commit=None):
         "  source:\n"
         f"    path: {source_path}\n"
         + (f"  output: {{v3Commit: {v3_commit}}}\n" if v3_commit else "")
+        + ("  columnMapping:\n" + "".join(f"    {s}: {t}\n" for s, t in coll["columnMapping"].items())
+           if coll.get("columnMapping") else "")
     )
 
 
@@ -365,12 +376,13 @@ def write_collection_files(coll, target, work, rng, snap, pks_all, parts, extra,
                        "nullable": bool(f.get("nullable")), "typeParams": f.get("type_params", [])}
                       for f in coll["newFields"]],
         "snapshot": snap_loc, "source": src_path, "spec": spec_path, "storage": target.storage,
+        "columnMapping": coll.get("columnMapping"),
         **extra, "segments": expected_segments,
     }
     exp_path = os.path.join(work, f"expected-{coll['name']}.json")
     with open(exp_path, "w") as fh:
         json.dump(expected, fh)
-    matched = len(set(src.column(0).to_pylist()) & set(pks_all))
+    matched = len(set(common.as_mapped(src, expected).column("pk").to_pylist()) & set(pks_all))
     print(f"{coll['name']}: {len(expected_segments)} segments, {len(pks_all)} rows; source {src.num_rows} rows "
           f"({matched} in segments); snapshot {snap_loc}; spec {spec_path}", file=sys.stderr)
     return exp_path
