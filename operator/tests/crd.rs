@@ -157,6 +157,7 @@ fn cel_rules_guard_the_plan_defining_fields() {
         "primaryKeyFieldId",
         "segmentsPerJob",
         "batchSize",
+        "columnMapping",
     ] {
         assert!(
             rules.iter().any(|r| r.contains(&format!("oldSelf.{f}"))),
@@ -267,6 +268,8 @@ mod cel {
             ("  segmentsPerJob: 2\n", "  segmentsPerJob: 3\n"),
             ("  batchSize: 64\n", "  batchSize: 128\n"),
             ("", "  batchSize: 128\n"),
+            ("", "  columnMapping: {k: id, s: score}\n"),
+            ("  columnMapping: {k: id, s: score}\n", "  columnMapping: {k: id, t: score}\n"),
         ] {
             assert!(update(old, new).is_err(), "{old:?} -> {new:?} accepted");
         }
