@@ -269,7 +269,10 @@ mod cel {
             ("  batchSize: 64\n", "  batchSize: 128\n"),
             ("", "  batchSize: 128\n"),
             ("", "  columnMapping: {k: id, s: score}\n"),
-            ("  columnMapping: {k: id, s: score}\n", "  columnMapping: {k: id, t: score}\n"),
+            (
+                "  columnMapping: {k: id, s: score}\n",
+                "  columnMapping: {k: id, t: score}\n",
+            ),
         ] {
             assert!(update(old, new).is_err(), "{old:?} -> {new:?} accepted");
         }
