@@ -101,7 +101,8 @@ impl NewField {
 /// The join key's source column when `spec.columnMapping` does not name one.
 pub const DEFAULT_KEY_COLUMN: &str = "pk";
 
-fn key_column_of(c: &Option<String>) -> &str {
+/// The join key's source column, given the plan's optional `sourceKeyColumn`.
+pub fn key_column_of(c: &Option<String>) -> &str {
     c.as_deref().unwrap_or(DEFAULT_KEY_COLUMN)
 }
 

@@ -39,7 +39,7 @@ pub fn resolve(schema: &Schema, pk_name: &str, mapping: Option<&BTreeMap<String,
     if !missing.is_empty() {
         return Err(BackfillError::schema(format!(
             "spec.columnMapping names source column(s) {missing:?} that the source does not have (columns: {})",
-            column_names(schema)
+            crate::source::describe(schema)
         )));
     }
     let Some((key, _)) = mapping.iter().find(|(_, to)| to.as_str() == pk_name) else {
@@ -70,7 +70,7 @@ fn legacy(schema: &Schema) -> Result<SourceColumns> {
         return Err(BackfillError::schema(format!(
             "the source has no `{DEFAULT_KEY_COLUMN}` column (columns: {}); add the join key as `{DEFAULT_KEY_COLUMN}`, \
              or name it in spec.columnMapping",
-            column_names(schema)
+            crate::source::describe(schema)
         )));
     }
     let fields: Vec<(String, String)> = schema
@@ -88,11 +88,6 @@ fn legacy(schema: &Schema) -> Result<SourceColumns> {
         key: DEFAULT_KEY_COLUMN.to_owned(),
         fields,
     })
-}
-
-fn column_names(schema: &Schema) -> String {
-    let names: Vec<&str> = schema.fields().iter().map(|f| f.name().as_str()).collect();
-    format!("[{}]", names.join(", "))
 }
 
 #[cfg(test)]
@@ -122,7 +117,9 @@ mod tests {
         assert_eq!(c.key, "pk");
         assert_eq!(c.plan_key_column(), None);
         assert_eq!(c.fields, vec![("a".into(), "a".into()), ("b".into(), "b".into())]);
-        assert!(err(resolve(&schema(&["id", "a"]), "id", None)).contains("no `pk` column (columns: [id, a])"));
+        assert!(
+            err(resolve(&schema(&["id", "a"]), "id", None)).contains("no `pk` column (columns: [id: Int64, a: Int64])")
+        );
         assert!(err(resolve(&schema(&["pk"]), "id", None)).contains("only the `pk` column"));
     }
 
@@ -150,7 +147,10 @@ mod tests {
             "id",
             Some(&map(&[("user", "id"), ("x", "score"), ("y", "z")])),
         ));
-        assert!(e.contains(r#"["x", "y"]"#) && e.contains("columns: [user, s]"), "{e}");
+        assert!(
+            e.contains(r#"["x", "y"]"#) && e.contains("columns: [user: Int64, s: Int64]"),
+            "{e}"
+        );
         let e = err(resolve(&s, "id", Some(&map(&[("user", "uid"), ("s", "score")]))));
         assert!(e.contains(r#"no column to the primary key "id""#), "{e}");
         let e = err(resolve(&s, "id", Some(&map(&[("user", "id")]))));

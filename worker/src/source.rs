@@ -243,7 +243,7 @@ pub struct SourceSchema {
 impl SourceSchema {
     /// The join key's column.
     pub fn key_column(&self) -> &str {
-        self.key_column.as_deref().unwrap_or(KEY_COLUMN)
+        crate::plan::key_column_of(&self.key_column)
     }
 }
 
@@ -313,7 +313,8 @@ fn same_columns(a: &SchemaRef, b: &SchemaRef) -> bool {
             .all(|(x, y)| x.name() == y.name() && x.data_type() == y.data_type())
 }
 
-fn describe(s: &SchemaRef) -> String {
+/// The columns with their types, for error messages.
+pub(crate) fn describe(s: &arrow_schema::Schema) -> String {
     let cols: Vec<String> = s
         .fields()
         .iter()
