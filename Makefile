@@ -7,10 +7,16 @@ E2E_STATE := $(MB_HOME)/e2e
 BIN := target/release/milvus-backfill
 DATA := target/e2e-data
 
-.PHONY: build demo test unit-test gitops-test e2e-test v3-test env-up env-down lint bench bench-scale bench-plan crds k8s-test operator-e2e
+.PHONY: build test-build demo test unit-test gitops-test e2e-test v3-test env-up env-down lint bench bench-scale bench-plan crds k8s-test operator-e2e
 
 build:
 	cargo build --release --workspace --locked
+
+# What the suites run: every target of the workspace, with the features `cargo test --workspace`
+# resolves, so that no suite rebuilds the dependencies with another feature set (a `-p` build
+# or a build without the dev-dependencies would, several minutes each).
+test-build:
+	cargo build --release --workspace --all-targets --locked
 
 env-up:
 	e2e/env-up.sh
@@ -37,7 +43,7 @@ unit-test:
 
 # Real environment: starts Milvus + S3 (kept running if they were already up),
 # builds the dataset, runs the integration tests, and stops what it started.
-e2e-test: build
+e2e-test: test-build
 	e2e/run-e2e.sh
 
 # What Argo CD (its Lua health check) and Flux (kstatus) conclude of the sample statuses.
@@ -48,7 +54,7 @@ gitops-test:
 # $(MB_HOME)/v3-venv): its writer makes segments, `milvus-backfill run` plans from the snapshot
 # alone, its transaction commits our ops as DataCoord does, its reader reads every row back.
 # A local root and an S3 leg (moto_server on 127.0.0.1).
-v3-test: build
+v3-test: test-build
 	e2e/v3/run.sh
 
 test: lint unit-test gitops-test v3-test e2e-test k8s-test
@@ -69,7 +75,7 @@ bench-plan:
 # the first time, cached after), then the control-plane smoke test, the pod runner smoke test,
 # the chart tests (lint/template, then install/upgrade/uninstall on the real API server), the
 # operator's control-plane check, and the operator end to end with the real Milvus and S3.
-k8s-test: build
+k8s-test: test-build
 	e2e/k8s/build.sh
 	e2e/k8s/smoke.sh
 	e2e/pod-runner/smoke.sh
@@ -79,6 +85,6 @@ k8s-test: build
 	e2e/operator-scenarios.sh
 
 # Operator end to end: control plane + pod runner + Helm chart + real Milvus and S3.
-operator-e2e: build
+operator-e2e: test-build
 	e2e/operator-e2e.sh
 	e2e/operator-scenarios.sh

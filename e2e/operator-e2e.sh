@@ -63,10 +63,16 @@ kubectl -n "$NS" wait --for=condition=Ready "bf/$RUN" --timeout=10s >/dev/null |
 [ "$(kubectl -n "$NS" get bf "$RUN" -o jsonpath='{.status.conditions[?(@.type=="Reconciling")].status}/{.status.conditions[?(@.type=="Stalled")].status}')" = False/False ] ||
   fail "a succeeded Backfill is still Reconciling or Stalled"
 # The operator's event recorder writes asynchronously: a fast run can be Succeeded before its
-# Events reach the API server, so look for up to 10 s.
+# Events reach the API server, so look for up to 30 s. On failure, show what the API server holds
+# and what the operator said about publishing them.
 events_seen() { kubectl -n "$NS" get events --field-selector "involvedObject.name=$RUN" -o name | grep -q .; }
-for _ in $(seq 20); do events_seen && break; sleep 0.5; done
-events_seen || fail "no Events for the Backfill"
+for _ in $(seq 60); do events_seen && break; sleep 0.5; done
+if ! events_seen; then
+  kubectl -n "$NS" get events -o wide || true
+  kubectl get events.events.k8s.io -A -o wide || true
+  cat "$MB_HOME"/pod-runner/pod-logs/"$NS"/*/operator.log 2>/dev/null | grep -i -E "event|warn|error" | tail -40 || true
+  fail "no Events for the Backfill"
+fi
 spec_after=$(kubectl -n "$NS" get bf "$RUN" -o jsonpath='{.spec}')
 [ "$spec_before" = "$spec_after" ] || fail "the operator changed the spec"
 

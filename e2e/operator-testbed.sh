@@ -4,7 +4,7 @@
 # (unless MB_KEEP_ENV=1). Expects REPO, MB_HOME and NS; sets MB_STATE and the env files' exports.
 
 # Always: a stale binary would test old code (a no-op build takes a second).
-cargo build --release --locked -p milvus-backfill -p milvus-backfill-operator -p mb-pod-runner
+cargo build --release --workspace --all-targets --locked
 testbed_started=()
 testbed_cleanup() {
   [ "${MB_KEEP_ENV:-0}" = 1 ] && return

@@ -19,5 +19,5 @@ source "$STATE/env"
 DATA=$PWD/target/e2e-data
 mkdir -p "$DATA"
 "$MB_PY" e2e/dataset.py --out "$DATA" --name e2e
-MB_E2E_DATA=$DATA MB_REQUIRE_E2E=1 cargo test --release -p milvus-backfill --test real_env --locked -- --test-threads=2
+MB_E2E_DATA=$DATA MB_REQUIRE_E2E=1 cargo test --release --workspace --test real_env --locked -- --test-threads=2
 echo "[run-e2e] done in $(( $(date +%s) - t0 ))s"

@@ -82,7 +82,7 @@ cleanup() {
 [ "${KEEP:-0}" = 1 ] || trap cleanup EXIT
 
 echo "== building the operator"
-(cd "$ROOT" && cargo build --release -p milvus-backfill-operator 2>&1 | tail -1)
+(cd "$ROOT" && cargo build --release --workspace --all-targets --locked 2>&1 | tail -1)
 OP=$ROOT/target/release/milvus-backfill-operator
 
 echo "== control plane on :$BASE, S3 on :$S3_PORT"
