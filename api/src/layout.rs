@@ -214,6 +214,7 @@ pub(crate) mod tests {
             pk_binlogs: vec![],
             output_dir: format!("o/{id}"),
             v3: None,
+            existing: vec![],
         };
         Plan {
             run_id: "run1".into(),

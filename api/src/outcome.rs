@@ -38,10 +38,30 @@ pub struct SegmentOutcome {
     /// StorageV2: one single-field column group per new field.
     #[serde(default, rename = "column_groups", skip_serializing_if = "Vec::is_empty")]
     pub column_groups: Vec<ColumnGroupEntry>,
+    /// Per new field, rows that kept the segment's existing value (the reference's
+    /// `usedSourceByField`: "source" is the collection there). Coalesce: existing non-null
+    /// values; overwrite: unmatched rows. Empty in replace.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub used_source_by_field: BTreeMap<String, u64>,
+    /// Per new field, rows that took the backfill file's value (`usedDataFileByField`).
+    /// Coalesce: non-null file values that filled a null; overwrite: matched rows. Empty in replace.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub used_data_file_by_field: BTreeMap<String, u64>,
     /// Global indices of the source rows this segment used (for the run's
     /// unmatched count); not part of the result JSON.
     #[serde(skip)]
     pub used_source_rows: Vec<u64>,
+}
+
+/// Per-field counts summed over segments.
+fn sum_by_field<'a>(maps: impl Iterator<Item = &'a BTreeMap<String, u64>>) -> BTreeMap<String, u64> {
+    let mut total = BTreeMap::new();
+    for m in maps {
+        for (field, n) in m {
+            *total.entry(field.clone()).or_insert(0) += n;
+        }
+    }
+    total
 }
 
 /// One change to a V3 segment's manifest (the result JSON's `ops`, milvus-io/milvus#53491).
@@ -170,6 +190,15 @@ pub struct BackfillResult {
     pub execution_time_ms: u64,
     pub new_field_names: Vec<String>,
     pub manifest_paths: Vec<String>,
+    /// `spec.mode` of the run.
+    #[serde(default = "crate::plan::Mode::of_older_plans")]
+    pub mode: crate::plan::Mode,
+    /// The segments' `usedSourceByField` summed (empty in replace).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub total_used_source_by_field: BTreeMap<String, u64>,
+    /// The segments' `usedDataFileByField` summed (empty in replace).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub total_used_data_file_by_field: BTreeMap<String, u64>,
     pub segments: BTreeMap<String, SegmentOutcome>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub failed_segments: Vec<FailedSegment>,
@@ -206,6 +235,8 @@ impl BackfillResult {
         let total_rows_written = outcomes.iter().map(|o| o.row_count).sum();
         let total_matched_rows = outcomes.iter().map(|o| o.matched_row_count).sum();
         let manifest_paths = outcomes.iter().flat_map(|o| o.manifest_paths.iter().cloned()).collect();
+        let total_used_source_by_field = sum_by_field(outcomes.iter().map(|o| &o.used_source_by_field));
+        let total_used_data_file_by_field = sum_by_field(outcomes.iter().map(|o| &o.used_data_file_by_field));
         Self {
             success: failed_segments.is_empty(),
             run_id: plan.run_id.clone(),
@@ -220,6 +251,9 @@ impl BackfillResult {
             execution_time_ms,
             new_field_names: plan.new_fields.iter().map(|f| f.name.clone()).collect(),
             manifest_paths,
+            mode: plan.mode,
+            total_used_source_by_field,
+            total_used_data_file_by_field,
             segments: outcomes.into_iter().map(|o| (o.segment_id.to_string(), o)).collect(),
             failed_segments,
             skipped_segments: plan.skipped.clone(),
@@ -377,6 +411,8 @@ mod tests {
             version: None,
             source_version: None,
             column_groups: vec![],
+            used_source_by_field: BTreeMap::new(),
+            used_data_file_by_field: BTreeMap::new(),
             used_source_rows: vec![],
         }
     }

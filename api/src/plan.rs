@@ -50,6 +50,46 @@ impl V3CommitMode {
     }
 }
 
+/// How a matched or unmatched row's new value is chosen (`spec.mode`), with the reference's
+/// semantics. Every mode is the segment LEFT JOIN the source on the key; "existing" is the
+/// value the segment already holds for the field (null when the field has no data yet).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum Mode {
+    /// Matched rows take the source's value (null included); unmatched rows become null.
+    Replace,
+    /// An existing non-null value wins; otherwise the source's value (null when unmatched).
+    #[default]
+    Coalesce,
+    /// Matched rows take the source's value (null included); unmatched rows keep theirs.
+    Overwrite,
+}
+
+impl Mode {
+    /// Plans written before modes existed joined as `replace`.
+    pub fn of_older_plans() -> Self {
+        Self::Replace
+    }
+    /// Whether the run reads the fields' existing values from the segments.
+    pub fn reads_existing(self) -> bool {
+        self != Self::Replace
+    }
+    /// The field IDs whose existing values a segment's plan lists: none in `replace`.
+    pub fn fields_to_read(self, fields: &[NewField]) -> Vec<i64> {
+        if !self.reads_existing() {
+            return Vec::new();
+        }
+        fields.iter().filter_map(|f| f.field_id).collect()
+    }
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Replace => "replace",
+            Self::Coalesce => "coalesce",
+            Self::Overwrite => "overwrite",
+        }
+    }
+}
+
 /// Rows per write batch, never zero (Parquet row groups are multiples of it).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(transparent)]
@@ -142,6 +182,19 @@ pub struct SegmentPlan {
     /// and its outputs are loon column files under the base path.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub v3: Option<V3Segment>,
+    /// The new fields this segment already holds data for, and where (planned only when the
+    /// mode reads existing values); a field not listed reads as all null.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub existing: Vec<ExistingColumn>,
+}
+
+/// A new field's existing values in a segment: the files of the column group holding it, in
+/// row order, each a row range.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ExistingColumn {
+    pub field_id: i64,
+    pub files: Vec<V3File>,
 }
 
 /// A StorageV3 segment as of one manifest version.
@@ -206,6 +259,9 @@ pub struct Plan {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub source_key_column: Option<String>,
     pub new_fields: Vec<NewField>,
+    /// `spec.mode`, frozen at planning.
+    #[serde(default = "Mode::of_older_plans")]
+    pub mode: Mode,
     pub storage: S3Endpoint,
     pub storage_bucket: String,
     pub root_path: String,
@@ -241,6 +297,9 @@ pub struct TaskPlan {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub source_key_column: Option<String>,
     pub new_fields: Vec<NewField>,
+    /// `spec.mode`, frozen at planning.
+    #[serde(default = "Mode::of_older_plans")]
+    pub mode: Mode,
     pub storage: S3Endpoint,
     pub storage_bucket: String,
     pub source: S3Endpoint,
@@ -277,6 +336,7 @@ impl TaskPlan {
             pk_field: p.pk_field.clone(),
             source_key_column: p.source_key_column.clone(),
             new_fields: p.new_fields.clone(),
+            mode: p.mode,
             storage: p.storage.clone(),
             storage_bucket: p.storage_bucket.clone(),
             source: p.source.clone(),
@@ -348,6 +408,7 @@ pub fn sample_plan() -> Plan {
             pk_type: PkType::Int64,
         },
         source_key_column: None,
+        mode: Mode::Replace,
         new_fields: vec![NewField {
             name: "score".into(),
             arrow_type: "Float64".into(),

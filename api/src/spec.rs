@@ -36,6 +36,13 @@ pub struct EngineSpec {
     /// is a new field of the same name.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub column_mapping: Option<std::collections::BTreeMap<String, String>>,
+    /// How new values meet the values a segment already holds for the field, as the reference's
+    /// `mode`: `replace` (matched rows take the source's value, unmatched rows become null),
+    /// `coalesce` (an existing non-null value wins; the default) or `overwrite` (matched rows
+    /// take the source's value, unmatched rows keep theirs). On a field with no data yet all
+    /// three write the same rows.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<crate::plan::Mode>,
     /// Rows per write batch (Parquet row groups are multiples of it). Default 1024.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub batch_size: Option<u32>,
@@ -66,6 +73,9 @@ impl EngineSpec {
     }
     pub fn memory_mib(&self) -> u32 {
         self.memory_mib.unwrap_or(crate::plan::DEFAULT_MEMORY_MIB)
+    }
+    pub fn mode(&self) -> crate::plan::Mode {
+        self.mode.unwrap_or_default()
     }
     pub fn flush(&self) -> bool {
         self.flush.unwrap_or(false)

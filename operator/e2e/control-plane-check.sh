@@ -123,9 +123,16 @@ bf cel "  parallelism: 2
 check "CEL: milvus is immutable" bash -c "! kubectl -n $NS patch bf cel --type=merge -p '{\"spec\":{\"milvus\":{\"collection\":\"x\"}}}'"
 check "CEL: output cannot be added" bash -c "! kubectl -n $NS patch bf cel --type=merge -p '{\"spec\":{\"output\":{\"path\":\"s3://b/o\"}}}'"
 check "CEL: columnMapping cannot be added" bash -c "! kubectl -n $NS patch bf cel --type=merge -p '{\"spec\":{\"columnMapping\":{\"k\":\"id\",\"s\":\"score\"}}}'"
+check "CEL: mode cannot be added" bash -c "! kubectl -n $NS patch bf cel --type=merge -p '{\"spec\":{\"mode\":\"overwrite\"}}'"
 check "CEL: parallelism >= 1" bash -c "! kubectl -n $NS patch bf cel --type=merge -p '{\"spec\":{\"parallelism\":0}}'"
 check "CEL: parallelism and suspend are mutable" kubectl -n "$NS" patch bf cel --type=merge -p '{"spec":{"parallelism":5,"suspend":false}}'
 bf typo '  paralelism: 2' >"$STATE/run/typo.yaml"
+bf badmode '  mode: merge' >"$STATE/run/badmode.yaml"
+check "an unknown spec.mode is rejected" bash -c "! kubectl apply --server-side -f $STATE/run/badmode.yaml"
+bf goodmode '  mode: overwrite
+  suspend: true' >"$STATE/run/goodmode.yaml"
+check "a known spec.mode is accepted" kubectl apply --server-side -f "$STATE/run/goodmode.yaml"
+kubectl -n "$NS" delete bf goodmode >/dev/null
 check "unknown fields are rejected" bash -c "! kubectl apply --server-side -f $STATE/run/typo.yaml"
 kubectl -n "$NS" delete bf cel >/dev/null
 

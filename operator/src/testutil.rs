@@ -100,6 +100,7 @@ pub fn plan_with(n: usize, failed: usize) -> Plan {
                     }],
                     output_dir: format!("files/insert_log/1/{part}/{seg}/new_field"),
                     v3: None,
+                    existing: vec![],
                 }
             })
             .collect(),
@@ -137,6 +138,8 @@ pub fn ok_outcome(plan: &Plan, spj: u32, task: u32, attempt: u32, matched: u64) 
                 version: None,
                 source_version: None,
                 column_groups: vec![],
+                used_source_by_field: Default::default(),
+                used_data_file_by_field: Default::default(),
                 used_source_rows: vec![],
             })
             .collect(),

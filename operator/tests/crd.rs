@@ -158,6 +158,7 @@ fn cel_rules_guard_the_plan_defining_fields() {
         "segmentsPerJob",
         "batchSize",
         "columnMapping",
+        "mode",
     ] {
         assert!(
             rules.iter().any(|r| r.contains(&format!("oldSelf.{f}"))),
@@ -273,6 +274,9 @@ mod cel {
                 "  columnMapping: {k: id, s: score}\n",
                 "  columnMapping: {k: id, t: score}\n",
             ),
+            ("", "  mode: overwrite\n"),
+            ("  mode: replace\n", "  mode: coalesce\n"),
+            ("  mode: replace\n", ""),
         ] {
             assert!(update(old, new).is_err(), "{old:?} -> {new:?} accepted");
         }

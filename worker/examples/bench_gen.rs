@@ -147,6 +147,7 @@ fn write_segments(
                 out_dir.strip_prefix("/").unwrap().display()
             ),
             v3: None,
+            existing: vec![],
         });
     }
     let ks = Arc::new(Schema::new(vec![
@@ -212,6 +213,7 @@ fn task_plan(
     let src_dir = src_path.parent().unwrap();
     TaskPlan {
         source_key_column: None,
+        mode: milvus_backfill::plan::Mode::Replace,
         run_id: "bench".into(),
         collection_id: COLLECTION,
         pk_field: PkField {

@@ -13,7 +13,7 @@ use milvus_backfill_api::place::{S3Endpoint, S3Uri};
 use crate::commit;
 use crate::config::{BackfillDoc, MilvusToken, S3Credentials};
 use crate::error::{BackfillError, ErrorKind, Result};
-use crate::plan::{Plan, Task};
+use crate::plan::{Mode, Plan, Task};
 use crate::planner;
 use crate::progress::Progress;
 use crate::runner;
@@ -362,6 +362,28 @@ fn output_kind(p: &Plan, seg: &crate::plan::SegmentPlan) -> &'static str {
     }
 }
 
+/// The mode, and whether (and where) it reads the fields' existing values.
+fn mode_text(p: &Plan) -> String {
+    let reading = p.segments.iter().filter(|s| !s.existing.is_empty()).count();
+    let what = match p.mode {
+        Mode::Replace => {
+            "matched rows take the source's value, unmatched rows become null; reads no existing values".to_owned()
+        }
+        Mode::Coalesce | Mode::Overwrite => {
+            let rule = if p.mode == Mode::Coalesce {
+                "an existing non-null value wins, else the source's"
+            } else {
+                "matched rows take the source's value, unmatched rows keep theirs"
+            };
+            format!(
+                "{rule}; reads existing values in {reading} of {} segment(s) (the others hold no data for the new fields yet)",
+                p.segments.len()
+            )
+        }
+    };
+    format!("{} ({what})", p.mode.name())
+}
+
 pub fn plan_text(p: &Plan) -> String {
     let mut s = String::new();
     let _ = writeln!(
@@ -386,6 +408,7 @@ pub fn plan_text(p: &Plan) -> String {
         })
         .collect();
     let _ = writeln!(s, "  new fields:   {}", fields.join(", "));
+    let _ = writeln!(s, "  mode:         {}", mode_text(p));
     let _ = writeln!(
         s,
         "  source:       {} file(s), {} rows",
@@ -421,6 +444,14 @@ pub fn plan_text(p: &Plan) -> String {
             for f in &v3.pk_files {
                 let _ = writeln!(s, "      pk file {} rows [{}, {})", f.key, f.start_index, f.end_index);
             }
+        }
+        for x in &seg.existing {
+            let name = p
+                .new_fields
+                .iter()
+                .find(|f| f.field_id == Some(x.field_id))
+                .map_or("?", |f| &f.name);
+            let _ = writeln!(s, "      existing values of {name} read from {} file(s)", x.files.len());
         }
         let _ = writeln!(s, "      output {} ({})", seg.output_dir, output_kind(p, seg));
     }
@@ -485,6 +516,37 @@ mod tests {
         let text = plan_text(&p);
         assert!(text.contains("joined on source column `user`"), "{text}");
         assert!(text.contains("score (Float64, from column `s`)"), "{text}");
+    }
+
+    #[test]
+    fn the_plan_text_says_which_mode_reads_existing_values() {
+        let mut p = crate::plan::sample_plan();
+        p.mode = Mode::Replace;
+        assert!(plan_text(&p).contains("mode:         replace (matched rows take"));
+        p.mode = Mode::Coalesce;
+        p.new_fields[0].field_id = Some(103);
+        p.segments.push(crate::plan::SegmentPlan {
+            segment_id: 7,
+            partition_id: 1,
+            partition_name: "_default".into(),
+            num_rows: 10,
+            storage_version: 3,
+            pk_binlogs: vec![],
+            output_dir: "files/insert_log/10/1/7".into(),
+            v3: None,
+            existing: vec![crate::plan::ExistingColumn {
+                field_id: 103,
+                files: vec![],
+            }],
+        });
+        let text = plan_text(&p);
+        assert!(
+            text.contains(
+                "coalesce (an existing non-null value wins, else the source's; reads existing values in 1 of"
+            ),
+            "{text}"
+        );
+        assert!(text.contains("existing values of score read from 0 file(s)"), "{text}");
     }
 
     #[test]

@@ -10,6 +10,7 @@ mod write;
 
 pub use staged::StageDone;
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -186,8 +187,15 @@ impl Group<'_> {
             .with_segment(seg.segment_id)
         })?;
         let used_source_rows = pairs.iter().map(|&(_, k)| shared.source_rows[k as usize]).collect();
-        let joined = Arc::new(joined);
         let (stores, plan) = (self.stores, self.plan);
+        let joined = if plan.mode.reads_existing() && !seg.existing.is_empty() {
+            let existing = read::existing_values(&stores.storage, plan, seg, &shared.fields).await?;
+            joined.with_existing(plan.mode, existing)
+        } else {
+            joined.with_existing(plan.mode, vec![None; shared.fields.len()])
+        };
+        let (used_source_by_field, used_data_file_by_field) = by_field(plan, &joined.provenance());
+        let joined = Arc::new(joined);
         let written = match (&seg.v3, seg.storage_version) {
             (Some(_), _) => write::v3(stores, plan, seg, &joined).await?,
             (None, 2) => write::v2(stores, plan, seg, &joined).await?,
@@ -206,6 +214,8 @@ impl Group<'_> {
             version: written.version,
             source_version: written.source_version,
             column_groups: written.column_groups,
+            used_source_by_field,
+            used_data_file_by_field,
             used_source_rows,
         })
     }
@@ -217,6 +227,15 @@ struct Shared {
     values: Vec<ArrayRef>,
     fields: Vec<(String, arrow_schema::DataType)>,
     source_rows: Vec<u64>,
+}
+
+/// The join's provenance counts keyed by field name (both empty in `replace`).
+fn by_field(plan: &TaskPlan, counts: &[(u64, u64)]) -> (BTreeMap<String, u64>, BTreeMap<String, u64>) {
+    plan.new_fields
+        .iter()
+        .zip(counts)
+        .map(|(f, &(kept, filled))| ((f.name.clone(), kept), (f.name.clone(), filled)))
+        .unzip()
 }
 
 fn push_keys(index: &mut KeyIndex, seg: &SegmentPlan, arrays: &[ArrayRef]) -> Indexed {

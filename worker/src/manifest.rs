@@ -208,6 +208,17 @@ impl Manifest {
             .collect()
     }
 
+    /// The existing columns of `fields` (field IDs) this manifest holds, with their files.
+    pub fn existing_columns(&self, fields: &[i64], base: &str) -> Vec<crate::plan::ExistingColumn> {
+        fields
+            .iter()
+            .filter_map(|&field_id| {
+                self.files_of(field_id, base)
+                    .map(|files| crate::plan::ExistingColumn { field_id, files })
+            })
+            .collect()
+    }
+
     /// The files holding `field_id`, as bucket keys in row order, for a segment at `base`.
     pub fn files_of(&self, field_id: i64, base: &str) -> Option<Vec<V3File>> {
         let group = self.group_of(field_id)?;

@@ -215,6 +215,7 @@ pub(crate) fn assemble(spec: &EngineSpec, at: RunLocations, l: Learned) -> Resul
         pk_field: l.pk_field,
         source_key_column: l.source_key_column,
         new_fields: l.new_fields,
+        mode: spec.mode(),
         storage: at.storage,
         storage_bucket: at.storage_bucket,
         root_path: spec.storage.root_path().to_owned(),
@@ -369,6 +370,7 @@ async fn plan_segment(
         pk_binlogs: binlogs,
         output_dir: segment_output_dir(custom_output, root, collection_id, s.partition_id, s.segment_id),
         v3: None,
+        existing: vec![],
     })
 }
 

@@ -47,8 +47,9 @@ pub async fn plan(doc: &BackfillDoc, snapshot_path: &str, creds: &StoreCredentia
         &snap.collection_name,
     )
     .await?;
-    let mut segments = plan_segments(&stores.storage, &at.storage_bucket, &snap, &pk).await;
-    let v2 = v2_planner::plan_all(&stores.storage, spec.storage.root_path(), &snap, &pk)
+    let read = spec.mode().fields_to_read(&new_fields);
+    let mut segments = plan_segments(&stores.storage, &at.storage_bucket, &snap, &pk, &read).await;
+    let v2 = v2_planner::plan_all(&stores.storage, spec.storage.root_path(), &snap, &pk, &read)
         .await
         .map_err(|e| BackfillError::schema(format!("spec.milvus.snapshot.path {snapshot_path}: {e}")))?;
     for p in v2 {
@@ -127,13 +128,14 @@ async fn read_snapshot(spec: &EngineSpec, path: &str, storage: &Store, creds: &S
 
 /// Every V3 segment, manifests read a few at a time. A segment that cannot be planned fails
 /// alone, with the reason.
-async fn plan_segments(storage: &Store, bucket: &str, snap: &Snapshot, pk: &PkField) -> SegmentPlans {
+/// `read`: the new fields whose existing values the mode reads.
+async fn plan_segments(storage: &Store, bucket: &str, snap: &Snapshot, pk: &PkField, read: &[i64]) -> SegmentPlans {
     let coll = snap.collection.collection_id;
     // Owned entries: a stream of futures borrowing its items is not `Send` for every
     // lifetime, which the operator's controller future must be.
     let results: Vec<(V3Entry, std::result::Result<Read, String>)> =
         futures_util::stream::iter(snap.v3_segments.clone().into_iter().map(|e| async move {
-            let r = read_segment(storage, bucket, coll, &e, pk).await;
+            let r = read_segment(storage, bucket, coll, &e, pk, read).await;
             (e, r)
         }))
         .buffered(16)
@@ -176,6 +178,7 @@ async fn read_segment(
     coll: i64,
     e: &V3Entry,
     pk: &PkField,
+    read: &[i64],
 ) -> std::result::Result<Read, String> {
     let base = e.base_key(bucket);
     let Some((c, partition_id)) = e.collection_and_partition() else {
@@ -199,6 +202,7 @@ async fn read_segment(
             num_rows,
             storage_version: 3,
             pk_binlogs: vec![],
+            existing: manifest.existing_columns(read, &base),
             output_dir: base,
             v3: Some(v3),
         },

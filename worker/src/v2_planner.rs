@@ -7,7 +7,7 @@ use futures_util::StreamExt;
 
 use milvus_backfill_api::layout;
 
-use crate::plan::{Binlog, PkField, SegmentPlan, SkippedSegment, LEVEL_L0};
+use crate::plan::{Binlog, ExistingColumn, PkField, SegmentPlan, SkippedSegment, V3File, LEVEL_L0};
 use crate::snapshot::Snapshot;
 use crate::snapshot_manifest::{self, FieldBinlog, SegmentEntry};
 use crate::store::{Store, StoreError};
@@ -19,7 +19,14 @@ pub enum Planned {
     Failed(SkippedSegment),
 }
 
-pub async fn plan_all(storage: &Store, root: &str, snap: &Snapshot, pk: &PkField) -> Result<Vec<Planned>, String> {
+/// `existing`: the new fields whose existing values the mode reads (their groups are planned too).
+pub async fn plan_all(
+    storage: &Store,
+    root: &str,
+    snap: &Snapshot,
+    pk: &PkField,
+    existing: &[i64],
+) -> Result<Vec<Planned>, String> {
     let coll = snap.collection.collection_id;
     let entries: Vec<Result<SegmentEntry, String>> =
         futures_util::stream::iter(snap.manifest_list.clone().into_iter().map(|path| async move {
@@ -32,19 +39,24 @@ pub async fn plan_all(storage: &Store, root: &str, snap: &Snapshot, pk: &PkField
     let mut out = Vec::with_capacity(entries.len());
     for e in entries {
         let mut entry = e?;
-        if entry.storage_version == 2 && pk_group(&entry.binlogs, pk.field_id).is_none() {
-            // Snapshots before format 4 lack child fields: ask the files which group holds the PK.
-            tag_pk_group(storage, root, coll, &mut entry, pk.field_id).await;
+        let untagged = entry.binlogs.iter().any(|g| g.child_fields.is_empty());
+        if entry.storage_version == 2
+            && (field_group(&entry.binlogs, pk.field_id).is_none() || (untagged && !existing.is_empty()))
+        {
+            // Snapshots before format 4 lack child fields: ask the files which groups hold the
+            // PK (and the fields whose existing values are read).
+            tag_groups(storage, root, coll, &mut entry, pk.field_id, !existing.is_empty()).await;
         }
-        out.push(plan_entry(&entry, root, coll, pk));
+        out.push(plan_entry(&entry, root, coll, pk, existing));
     }
     Ok(out)
 }
 
 /// Reads the footer of each group's first file and records its fields as the group's child
-/// fields, so that [`pk_group`] finds the group holding the primary key. A footer that cannot
-/// be read leaves the group as it was (the segment then fails with the reason).
-async fn tag_pk_group(storage: &Store, root: &str, coll: i64, e: &mut SegmentEntry, pk_field: i64) {
+/// fields, so that [`field_group`] finds the group holding the primary key (and, with `all`,
+/// every other field). A footer that cannot be read leaves the group as it was (the segment then
+/// fails with the reason, or the field reads as having no data).
+async fn tag_groups(storage: &Store, root: &str, coll: i64, e: &mut SegmentEntry, pk_field: i64, all: bool) {
     let prefix = layout::segment_insert_log_prefix(root, coll, e.partition_id, e.segment_id);
     for g in e.binlogs.iter_mut().filter(|g| g.child_fields.is_empty()) {
         let Some(first) = g.binlogs.iter().min_by_key(|b| b.log_id) else {
@@ -57,7 +69,7 @@ async fn tag_pk_group(storage: &Store, root: &str, coll: i64, e: &mut SegmentEnt
         if let Ok((ids, _rows)) = crate::source::footer_fields_and_rows(storage, &key, size).await {
             g.child_fields = ids;
         }
-        if g.child_fields.contains(&pk_field) {
+        if g.child_fields.contains(&pk_field) && !all {
             return;
         }
     }
@@ -77,7 +89,7 @@ async fn read(storage: &Store, root: &str, path: &str) -> Result<bytes::Bytes, S
     }
 }
 
-fn plan_entry(e: &SegmentEntry, root: &str, coll: i64, pk: &PkField) -> Planned {
+fn plan_entry(e: &SegmentEntry, root: &str, coll: i64, pk: &PkField, read: &[i64]) -> Planned {
     let entry = |reason: String| SkippedSegment {
         segment_id: e.segment_id,
         partition_id: e.partition_id,
@@ -96,6 +108,10 @@ fn plan_entry(e: &SegmentEntry, root: &str, coll: i64, pk: &PkField) -> Planned 
             e.storage_version
         )));
     }
+    let existing = match existing_columns(e, root, coll, read) {
+        Ok(x) => x,
+        Err(reason) => return Planned::Failed(entry(reason)),
+    };
     match pk_binlogs(e, root, coll, pk.field_id) {
         Ok(binlogs) => Planned::Segment(SegmentPlan {
             segment_id: e.segment_id,
@@ -108,6 +124,7 @@ fn plan_entry(e: &SegmentEntry, root: &str, coll: i64, pk: &PkField) -> Planned 
                 .trim_end_matches('/')
                 .to_owned(),
             v3: None,
+            existing,
         }),
         Err(reason) => Planned::Failed(entry(reason)),
     }
@@ -116,12 +133,44 @@ fn plan_entry(e: &SegmentEntry, root: &str, coll: i64, pk: &PkField) -> Planned 
 /// The files of the PK's column group in ascending log ID, with their rows; they must add up to
 /// the segment's rows.
 pub fn pk_binlogs(e: &SegmentEntry, root: &str, coll: i64, pk_field: i64) -> Result<Vec<Binlog>, String> {
-    let group = pk_group(&e.binlogs, pk_field).ok_or_else(|| {
+    let group = field_group(&e.binlogs, pk_field).ok_or_else(|| {
         format!(
             "no column group lists the primary key field {pk_field} (groups {:?}); snapshots of format 4 record child fields, older ones only single-field groups",
             e.binlogs.iter().map(|g| g.field_id).collect::<Vec<_>>()
         )
     })?;
+    group_binlogs(e, group, root, coll, "the primary key group")
+}
+
+/// The new fields of `read` that a group of the segment holds, with that group's files.
+fn existing_columns(e: &SegmentEntry, root: &str, coll: i64, read: &[i64]) -> Result<Vec<ExistingColumn>, String> {
+    let mut out = Vec::new();
+    for &field_id in read {
+        let Some(group) = field_group(&e.binlogs, field_id) else {
+            continue;
+        };
+        let what = format!("the group holding field {field_id}");
+        let files = group_binlogs(e, group, root, coll, &what)?
+            .into_iter()
+            .map(|b| V3File {
+                key: b.key,
+                start_index: 0,
+                end_index: b.rows,
+            })
+            .collect();
+        out.push(ExistingColumn { field_id, files });
+    }
+    Ok(out)
+}
+
+/// A group's files in ascending log ID, with their rows, which must add up to the segment's.
+fn group_binlogs(
+    e: &SegmentEntry,
+    group: &FieldBinlog,
+    root: &str,
+    coll: i64,
+    what: &str,
+) -> Result<Vec<Binlog>, String> {
     let prefix = layout::segment_insert_log_prefix(root, coll, e.partition_id, e.segment_id);
     let mut binlogs: Vec<Binlog> = group
         .binlogs
@@ -142,18 +191,20 @@ pub fn pk_binlogs(e: &SegmentEntry, root: &str, coll: i64, pk_field: i64) -> Res
     let total: u64 = binlogs.iter().map(|b| b.rows).sum();
     if total != e.num_rows as u64 {
         return Err(format!(
-            "the primary key group's files hold {total} rows but the snapshot says num_of_rows {}",
+            "{what}'s files hold {total} rows but the snapshot says num_of_rows {}",
             e.num_rows
         ));
     }
     Ok(binlogs)
 }
 
-fn pk_group(groups: &[FieldBinlog], pk_field: i64) -> Option<&FieldBinlog> {
-    groups.iter().find(|g| g.child_fields.contains(&pk_field)).or_else(|| {
+/// The group holding `field_id`: the one listing it as a child field, else a single-field
+/// group named by it (snapshots before format 4).
+fn field_group(groups: &[FieldBinlog], field_id: i64) -> Option<&FieldBinlog> {
+    groups.iter().find(|g| g.child_fields.contains(&field_id)).or_else(|| {
         groups
             .iter()
-            .find(|g| g.child_fields.is_empty() && g.field_id == pk_field)
+            .find(|g| g.child_fields.is_empty() && g.field_id == field_id)
     })
 }
 
@@ -203,6 +254,51 @@ mod tests {
             b.iter().map(|b| b.key.as_str()).collect::<Vec<_>>(),
             vec!["files/insert_log/7/8/9/0/4", "files/insert_log/7/8/9/0/30"]
         );
+    }
+
+    #[test]
+    fn the_fields_a_mode_reads_come_with_their_groups_files() {
+        let e = entry(
+            vec![
+                group(0, vec![0, 1, 100, 101], &[(30, 5), (4, 7)]),
+                group(102, vec![], &[(6, 12)]),
+            ],
+            12,
+        );
+        // 101 in the main group, 102 a single-field group, 103 nowhere (reads as all null).
+        let x = existing_columns(&e, "files", 7, &[101, 102, 103]).unwrap();
+        assert_eq!(x.iter().map(|c| c.field_id).collect::<Vec<_>>(), vec![101, 102]);
+        assert_eq!(
+            x[0].files
+                .iter()
+                .map(|f| (f.key.as_str(), f.end_index))
+                .collect::<Vec<_>>(),
+            vec![("files/insert_log/7/8/9/0/4", 7), ("files/insert_log/7/8/9/0/30", 5)]
+        );
+        assert_eq!(x[1].files[0].key, "files/insert_log/7/8/9/102/6");
+        let Planned::Segment(p) = plan_entry(&e, "files", 7, &pk(), &[102]) else {
+            panic!("planned")
+        };
+        assert_eq!(p.existing.len(), 1);
+        let Planned::Segment(p) = plan_entry(&e, "files", 7, &pk(), &[]) else {
+            panic!("planned")
+        };
+        assert!(p.existing.is_empty(), "replace reads nothing");
+        let short = entry(
+            vec![group(0, vec![0, 100], &[(1, 12)]), group(102, vec![], &[(6, 11)])],
+            12,
+        );
+        assert!(existing_columns(&short, "files", 7, &[102])
+            .unwrap_err()
+            .contains("the group holding field 102's files hold 11 rows"));
+    }
+
+    fn pk() -> PkField {
+        PkField {
+            field_id: 100,
+            name: "id".into(),
+            pk_type: crate::plan::PkType::Int64,
+        }
     }
 
     #[test]

@@ -30,6 +30,15 @@ pub fn push_range(index: &mut KeyIndex, data: Bytes, field_id: i64, start: u64, 
 
 /// Rows `[start, end)` of `field_id`'s column in one data file, as non-null arrays.
 pub fn read_range(data: Bytes, field_id: i64, start: u64, end: u64) -> Result<Vec<ArrayRef>, String> {
+    let out = read_column(data, field_id, start, end)?;
+    if out.iter().any(|keys| keys.null_count() > 0) {
+        return Err("the primary key column holds nulls".into());
+    }
+    Ok(out)
+}
+
+/// Rows `[start, end)` of `field_id`'s column in one data file (nulls included).
+pub fn read_column(data: Bytes, field_id: i64, start: u64, end: u64) -> Result<Vec<ArrayRef>, String> {
     let builder = ParquetRecordBatchReaderBuilder::try_new(data).map_err(|e| e.to_string())?;
     let col = column_of(builder.schema(), field_id).ok_or_else(|| {
         format!(
@@ -53,11 +62,7 @@ pub fn read_range(data: Bytes, field_id: i64, start: u64, end: u64) -> Result<Ve
     let mut out = Vec::new();
     for batch in reader {
         let batch: RecordBatch = batch.map_err(|e| e.to_string())?;
-        let keys: &ArrayRef = batch.column(0);
-        if keys.null_count() > 0 {
-            return Err("the primary key column holds nulls".into());
-        }
-        out.push(keys.clone());
+        out.push(batch.column(0).clone());
     }
     Ok(out)
 }

@@ -79,6 +79,7 @@ fn write_segments(bucket: &std::path::Path, out: &std::path::Path, keys: &[Vec<i
             }],
             output_dir: format!("{}/1/2/{seg}/new_field", out.strip_prefix("/").unwrap().display()),
             v3: None,
+            existing: vec![],
         });
     }
     segments
@@ -127,6 +128,7 @@ fn task_plan(dir: &std::path::Path, src: &std::path::Path, rows: u64, out: std::
     };
     TaskPlan {
         source_key_column: None,
+        mode: milvus_backfill::plan::Mode::Replace,
         run_id: "exchange".into(),
         collection_id: 1,
         pk_field: PkField {

@@ -258,6 +258,7 @@ async fn case(collection: &str, segment: &str, pk_type: PkType) -> (Case, Vec<Va
     };
     let plan = TaskPlan {
         source_key_column: None,
+        mode: milvus_backfill::plan::Mode::Replace,
         run_id: "test-run".into(),
         collection_id: coll_id,
         pk_field: PkField {
@@ -308,6 +309,7 @@ async fn case(collection: &str, segment: &str, pk_type: PkType) -> (Case, Vec<Va
         pk_binlogs: binlogs,
         output_dir: format!("out/{coll_id}/{part_id}/{seg_id}/new_field"),
         v3: None,
+        existing: vec![],
     };
     let stores = RunStores {
         storage: fixtures,
@@ -522,6 +524,7 @@ async fn a_failed_segment_does_not_stop_the_others() {
     };
     let plan = Plan {
         source_key_column: None,
+        mode: milvus_backfill::plan::Mode::Replace,
         run_id: "r".into(),
         database: "default".into(),
         collection_name: "c".into(),

@@ -753,3 +753,123 @@ async fn a_column_mapping_renames_and_drops_source_columns() {
     }
     assert_eq!(out.matched_row_count, want.len() as u64);
 }
+
+/// `price` (101) already holds values (with nulls) in the golden segments: each mode merges the
+/// source with them as the reference does, row by row, and counts where each value came from.
+#[tokio::test]
+async fn each_mode_merges_the_source_with_the_existing_column() {
+    use milvus_backfill::plan::Mode;
+    for (segment, pk_type) in [(1003, 5), (1004, 21)] {
+        let bed = Bed::new();
+        let seg = bed.segment(segment);
+        let pks = seg["pks"].as_array().unwrap().clone();
+        let existing = existing_prices(&seg);
+        let source = bed.root.join("price.parquet");
+        // Every other key; every third of those with a null value.
+        let every_other = write_source(&source, &pks, DataType::Float64);
+        let matched = rewrite_as_price(
+            &source,
+            &pks,
+            every_other.into_iter().map(|(k, v)| (k, Some(v + 1000.0))).collect(),
+        );
+        let snapshot = bed.snapshot(segment, seg["manifestVersion"].as_i64().unwrap(), pk_type);
+        for mode in [Mode::Replace, Mode::Coalesce, Mode::Overwrite] {
+            let mut doc = bed.doc(&snapshot, &source);
+            doc.spec.mode = Some(mode);
+            let result = plan_and_run(&doc).await.unwrap();
+            assert!(result.success, "{mode:?}: {}", result.summary());
+            assert_eq!(result.mode, mode);
+            let out = &result.segments[&segment.to_string()];
+            assert_eq!(out.ops[0].columns, vec!["101".to_owned()]);
+            let file = &out.ops[0].files[0];
+            let written =
+                read_all(std::fs::read(bed.root.join(format!("bkt/{}/_data/{}", out.output_path, file.path))).unwrap());
+            let col = written.column(0).as_primitive::<Float64Type>();
+            let (mut kept, mut filled) = (0, 0);
+            for (i, pk) in pks.iter().enumerate() {
+                let src = matched.get(&pk.to_string());
+                let want = match (mode, src, existing[i]) {
+                    (Mode::Replace, Some(v), _) => *v,
+                    (Mode::Replace, None, _) => None,
+                    (Mode::Coalesce, _, Some(e)) => Some(e),
+                    (Mode::Coalesce, Some(v), None) => *v,
+                    (Mode::Coalesce, None, None) => None,
+                    (Mode::Overwrite, Some(v), _) => *v,
+                    (Mode::Overwrite, None, e) => e,
+                };
+                let got = col.is_valid(i).then(|| col.value(i));
+                assert_eq!(got, want, "{mode:?} segment {segment} row {i}");
+                match mode {
+                    Mode::Coalesce if existing[i].is_some() => kept += 1,
+                    Mode::Coalesce if src.is_some_and(|v| v.is_some()) => filled += 1,
+                    Mode::Overwrite if src.is_some() => filled += 1,
+                    Mode::Overwrite => kept += 1,
+                    _ => {}
+                }
+            }
+            let counts = |m: &std::collections::BTreeMap<String, u64>| m.get("price").copied();
+            if mode == Mode::Replace {
+                assert!(out.used_source_by_field.is_empty() && out.used_data_file_by_field.is_empty());
+            } else {
+                assert_eq!(
+                    (counts(&out.used_source_by_field), counts(&out.used_data_file_by_field)),
+                    (Some(kept), Some(filled)),
+                    "{mode:?} provenance"
+                );
+                assert_eq!(result.total_used_data_file_by_field, out.used_data_file_by_field);
+                assert!(kept > 0 && filled > 0, "{mode:?}: both sides are used");
+            }
+            assert!(existing.iter().any(|e| e.is_none()), "the existing column holds nulls");
+        }
+    }
+}
+
+/// The golden segment's `price` values in row order, from its manifest's first group.
+fn existing_prices(seg: &Value) -> Vec<Option<f64>> {
+    let group = &seg["manifest"]["column_groups"][0];
+    assert!(group["columns"].as_array().unwrap().contains(&json!("101")));
+    let mut out = Vec::new();
+    for f in group["files"].as_array().unwrap() {
+        let batch = read_all(std::fs::read(fixtures().join(f["path"].as_str().unwrap())).unwrap());
+        let col = batch
+            .column(batch.schema().index_of("101").unwrap())
+            .as_primitive::<Float64Type>();
+        let (start, end) = (
+            f["start_index"].as_u64().unwrap() as usize,
+            f["end_index"].as_u64().unwrap() as usize,
+        );
+        out.extend((start..end).map(|i| col.is_valid(i).then(|| col.value(i))));
+    }
+    out
+}
+
+/// Rewrites `path` as `(pk, price)`: the keys of `values` with their value, null for every
+/// third; returns what each key holds.
+fn rewrite_as_price(path: &Path, pks: &[Value], values: HashMap<String, Option<f64>>) -> HashMap<String, Option<f64>> {
+    let mut keys: Vec<&Value> = pks.iter().filter(|p| values.contains_key(&p.to_string())).collect();
+    keys.sort_by_key(|p| p.to_string());
+    let want: HashMap<String, Option<f64>> = keys
+        .iter()
+        .enumerate()
+        .map(|(i, p)| (p.to_string(), if i % 3 == 0 { None } else { values[&p.to_string()] }))
+        .collect();
+    let key_array: ArrayRef = if pks[0].is_i64() {
+        Arc::new(Int64Array::from_iter_values(keys.iter().map(|k| k.as_i64().unwrap())))
+    } else {
+        Arc::new(StringArray::from_iter_values(
+            keys.iter().map(|k| k.as_str().unwrap().to_owned()),
+        ))
+    };
+    let vals: ArrayRef = Arc::new(Float64Array::from(
+        keys.iter().map(|p| want[&p.to_string()]).collect::<Vec<_>>(),
+    ));
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("pk", key_array.data_type().clone(), false),
+        Field::new("price", DataType::Float64, true),
+    ]));
+    let batch = RecordBatch::try_new(schema.clone(), vec![key_array, vals]).unwrap();
+    let mut w = ArrowWriter::try_new(std::fs::File::create(path).unwrap(), schema, None).unwrap();
+    w.write(&batch).unwrap();
+    w.close().unwrap();
+    want
+}

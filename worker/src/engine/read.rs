@@ -8,7 +8,7 @@ use futures_util::{StreamExt, TryStreamExt};
 use crate::binlog;
 use crate::error::{BackfillError, Result};
 use crate::keys::pk_accepts;
-use crate::plan::{SegmentPlan, TaskPlan, V3File, V3Segment};
+use crate::plan::{ExistingColumn, SegmentPlan, TaskPlan, V3File, V3Segment};
 use crate::store::{Store, StoreError};
 use crate::v3_keys;
 
@@ -158,4 +158,124 @@ fn check_rows(seg: &SegmentPlan, arrays: &[ArrayRef], expected: u32, message: im
         return Err(BackfillError::segment(seg.segment_id, message(found)));
     }
     Ok(())
+}
+
+/// The segment's existing values of each new field (`fields`: the joined names and types, in
+/// plan order), row-aligned; `None` for a field the segment holds no data for. Only the modes
+/// that read existing values plan any.
+pub(super) async fn existing_values(
+    storage: &Store,
+    plan: &TaskPlan,
+    seg: &SegmentPlan,
+    fields: &[(String, arrow_schema::DataType)],
+) -> Result<Vec<Option<ArrayRef>>> {
+    let mut out = Vec::with_capacity(fields.len());
+    for (nf, (name, want)) in plan.new_fields.iter().zip(fields) {
+        let Some(col) = seg.existing.iter().find(|c| Some(c.field_id) == nf.field_id) else {
+            out.push(None);
+            continue;
+        };
+        let arrays = existing_column(storage, seg, col).await?;
+        let values = concat(&arrays).map_err(|e| BackfillError::unexpected(e).with_segment(seg.segment_id))?;
+        if values.len() as u64 != seg.num_rows {
+            return Err(BackfillError::segment(
+                seg.segment_id,
+                format!(
+                    "the files holding field `{name}`'s existing values hold {} rows but the segment has {}; plan again",
+                    values.len(),
+                    seg.num_rows
+                ),
+            ));
+        }
+        let values = conform(values, want).map_err(|e| {
+            BackfillError::schema(format!("field `{name}`: its existing values are {e}")).with_segment(seg.segment_id)
+        })?;
+        out.push(Some(values));
+    }
+    Ok(out)
+}
+
+/// One existing column's arrays in row order, its files fetched a few ahead.
+async fn existing_column(storage: &Store, seg: &SegmentPlan, col: &ExistingColumn) -> Result<Vec<ArrayRef>> {
+    let field_id = col.field_id;
+    let mut files = futures_util::stream::iter(col.files.iter().map(|f| async move {
+        let data = storage.get(&f.key).await.map_err(|e| match e {
+            StoreError::NotFound(_) => BackfillError::segment(
+                seg.segment_id,
+                format!(
+                    "data file {} of field {field_id} is gone (compacted since planning?); plan again",
+                    storage.display(&f.key)
+                ),
+            ),
+            e => BackfillError::connection(e.to_string()).with_segment(seg.segment_id),
+        })?;
+        let (start, end) = (f.start_index, f.end_index);
+        tokio::task::spawn_blocking(move || v3_keys::read_column(data, field_id, start, end))
+            .await
+            .map_err(|e| BackfillError::unexpected(e.to_string()))?
+            .map_err(|e| BackfillError::data_read(storage.display(&f.key), e).with_segment(seg.segment_id))
+    }))
+    .buffered(4);
+    let mut out = Vec::new();
+    while let Some(arrays) = files.try_next().await? {
+        out.extend(arrays);
+    }
+    Ok(out)
+}
+
+fn concat(arrays: &[ArrayRef]) -> std::result::Result<ArrayRef, String> {
+    match arrays {
+        [one] => Ok(one.clone()),
+        _ => {
+            let refs: Vec<&dyn Array> = arrays.iter().map(|a| a.as_ref()).collect();
+            arrow_select::concat::concat(&refs).map_err(|e| e.to_string())
+        }
+    }
+}
+
+/// Existing values in the joined column's type: the same type, or the other string width
+/// (Milvus stores VarChar as Utf8; a source may hold LargeUtf8).
+fn conform(values: ArrayRef, want: &arrow_schema::DataType) -> std::result::Result<ArrayRef, String> {
+    use arrow_array::{LargeStringArray, StringArray};
+    use arrow_schema::DataType as A;
+    let have = values.data_type().clone();
+    match (&have, want) {
+        _ if &have == want => Ok(values),
+        (A::Utf8, A::LargeUtf8) => {
+            let s = values.as_any().downcast_ref::<StringArray>().expect("Utf8");
+            Ok(std::sync::Arc::new(s.iter().collect::<LargeStringArray>()))
+        }
+        (A::LargeUtf8, A::Utf8) => {
+            let s = values.as_any().downcast_ref::<LargeStringArray>().expect("LargeUtf8");
+            Ok(std::sync::Arc::new(s.iter().collect::<StringArray>()))
+        }
+        _ => Err(format!(
+            "{have} in the segment but {want} in the source: they must be the same type"
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use arrow_array::{Array, ArrayRef, Float64Array, LargeStringArray, StringArray};
+    use arrow_schema::DataType;
+
+    use super::conform;
+
+    #[test]
+    fn existing_values_take_the_joined_type_or_say_why_not() {
+        let utf8: ArrayRef = Arc::new(StringArray::from(vec![Some("a"), None]));
+        let large = conform(utf8.clone(), &DataType::LargeUtf8).unwrap();
+        let large = large.as_any().downcast_ref::<LargeStringArray>().unwrap();
+        assert_eq!((large.value(0), large.is_null(1)), ("a", true));
+        assert!(Arc::ptr_eq(&conform(utf8.clone(), &DataType::Utf8).unwrap(), &utf8));
+        let doubles: ArrayRef = Arc::new(Float64Array::from(vec![1.0]));
+        let e = conform(doubles, &DataType::Float32).unwrap_err();
+        assert_eq!(
+            e,
+            "Float64 in the segment but Float32 in the source: they must be the same type"
+        );
+    }
 }

@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use milvus_backfill_api::layout;
 
 use super::Collection;
-use crate::plan::{Binlog, SegmentInfo, SegmentPlan, STORAGE_V2};
+use crate::plan::{Binlog, ExistingColumn, SegmentInfo, SegmentPlan, V3File, STORAGE_V2};
 use crate::source::footer_fields_and_rows;
 use crate::store::{ObjectMeta, Store};
 
@@ -35,12 +35,14 @@ pub(super) fn groups(listing: &[ObjectMeta], prefix: &str) -> BTreeMap<i64, Vec<
     out
 }
 
-/// One StorageV2 segment's plan from its files, or why it cannot be backfilled.
+/// One StorageV2 segment's plan from its files, or why it cannot be backfilled. `read`: the new
+/// fields whose existing values the mode reads (the groups holding them are planned too).
 pub(super) async fn read_segment(
     storage: &Store,
     root: &str,
     coll: &Collection,
     s: &SegmentInfo,
+    read: &[i64],
 ) -> Result<SegmentPlan, String> {
     let prefix = layout::segment_insert_log_prefix(root, coll.info.collection_id, s.partition_id, s.segment_id);
     let listing = storage
@@ -51,14 +53,35 @@ pub(super) async fn read_segment(
     let pk = coll.pk.field_id;
     // The first file's footer names the group's fields and gives its rows: read once.
     let mut pk_group = None;
+    let mut existing = Vec::new();
     for (group, files) in &groups {
         let (_, key, size) = &files[0];
         let (ids, first_rows) = footer_fields_and_rows(storage, key, *size)
             .await
             .map_err(|e| e.message)?;
-        if ids.contains(&pk) {
+        let holds: Vec<i64> = read.iter().copied().filter(|f| ids.contains(f)).collect();
+        if !holds.is_empty() {
+            let files = group_files(storage, files, first_rows).await?;
+            check_rows(*group, &files, s)?;
+            existing.extend(holds.into_iter().map(|field_id| {
+                ExistingColumn {
+                    field_id,
+                    files: files
+                        .iter()
+                        .map(|b| V3File {
+                            key: b.key.clone(),
+                            start_index: 0,
+                            end_index: b.rows,
+                        })
+                        .collect(),
+                }
+            }));
+        }
+        if ids.contains(&pk) && pk_group.is_none() {
             pk_group = Some((*group, files, first_rows));
-            break;
+            if read.is_empty() {
+                break;
+            }
         }
     }
     let Some((group, files, first_rows)) = pk_group else {
@@ -68,6 +91,23 @@ pub(super) async fn read_segment(
             groups.keys().collect::<Vec<_>>()
         ));
     };
+    let binlogs = group_files(storage, files, first_rows).await?;
+    let total = check_rows(group, &binlogs, s)?;
+    Ok(SegmentPlan {
+        segment_id: s.segment_id,
+        partition_id: s.partition_id,
+        partition_name: coll.partition_names.get(&s.partition_id).cloned().unwrap_or_default(),
+        num_rows: total,
+        storage_version: STORAGE_V2,
+        pk_binlogs: binlogs,
+        output_dir: prefix.trim_end_matches('/').to_owned(),
+        v3: None,
+        existing,
+    })
+}
+
+/// A group's files `(log ID, key, size)` with their rows (the first file's already known).
+async fn group_files(storage: &Store, files: &[(i64, String, u64)], first_rows: u64) -> Result<Vec<Binlog>, String> {
     let mut binlogs = Vec::with_capacity(files.len());
     for (i, (log_id, key, size)) in files.iter().enumerate() {
         let rows = match i {
@@ -86,6 +126,11 @@ pub(super) async fn read_segment(
             rows,
         });
     }
+    Ok(binlogs)
+}
+
+/// The group's rows, which must be the segment's.
+fn check_rows(group: i64, binlogs: &[Binlog], s: &SegmentInfo) -> Result<u64, String> {
     let total: u64 = binlogs.iter().map(|b| b.rows).sum();
     if i64::try_from(total).ok() != Some(s.num_rows) {
         return Err(format!(
@@ -94,16 +139,7 @@ pub(super) async fn read_segment(
             s.num_rows
         ));
     }
-    Ok(SegmentPlan {
-        segment_id: s.segment_id,
-        partition_id: s.partition_id,
-        partition_name: coll.partition_names.get(&s.partition_id).cloned().unwrap_or_default(),
-        num_rows: total,
-        storage_version: STORAGE_V2,
-        pk_binlogs: binlogs,
-        output_dir: prefix.trim_end_matches('/').to_owned(),
-        v3: None,
-    })
+    Ok(total)
 }
 
 #[cfg(test)]

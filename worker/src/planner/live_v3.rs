@@ -104,7 +104,8 @@ pub(super) async fn plan(spec: &EngineSpec, at: RunLocations, stores: RunStores,
         &coll.name,
     )
     .await?;
-    let mut segments = plan_segments(&stores.storage, spec.storage.root_path(), &coll).await;
+    let read = spec.mode().fields_to_read(&new_fields);
+    let mut segments = plan_segments(&stores.storage, spec.storage.root_path(), &coll, &read).await;
     // `true`: the GC warning is about the StorageV1 export layout; V3 outputs are the segments' own files.
     segments.add_run_warnings(&coll.name, true);
     if !segments.planned.is_empty() {
@@ -131,7 +132,8 @@ pub(super) async fn plan(spec: &EngineSpec, at: RunLocations, stores: RunStores,
 
 /// Triages every segment and reads the manifests of the ones to backfill, a few at a time. A
 /// segment that cannot be planned fails alone, with the reason.
-async fn plan_segments(storage: &Store, root: &str, coll: &Collection) -> SegmentPlans {
+/// `read`: the new fields whose existing values the mode reads.
+async fn plan_segments(storage: &Store, root: &str, coll: &Collection, read: &[i64]) -> SegmentPlans {
     let mut out = SegmentPlans::default();
     let mut todo = Vec::new();
     for s in &coll.segments {
@@ -156,9 +158,9 @@ async fn plan_segments(storage: &Store, root: &str, coll: &Collection) -> Segmen
     let results: Vec<(SegmentInfo, std::result::Result<SegmentPlan, String>)> =
         futures_util::stream::iter(todo.into_iter().map(|s| async move {
             let r = if s.storage_version == STORAGE_V2 {
-                super::live_v2::read_segment(storage, root, coll, &s).await
+                super::live_v2::read_segment(storage, root, coll, &s, read).await
             } else {
-                read_segment(storage, root, coll, &s).await
+                read_segment(storage, root, coll, &s, read).await
             };
             (s, r)
         }))
@@ -185,6 +187,7 @@ async fn read_segment(
     root: &str,
     coll: &Collection,
     s: &SegmentInfo,
+    read: &[i64],
 ) -> std::result::Result<SegmentPlan, String> {
     let prefix = layout::segment_insert_log_prefix(root, coll.info.collection_id, s.partition_id, s.segment_id);
     let base = prefix.trim_end_matches('/').to_owned();
@@ -223,6 +226,7 @@ async fn read_segment(
         num_rows,
         storage_version: STORAGE_V3,
         pk_binlogs: vec![],
+        existing: manifest.existing_columns(read, &base),
         output_dir: base,
         v3: Some(v3),
     })
