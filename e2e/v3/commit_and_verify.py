@@ -365,7 +365,8 @@ def check_committed_segment(lib, props, fs, prefix, exp, entry, expected, errs):
     new_cols = {str(f["fieldId"]) for f in expected["newFields"]}
     old = [group_key(g) for g in before["column_groups"]]
     now = [group_key(g) for g in after["column_groups"]]
-    missing = [g for g in old if g not in now]
+    # A new field's earlier group (a re-backfill) is replaced; every other group stays as it was.
+    missing = [g for g in old if g not in now and not set(g[0]) <= new_cols]
     if missing:
         errs.append(f"segment {seg}: manifest v{want} lost or changed {len(missing)} column group(s) of v{n}: "
                     f"{[list(g[0]) for g in missing]}")
@@ -404,8 +405,11 @@ def verify_committed(args, result, expected, lib, props, fs, prefix, summary):
     if not errs:
         for key, entry in sorted(result["segments"].items()):
             versions[key] = check_committed_segment(lib, props, fs, prefix, exp_segs[key], entry, expected, errs)
-    exit_on_violations(log, summary, errs, committed=0)
     source_map = load_source(args.source or expected["source"], expected)
+    for key in sorted(versions):
+        errs += provenance_errors(expected.get("mode", "replace"), result["segments"][key], exp_segs[key],
+                                  expected["newFields"], source_map)
+    exit_on_violations(log, summary, errs, committed=0)
     mismatches, reps = [], []
     for key, ver in sorted(versions.items()):
         exp = exp_segs[key]
@@ -440,10 +444,50 @@ def verify_segment(lib, props, exp, expected, version, source_map, mismatches, l
         return 0, 0
     checked = 0
     for f in fields:
+        want = merged(expected.get("mode", "replace"), pks, exp.get("existing", {}).get(f["name"]),
+                      source_map[f["name"]], source_map["__keys__"])
         checked += compare_column(exp["segmentId"], f["name"], pks, t.column(str(f["fieldId"])).to_pylist(),
-                                  source_map[f["name"]], mismatches, limit, per_segment=True)
+                                  want, mismatches, limit, per_segment=True)
     matched = sum(1 for k in pks if k in source_map["__keys__"])
     return checked, matched
+
+
+def merged(mode, pks, existing, src, keys):
+    """{pk: the value the reference's `mode` gives}: the segment's existing values (None: the field had no
+    data yet) merged with the source's (src: key -> value, keys: every source key)."""
+    out = {}
+    for i, k in enumerate(pks):
+        old = existing[i] if existing is not None else None
+        if mode == "replace":
+            out[k] = src.get(k)
+        elif mode == "coalesce":
+            out[k] = old if old is not None else src.get(k)
+        elif mode == "overwrite":
+            out[k] = src.get(k) if k in keys else old
+        else:
+            raise SystemExit(f"unknown mode {mode!r}")
+    return out
+
+
+def provenance_errors(mode, entry, exp, fields, source_map):
+    """The result's usedSourceByField / usedDataFileByField of one segment against the reference's counts."""
+    if mode == "replace":
+        return [] if not entry.get("usedSourceByField") else [f"segment {exp['segmentId']}: replace has provenance"]
+    errs, keys = [], source_map["__keys__"]
+    for f in fields:
+        old = exp.get("existing", {}).get(f["name"]) or [None] * len(exp["pks"])
+        src = source_map[f["name"]]
+        if mode == "coalesce":
+            kept = sum(1 for v in old if v is not None)
+            filled = sum(1 for k, v in zip(exp["pks"], old) if v is None and src.get(k) is not None)
+        else:
+            filled = sum(1 for k in exp["pks"] if k in keys)
+            kept = len(exp["pks"]) - filled
+        got = (entry.get("usedSourceByField", {}).get(f["name"]), entry.get("usedDataFileByField", {}).get(f["name"]))
+        if got != (kept, filled):
+            errs.append(f"segment {exp['segmentId']} field {f['name']}: (usedSourceByField, usedDataFileByField) = "
+                        f"{got}, the reference counts {(kept, filled)}")
+    return errs
 
 
 def main():
@@ -488,9 +532,13 @@ def main():
                     errs.append(f"segment {key}: sourceVersion {sv} != the current manifest version {cur} "
                                 f"(snapshot ver {exp['snapshotVersion']}); Milvus refuses such an entry. Ops are "
                                 f"applied to the current manifest: leave sourceVersion out (or 0)")
+    source_map = load_source(args.source or expected["source"], expected)
+    if not errs:
+        for key, entry in sorted(result["segments"].items()):
+            errs += provenance_errors(expected.get("mode", "replace"), entry, exp_segs[key], expected["newFields"],
+                                      source_map)
     exit_on_violations(log, summary, errs, committed=0)
 
-    source_map = load_source(args.source or expected["source"], expected)
     rounds = 2 if args.retry else 1
     mismatches, seg_reports = [], []
     for rnd in range(rounds):

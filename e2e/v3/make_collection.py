@@ -85,6 +85,34 @@ COLLECTIONS = [
     },
 ]
 
+# A re-backfill: `score` (103) was backfilled before into some segments (its own column group, as a
+# committed backfill leaves it, values with nulls); this run's spec.mode is coalesce, so existing
+# non-null values win and nulls are filled from the source. Committed with v3Commit: manifest only
+# (the PyPI wheel's transaction has no drop-column, which an ops `replace` of an existing column needs).
+REBACKFILL = {
+    "key": "c", "id": 4001, "name": "v3_rebackfill", "snapshotId": 462324574599774401, "schemaVersion": 5,
+    "mode": "coalesce",
+    "pk": {"fieldID": 100, "name": "pk", "data_type": INT64},
+    "fields": [
+        {"fieldID": 100, "name": "pk", "is_primary_key": True, "data_type": INT64},
+        {"fieldID": 101, "name": "price", "data_type": DOUBLE, "nullable": True},
+        {"fieldID": 102, "name": "vec", "data_type": BINARY_VECTOR,
+         "type_params": [{"key": "dim", "value": "128"}]},
+    ],
+    "newFields": [
+        {"fieldID": 103, "name": "score", "data_type": DOUBLE, "nullable": True},
+    ],
+    "segments": [
+        (4002, 4003, [900, 600], False),
+        (4002, 4004, [700], True),
+        (4002, 4005, [400, 400], False),
+    ],
+    # segment -> fraction of null values in its earlier backfill of `score`
+    "priorBackfill": {4003: 0.4, 4005: 0.0},
+    "laterVersionSegment": None,
+    "vectorGroup": "102",
+}
+
 SYSTEM_FIELDS = [
     {"name": "RowID", "description": "row id", "data_type": INT64},
     {"fieldID": 1, "name": "Timestamp", "description": "timestamp", "data_type": INT64},
@@ -297,6 +325,7 @@ def spec_yaml(coll, target, snapshot_path, source_path, v3_commit=None):
         "  source:\n"
         f"    path: {source_path}\n"
         + (f"  output: {{v3Commit: {v3_commit}}}\n" if v3_commit else "")
+        + (f"  mode: {coll['mode']}\n" if coll.get("mode") else "")
         + ("  columnMapping:\n" + "".join(f"    {s}: {t}\n" for s, t in coll["columnMapping"].items())
            if coll.get("columnMapping") else "")
     )
@@ -330,6 +359,9 @@ def build(coll, target, work, rng, lib, v3_commit=None):
         back_pks = back.column(0).to_pylist()
         if back_pks != pks:
             raise SystemExit(f"segment {seg}: the official reader returned other PKs than written")
+        existing = prior_backfill(lib, target, coll, seg, base, rows, rng)
+        if existing is not None:
+            snap_ver, manifest = loon.manifest_at(lib, props, base)
         latest = snap_ver
         if seg == coll["laterVersionSegment"]:
             # a later manifest version (as an index/stats publication would make) that the snapshot
@@ -345,6 +377,7 @@ def build(coll, target, work, rng, lib, v3_commit=None):
             "snapshotVersion": snap_ver, "latestVersionAtSetup": latest, "rows": rows,
             "group0Files": [[os.path.basename(f["path"]), f["start_index"], f["end_index"]] for f in g0["files"]],
             "pks": back_pks,
+            **({"existing": existing} if existing is not None else {}),
         })
         print(f"  segment {seg}: partition {part}, {rows} rows in {len(commits)} file(s), snapshot ver {snap_ver}"
               + (f", latest {latest}" if latest != snap_ver else ""), file=sys.stderr)
@@ -352,6 +385,21 @@ def build(coll, target, work, rng, lib, v3_commit=None):
     parts = sorted({p for p, _s, _c, _b in coll["segments"]})
     return write_collection_files(coll, target, work, rng, snapshot_json(coll, parts, [], entries), pks_all, parts,
                                   {"v3Commit": v3_commit or "ops"}, expected_segments, v3_commit)
+
+
+def prior_backfill(lib, target, coll, seg, base, rows, rng):
+    """An earlier backfill of the new fields into `seg` (if the collection says so): one new column group
+    per field, written and committed by the official writer. Returns {field name: values in row order}."""
+    nulls = coll.get("priorBackfill", {}).get(seg)
+    if nulls is None:
+        return None
+    out = {}
+    for f in coll["newFields"]:
+        vals = [None if rng.random() < nulls else rng.uniform(-10.0, 10.0) for _ in range(rows)]
+        t = pa.table([pa.array(vals, pa.float64())], schema=pa.schema([arrow_field(f["fieldID"], pa.float64(), True)]))
+        loon.write_table(lib, target.fs_props, base, t, new_groups=True)
+        out[f["name"]] = vals
+    return out
 
 
 def write_collection_files(coll, target, work, rng, snap, pks_all, parts, extra, expected_segments, v3_commit=None):
@@ -376,7 +424,7 @@ def write_collection_files(coll, target, work, rng, snap, pks_all, parts, extra,
                        "nullable": bool(f.get("nullable")), "typeParams": f.get("type_params", [])}
                       for f in coll["newFields"]],
         "snapshot": snap_loc, "source": src_path, "spec": spec_path, "storage": target.storage,
-        "columnMapping": coll.get("columnMapping"),
+        "columnMapping": coll.get("columnMapping"), "mode": coll.get("mode", "coalesce"),
         **extra, "segments": expected_segments,
     }
     exp_path = os.path.join(work, f"expected-{coll['name']}.json")
@@ -417,7 +465,9 @@ def main():
     rng = random.Random(args.seed)
     with open(os.path.join(args.work, "storage.json"), "w") as fh:
         json.dump(target.storage, fh)
-    out = [build(c, target, args.work, rng, lib, args.v3_commit) for c in COLLECTIONS]
+    # The re-backfill needs a replace of an existing column: only the manifest commit can apply it here.
+    colls = COLLECTIONS + ([REBACKFILL] if args.v3_commit == "manifest" else [])
+    out = [build(c, target, args.work, rng, lib, args.v3_commit) for c in colls]
     print(json.dumps({"storage": target.storage, "expected": out}))
 
 
