@@ -99,6 +99,7 @@ pub const MAX_MESSAGE_BYTES: usize = 1024;
     validation = Rule::new("has(self.segmentsPerJob) == has(oldSelf.segmentsPerJob) && (!has(self.segmentsPerJob) || self.segmentsPerJob == oldSelf.segmentsPerJob)").message("spec.segmentsPerJob is immutable: it defines the tasks of the plan").reason(Reason::FieldValueForbidden),
     validation = Rule::new("has(self.batchSize) == has(oldSelf.batchSize) && (!has(self.batchSize) || self.batchSize == oldSelf.batchSize)").message("spec.batchSize is immutable: it is frozen into the plan").reason(Reason::FieldValueForbidden),
     validation = Rule::new("has(self.columnMapping) == has(oldSelf.columnMapping) && (!has(self.columnMapping) || self.columnMapping == oldSelf.columnMapping)").message("spec.columnMapping is immutable: it is frozen into the plan").reason(Reason::FieldValueForbidden),
+    validation = Rule::new("has(self.runId) == has(oldSelf.runId) && (!has(self.runId) || self.runId == oldSelf.runId)").message("spec.runId is immutable: it names the planned run").reason(Reason::FieldValueForbidden),
     validation = Rule::new("has(self.mode) == has(oldSelf.mode) && (!has(self.mode) || self.mode == oldSelf.mode)").message("spec.mode is immutable: it is frozen into the plan").reason(Reason::FieldValueForbidden),
     validation = Rule::new("!has(self.parallelism) || self.parallelism >= 1").message("spec.parallelism must be >= 1").field_path(".parallelism"),
     validation = Rule::new("!has(self.batchSize) || self.batchSize >= 1").message("spec.batchSize must be >= 1").field_path(".batchSize"),

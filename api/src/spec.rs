@@ -43,6 +43,12 @@ pub struct EngineSpec {
     /// three write the same rows.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mode: Option<crate::plan::Mode>,
+    /// The run's ID, as the reference's `jobId` (default: a fresh one per run). Its files live under
+    /// `{rootPath}/backfill/{collectionId}/{runId}/`; an ID whose run left files there is refused
+    /// before anything is written, so one ID never names two runs. Lowercase letters, digits and
+    /// `-`, at most 40 characters, starting and ending with a letter or digit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run_id: Option<String>,
     /// Rows per write batch (Parquet row groups are multiples of it). Default 1024.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub batch_size: Option<u32>,
@@ -316,6 +322,15 @@ fn mapping_problems(m: &std::collections::BTreeMap<String, String>) -> Vec<Strin
     problems
 }
 
+/// A run ID users may choose: safe in bucket keys, Job names and label values.
+pub fn valid_run_id(id: &str) -> bool {
+    let ok_char = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit();
+    (1..=40).contains(&id.len())
+        && id.chars().all(|c| ok_char(c) || c == '-')
+        && id.starts_with(ok_char)
+        && id.ends_with(ok_char)
+}
+
 pub fn validate(spec: &EngineSpec) -> Result<(), Vec<String>> {
     let mut problems = Vec::new();
     let mut need = |ok: bool, msg: &str| {
@@ -348,6 +363,10 @@ pub fn validate(spec: &EngineSpec) -> Result<(), Vec<String>> {
     need(!spec.source.path.trim().is_empty(), "spec.source.path is empty");
     need(spec.batch_size().is_some(), "spec.batchSize must be > 0");
     need(spec.parallelism != Some(0), "spec.parallelism must be > 0");
+    need(
+        spec.run_id.as_deref().is_none_or(valid_run_id),
+        "spec.runId must be 1-40 lowercase letters, digits or '-', starting and ending with a letter or digit (it names keys, Jobs and labels)",
+    );
     need(spec.memory_mib != Some(0), "spec.memoryMiB must be > 0");
     need(
         spec.primary_key_field_id.is_none_or(|f| f >= 100),
@@ -380,6 +399,16 @@ mod tests {
         "storage": {"endpoint": "127.0.0.1:9000", "bucket": "b"},
         "source": {"path": "s3://data/x.parquet"}
     }"#;
+
+    #[test]
+    fn run_ids_are_safe_names() {
+        for ok in ["a", "nightly-42", "0", &"x".repeat(40)] {
+            assert!(valid_run_id(ok), "{ok}");
+        }
+        for bad in ["", "-a", "a-", "A", "a_b", "a/b", "a.b", &"x".repeat(41)] {
+            assert!(!valid_run_id(bad), "{bad}");
+        }
+    }
 
     #[test]
     fn a_column_mapping_is_checked_on_its_own_first() {

@@ -124,6 +124,7 @@ check "CEL: milvus is immutable" bash -c "! kubectl -n $NS patch bf cel --type=m
 check "CEL: output cannot be added" bash -c "! kubectl -n $NS patch bf cel --type=merge -p '{\"spec\":{\"output\":{\"path\":\"s3://b/o\"}}}'"
 check "CEL: columnMapping cannot be added" bash -c "! kubectl -n $NS patch bf cel --type=merge -p '{\"spec\":{\"columnMapping\":{\"k\":\"id\",\"s\":\"score\"}}}'"
 check "CEL: mode cannot be added" bash -c "! kubectl -n $NS patch bf cel --type=merge -p '{\"spec\":{\"mode\":\"overwrite\"}}'"
+check "CEL: runId cannot be added" bash -c "! kubectl -n $NS patch bf cel --type=merge -p '{\"spec\":{\"runId\":\"r1\"}}'"
 check "CEL: parallelism >= 1" bash -c "! kubectl -n $NS patch bf cel --type=merge -p '{\"spec\":{\"parallelism\":0}}'"
 check "CEL: parallelism and suspend are mutable" kubectl -n "$NS" patch bf cel --type=merge -p '{"spec":{"parallelism":5,"suspend":false}}'
 bf typo '  paralelism: 2' >"$STATE/run/typo.yaml"

@@ -159,6 +159,7 @@ fn cel_rules_guard_the_plan_defining_fields() {
         "batchSize",
         "columnMapping",
         "mode",
+        "runId",
     ] {
         assert!(
             rules.iter().any(|r| r.contains(&format!("oldSelf.{f}"))),
@@ -277,6 +278,8 @@ mod cel {
             ("", "  mode: overwrite\n"),
             ("  mode: replace\n", "  mode: coalesce\n"),
             ("  mode: replace\n", ""),
+            ("", "  runId: nightly-1\n"),
+            ("  runId: nightly-1\n", "  runId: nightly-2\n"),
         ] {
             assert!(update(old, new).is_err(), "{old:?} -> {new:?} accepted");
         }

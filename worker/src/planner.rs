@@ -69,6 +69,38 @@ pub async fn plan(doc: &BackfillDoc, token: &MilvusToken) -> Result<Planned> {
 
 /// Plans with the given credentials (a controller reads them from the Backfill's Secrets).
 pub async fn plan_with(doc: &BackfillDoc, token: &MilvusToken, creds: &StoreCredentials) -> Result<Planned> {
+    let planned = plan_spec(doc, token, creds).await?;
+    if doc.spec.run_id.is_some() {
+        check_run_id_unused(&planned).await?;
+    }
+    Ok(planned)
+}
+
+/// A run ID the user chose names one run only (the reference's job-ID check): nothing may be
+/// under its prefix yet. Generated IDs are fresh.
+async fn check_run_id_unused(planned: &Planned) -> Result<()> {
+    let layout = milvus_backfill_api::layout::RunLayout::of_plan(&planned.plan);
+    let prefix = format!("{}/", layout.prefix());
+    let storage = &planned.stores.storage;
+    let found = storage
+        .list(&prefix)
+        .await
+        .map_err(|e| BackfillError::connection(format!("cannot list {}: {e}", storage.display(&prefix))))?;
+    let Some(first) = found.first() else {
+        return Ok(());
+    };
+    let done = found.iter().any(|o| o.key == layout.result_key());
+    Err(BackfillError::config(format!(
+        "spec.runId {:?} was used before: {} holds {} object(s) of that run ({}{}); a run ID names one run, so choose another spec.runId or leave it out",
+        planned.plan.run_id,
+        storage.display(&prefix),
+        found.len(),
+        storage.display(&first.key),
+        if done { ", and its result.json" } else { "" }
+    )))
+}
+
+async fn plan_spec(doc: &BackfillDoc, token: &MilvusToken, creds: &StoreCredentials) -> Result<Planned> {
     let spec = &doc.spec;
     if let Some(path) = spec.snapshot_path() {
         return crate::snapshot_planner::plan(doc, path, creds).await;
@@ -206,7 +238,7 @@ pub(crate) struct Learned {
 /// place every planner (live V1, live V2/V3, snapshot) builds a [`Plan`].
 pub(crate) fn assemble(spec: &EngineSpec, at: RunLocations, l: Learned) -> Result<Plan> {
     Ok(Plan {
-        run_id: plan::new_run_id(),
+        run_id: spec.run_id.clone().unwrap_or_else(plan::new_run_id),
         database: spec.milvus.database().to_owned(),
         collection_name: l.collection_name,
         collection_id: l.collection_id,

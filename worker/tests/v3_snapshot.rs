@@ -873,3 +873,43 @@ fn rewrite_as_price(path: &Path, pks: &[Value], values: HashMap<String, Option<f
     w.close().unwrap();
     want
 }
+
+/// A run ID the user chose names one run: a second run with it is refused before it writes.
+#[tokio::test]
+async fn a_run_id_used_before_is_refused_before_anything_is_written() {
+    let segment = 1003;
+    let bed = Bed::new();
+    let seg = bed.segment(segment);
+    let pks = seg["pks"].as_array().unwrap().clone();
+    let source = bed.root.join("source.parquet");
+    write_source(&source, &pks, DataType::Float64);
+    let mut doc = bed.doc(
+        &bed.snapshot(segment, seg["manifestVersion"].as_i64().unwrap(), 5),
+        &source,
+    );
+    doc.spec.run_id = Some("nightly-42".into());
+    // As `run` does: plan, write, store the result.
+    let planned = planner::plan_with(&doc, &MilvusToken::default(), &StoreCredentials::default())
+        .await
+        .unwrap();
+    let first = runner::run_plan(&planned.plan, &planned.stores, &Progress::new(1, true)).await;
+    assert!(first.success, "{}", first.summary());
+    assert_eq!(first.run_id, "nightly-42");
+    runner::store_result(&planned.plan, &planned.stores.storage, &first)
+        .await
+        .unwrap();
+    let after_first = bed.data_files(segment);
+    let e = plan_and_run(&doc).await.unwrap_err();
+    assert_eq!(e.kind, ErrorKind::ConfigError);
+    assert!(
+        e.message.contains("spec.runId \"nightly-42\" was used before")
+            && e.message.contains("and its result.json")
+            && e.message.contains("choose another spec.runId or leave it out"),
+        "{}",
+        e.message
+    );
+    assert_eq!(bed.data_files(segment), after_first, "nothing written");
+    doc.spec.run_id = Some("Bad_ID".into());
+    let e = milvus_backfill::config::validate(&doc.spec).unwrap_err();
+    assert!(e.message.contains("spec.runId must be"), "{}", e.message);
+}
