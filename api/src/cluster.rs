@@ -143,6 +143,22 @@ pub struct BackfillSpec {
 }
 
 impl BackfillSpec {
+    /// The spec fields only the operator reads (`worker`, `retry`, ...), as camelCase names:
+    /// the cluster spec's properties that the engine's spec lacks.
+    pub fn operator_only_fields() -> Vec<String> {
+        let props = |s: schemars::Schema| -> Vec<String> {
+            s.get("properties")
+                .and_then(|p| p.as_object())
+                .map(|o| o.keys().cloned().collect())
+                .unwrap_or_default()
+        };
+        let engine = props(schemars::schema_for!(crate::spec::EngineSpec));
+        props(schemars::schema_for!(BackfillSpec))
+            .into_iter()
+            .filter(|k| !engine.contains(k))
+            .collect()
+    }
+
     /// `segmentsPerJob`, or `planned` segments split evenly over `parallelism` Jobs.
     pub fn segments_per_job(&self, planned: usize) -> u32 {
         match self.segments_per_job {

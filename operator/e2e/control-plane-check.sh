@@ -135,6 +135,9 @@ bf goodmode '  mode: overwrite
 check "a known spec.mode is accepted" kubectl apply --server-side -f "$STATE/run/goodmode.yaml"
 kubectl -n "$NS" delete bf goodmode >/dev/null
 check "unknown fields are rejected" bash -c "! kubectl apply --server-side -f $STATE/run/typo.yaml"
+kubectl get ns milvus >/dev/null 2>&1 || kubectl create ns milvus >/dev/null
+check "the examples pass a server-side dry run" kubectl apply --server-side --dry-run=server \
+  -f "$ROOT/examples/secrets.yaml" -f "$ROOT/examples/backfill-v1-export.yaml" -f "$ROOT/examples/backfill-v3-snapshot-commit.yaml"
 kubectl -n "$NS" delete bf cel >/dev/null
 
 echo "== operator"

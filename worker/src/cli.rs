@@ -149,8 +149,17 @@ async fn dispatch(cli: Cli) -> Result<i32> {
     }
 }
 
+/// The Backfill of `file`, its notes (skipped documents, operator-only fields) logged.
+fn load_doc(file: &Path) -> Result<BackfillDoc> {
+    let (doc, notes) = BackfillDoc::load_noting(file)?;
+    for n in notes {
+        tracing::info!("{}: {n}", file.display());
+    }
+    Ok(doc)
+}
+
 async fn add_fields_command(file: &Path, max_length: u32) -> Result<i32> {
-    let doc = BackfillDoc::load(file)?;
+    let doc = load_doc(file)?;
     for a in crate::add_fields::add_fields(&doc, &MilvusToken::from_env(), max_length).await? {
         match a {
             crate::add_fields::Added::New(f) => {
@@ -167,7 +176,7 @@ async fn add_fields_command(file: &Path, max_length: u32) -> Result<i32> {
 }
 
 async fn plan_command(file: &Path, output: Output, segments_per_task: u32) -> Result<i32> {
-    let doc = BackfillDoc::load(file)?;
+    let doc = load_doc(file)?;
     let planned = planner::plan(&doc, &MilvusToken::from_env()).await?;
     let p = &planned.plan;
     match output {
@@ -185,7 +194,7 @@ async fn plan_command(file: &Path, output: Output, segments_per_task: u32) -> Re
 }
 
 async fn run_command(file: &Path, result: Option<&Path>, verbose: bool) -> Result<i32> {
-    let doc = BackfillDoc::load(file)?;
+    let doc = load_doc(file)?;
     let planned = planner::plan(&doc, &MilvusToken::from_env()).await?;
     let p = &planned.plan;
     for w in &p.warnings {

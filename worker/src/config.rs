@@ -8,6 +8,7 @@
 use std::fmt;
 use std::path::Path;
 
+use milvus_backfill_api::cluster::BackfillSpec;
 use milvus_backfill_api::invocation::env;
 use milvus_backfill_api::spec::EngineSpec;
 use milvus_backfill_api::{API_VERSION, KIND};
@@ -41,14 +42,30 @@ struct Metadata {
 
 impl BackfillDoc {
     pub fn load(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| BackfillError::config(format!("cannot read {}: {e}", path.display())))?;
-        Self::parse(&text).map_err(|e| BackfillError::config(format!("{}: {}", path.display(), e.message)))
+        Self::load_noting(path).map(|(doc, _notes)| doc)
+    }
+
+    /// The document at `path` (`-`: standard input), with notes on what was left aside: other
+    /// documents of the file and the operator's fields of a cluster manifest.
+    pub fn load_noting(path: &Path) -> Result<(Self, Vec<String>)> {
+        let text = if path == Path::new("-") {
+            std::io::read_to_string(std::io::stdin())
+                .map_err(|e| BackfillError::config(format!("cannot read the Backfill from standard input: {e}")))?
+        } else {
+            std::fs::read_to_string(path)
+                .map_err(|e| BackfillError::config(format!("cannot read {}: {e}", path.display())))?
+        };
+        Self::parse_noting(&text).map_err(|e| BackfillError::config(format!("{}: {}", path.display(), e.message)))
     }
 
     pub fn parse(text: &str) -> Result<Self> {
-        let value: serde_yaml::Value =
-            serde_yaml::from_str(text).map_err(|e| BackfillError::config(format!("not valid YAML: {e}")))?;
+        Self::parse_noting(text).map(|(doc, _notes)| doc)
+    }
+
+    /// Parses a Backfill resource (what `kubectl apply` takes, cluster-only fields included) or
+    /// its bare `spec`, from a file of one or more YAML documents.
+    pub fn parse_noting(text: &str) -> Result<(Self, Vec<String>)> {
+        let (value, mut notes) = pick_document(text)?;
         let is_resource = value.get("spec").is_some();
         let (name, spec_value) = if is_resource {
             let r: Resource = serde_yaml::from_value(value)
@@ -65,11 +82,83 @@ impl BackfillDoc {
         } else {
             ("backfill".to_owned(), value)
         };
+        // A cluster manifest also holds the operator's fields: they are type-checked, then set
+        // aside with a note; the engine's spec is read strictly (a typo is refused).
+        let (engine_value, operator_only) = split_operator_fields(spec_value.clone());
         let spec: EngineSpec =
-            serde_yaml::from_value(spec_value).map_err(|e| BackfillError::config(format!("spec: {e}")))?;
+            serde_yaml::from_value(engine_value).map_err(|e| BackfillError::config(format!("spec: {e}")))?;
+        if !operator_only.is_empty() {
+            serde_yaml::from_value::<BackfillSpec>(spec_value)
+                .map_err(|e| BackfillError::config(format!("spec: {e}")))?;
+            notes.push(format!(
+                "{} only the operator uses: a local run ignores them",
+                operator_only
+                    .iter()
+                    .map(|f| format!("spec.{f}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ));
+        }
         validate(&spec)?;
-        Ok(Self { name, spec })
+        Ok((Self { name, spec }, notes))
     }
+}
+
+/// The one Backfill of a (multi-document) YAML file: the document of `kind: Backfill`, or the
+/// only document; notes name the documents skipped.
+fn pick_document(text: &str) -> Result<(serde_yaml::Value, Vec<String>)> {
+    let mut docs = Vec::new();
+    for d in serde_yaml::Deserializer::from_str(text) {
+        let v = serde_yaml::Value::deserialize(d).map_err(|e| BackfillError::config(format!("not valid YAML: {e}")))?;
+        if !v.is_null() {
+            docs.push(v);
+        }
+    }
+    let kind_of = |v: &serde_yaml::Value| v.get("kind").and_then(|k| k.as_str()).map(str::to_owned);
+    let backfills: Vec<usize> = (0..docs.len())
+        .filter(|&i| kind_of(&docs[i]).as_deref() == Some(KIND))
+        .collect();
+    let chosen = match (backfills.as_slice(), docs.len()) {
+        ([one], _) => *one,
+        ([], 1) => 0,
+        ([], 0) => return Err(BackfillError::config("the file holds no YAML document")),
+        ([], n) => {
+            return Err(BackfillError::config(format!(
+                "the file holds {n} documents and none of kind {KIND}"
+            )))
+        }
+        (many, _) => {
+            return Err(BackfillError::config(format!(
+                "the file holds {} Backfill documents (documents {}): keep one per file",
+                many.len(),
+                many.iter().map(|i| (i + 1).to_string()).collect::<Vec<_>>().join(", ")
+            )))
+        }
+    };
+    let notes = (0..docs.len())
+        .filter(|&i| i != chosen)
+        .map(|i| {
+            format!(
+                "document {} (kind {}) skipped: only the Backfill is read",
+                i + 1,
+                kind_of(&docs[i]).unwrap_or_else(|| "unknown".into())
+            )
+        })
+        .collect();
+    Ok((docs.swap_remove(chosen), notes))
+}
+
+/// The spec without the operator's fields, and the names of those it had.
+fn split_operator_fields(mut spec: serde_yaml::Value) -> (serde_yaml::Value, Vec<String>) {
+    let mut found = Vec::new();
+    if let Some(map) = spec.as_mapping_mut() {
+        for f in BackfillSpec::operator_only_fields() {
+            if map.remove(f.as_str()).is_some() {
+                found.push(f);
+            }
+        }
+    }
+    (spec, found)
 }
 
 /// Checks that need no network ([`milvus_backfill_api::spec::validate`]), as one config error.
@@ -175,6 +264,45 @@ spec:
             .contains("kind is Job"));
         let typo = DOC.replace("batchSize", "batchsize");
         assert!(BackfillDoc::parse(&typo).unwrap_err().message.contains("batchsize"));
+    }
+
+    #[test]
+    fn the_cluster_manifest_is_read_and_its_operator_fields_noted() {
+        let cluster = DOC.replace(
+            "batchSize: 10",
+            "batchSize: 10\n  retry: {maxAttempts: 3}\n  worker: {image: x}\n  suspend: false",
+        );
+        let (d, notes) = BackfillDoc::parse_noting(&cluster).unwrap();
+        assert_eq!(d.spec.batch_size().map(|b| b.rows()), Some(10));
+        assert_eq!(
+            notes,
+            vec!["spec.retry, spec.suspend, spec.worker only the operator uses: a local run ignores them"]
+        );
+        // An operator field of the wrong shape, or a typo, is still refused.
+        let e = BackfillDoc::parse(&DOC.replace("batchSize: 10", "retry: 3")).unwrap_err();
+        assert!(e.message.contains("spec:"), "{}", e.message);
+        assert!(BackfillDoc::parse(&DOC.replace("batchSize: 10", "retyr: {}")).is_err());
+    }
+
+    #[test]
+    fn a_multi_document_file_gives_its_backfill() {
+        let secret = "apiVersion: v1\nkind: Secret\nmetadata: {name: s}\nstringData: {accesskey: a}\n";
+        let (d, notes) = BackfillDoc::parse_noting(&format!("{secret}---\n{DOC}\n---\n")).unwrap();
+        assert_eq!(d.name, "add-title");
+        assert_eq!(
+            notes,
+            vec!["document 1 (kind Secret) skipped: only the Backfill is read"]
+        );
+        let two = format!("{DOC}\n---\n{DOC}");
+        assert!(BackfillDoc::parse(&two)
+            .unwrap_err()
+            .message
+            .contains("2 Backfill documents (documents 1, 2): keep one per file"));
+        assert!(BackfillDoc::parse(&format!("{secret}---\n{secret}"))
+            .unwrap_err()
+            .message
+            .contains("none of kind Backfill"));
+        assert!(BackfillDoc::parse("").unwrap_err().message.contains("no YAML document"));
     }
 
     #[test]

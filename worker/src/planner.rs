@@ -76,16 +76,19 @@ pub async fn plan_with(doc: &BackfillDoc, token: &MilvusToken, creds: &StoreCred
     Ok(planned)
 }
 
-/// A run ID the user chose names one run only (the reference's job-ID check): nothing may be
-/// under its prefix yet. Generated IDs are fresh.
+/// A run ID the user chose names one run only (the reference's job-ID check): nothing but its
+/// plan may be under its prefix yet. Generated IDs are fresh.
 async fn check_run_id_unused(planned: &Planned) -> Result<()> {
     let layout = milvus_backfill_api::layout::RunLayout::of_plan(&planned.plan);
     let prefix = format!("{}/", layout.prefix());
     let storage = &planned.stores.storage;
-    let found = storage
+    let mut found = storage
         .list(&prefix)
         .await
         .map_err(|e| BackfillError::connection(format!("cannot list {}: {e}", storage.display(&prefix))))?;
+    // A plan alone means nothing ran (the operator stored it, then could not record it): the
+    // run may be planned again under its ID.
+    found.retain(|o| o.key != layout.plan_key());
     let Some(first) = found.first() else {
         return Ok(());
     };

@@ -909,6 +909,17 @@ async fn a_run_id_used_before_is_refused_before_anything_is_written() {
         e.message
     );
     assert_eq!(bed.data_files(segment), after_first, "nothing written");
+    // A plan alone (stored, then the run never started) does not use the ID up.
+    doc.spec.run_id = Some("planned-only".into());
+    let planned = planner::plan_with(&doc, &MilvusToken::default(), &StoreCredentials::default())
+        .await
+        .unwrap();
+    let plan_key = milvus_backfill_api::layout::RunLayout::of_plan(&planned.plan).plan_key();
+    let plan_json = serde_json::to_vec(&planned.plan).unwrap();
+    planned.stores.storage.put(&plan_key, plan_json.into()).await.unwrap();
+    planner::plan_with(&doc, &MilvusToken::default(), &StoreCredentials::default())
+        .await
+        .expect("planned again");
     doc.spec.run_id = Some("Bad_ID".into());
     let e = milvus_backfill::config::validate(&doc.spec).unwrap_err();
     assert!(e.message.contains("spec.runId must be"), "{}", e.message);
