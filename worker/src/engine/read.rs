@@ -25,16 +25,10 @@ pub(super) async fn segment_keys(storage: &Store, plan: &TaskPlan, seg: &Segment
 /// Reads the PK binlogs in row order and checks that they hold exactly the rows Milvus reports.
 async fn v1_keys(storage: &Store, plan: &TaskPlan, seg: &SegmentPlan, num_rows: u32) -> Result<Vec<ArrayRef>> {
     let mut files = futures_util::stream::iter(seg.pk_binlogs.iter().map(|b| async move {
-        let data = storage.get(&b.key).await.map_err(|e| match e {
-            StoreError::NotFound(_) => BackfillError::segment(
-                seg.segment_id,
-                format!(
-                    "binlog {} is gone (compacted or garbage-collected since planning?); plan again",
-                    storage.display(&b.key)
-                ),
-            ),
-            e => BackfillError::connection(e.to_string()).with_segment(seg.segment_id),
-        })?;
+        let data = fetch(storage, seg, &b.key, |file| {
+            format!("binlog {file} is gone (compacted or garbage-collected since planning?); plan again")
+        })
+        .await?;
         // Decoding is CPU work; keep it off the IO threads.
         let key = b.key.clone();
         tokio::task::spawn_blocking(move || binlog::read_values(data).map(|v| (key, v)))
@@ -80,17 +74,13 @@ async fn v3_keys(
 ) -> Result<Vec<ArrayRef>> {
     let field_id = plan.pk_field.field_id;
     let mut files = futures_util::stream::iter(v3.pk_files.iter().map(|f| async move {
-        let data = storage.get(&f.key).await.map_err(|e| match e {
-            StoreError::NotFound(_) => BackfillError::segment(
-                seg.segment_id,
-                format!(
-                    "data file {} of manifest version {} is gone (compacted or garbage-collected since the snapshot?)",
-                    storage.display(&f.key),
-                    v3.manifest_version
-                ),
-            ),
-            e => BackfillError::connection(e.to_string()).with_segment(seg.segment_id),
-        })?;
+        let data = fetch(storage, seg, &f.key, |file| {
+            format!(
+                "data file {file} of manifest version {} is gone (compacted or garbage-collected since the snapshot?)",
+                v3.manifest_version
+            )
+        })
+        .await?;
         let (start, end) = (f.start_index, f.end_index);
         // Decoding is CPU work; keep it off the IO threads.
         tokio::task::spawn_blocking(move || v3_keys::read_range(data, field_id, start, end))
@@ -134,6 +124,19 @@ async fn v2_keys(storage: &Store, plan: &TaskPlan, seg: &SegmentPlan, num_rows: 
         pk_files: files,
     };
     v3_keys(storage, plan, seg, &as_v3, num_rows).await
+}
+
+/// A planned file's bytes; a file gone since planning fails the segment with `gone(file)`.
+async fn fetch(
+    storage: &Store,
+    seg: &SegmentPlan,
+    key: &str,
+    gone: impl FnOnce(String) -> String,
+) -> Result<bytes::Bytes> {
+    storage.get(key).await.map_err(|e| match e {
+        StoreError::NotFound(_) => BackfillError::segment(seg.segment_id, gone(storage.display(key))),
+        e => BackfillError::connection(e.to_string()).with_segment(seg.segment_id),
+    })
 }
 
 /// Keys must be non-null and of the collection's primary key type before any index takes them.
@@ -199,16 +202,10 @@ pub(super) async fn existing_values(
 async fn existing_column(storage: &Store, seg: &SegmentPlan, col: &ExistingColumn) -> Result<Vec<ArrayRef>> {
     let field_id = col.field_id;
     let mut files = futures_util::stream::iter(col.files.iter().map(|f| async move {
-        let data = storage.get(&f.key).await.map_err(|e| match e {
-            StoreError::NotFound(_) => BackfillError::segment(
-                seg.segment_id,
-                format!(
-                    "data file {} of field {field_id} is gone (compacted since planning?); plan again",
-                    storage.display(&f.key)
-                ),
-            ),
-            e => BackfillError::connection(e.to_string()).with_segment(seg.segment_id),
-        })?;
+        let data = fetch(storage, seg, &f.key, |file| {
+            format!("data file {file} of field {field_id} is gone (compacted since planning?); plan again")
+        })
+        .await?;
         let (start, end) = (f.start_index, f.end_index);
         tokio::task::spawn_blocking(move || v3_keys::read_column(data, field_id, start, end))
             .await
