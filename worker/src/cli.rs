@@ -373,22 +373,19 @@ fn output_kind(p: &Plan, seg: &crate::plan::SegmentPlan) -> &'static str {
 
 /// The mode, and whether (and where) it reads the fields' existing values.
 fn mode_text(p: &Plan) -> String {
-    let reading = p.segments.iter().filter(|s| !s.existing.is_empty()).count();
-    let what = match p.mode {
-        Mode::Replace => {
-            "matched rows take the source's value, unmatched rows become null; reads no existing values".to_owned()
-        }
-        Mode::Coalesce | Mode::Overwrite => {
-            let rule = if p.mode == Mode::Coalesce {
-                "an existing non-null value wins, else the source's"
-            } else {
-                "matched rows take the source's value, unmatched rows keep theirs"
-            };
-            format!(
-                "{rule}; reads existing values in {reading} of {} segment(s) (the others hold no data for the new fields yet)",
-                p.segments.len()
-            )
-        }
+    let rule = match p.mode {
+        Mode::Replace => "matched rows take the source's value, unmatched rows become null",
+        Mode::Coalesce => "an existing non-null value wins, else the source's",
+        Mode::Overwrite => "matched rows take the source's value, unmatched rows keep theirs",
+    };
+    let what = if p.mode.reads_existing() {
+        let reading = p.segments.iter().filter(|s| !s.existing.is_empty()).count();
+        format!(
+            "{rule}; reads existing values in {reading} of {} segment(s) (the others hold no data for the new fields yet)",
+            p.segments.len()
+        )
+    } else {
+        format!("{rule}; reads no existing values")
     };
     format!("{} ({what})", p.mode.name())
 }

@@ -188,12 +188,12 @@ impl Group<'_> {
         })?;
         let used_source_rows = pairs.iter().map(|&(_, k)| shared.source_rows[k as usize]).collect();
         let (stores, plan) = (self.stores, self.plan);
-        let joined = if plan.mode.reads_existing() && !seg.existing.is_empty() {
-            let existing = read::existing_values(&stores.storage, plan, seg, &shared.fields).await?;
-            joined.with_existing(plan.mode, existing)
+        let existing = if plan.mode.reads_existing() && !seg.existing.is_empty() {
+            read::existing_values(&stores.storage, plan, seg, &shared.fields).await?
         } else {
-            joined.with_existing(plan.mode, vec![None; shared.fields.len()])
+            vec![None; shared.fields.len()]
         };
+        let joined = joined.with_existing(plan.mode, existing);
         let (used_source_by_field, used_data_file_by_field) = by_field(plan, &joined.provenance());
         let joined = Arc::new(joined);
         let written = match (&seg.v3, seg.storage_version) {

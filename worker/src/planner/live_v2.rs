@@ -52,7 +52,7 @@ pub(super) async fn read_segment(
     let groups = groups(&listing, &prefix);
     let pk = coll.pk.field_id;
     // The first file's footer names the group's fields and gives its rows: read once.
-    let mut pk_group = None;
+    let mut pk_binlogs = None;
     let mut existing = Vec::new();
     for (group, files) in &groups {
         let (_, key, size) = &files[0];
@@ -60,39 +60,40 @@ pub(super) async fn read_segment(
             .await
             .map_err(|e| e.message)?;
         let holds: Vec<i64> = read.iter().copied().filter(|f| ids.contains(f)).collect();
-        if !holds.is_empty() {
-            let files = group_files(storage, files, first_rows).await?;
-            check_rows(*group, &files, s)?;
-            existing.extend(holds.into_iter().map(|field_id| {
-                ExistingColumn {
-                    field_id,
-                    files: files
-                        .iter()
-                        .map(|b| V3File {
-                            key: b.key.clone(),
-                            start_index: 0,
-                            end_index: b.rows,
-                        })
-                        .collect(),
-                }
-            }));
+        let is_pk_group = ids.contains(&pk) && pk_binlogs.is_none();
+        if holds.is_empty() && !is_pk_group {
+            continue;
         }
-        if ids.contains(&pk) && pk_group.is_none() {
-            pk_group = Some((*group, files, first_rows));
+        // Each file's rows are read once, whether the group holds the key, a new field or both.
+        let binlogs = group_files(storage, files, first_rows).await?;
+        let total = check_rows(*group, &binlogs, s)?;
+        existing.extend(holds.into_iter().map(|field_id| {
+            ExistingColumn {
+                field_id,
+                files: binlogs
+                    .iter()
+                    .map(|b| V3File {
+                        key: b.key.clone(),
+                        start_index: 0,
+                        end_index: b.rows,
+                    })
+                    .collect(),
+            }
+        }));
+        if is_pk_group {
+            pk_binlogs = Some((binlogs, total));
             if read.is_empty() {
                 break;
             }
         }
     }
-    let Some((group, files, first_rows)) = pk_group else {
+    let Some((binlogs, total)) = pk_binlogs else {
         return Err(format!(
             "no column group under {} holds the primary key field {pk} (groups {:?}): is spec.storage the storage this Milvus uses?",
             storage.display(&prefix),
             groups.keys().collect::<Vec<_>>()
         ));
     };
-    let binlogs = group_files(storage, files, first_rows).await?;
-    let total = check_rows(group, &binlogs, s)?;
     Ok(SegmentPlan {
         segment_id: s.segment_id,
         partition_id: s.partition_id,
