@@ -1,4 +1,5 @@
-//! How the operator starts a worker: the `segment` command line and the environment names.
+//! How the operator starts a worker: the `segment` and `plan-job` command lines and the
+//! environment names.
 //! The worker's argument parser uses these names; a worker test parses [`SegmentInvocation`]
 //! with it, so the two cannot drift.
 
@@ -37,6 +38,8 @@ pub mod env {
 pub mod flags {
     pub const BINARY: &str = "milvus-backfill";
     pub const SEGMENT: &str = "segment";
+    pub const PLAN_JOB: &str = "plan-job";
+    pub const REQUEST: &str = "request";
     pub const TASK: &str = "task";
     pub const ENDPOINT: &str = "endpoint";
     pub const REGION: &str = "region";
@@ -60,6 +63,35 @@ impl SegmentInvocation {
             flags::SEGMENT.to_owned(),
             format!("--{}", flags::TASK),
             self.task.to_string(),
+            format!("--{}", flags::ENDPOINT),
+            self.endpoint.clone(),
+            format!("--{}", flags::REGION),
+            self.region.clone(),
+        ];
+        if self.use_ssl {
+            args.push(format!("--{}", flags::USE_SSL));
+        }
+        args
+    }
+}
+
+/// `milvus-backfill plan-job --request s3://bucket/key --endpoint host:port --region R [--use-ssl]`:
+/// a planning Job. The request is data in the bucket ([`crate::planning::PlanRequest`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PlanJobInvocation {
+    pub request: S3Uri,
+    pub endpoint: String,
+    pub region: String,
+    pub use_ssl: bool,
+}
+
+impl PlanJobInvocation {
+    /// The arguments, without the binary.
+    pub fn args(&self) -> Vec<String> {
+        let mut args = vec![
+            flags::PLAN_JOB.to_owned(),
+            format!("--{}", flags::REQUEST),
+            self.request.to_string(),
             format!("--{}", flags::ENDPOINT),
             self.endpoint.clone(),
             format!("--{}", flags::REGION),

@@ -8,6 +8,7 @@
 //! | [`cluster`] | the `Backfill` resource: `BackfillSpec` (engine + cluster fields), status, conditions |
 //! | [`plan`] | `Plan`, `Task`, `SegmentPlan`, `BatchSize`, ... |
 //! | [`outcome`] | `SegmentOutcome`, `TaskOutcome`, `FailedSegment`, `BackfillResult` |
+//! | [`planning`] | `PlanRequest`, `PlanAnswer`, `PlanningLayout`: planning as a Job |
 //! | [`layout`] | `RunLayout` (every bucket key of a run), `TaskSplit` (plan → tasks) |
 //! | [`stage`] | a routed run's stages: `Stage`, `StageOutput`, and the work of each next task |
 //! | [`invocation`] | the worker's `segment` command line and environment names |
@@ -21,6 +22,7 @@ pub mod layout;
 pub mod outcome;
 pub mod place;
 pub mod plan;
+pub mod planning;
 pub mod spec;
 pub mod stage;
 

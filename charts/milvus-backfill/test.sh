@@ -42,7 +42,9 @@ SCENARIOS=(
 	"replicas-2|--set replicaCount=2"
 	"no-leader-election|--set leaderElection.enabled=false"
 	"monitoring|--set serviceMonitor.enabled=true --set networkPolicy.enabled=true --set serviceMonitor.labels.release=prom"
-	"no-secrets|--set operator.readSecrets=false"
+	"in-process|--set planning.mode=inProcess"
+	"no-secrets|--set planning.mode=inProcess --set operator.readSecrets=false"
+	"operator-storage|--set operator.storageCredentials.existingSecret=ops-s3"
 	"no-crds|--set crds.install=false"
 )
 

@@ -9,6 +9,7 @@ use crate::controller::{self, Config};
 use crate::http::{self, Health};
 use crate::leader::{Elector, LeaseConfig};
 use crate::metrics::Metrics;
+use crate::planning::PlanningMode;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -63,6 +64,13 @@ pub enum Command {
         /// This replica's identity in the Lease [default: POD_NAME, else host name and PID].
         #[arg(long, env = "POD_NAME")]
         identity: Option<String>,
+        /// Where Backfills are planned. `in-process`: in the operator, with the Secrets the
+        /// Backfill names (needs `get` on Secrets). `job`: in a planning Job that gets them
+        /// through `secretKeyRef`; the operator reads no Secret and opens the storage buckets
+        /// with its own credentials (AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, or a cloud
+        /// identity).
+        #[arg(long, env = "PLANNING", value_enum, default_value_t = PlanningMode::InProcess)]
+        planning: PlanningMode,
     },
 }
 
@@ -83,6 +91,7 @@ pub fn main() -> i32 {
             lease_name,
             lease_namespace,
             identity,
+            planning,
         } => {
             milvus_backfill::logging::init(
                 cli.log_format,
@@ -109,6 +118,7 @@ pub fn main() -> i32 {
                 namespaces,
                 concurrency,
                 commit_segment_retries: None,
+                planning,
             };
             let lease = if leader_election {
                 let Some(ns) = lease_namespace.filter(|n| !n.is_empty()) else {

@@ -28,6 +28,7 @@ use tokio::sync::Mutex;
 use crate::crd::{Backfill, BackfillStatus};
 use crate::jobs::{self, labels, BuildError, MANAGER};
 use crate::metrics::Metrics;
+use crate::planning::PlanningMode;
 use crate::state::{self, EventSpec, Observed, RunInput};
 use crate::status::{JobState, JobView, Outcomes};
 use crate::validate::{self, ValidSpec};
@@ -76,6 +77,9 @@ pub struct Config {
     /// Calls per commit attempt for the segments a call left uncommitted; `None`:
     /// [`state::COMMIT_SEGMENT_RETRIES`] (the tests use 0, to skip the waits in between).
     pub commit_segment_retries: Option<u32>,
+    /// In-process (reads the Backfills' Secrets) or by a planning Job (reads none, and opens
+    /// the buckets with the operator's own credentials).
+    pub planning: PlanningMode,
 }
 
 /// What the operator keeps about a run between passes: the plan and the outcomes read so far
@@ -234,8 +238,13 @@ impl Context {
         self.s3_credentials(bf, r.map(|r| r.name.as_str())).await
     }
 
+    /// The Backfill's storage bucket. With planning Jobs the operator reads no Secret: it uses
+    /// its own credentials (the default AWS chain: its environment, or a cloud identity).
     pub(crate) async fn storage(&self, bf: &Backfill) -> Result<Store, Error> {
-        let creds = self.storage_credentials(bf).await?;
+        let creds = match self.config.planning {
+            PlanningMode::InProcess => self.storage_credentials(bf).await?,
+            PlanningMode::Job => None,
+        };
         Ok(facade::open_storage(&bf.spec.engine, creds.as_ref()).await)
     }
 

@@ -13,10 +13,12 @@ use kube::ResourceExt;
 use milvus_backfill::facade::{self, Store, StoreError};
 use milvus_backfill_api::layout::RunLayout;
 use milvus_backfill_api::outcome::{BackfillResult, TaskOutcome};
+use milvus_backfill_api::plan::Plan;
 
 use crate::controller::{now, Context, Error, RunCache};
 use crate::crd::{Backfill, BackfillStatus};
 use crate::jobs::{self, JobInput, MANAGER};
+use crate::planning::PlanningMode;
 use crate::state::{self, Action, CommitAnswer, CommitAttempt, Decision, JobRequest};
 use crate::status::CommitVerdict;
 use crate::status::Outcomes;
@@ -58,8 +60,16 @@ pub async fn execute(
     Ok(requeue)
 }
 
-/// Plans in-process with the engine's planner, stores the plan, records it in status.
+/// Plans as the operator is configured to: in-process, or by a planning Job.
 async fn plan(bf: &Backfill, ctx: &Context, status: &BackfillStatus) -> Result<Requeue, Error> {
+    match ctx.config.planning {
+        PlanningMode::InProcess => plan_in_process(bf, ctx, status).await,
+        PlanningMode::Job => crate::plan_jobs::plan_by_job(bf, ctx, status).await,
+    }
+}
+
+/// Plans in-process with the engine's planner, stores the plan, records it in status.
+async fn plan_in_process(bf: &Backfill, ctx: &Context, status: &BackfillStatus) -> Result<Requeue, Error> {
     let gen = bf.metadata.generation.unwrap_or_default();
     // Planning reads Milvus, storage and the source with the Backfill's own Secrets.
     let secrets = ctx.plan_secrets(bf).await?;
@@ -85,6 +95,19 @@ async fn plan(bf: &Backfill, ctx: &Context, status: &BackfillStatus) -> Result<R
     let storage = facade::open_storage(&bf.spec.engine, storage_creds.as_ref()).await;
     let layout = RunLayout::of_plan(&plan);
     storage.put_json(&layout.plan_key(), &plan).await?;
+    adopt_plan(bf, ctx, status, plan, storage).await
+}
+
+/// Records a stored plan in status and caches the run; the next pass creates its Jobs.
+pub(crate) async fn adopt_plan(
+    bf: &Backfill,
+    ctx: &Context,
+    status: &BackfillStatus,
+    plan: Plan,
+    storage: Store,
+) -> Result<Requeue, Error> {
+    let gen = bf.metadata.generation.unwrap_or_default();
+    let layout = RunLayout::of_plan(&plan);
     let plan_uri = storage.display(&layout.plan_key());
     let (st, ev) = state::status_after_plan(status, &plan, &plan_uri, &bf.spec, gen, now());
     ctx.patch_status(bf, &st).await?;
@@ -167,7 +190,7 @@ async fn create_jobs(
 }
 
 /// Server-side apply of a Job; returns its name.
-async fn apply_job(api: &Api<Job>, job: &Job) -> Result<String, Error> {
+pub(crate) async fn apply_job(api: &Api<Job>, job: &Job) -> Result<String, Error> {
     let name = job.name_any();
     match api
         .patch(&name, &PatchParams::apply(MANAGER).force(), &Patch::Apply(job))

@@ -380,3 +380,155 @@ async fn a_secret_without_the_key_fails_the_pass_without_leaking_its_values() {
 
 #[path = "executor_commit_tests.rs"]
 mod commit;
+
+// ------------------------------------------------------------------ planning by a Job
+
+fn planning_jobs() -> Config {
+    Config {
+        planning: crate::planning::PlanningMode::Job,
+        ..Default::default()
+    }
+}
+
+fn planning_layout(attempt: u32) -> milvus_backfill_api::planning::PlanningLayout {
+    milvus_backfill_api::planning::PlanningLayout::new("files", "uid-1", 1, attempt)
+}
+
+/// A Backfill naming every Secret: in-process planning would read them all.
+async fn planning_harness() -> Harness {
+    let mut h = Harness::with_config(planning_jobs()).await;
+    h.bf.spec.engine.storage.credentials_secret_ref = Some(milvus_backfill_api::spec::SecretRef { name: "s3".into() });
+    h.bf.spec.engine.milvus.token_secret_ref = Some(SecretKeySelector {
+        name: "milvus-auth".into(),
+        key: "token".into(),
+    });
+    h.ctx.runs.lock().await.clear();
+    h
+}
+
+async fn plan_pass(h: &Harness) -> Result<Requeue, Error> {
+    let decision = Decision {
+        phase: Phase::Planning,
+        actions: vec![Action::Plan],
+        requeue_after: None,
+    };
+    let status = BackfillStatus {
+        phase: Some(Phase::Planning),
+        ..Default::default()
+    };
+    tokio::time::timeout(WAIT, execute(&h.bf, &h.ctx, &status, decision))
+        .await
+        .expect("the executor finished in time")
+}
+
+#[tokio::test]
+async fn a_planning_job_gets_its_request_first_and_the_operator_reads_no_secret() {
+    let mut h = planning_harness().await;
+    let key = planning_layout(0).request_key();
+    // The only request: the Job's apply, once its request is in the bucket (no Secret GET).
+    let v = h.serve(vec![Call::ApplyJob {
+        name: "b-plan-1-0".into(),
+        task_file: h.root.join(&key),
+        answer: 200,
+    }]);
+    let r = plan_pass(&h).await;
+    let seen = fixtures::verified(v).await;
+    r.expect("planning started");
+    let request: milvus_backfill_api::planning::PlanRequest = h.read_json(&key);
+    assert_eq!(
+        (request.backfill.as_str(), request.generation, request.attempt),
+        ("b", 1, 0)
+    );
+    assert_eq!(request.spec, h.bf.spec.engine);
+    let args = &seen[0].body["spec"]["template"]["spec"]["containers"][0]["args"];
+    assert_eq!(args[0], "plan-job");
+    assert!(args[2].as_str().unwrap().ends_with(&key), "{args}");
+    assert!(h.ctx.runs.lock().await.is_empty(), "no run before a plan");
+}
+
+#[tokio::test]
+async fn a_planned_answer_is_adopted_as_the_run() {
+    let mut h = planning_harness().await;
+    let plan_key = h.layout.plan_key();
+    std::fs::create_dir_all(h.root.join(&plan_key).parent().unwrap()).unwrap();
+    std::fs::write(h.root.join(&plan_key), serde_json::to_vec(&h.plan).unwrap()).unwrap();
+    let answer = milvus_backfill_api::planning::PlanAnswer::Planned {
+        plan_key,
+        run_id: h.plan.run_id.clone(),
+    };
+    let answer_file = h.root.join(planning_layout(0).answer_key());
+    std::fs::create_dir_all(answer_file.parent().unwrap()).unwrap();
+    std::fs::write(&answer_file, serde_json::to_vec(&answer).unwrap()).unwrap();
+    let v = h.serve(vec![
+        Call::ApplyStatus { phase: Phase::Running },
+        Call::CreateEvent {
+            reason: "Planned".into(),
+            warning: false,
+            mentions: vec![],
+            hides: vec![],
+        },
+    ]);
+    let r = plan_pass(&h).await;
+    let seen = fixtures::verified(v).await;
+    r.expect("adopted");
+    assert_eq!(seen[0].body["status"]["runId"], h.plan.run_id.as_str());
+    let runs = h.ctx.runs.lock().await;
+    assert_eq!(
+        runs.get("uid-1").map(|r| r.plan.run_id.clone()),
+        Some(h.plan.run_id.clone())
+    );
+}
+
+#[tokio::test]
+async fn a_permanent_failure_answer_fails_the_backfill_with_its_message() {
+    let mut h = planning_harness().await;
+    let answer = milvus_backfill_api::planning::PlanAnswer::Failed {
+        kind: milvus_backfill_api::error::ErrorKind::SchemaValidationError,
+        message: "the source has no column pk".into(),
+    };
+    let answer_file = h.root.join(planning_layout(0).answer_key());
+    std::fs::create_dir_all(answer_file.parent().unwrap()).unwrap();
+    std::fs::write(&answer_file, serde_json::to_vec(&answer).unwrap()).unwrap();
+    let v = h.serve(vec![
+        Call::ApplyStatus { phase: Phase::Failed },
+        Call::CreateEvent {
+            reason: "PlanFailed".into(),
+            warning: true,
+            mentions: vec!["SchemaValidationError: the source has no column pk".into()],
+            hides: vec![],
+        },
+    ]);
+    let r = plan_pass(&h).await;
+    fixtures::verified(v).await;
+    r.expect("recorded");
+    assert!(h.ctx.runs.lock().await.is_empty());
+}
+
+#[tokio::test]
+async fn a_transient_failure_answer_starts_the_next_attempt_when_its_job_is_gone() {
+    let mut h = planning_harness().await;
+    let answer = milvus_backfill_api::planning::PlanAnswer::Failed {
+        kind: milvus_backfill_api::error::ErrorKind::ConnectionError,
+        message: "Milvus at http://milvus:19530 is unreachable".into(),
+    };
+    let answer_file = h.root.join(planning_layout(0).answer_key());
+    std::fs::create_dir_all(answer_file.parent().unwrap()).unwrap();
+    std::fs::write(&answer_file, serde_json::to_vec(&answer).unwrap()).unwrap();
+    let v = h.serve(vec![
+        Call::ApplyStatus { phase: Phase::Planning },
+        Call::CreateEvent {
+            reason: "PlanningError".into(),
+            warning: true,
+            mentions: vec!["unreachable".into()],
+            hides: vec![],
+        },
+        Call::ApplyJob {
+            name: "b-plan-1-1".into(),
+            task_file: h.root.join(planning_layout(1).request_key()),
+            answer: 200,
+        },
+    ]);
+    let r = plan_pass(&h).await;
+    fixtures::verified(v).await;
+    r.expect("retried");
+}

@@ -10,7 +10,7 @@ use k8s_openapi::api::core::v1::{
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::{Resource, ResourceExt};
-use milvus_backfill_api::invocation::SegmentInvocation;
+use milvus_backfill_api::invocation::{PlanJobInvocation, SegmentInvocation};
 use milvus_backfill_api::place::S3Uri;
 use milvus_backfill_api::spec::{ACCESS_KEY_KEY, SECRET_KEY_KEY};
 
@@ -28,6 +28,8 @@ pub mod labels {
     pub const RUN: &str = "milvusbackfill.io/run";
     pub const TASK: &str = "milvusbackfill.io/task";
     pub const ATTEMPT: &str = "milvusbackfill.io/attempt";
+    /// On planning Jobs: the generation they plan.
+    pub const PLANNING: &str = "milvusbackfill.io/planning";
     /// The selector of the operator's Job watch.
     pub const SELECTOR: &str = "app.kubernetes.io/managed-by=milvus-backfill-operator";
 }
@@ -35,6 +37,7 @@ pub mod labels {
 pub mod annotations {
     pub const TASK_URI: &str = "milvusbackfill.io/task-uri";
     pub const TASK_ID: &str = "milvusbackfill.io/task-id";
+    pub const REQUEST_URI: &str = "milvusbackfill.io/request-uri";
 }
 
 pub use milvus_backfill_api::invocation::env as env_names;
@@ -95,7 +98,16 @@ fn sanitize(s: &str) -> String {
 /// A long Backfill name is cut and gets a hash of the full name, so that two long names
 /// sharing a prefix still give different Jobs.
 pub fn job_name(backfill: &str, run_id: &str, task_index: u32, attempt: u32) -> String {
-    let suffix = format!("-{}-{task_index}-{attempt}", short_hash(run_id, 6));
+    named_with(backfill, &format!("-{}-{task_index}-{attempt}", short_hash(run_id, 6)))
+}
+
+/// `{backfill}-plan-{generation}-{attempt}`, cut as [`job_name`] cuts.
+pub fn planning_job_name(backfill: &str, generation: i64, attempt: u32) -> String {
+    named_with(backfill, &format!("-plan-{generation}-{attempt}"))
+}
+
+/// `{backfill}{suffix}` within [`MAX_NAME`] characters.
+fn named_with(backfill: &str, suffix: &str) -> String {
     let room = MAX_NAME - suffix.len();
     let clean = sanitize(backfill);
     let base = if clean.is_empty() {
@@ -161,6 +173,18 @@ fn secret_env(name: &str, secret: &str, key: &str) -> EnvVar {
             ..Default::default()
         }),
     }
+}
+
+/// The labels of a planning Job and its pod.
+pub fn planning_labels(backfill: &str, generation: i64, attempt: u32) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        (labels::NAME.to_owned(), "milvus-backfill".to_owned()),
+        (labels::COMPONENT.to_owned(), "planner".to_owned()),
+        (labels::MANAGED_BY.to_owned(), MANAGER.to_owned()),
+        (labels::BACKFILL.to_owned(), label_value(backfill)),
+        (labels::PLANNING.to_owned(), generation.to_string()),
+        (labels::ATTEMPT.to_owned(), attempt.to_string()),
+    ])
 }
 
 /// The worker's environment: credentials from Secrets (never literal values), then the
@@ -231,14 +255,8 @@ pub fn default_pod_security_context() -> PodSecurityContext {
 
 /// The Job of one attempt of one task.
 pub fn build_job(bf: &Backfill, input: &JobInput<'_>, defaults: &WorkerDefaults) -> Result<Job, BuildError> {
-    let owner = bf.controller_owner_ref(&()).ok_or(BuildError::NoUid)?;
     let w = bf.spec.worker.clone().unwrap_or_default();
-    let image = w
-        .image
-        .clone()
-        .or_else(|| defaults.image.clone())
-        .filter(|i| !i.trim().is_empty())
-        .ok_or(BuildError::NoImage)?;
+    let image = worker_image(&w, defaults)?;
     let name = bf.name_any();
     let labels = job_labels(&name, input.run_id, input.task_index, input.attempt);
     let args = worker_args(bf, input.task_key);
@@ -246,14 +264,79 @@ pub fn build_job(bf: &Backfill, input: &JobInput<'_>, defaults: &WorkerDefaults)
         (annotations::TASK_URI.to_owned(), args[2].clone()),
         (annotations::TASK_ID.to_owned(), input.task_id.to_owned()),
     ]);
-    let container = worker_container(bf, &w, image, args);
+    let container = worker_container(&w, image, args, worker_env(bf));
     let pod = worker_pod(&w, defaults, container);
+    let meta = JobMeta {
+        name: job_name(&name, input.run_id, input.task_index, input.attempt),
+        labels,
+        annotations,
+    };
+    one_attempt_job(bf, meta, pod)
+}
+
+/// The Job of one planning attempt: `plan-job` on the request stored at `request_key`, with
+/// the worker's settings and Secrets plus the Milvus token (planning calls Milvus; task
+/// workers never do).
+pub fn build_planning_job(
+    bf: &Backfill,
+    generation: i64,
+    attempt: u32,
+    request_key: &str,
+    defaults: &WorkerDefaults,
+) -> Result<Job, BuildError> {
+    let w = bf.spec.worker.clone().unwrap_or_default();
+    let image = worker_image(&w, defaults)?;
+    let name = bf.name_any();
+    let s = &bf.spec.engine.storage;
+    let args = PlanJobInvocation {
+        request: S3Uri {
+            bucket: s.bucket.clone(),
+            key: request_key.to_owned(),
+        },
+        endpoint: s.endpoint.clone(),
+        region: s.region().to_owned(),
+        use_ssl: s.use_ssl(),
+    }
+    .args();
+    let mut env = worker_env(bf);
+    if let Some(r) = &bf.spec.engine.milvus.token_secret_ref {
+        env.insert(0, secret_env(env_names::MILVUS_TOKEN, &r.name, &r.key));
+    }
+    let annotations = BTreeMap::from([(annotations::REQUEST_URI.to_owned(), args[2].clone())]);
+    let container = worker_container(&w, image, args, env);
+    let pod = worker_pod(&w, defaults, container);
+    let meta = JobMeta {
+        name: planning_job_name(&name, generation, attempt),
+        labels: planning_labels(&name, generation, attempt),
+        annotations,
+    };
+    one_attempt_job(bf, meta, pod)
+}
+
+fn worker_image(w: &WorkerSpec, defaults: &WorkerDefaults) -> Result<String, BuildError> {
+    w.image
+        .clone()
+        .or_else(|| defaults.image.clone())
+        .filter(|i| !i.trim().is_empty())
+        .ok_or(BuildError::NoImage)
+}
+
+struct JobMeta {
+    name: String,
+    labels: BTreeMap<String, String>,
+    annotations: BTreeMap<String, String>,
+}
+
+/// A Job that runs `pod` once, owned by the Backfill.
+fn one_attempt_job(bf: &Backfill, meta: JobMeta, pod: PodSpec) -> Result<Job, BuildError> {
+    let owner = bf.controller_owner_ref(&()).ok_or(BuildError::NoUid)?;
+    let labels = meta.labels;
     Ok(Job {
         metadata: ObjectMeta {
-            name: Some(job_name(&name, input.run_id, input.task_index, input.attempt)),
+            name: Some(meta.name),
             namespace: bf.namespace(),
             labels: Some(labels.clone()),
-            annotations: Some(annotations),
+            annotations: Some(meta.annotations),
             owner_references: Some(vec![owner]),
             ..Default::default()
         },
@@ -276,14 +359,14 @@ pub fn build_job(bf: &Backfill, input: &JobInput<'_>, defaults: &WorkerDefaults)
 }
 
 /// The worker container: the `segment` command, credentials from Secrets, no privileges.
-fn worker_container(bf: &Backfill, w: &WorkerSpec, image: String, args: Vec<String>) -> Container {
+fn worker_container(w: &WorkerSpec, image: String, args: Vec<String>, env: Vec<EnvVar>) -> Container {
     Container {
         name: CONTAINER.to_owned(),
         image: Some(image),
         image_pull_policy: w.image_pull_policy.map(|p| p.as_str().to_owned()),
         command: Some(vec![WORKER_BINARY.to_owned()]),
         args: Some(args),
-        env: Some(worker_env(bf)),
+        env: Some(env),
         resources: w.resources.clone(),
         security_context: Some(SecurityContext {
             allow_privilege_escalation: Some(false),
@@ -491,6 +574,73 @@ mod tests {
         }
         let sc = c.security_context.as_ref().unwrap();
         assert_eq!(sc.allow_privilege_escalation, Some(false));
+    }
+
+    #[test]
+    fn the_planning_job_answers_one_request_with_the_milvus_token_from_its_secret() {
+        let mut bf = backfill("add-title");
+        bf.spec.engine.storage.credentials_secret_ref = Some(SecretRef { name: "minio".into() });
+        bf.spec.engine.milvus.token_secret_ref = Some(milvus_backfill_api::spec::SecretKeySelector {
+            name: "milvus-auth".into(),
+            key: "token".into(),
+        });
+        let key = "files/backfill/planning/uid-1/4-2/request.json";
+        let job = build_planning_job(&bf, 4, 2, key, &WorkerDefaults::default()).unwrap();
+        assert_eq!(job.metadata.name.as_deref(), Some("add-title-plan-4-2"));
+        let l = job.metadata.labels.as_ref().unwrap();
+        assert_eq!(l.get(labels::PLANNING).map(String::as_str), Some("4"));
+        assert_eq!(l.get(labels::ATTEMPT).map(String::as_str), Some("2"));
+        assert_eq!(l.get(labels::COMPONENT).map(String::as_str), Some("planner"));
+        assert!(l.get(labels::RUN).is_none(), "a planning Job is no task Job of a run");
+        assert!(job.metadata.owner_references.as_ref().unwrap()[0].controller == Some(true));
+        let spec = job.spec.as_ref().unwrap();
+        assert_eq!(spec.backoff_limit, Some(0), "retries are the operator's");
+        let c = &spec.template.spec.as_ref().unwrap().containers[0];
+        assert_eq!(
+            c.args.as_ref().unwrap(),
+            &[
+                "plan-job",
+                "--request",
+                &format!("s3://milvus-bucket/{key}"),
+                "--endpoint",
+                "minio:9000",
+                "--region",
+                "us-east-1"
+            ]
+        );
+        let env = c.env.as_ref().unwrap();
+        let from = |n: &str| {
+            let v = env
+                .iter()
+                .find(|v| v.name == n)
+                .unwrap_or_else(|| panic!("{n} missing"));
+            assert!(v.value.is_none(), "{n} has a literal value");
+            let r = v.value_from.clone().unwrap().secret_key_ref.unwrap();
+            (r.name, r.key)
+        };
+        assert_eq!(from("MILVUS_TOKEN"), ("milvus-auth".to_owned(), "token".to_owned()));
+        assert_eq!(
+            from("AWS_SECRET_ACCESS_KEY"),
+            ("minio".to_owned(), "secretkey".to_owned())
+        );
+        assert!(
+            build_planning_job(&backfill("x"), 1, 0, key, &WorkerDefaults::default())
+                .unwrap()
+                .spec
+                .unwrap()
+                .template
+                .spec
+                .unwrap()
+                .containers[0]
+                .env
+                .as_ref()
+                .unwrap()
+                .iter()
+                .all(|v| v.name != "MILVUS_TOKEN")
+        );
+        let long = "b".repeat(80);
+        let name = planning_job_name(&long, 123456, 9);
+        assert!(name.len() <= MAX_NAME && name.ends_with("-plan-123456-9"), "{name}");
     }
 
     #[test]

@@ -3,8 +3,8 @@
 //! A reconcile pass is observe → validate → decide → build → execute (see ARCHITECTURE.md).
 //! Pure parts, each tested alone: [`validate`] (the spec), [`status`] (task states, counters,
 //! the result), [`state`] (decide: the state machine), [`conditions`] (conditions from the
-//! phase), [`jobs`] (build: Job objects). The IO edges: [`controller`] (observe, watches),
-//! [`executor`] (carries out decisions), `http` (probes and metrics), `leader` (the Lease).
+//! phase), [`jobs`] (build: Job objects), [`planning`] (the next step of planning by a Job). The IO edges: [`controller`] (observe, watches),
+//! [`executor`] (carries out decisions), `plan_jobs` (planning Jobs and their answers), `http` (probes and metrics), `leader` (the Lease).
 //! The run's bucket keys and all contract types come from `milvus_backfill_api`.
 
 pub mod cli;
@@ -16,6 +16,8 @@ pub mod http;
 pub mod jobs;
 pub mod leader;
 pub mod metrics;
+mod plan_jobs;
+pub mod planning;
 pub mod state;
 pub mod status;
 pub mod validate;

@@ -690,7 +690,7 @@ fn decide_commit(
 }
 
 /// Whole seconds from `now` until `at` (rounded up, at least 1).
-fn until(at: Timestamp, now: Timestamp) -> Duration {
+pub(crate) fn until(at: Timestamp, now: Timestamp) -> Duration {
     let d = at.duration_since(now);
     Duration::from_secs((d.as_secs() + i64::from(d.subsec_nanos() > 0)).max(1) as u64)
 }

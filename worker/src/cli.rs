@@ -99,6 +99,21 @@ pub enum Command {
         #[arg(long)]
         result: Option<PathBuf>,
     },
+    /// Answer one planning request of the operator (no terminal output to read; the answer
+    /// goes to the bucket). What a planning Job executes.
+    PlanJob {
+        /// `s3://bucket/key` of the request, read with the storage credentials from the
+        /// environment; the answer goes beside it.
+        #[arg(long = flags::REQUEST)]
+        request: String,
+        /// `host:port` of the S3 API holding the request (the spec's storage endpoint).
+        #[arg(long = flags::ENDPOINT, env = env::MB_TASK_ENDPOINT)]
+        endpoint: Option<String>,
+        #[arg(long = flags::REGION, default_value = milvus_backfill_api::spec::DEFAULT_REGION)]
+        region: String,
+        #[arg(long = flags::USE_SSL)]
+        use_ssl: bool,
+    },
 }
 
 pub fn main() -> i32 {
@@ -146,7 +161,32 @@ async fn dispatch(cli: Cli) -> Result<i32> {
             };
             segment_command(&at, attempt, result.as_deref()).await
         }
+        Command::PlanJob {
+            request,
+            endpoint,
+            region,
+            use_ssl,
+        } => {
+            let at = TaskAt {
+                task: request,
+                endpoint,
+                region,
+                use_ssl,
+            };
+            plan_job_command(&at).await
+        }
     }
+}
+
+async fn plan_job_command(at: &TaskAt) -> Result<i32> {
+    let (store, key) = task_store(at).await?;
+    let creds = crate::stores::StoreCredentials::from_env()?;
+    let answer = crate::plan_job::answer(&store, &key, &MilvusToken::from_env(), &creds).await?;
+    println!(
+        "{}",
+        serde_json::to_string_pretty(&answer).expect("an answer serializes")
+    );
+    Ok(0)
 }
 
 /// The Backfill of `file`, its notes (skipped documents, operator-only fields) logged.
@@ -340,13 +380,25 @@ async fn read_task(at: &TaskAt) -> Result<Vec<u8>> {
     if !task.starts_with("s3://") {
         return std::fs::read(task).map_err(|e| BackfillError::config(format!("cannot read task {task}: {e}")));
     }
+    let (store, key) = task_store(at).await?;
+    let body = store.get(&key).await.map_err(|e| match e {
+        StoreError::NotFound(w) => BackfillError::config(format!("task {w} does not exist")),
+        e => BackfillError::connection(e.to_string()),
+    })?;
+    Ok(body.to_vec())
+}
+
+/// The bucket of an `s3://bucket/key` argument, opened with the storage credentials from the
+/// environment, and the key.
+async fn task_store(at: &TaskAt) -> Result<(Store, String)> {
+    let task = &at.task;
     let uri = S3Uri::parse(task)
         .filter(|u| !u.key.is_empty())
-        .ok_or_else(|| BackfillError::config(format!("--task {task}: expected s3://bucket/key")))?;
+        .ok_or_else(|| BackfillError::config(format!("{task}: expected s3://bucket/key")))?;
     let endpoint = at
         .endpoint
         .clone()
-        .ok_or_else(|| BackfillError::config("--task s3://... needs --endpoint host:port"))?;
+        .ok_or_else(|| BackfillError::config(format!("{task} needs --endpoint host:port")))?;
     let ep = S3Endpoint {
         endpoint,
         region: at.region.clone(),
@@ -354,11 +406,7 @@ async fn read_task(at: &TaskAt) -> Result<Vec<u8>> {
     };
     let creds = S3Credentials::storage_from_env()?;
     let store = Store::s3(&ep, &uri.bucket, creds.as_ref()).await;
-    let body = store.get(&uri.key).await.map_err(|e| match e {
-        StoreError::NotFound(w) => BackfillError::config(format!("task {w} does not exist")),
-        e => BackfillError::connection(e.to_string()),
-    })?;
-    Ok(body.to_vec())
+    Ok((store, uri.key))
 }
 
 /// What a segment's outputs are, and whether Milvus can commit them.

@@ -24,6 +24,7 @@ pub mod manifest;
 pub mod milvus;
 pub mod output;
 pub mod plan;
+pub mod plan_job;
 pub mod planner;
 pub mod progress;
 pub mod runner;

@@ -789,3 +789,75 @@ async fn contract_add_fields_on_a_server_without_the_call_says_what_it_needs() {
         e.message
     );
 }
+
+// ------------------------------------------------------------------ planning as a Job
+
+/// `plan-job` as a planning Job runs it: the request is read from the storage bucket, the plan
+/// is stored at the run's `plan.json`, then the answer beside the request.
+#[tokio::test]
+async fn contract_a_planning_job_stores_the_plan_then_answers_beside_the_request() {
+    use milvus_backfill_api::planning::{PlanAnswer, PlanRequest, PlanningLayout};
+    let bed = Bed::new(1003, 3, vec![]).await;
+    let doc = bed.doc("", "");
+    let bucket = milvus_backfill::facade::open_storage(&doc.spec, None).await;
+    let layout = PlanningLayout::new("files", "uid-1", 2, 0);
+    let request = PlanRequest {
+        backfill: "bf".into(),
+        namespace: "ns".into(),
+        generation: 2,
+        attempt: 0,
+        spec: doc.spec.clone(),
+    };
+    bucket.put_json(&layout.request_key(), &request).await.unwrap();
+    let (token, creds) = (MilvusToken::default(), StoreCredentials::default());
+    let answer = milvus_backfill::plan_job::answer(&bucket, &layout.request_key(), &token, &creds)
+        .await
+        .unwrap();
+    let PlanAnswer::Planned { plan_key, run_id } = &answer else {
+        panic!("expected a plan, got {answer:?}")
+    };
+    let stored: PlanAnswer = bucket.get_json(&layout.answer_key()).await.unwrap().unwrap();
+    assert_eq!(stored, answer);
+    let plan: milvus_backfill_api::plan::Plan = bucket.get_json(plan_key).await.unwrap().unwrap();
+    assert_eq!((&plan.run_id, plan.segments.len()), (run_id, 1));
+    assert_eq!(plan.segments[0].segment_id, 1003);
+    assert!(
+        plan_key.starts_with(&format!("files/backfill/{COLLECTION_ID}/{run_id}/")),
+        "{plan_key}"
+    );
+
+    // A spec that cannot be planned: the answer says why and that retrying will not help.
+    bed.state().has_score = false;
+    let layout = PlanningLayout::new("files", "uid-1", 3, 0);
+    bucket
+        .put_json(
+            &layout.request_key(),
+            &PlanRequest {
+                generation: 3,
+                ..request
+            },
+        )
+        .await
+        .unwrap();
+    let answer = milvus_backfill::plan_job::answer(&bucket, &layout.request_key(), &token, &creds)
+        .await
+        .unwrap();
+    let PlanAnswer::Failed { kind, message } = bucket.get_json(&layout.answer_key()).await.unwrap().unwrap() else {
+        panic!("expected a failure, got {answer:?}")
+    };
+    assert!(kind.is_permanent(), "{kind}: {message}");
+    assert!(message.contains("score"), "{message}");
+
+    // No request: nothing to answer, and nothing is written.
+    let missing = PlanningLayout::new("files", "uid-1", 4, 0);
+    let e = milvus_backfill::plan_job::answer(&bucket, &missing.request_key(), &token, &creds)
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind, ErrorKind::ConfigError);
+    assert!(e.message.contains("planning request"), "{}", e.message);
+    assert!(bucket
+        .get_json::<PlanAnswer>(&missing.answer_key())
+        .await
+        .unwrap()
+        .is_none());
+}

@@ -122,10 +122,11 @@ ClusterRole (all namespaces) or into one Role per watched namespace.
 - apiGroups: [events.k8s.io]
   resources: [events]
   verbs: [create, patch]
-{{- if .Values.operator.readSecrets }}
-# Planning runs in the operator: it calls Milvus with the token of
+{{- if and (eq .Values.planning.mode "inProcess") .Values.operator.readSecrets }}
+# Planning runs in the operator (planning.mode inProcess): it calls Milvus with the token of
 # spec.milvus.tokenSecretRef and reads storage with spec.storage/source.credentialsSecretRef.
 # Only get: the operator reads the Secrets a Backfill names, it never lists or watches them.
+# With planning Jobs there is no such rule: the Jobs get the Secrets through secretKeyRef.
 - apiGroups: [""]
   resources: [secrets]
   verbs: [get]

@@ -140,7 +140,17 @@ def main():
     cr, crb = find(objs, "ClusterRole"), find(objs, "ClusterRoleBinding")
     roles = [r for r in find(objs, "Role") if not r["metadata"]["name"].endswith("-leader-election")]
     lroles = find(objs, "Role", FULL + "-leader-election", ns)
-    read_secrets = scenario != "no-secrets"
+    # Planning Jobs (the default) need no Secret in the operator; in-process planning does.
+    read_secrets = scenario == "in-process"
+    planning = "in-process" if scenario in ("in-process", "no-secrets") else "job"
+    check(e.get("PLANNING", {}).get("value") == planning, f"PLANNING = {planning}")
+    if scenario == "operator-storage":
+        for var, key in (("AWS_ACCESS_KEY_ID", "accesskey"), ("AWS_SECRET_ACCESS_KEY", "secretkey")):
+            ref = e.get(var, {}).get("valueFrom", {}).get("secretKeyRef", {})
+            check(ref == {"name": "ops-s3", "key": key} and "value" not in e.get(var, {}),
+                  f"{var} from Secret ops-s3 key {key}, never a literal")
+    else:
+        check("AWS_ACCESS_KEY_ID" not in e and "AWS_SECRET_ACCESS_KEY" not in e, "no storage keys without operator.storageCredentials")
 
     if scenario == "watch-namespaces":
         check(e["WATCH_NAMESPACES"]["value"] == "team-a,team-b", "WATCH_NAMESPACES = team-a,team-b")
@@ -149,7 +159,7 @@ def main():
         check(sorted(b["metadata"]["namespace"] for b in find(objs, "RoleBinding") if not b["metadata"]["name"].endswith("-leader-election")) == ["team-a", "team-b"],
               "one RoleBinding per watched namespace")
         for r in roles:
-            check_rules(r["rules"], True, f"Role {r['metadata']['namespace']}")
+            check_rules(r["rules"], read_secrets, f"Role {r['metadata']['namespace']}")
         check(sorted(w["metadata"]["namespace"] for w in find(objs, "ServiceAccount", WORKER_SA)) == sorted([ns, "team-a", "team-b"]),
               "worker ServiceAccount in the release and each watched namespace")
     else:

@@ -75,7 +75,8 @@ for ns in default mbt-a; do
 	can no $SA create backfills.milvusbackfill.io $ns; can no $SA delete backfills.milvusbackfill.io $ns
 	can yes $SA watch pods $ns; can no $SA create pods $ns; can no $SA delete pods $ns
 	can yes $SA create events $ns; can yes $SA create events.events.k8s.io $ns
-	can yes $SA get secrets $ns; can no $SA list secrets $ns; can no $SA watch secrets $ns
+	# Planning Jobs (the default): the operator reads no Secret at all.
+	can no $SA get secrets $ns; can no $SA list secrets $ns; can no $SA watch secrets $ns
 	can no $SA get configmaps $ns
 done
 # Leader election is on by default: Leases in the release namespace only.
@@ -95,6 +96,14 @@ if "$HELM" upgrade mbt "$CHART" -n $SNS --reuse-values --set leaderElection.enab
 can no $SA create leases.coordination.k8s.io $SNS
 [ "$(K get deploy -n $SNS mbt-milvus-backfill -o jsonpath='{.spec.template.spec.containers[0].env[?(@.name=="LEADER_ELECTION")].value}/{.spec.strategy.type}')" = false/Recreate ] &&
 	ok "LEADER_ELECTION=false and strategy Recreate (live)" || ko "LEADER_ELECTION=false and strategy Recreate (live)"
+
+echo "== helm upgrade --set planning.mode=inProcess (the operator plans: it reads Secrets)"
+if "$HELM" upgrade mbt "$CHART" -n $SNS --reuse-values --set planning.mode=inProcess >"$WORK/out" 2>&1; then ok "helm upgrade"; else cat "$WORK/out"; ko "helm upgrade"; fi
+for ns in default mbt-a; do
+	can yes $SA get secrets $ns; can no $SA list secrets $ns; can no $SA watch secrets $ns
+done
+[ "$(K get deploy -n $SNS mbt-milvus-backfill -o jsonpath='{.spec.template.spec.containers[0].env[?(@.name=="PLANNING")].value}')" = in-process ] &&
+	ok "PLANNING=in-process (live)" || ko "PLANNING=in-process (live)"
 
 if [ $crd_preexisting = 0 ]; then
 	echo "== helm upgrade with a changed CRD (the CRD upgrade path)"
