@@ -5,7 +5,11 @@
 #   1. helm install; kubectl apply a Secret and a Backfill; wait for Succeeded; check Jobs <=
 #      parallelism, the printer columns, the Events, the spec untouched, the status totals and
 #      every output row against the dataset's ground truth.
-#   2. helm upgrade with changed values: two replicas with leader election, JSON logs. One
+#      It is planned by a planning Job (the chart's default): the operator's ServiceAccount cannot
+#      get Secrets; a Backfill naming a missing collection fails with PlanFailed from the Job's
+#      answer.
+#   2. helm upgrade with changed values: two replicas with leader election, JSON logs, planning
+#      in-process (the operator reads the Backfill's Secrets). One
 #      Lease holder; a second Backfill runs; the leader Pod is deleted mid-run; the standby
 #      takes the Lease over; the new leader is killed (no release); after the lease expires
 #      another takes over and finishes the run with one Job per task and every row right. That
@@ -49,7 +53,7 @@ log "waiting for bf/$RUN to complete"
 max_jobs=0
 for _ in $(seq 1 150); do
   phase=$(kubectl -n "$NS" get bf "$RUN" -o jsonpath='{.status.phase}' 2>/dev/null || true)
-  active=$(kubectl -n "$NS" get jobs -l "milvusbackfill.io/backfill=$RUN" -o jsonpath='{range .items[*]}{.status.active}{"\n"}{end}' | grep -c '^1$' || true)
+  active=$(kubectl -n "$NS" get jobs -l "milvusbackfill.io/backfill=$RUN,milvusbackfill.io/task" -o jsonpath='{range .items[*]}{.status.active}{"\n"}{end}' | grep -c '^1$' || true)
   [ "$active" -gt "$max_jobs" ] && max_jobs=$active
   case "$phase" in Succeeded|Failed) break ;; esac
   sleep 2
@@ -80,12 +84,34 @@ kubectl -n "$NS" get bf "$RUN" -o json >"$DATA/bf.json"
 "$MB_PY" e2e/operator-scenarios/s3check.py check "$DATA/bf.json" "$DATA/expected.json" op_int64 "$RUN" ||
   fail "status or output rows of $RUN"
 
+# ---- 1b. planning Jobs: the operator reads no Secret ------------------------------------------
+OPSA=$(kubectl -n "$NS" get deploy -l app.kubernetes.io/name=milvus-backfill,app.kubernetes.io/component=operator -o jsonpath='{.items[0].spec.template.spec.serviceAccountName}')
+[ "$(kubectl auth can-i get secrets --as="system:serviceaccount:$NS:$OPSA" -n "$NS" 2>/dev/null || true)" = no ] ||
+  fail "the operator may read Secrets with planning Jobs"
+plan_jobs=$(kubectl -n "$NS" get jobs -l "milvusbackfill.io/backfill=$RUN,app.kubernetes.io/component=planner" -o jsonpath='{range .items[*]}{.metadata.name}={.status.succeeded}{"\n"}{end}')
+[ "$plan_jobs" = "$RUN-plan-1-0=1" ] || fail "expected one succeeded planning Job $RUN-plan-1-0, got: $plan_jobs"
+log "planned by Job $RUN-plan-1-0; the operator's ServiceAccount $OPSA cannot get Secrets"
+# A permanent planning failure comes back through the Job's answer: Failed/PlanFailed, one Job.
+BAD=$RUN-nocoll
+sed -e "s/name: $RUN,/name: $BAD,/" -e "s/collection: op_int64/collection: no_such_collection/" "$DATA/backfill.yaml" | kubectl apply -f - >/dev/null
+for _ in $(seq 1 60); do
+  [ "$(kubectl -n "$NS" get bf "$BAD" -o jsonpath='{.status.phase}' 2>/dev/null)" = Failed ] && break
+  sleep 1
+done
+bad_reason=$(kubectl -n "$NS" get bf "$BAD" -o jsonpath='{.status.conditions[?(@.type=="Failed")].reason}|{.status.conditions[?(@.type=="Failed")].message}')
+case "$bad_reason" in
+  "PlanFailed|ConfigError: "*no_such_collection*) log "a missing collection: $bad_reason" ;;
+  *) kubectl -n "$NS" get bf "$BAD" -o yaml; fail "$BAD: expected PlanFailed naming no_such_collection, got: $bad_reason" ;;
+esac
+[ "$(kubectl -n "$NS" get jobs -l "milvusbackfill.io/backfill=$BAD" -o name | wc -l)" = 1 ] || fail "$BAD: expected its one planning Job and no task Job"
+kubectl -n "$NS" delete bf "$BAD" >/dev/null
+
 # ---- 2. helm upgrade: two replicas, leader election --------------------------------------------
 # Every Pod of the pod runner shares the host's network, so the two replicas cannot both listen on
 # 8080: they take an ephemeral port, and the HTTP probes are off (a test-bed limit, not the chart's).
-log "helm upgrade: replicaCount=2 (leader election), logFormat=json"
+log "helm upgrade: replicaCount=2 (leader election), logFormat=json, in-process planning"
 helm upgrade mbf charts/milvus-backfill -n "$NS" --wait --timeout 180s --reuse-values \
-  --set replicaCount=2 --set logFormat=json --set livenessProbe=null --set readinessProbe=null \
+  --set replicaCount=2 --set logFormat=json --set planning.mode=inProcess --set livenessProbe=null --set readinessProbe=null \
   --set-json 'operator.extraArgs=["--http-addr","127.0.0.1:0"]' >/dev/null
 kubectl -n "$NS" rollout status deploy -l app.kubernetes.io/name=milvus-backfill --timeout=180s >/dev/null
 OPSEL=app.kubernetes.io/name=milvus-backfill,app.kubernetes.io/component=operator
@@ -120,7 +146,7 @@ grep -q "$GATE" "$DATA/backfill2.yaml" || fail "backfill2.yaml was not derived"
 kubectl apply -f "$DATA/backfill2.yaml" >/dev/null
 # The first Job waits at its gate (a Secret that does not exist yet): the run is mid-way.
 for _ in $(seq 1 120); do
-  [ "$(kubectl -n "$NS" get jobs -l "milvusbackfill.io/backfill=$RUN2" -o name | wc -l)" -ge 1 ] && break
+  [ "$(kubectl -n "$NS" get jobs -l "milvusbackfill.io/backfill=$RUN2,milvusbackfill.io/task" -o name | wc -l)" -ge 1 ] && break
   sleep 1
 done
 for _ in $(seq 1 10); do
@@ -129,7 +155,7 @@ for _ in $(seq 1 10); do
   sleep 1
 done
 [ "$stage" = Route ] || { kubectl -n "$NS" get bf "$RUN2" -o yaml; fail "$RUN2 at its first Job: stage '$stage', expected Route"; }
-log "deleting the leader Pod $LEADER mid-run, in the route stage ($(kubectl -n "$NS" get jobs -l "milvusbackfill.io/backfill=$RUN2" -o name | wc -l) Job(s))"
+log "deleting the leader Pod $LEADER mid-run, in the route stage ($(kubectl -n "$NS" get jobs -l "milvusbackfill.io/backfill=$RUN2,milvusbackfill.io/task" -o name | wc -l) Job(s))"
 kubectl -n "$NS" delete pod "$LEADER" --wait=false >/dev/null
 kubectl -n "$NS" create secret generic "$GATE" --from-literal=open=yes >/dev/null
 # next_leader OLD: waits up to 60 s for a holder other than OLD, sets $h to it
@@ -156,7 +182,7 @@ for _ in $(seq 1 120); do
 done
 [ "$phase" = Succeeded ] || { kubectl -n "$NS" get bf "$RUN2" -o yaml; fail "$RUN2 after the failover: phase $phase"; }
 [ "$(kubectl -n "$NS" get lease "$LEASE" -o jsonpath='{.spec.leaseTransitions}')" -gt "$transitions0" ] || fail "leaseTransitions did not grow"
-names=$(kubectl -n "$NS" get jobs -l "milvusbackfill.io/backfill=$RUN2" -o jsonpath='{range .items[*]}{.metadata.labels.milvusbackfill\.io/task}-{.metadata.labels.milvusbackfill\.io/attempt}{"\n"}{end}')
+names=$(kubectl -n "$NS" get jobs -l "milvusbackfill.io/backfill=$RUN2,milvusbackfill.io/task" -o jsonpath='{range .items[*]}{.metadata.labels.milvusbackfill\.io/task}-{.metadata.labels.milvusbackfill\.io/attempt}{"\n"}{end}')
 ntasks=$(kubectl -n "$NS" get bf "$RUN2" -o jsonpath='{.status.tasks}')
 [ "$(wc -l <<<"$names")" = "$ntasks" ] && [ "$(grep -c -- '-0$' <<<"$names")" = "$ntasks" ] ||
   fail "expected one Job per task ($ntasks, attempt 0), got: $(tr '\n' ' ' <<<"$names")"
@@ -171,7 +197,7 @@ log "deleting bf/$RUN2: its Jobs go with it"
 kubectl -n "$NS" delete bf "$RUN2" --wait=true >/dev/null
 kubectl -n "$NS" delete secret "$GATE" >/dev/null
 for _ in $(seq 1 30); do
-  n=$(kubectl -n "$NS" get jobs -l "milvusbackfill.io/backfill=$RUN2" -o name | wc -l)
+  n=$(kubectl -n "$NS" get jobs -l "milvusbackfill.io/backfill=$RUN2,milvusbackfill.io/task" -o name | wc -l)
   [ "$n" = 0 ] && break
   sleep 1
 done

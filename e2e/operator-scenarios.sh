@@ -36,8 +36,11 @@ EXP=$DATA/expected.json
 NSEG=$("$MB_PY" -c "import json,sys; print(len(json.load(open(sys.argv[1]))['$COLL']['segments']))" "$EXP")
 log "$COLL has $NSEG segments"
 
-log "helm install"
-testbed_install
+log "helm install (in-process planning)"
+# The gates below hold every Pod that takes spec.worker.env, a planning Job's too, and the
+# scenarios open them only once task Jobs exist: so the operator plans in-process here.
+# e2e/operator-e2e.sh runs planning Jobs.
+testbed_install --set planning.mode=inProcess
 
 TS=$(date +%s)
 # backfill_yaml NAME [extra spec lines (2-space indented)...]
@@ -63,7 +66,7 @@ OPSEL=app.kubernetes.io/name=milvus-backfill,app.kubernetes.io/component=operato
 phase_is() { [ "$(phase_of "$1")" = "$2" ]; }
 has_jobs() { [ "$(jobs_of "$1")" -ge "$2" ]; }
 phase_of() { kubectl -n "$NS" get bf "$1" -o jsonpath='{.status.phase}' 2>/dev/null || true; }
-jobs_of() { kubectl -n "$NS" get jobs -l "milvusbackfill.io/backfill=$1" -o name 2>/dev/null | wc -l; }
+jobs_of() { kubectl -n "$NS" get jobs -l "milvusbackfill.io/backfill=$1,milvusbackfill.io/task" -o name 2>/dev/null | wc -l; }
 # wait_final NAME TIMEOUT_S: waits for Succeeded or Failed, prints the phase
 wait_final() {
   local p="" i

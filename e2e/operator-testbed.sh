@@ -26,10 +26,14 @@ source "$MB_STATE/env"
 # shellcheck disable=SC1091
 source "$MB_HOME/k8s/state/env"
 
-# testbed_install: the chart (operator bound to loopback, as the pod runner runs it on the host)
-# and the storage credentials Secret `minio-creds`.
+# testbed_install [helm flags...]: the storage credentials Secret `minio-creds`, then the chart
+# (operator bound to loopback, as the pod runner runs it on the host). The chart's default plans
+# with planning Jobs, and the operator reaches the bucket with its own keys: the same Secret,
+# through operator.storageCredentials (the kubelet resolves it; the operator reads no Secret).
 testbed_install() {
   kubectl create namespace "$NS" --dry-run=client -o yaml | kubectl apply -f - >/dev/null
+  kubectl -n "$NS" create secret generic minio-creds --from-literal=accesskey="$AWS_ACCESS_KEY_ID" \
+    --from-literal=secretkey="$AWS_SECRET_ACCESS_KEY" --dry-run=client -o yaml | kubectl apply -f - >/dev/null
   # Pod Security Admission "restricted": the operator Pod and every worker Pod must comply (the
   # API server refuses them otherwise), which proves the default security contexts.
   kubectl label namespace "$NS" pod-security.kubernetes.io/enforce=restricted --overwrite >/dev/null
@@ -38,8 +42,7 @@ testbed_install() {
   # the last run on this machine rolls the Deployment).
   helm upgrade --install mbf charts/milvus-backfill -n "$NS" --wait --timeout 120s \
     --set logFormat=plain --set-json 'operator.extraArgs=["--http-addr","127.0.0.1:8080"]' \
-    --set-json 'updateStrategy={"type":"Recreate"}' >/dev/null
+    --set-json 'updateStrategy={"type":"Recreate"}' --set operator.storageCredentials.existingSecret=minio-creds \
+    "$@" >/dev/null
   kubectl -n "$NS" rollout status deploy -l app.kubernetes.io/name=milvus-backfill --timeout=120s >/dev/null
-  kubectl -n "$NS" create secret generic minio-creds --from-literal=accesskey="$AWS_ACCESS_KEY_ID" \
-    --from-literal=secretkey="$AWS_SECRET_ACCESS_KEY" --dry-run=client -o yaml | kubectl apply -f - >/dev/null
 }
