@@ -9,8 +9,10 @@ DATA := target/e2e-data
 
 .PHONY: build test-build demo test unit-test gitops-test e2e-test v3-test env-up env-down lint bench bench-scale bench-plan crds k8s-test operator-e2e
 
+# The same build as test-build: one feature set, so `make demo` after `make test` (or the other
+# way round) rebuilds nothing.
 build:
-	cargo build --release --workspace --locked
+	cargo build --release --workspace --all-targets --locked
 
 # What the suites run: every target of the workspace, with the features `cargo test --workspace`
 # resolves, so that no suite rebuilds the dependencies with another feature set (a `-p` build
