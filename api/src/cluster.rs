@@ -204,22 +204,35 @@ pub struct WorkerSpec {
     /// Image holding the `milvus-backfill` binary. Default: the operator's `--worker-image`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub image: Option<String>,
+    /// When the kubelet pulls the worker image: `Always`, `IfNotPresent` or `Never`. Default:
+    /// Kubernetes' (`Always` for a `:latest` or untagged image, else `IfNotPresent`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub image_pull_policy: Option<PullPolicy>,
+    /// Secrets, in the Backfill's namespace, for pulling the worker image from a private
+    /// registry.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub image_pull_secrets: Vec<LocalObjectReference>,
+    /// CPU and memory requests and limits of the worker container. Give it about twice
+    /// `memoryMiB` of memory (decoding and encoding buffers come on top).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resources: Option<ResourceRequirements>,
+    /// Node labels the worker Pods' nodes must have.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub node_selector: BTreeMap<String, String>,
+    /// Tolerations of the worker Pods, to run them on tainted nodes.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub tolerations: Vec<Toleration>,
+    /// Node and Pod affinity of the worker Pods.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub affinity: Option<Affinity>,
-    /// Only needed for cloud identities (IRSA, workload identity); workers never call the
-    /// Kubernetes API, so no token is mounted.
+    /// ServiceAccount of the worker Pods. Default: the operator's `--worker-service-account`,
+    /// else the namespace's `default`. Only needed for cloud identities (IRSA, workload
+    /// identity); workers never call the Kubernetes API, so no token is mounted.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub service_account_name: Option<String>,
+    /// Security context of the worker Pods. Default: `runAsNonRoot: true` and the
+    /// `RuntimeDefault` seccomp profile (the `restricted` Pod Security Standard); a value
+    /// given here replaces it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pod_security_context: Option<PodSecurityContext>,
     /// Extra environment variables. Credentials go through the Secret references of
@@ -228,6 +241,7 @@ pub struct WorkerSpec {
     pub env: Vec<EnvVar>,
 }
 
+/// `spec.worker.imagePullPolicy`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub enum PullPolicy {
     Always,
@@ -245,6 +259,7 @@ impl PullPolicy {
     }
 }
 
+/// `spec.retry`: how often a failed task is tried.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct RetrySpec {
@@ -317,25 +332,36 @@ impl Phase {
     }
 }
 
-/// Bounded: counters, at most [`MAX_FAILED_SEGMENTS_IN_STATUS`] failed segments, and
-/// references to the plan and the result in the storage bucket. Per-segment detail lives in
-/// the bucket under the run prefix `{rootPath}/backfill/{collectionId}/{runId}/`.
+/// The run as the operator sees it. Bounded: counters, at most 50 failed segments
+/// ([`MAX_FAILED_SEGMENTS_IN_STATUS`]), and references to the plan and the result in the
+/// storage bucket. Per-segment detail lives in the bucket under the run prefix
+/// `{rootPath}/backfill/{collectionId}/{runId}/`.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
+// The schema's text, without the rustdoc link above (`kubectl explain` shows it as is).
+#[schemars(
+    description = "The run as the operator sees it. Bounded: counters, at most 50 failed segments, and references to the plan and the result in the storage bucket. Per-segment detail lives in the bucket under the run prefix `{rootPath}/backfill/{collectionId}/{runId}/`."
+)]
 pub struct BackfillStatus {
+    /// Where the run is: `Pending`, `Planning`, `Running`, `Suspended`, `Succeeded` or
+    /// `Failed`. `Succeeded` and `Failed` are final once `completionTime` is set.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub phase: Option<Phase>,
-    /// `Planned`, `Progressing`, `Complete`, `Failed`, `Suspended`.
+    /// `Planned`, `Progressing`, `Suspended`, `Complete` and `Failed` (as on a Job), and the
+    /// kstatus conditions `Ready`, `Reconciling` and `Stalled`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
     pub conditions: Vec<Condition>,
+    /// The `metadata.generation` this status was last computed for.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
     /// The run: set once, when the plan is stored; no Job exists before it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub run_id: Option<String>,
+    /// Milvus ID of the collection, set when the plan is stored.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub collection_id: Option<i64>,
+    /// Names of the fields the run writes (at most 64 listed), set when the plan is stored.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub new_field_names: Vec<String>,
     /// `segmentsPerJob` the plan was split with.
@@ -354,14 +380,21 @@ pub struct BackfillStatus {
     /// `done/total` segments, for `kubectl get`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub progress: Option<String>,
+    /// The run's segments by state.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub segments: Option<SegmentCounts>,
+    /// The run's rows: planned, written and matched.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rows: Option<RowCounts>,
+    /// When the operator first started planning the run.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub start_time: Option<Time>,
+    /// When the run finished for good (phase `Succeeded` or `Failed`): every task is final
+    /// and, with `spec.commit.endpoint`, the result is committed or cannot be. Nothing is
+    /// planned, run or committed after it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub completion_time: Option<Time>,
+    /// Milliseconds from `startTime` until every task was final (a commit not included).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub execution_time_ms: Option<u64>,
     /// `s3://bucket/key` of the stored plan.
@@ -411,6 +444,8 @@ impl CommitState {
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct CommitStatus {
+    /// `Pending` (under way), `Committed`, `Failed` (a change of the spec commits again) or
+    /// `NotCommittable` (no Milvus can commit this result).
     pub state: CommitState,
     /// Calls of the commit endpoint since the commit (re)started.
     pub attempts: u32,
@@ -428,6 +463,7 @@ pub struct CommitStatus {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 8))]
     pub result_paths: Vec<String>,
+    /// When the commit endpoint was last called.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_attempt_time: Option<Time>,
     /// What the last attempt got, or why there is none; empty once committed.
@@ -443,6 +479,7 @@ pub struct CommitStatus {
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct CommitFailure {
+    /// Milvus ID of the segment.
     pub segment_id: i64,
     /// `kind: reason` as Milvus reports it, cut to 512 bytes.
     pub reason: String,
@@ -452,27 +489,42 @@ pub struct CommitFailure {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Condition {
+    /// `Ready`, `Reconciling`, `Stalled`, `Planned`, `Progressing`, `Suspended`, `Complete`
+    /// or `Failed`.
     #[serde(rename = "type")]
     pub type_: String,
     /// `True`, `False` or `Unknown`.
     pub status: String,
+    /// Why the condition has its status, one CamelCase word (`Running`, `PlanFailed`, ...;
+    /// docs/troubleshooting.md lists them all).
     pub reason: String,
+    /// What happened, for people (at most 1024 bytes).
     pub message: String,
+    /// When `status` last changed.
     pub last_transition_time: Time,
+    /// The `metadata.generation` the condition was last set for.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
 }
 
+/// `status.segments`: the run's segments by state.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct SegmentCounts {
+    /// Segments of the plan, those that failed planning included.
     pub total: u64,
+    /// Segments whose task waits: not started yet, waiting for an earlier stage or for its
+    /// retry delay.
     pub pending: u64,
+    /// Segments whose task has a Job in flight.
     pub running: u64,
+    /// Segments written.
     pub succeeded: u64,
+    /// Segments that failed planning or their task's final attempt.
     pub failed: u64,
 }
 
+/// `status.rows`: the run's rows.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct RowCounts {
@@ -487,6 +539,7 @@ pub struct RowCounts {
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct FailedSegmentStatus {
+    /// Milvus ID of the segment.
     pub segment_id: i64,
     /// Attempts made (0: failed planning).
     pub attempts: u32,

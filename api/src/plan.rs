@@ -36,6 +36,9 @@ impl PkType {
 /// How StorageV3 outputs reach Milvus (`spec.output.v3Commit`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
+// No schema description: kube's OptionalEnum transform would put it over the field's doc
+// comment in the CRD (`kubectl explain`), which says more.
+#[schemars(description = "")]
 pub enum V3CommitMode {
     /// The result carries `ops`; DataCoord applies them onto the current manifest.
     #[default]
@@ -55,6 +58,9 @@ impl V3CommitMode {
 /// value the segment already holds for the field (null when the field has no data yet).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
+// No schema description: kube's OptionalEnum transform would put it over the field's doc
+// comment in the CRD (`kubectl explain`), which says more.
+#[schemars(description = "")]
 pub enum Mode {
     /// Matched rows take the source's value (null included); unmatched rows become null.
     Replace,

@@ -22,12 +22,18 @@ pub const SECRET_KEY_KEY: &str = "secretkey";
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct EngineSpec {
+    /// The Milvus collection to backfill and how to reach it.
     pub milvus: MilvusSpec,
     /// Field ID of the join key (the seed's `pkFieldToRead`). Defaults to the schema's primary key.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub primary_key_field_id: Option<i64>,
+    /// The bucket where Milvus keeps its binlogs. The run reads the segments from it and
+    /// writes its plan, its result and (unless `output.path` says otherwise) its outputs there.
     pub storage: StorageSpec,
+    /// The Parquet data to backfill: the join key and a column per new field.
     pub source: SourceSpec,
+    /// Where the outputs go and how StorageV3 outputs reach Milvus. Default: beside the
+    /// segments' binlogs, StorageV3 outputs handed over as `ops`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub output: Option<OutputSpec>,
     /// Source column -> Milvus field name, a complete projection as in the reference's
@@ -107,9 +113,11 @@ pub struct MilvusSpec {
     /// gRPC endpoint, `http://host:19530` or `https://...`. Optional with `snapshot.path`.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub uri: String,
+    /// Database of the collection. Default `default`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub database: Option<String>,
-    /// Optional with `snapshot.path` (the snapshot names its collection; if given, they must agree).
+    /// Name of the collection to backfill. Optional with `snapshot.path` (the snapshot names
+    /// its collection; if given, they must agree).
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub collection: String,
     /// Only this partition's segments.
@@ -216,14 +224,18 @@ impl MilvusSpec {
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct StorageSpec {
-    /// `host:port`, without scheme (`useSSL` picks it).
+    /// `host:port` of the S3 API (Milvus `minio.address:port`), without scheme (`useSSL`
+    /// picks it). `file:///dir` reads a copy of the bucket from `/dir/<bucket>/`.
     pub endpoint: String,
+    /// Bucket of the binlogs (Milvus `minio.bucketName`).
     pub bucket: String,
     /// Milvus `minio.rootPath`. Default `files`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub root_path: Option<String>,
+    /// S3 region. Default `us-east-1`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub region: Option<String>,
+    /// HTTPS to `endpoint`. Default false (HTTP).
     #[serde(default, rename = "useSSL", skip_serializing_if = "Option::is_none")]
     pub use_ssl: Option<bool>,
     /// Secret with keys `accesskey` and `secretkey`. Locally: the AWS environment
@@ -256,15 +268,20 @@ pub struct SourceSpec {
     /// S3 endpoint of the source; defaults to `storage.endpoint`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub endpoint: Option<String>,
+    /// S3 region of the source. Defaults to `storage.region`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub region: Option<String>,
+    /// HTTPS to the source endpoint. Defaults to `storage.useSSL`.
     #[serde(default, rename = "useSSL", skip_serializing_if = "Option::is_none")]
     pub use_ssl: Option<bool>,
-    /// Defaults to `storage.credentialsSecretRef`.
+    /// Secret with keys `accesskey` and `secretkey` for the source. Defaults to
+    /// `storage.credentialsSecretRef`. Locally: `SOURCE_AWS_ACCESS_KEY_ID` and
+    /// `SOURCE_AWS_SECRET_ACCESS_KEY`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub credentials_secret_ref: Option<SecretRef>,
 }
 
+/// Where the outputs go (`spec.output`).
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct OutputSpec {
@@ -280,16 +297,21 @@ pub struct OutputSpec {
     pub v3_commit: Option<crate::plan::V3CommitMode>,
 }
 
+/// One key of a Secret in the Backfill's namespace.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SecretKeySelector {
+    /// Name of the Secret, in the Backfill's namespace.
     pub name: String,
+    /// Key of the Secret whose value is used.
     pub key: String,
 }
 
+/// A Secret in the Backfill's namespace.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SecretRef {
+    /// Name of the Secret, in the Backfill's namespace.
     pub name: String,
 }
 

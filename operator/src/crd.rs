@@ -8,12 +8,35 @@ pub use milvus_backfill_api::cluster::*;
 
 /// The CRD. Integer formats Kubernetes does not know (`uint32`, `uint64`, which schemars
 /// derives from Rust's unsigned types) become `int64`; the API server would warn about them
-/// on every request otherwise.
+/// on every request otherwise. The resource quantities of `spec.worker.resources` get a
+/// plain description instead of k8s-openapi's Go text.
 pub fn crd() -> CustomResourceDefinition {
     let crd = Backfill::crd();
     let mut v = serde_json::to_value(&crd).expect("the CRD serializes");
     fix_formats(&mut v);
+    plain_quantities(&mut v);
     serde_json::from_value(v).expect("the CRD deserializes")
+}
+
+/// What `kubectl explain` shows for a resource quantity (`4Gi`, `500m`).
+const QUANTITY: &str = "A quantity: a number with an optional suffix, such as `2`, `500m` or `4Gi`.";
+
+/// k8s-openapi describes `Quantity` with its Go documentation (marshaling, `AsInt64()`).
+fn plain_quantities(v: &mut serde_json::Value) {
+    match v {
+        serde_json::Value::Object(m) => {
+            let quantity = m
+                .get("description")
+                .and_then(|d| d.as_str())
+                .is_some_and(|d| d.starts_with("Quantity is a fixed-point representation"));
+            if quantity {
+                m.insert("description".into(), QUANTITY.into());
+            }
+            m.values_mut().for_each(plain_quantities);
+        }
+        serde_json::Value::Array(a) => a.iter_mut().for_each(plain_quantities),
+        _ => {}
+    }
 }
 
 fn fix_formats(v: &mut serde_json::Value) {

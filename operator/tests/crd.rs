@@ -341,3 +341,104 @@ fn only_formats_kubernetes_knows() {
     });
     assert!(bad.is_empty(), "{bad:?}");
 }
+
+/// The property paths of `schema` (`spec.worker.tolerations[].key`), each with its schema:
+/// through `properties`, `items` and `additionalProperties`.
+fn properties<'a>(schema: &'a serde_json::Value, path: &str, out: &mut Vec<(String, &'a serde_json::Value)>) {
+    if let Some(props) = schema.get("properties").and_then(|p| p.as_object()) {
+        for (k, v) in props {
+            let p = if path.is_empty() {
+                k.clone()
+            } else {
+                format!("{path}.{k}")
+            };
+            out.push((p.clone(), v));
+            properties(v, &p, out);
+        }
+    }
+    if let Some(items) = schema.get("items") {
+        properties(items, &format!("{path}[]"), out);
+    }
+    if let Some(values) = schema.get("additionalProperties") {
+        properties(values, &format!("{path}{{}}"), out);
+    }
+}
+
+/// The description of a k8s-openapi type, as its schema gives it.
+fn type_doc<T: schemars::JsonSchema>() -> String {
+    let s = schemars::schema_for!(T);
+    s.get("description")
+        .and_then(|d| d.as_str())
+        .unwrap_or_default()
+        .to_owned()
+}
+
+#[test]
+fn every_property_has_its_own_description() {
+    // `kubectl explain backfill.spec...` shows these: every field says what it does for a
+    // Backfill, in our words, not in the Go of the Kubernetes types it holds.
+    use k8s_openapi::api::core::v1::{
+        Affinity, EnvVar, LocalObjectReference, PodSecurityContext, ResourceRequirements, Toleration,
+    };
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+    let s = schema();
+    let mut props = vec![];
+    properties(&s, "", &mut props);
+    assert!(props.len() > 80, "only {} properties", props.len());
+    fn description(v: &serde_json::Value) -> Option<&str> {
+        v.get("description").and_then(|d| d.as_str()).map(str::trim)
+    }
+    let missing: Vec<&str> = props
+        .iter()
+        .filter(|(_, v)| description(v).is_none_or(str::is_empty))
+        .map(|(p, _)| p.as_str())
+        .collect();
+
+    // A field that holds a Kubernetes type has its own description, not the type's.
+    let type_docs = [
+        type_doc::<Time>(),
+        type_doc::<ResourceRequirements>(),
+        type_doc::<Affinity>(),
+        type_doc::<PodSecurityContext>(),
+        type_doc::<Toleration>(),
+        type_doc::<EnvVar>(),
+        type_doc::<LocalObjectReference>(),
+    ];
+    let borrowed: Vec<&str> = props
+        .iter()
+        .filter(|(_, v)| description(v).is_some_and(|d| type_docs.iter().any(|t| t.trim() == d)))
+        .map(|(p, _)| p.as_str())
+        .collect();
+
+    // No Go (nor rustdoc) leaks anywhere, Kubernetes' own sub-properties included.
+    let mut leaked = vec![];
+    walk(&s, &mut vec![], &mut |p, v| {
+        if p.last().map(String::as_str) != Some("description") {
+            return;
+        }
+        let Some(d) = v.as_str() else { return };
+        for word in [
+            "time.Time",
+            "wrapper around",
+            "marshaling",
+            "marshalling",
+            "unmarshal",
+            "[`",
+        ] {
+            if d.contains(word) {
+                let at: Vec<&str> = p[..p.len() - 1]
+                    .iter()
+                    .map(String::as_str)
+                    .filter(|k| *k != "properties")
+                    .collect();
+                leaked.push(format!("{}: {word:?}", at.join(".")));
+            }
+        }
+    });
+    assert!(
+        missing.is_empty() && borrowed.is_empty() && leaked.is_empty(),
+        "no description at {missing:#?}\nthe Kubernetes type's description instead of the field's at \
+         {borrowed:#?}\nGo or rustdoc text in descriptions at {leaked:#?}\n(doc comments on the fields \
+         of api/src/cluster.rs and api/src/spec.rs make them)"
+    );
+}
