@@ -59,20 +59,40 @@ pub struct SegmentInvocation {
 impl SegmentInvocation {
     /// The arguments, without the binary.
     pub fn args(&self) -> Vec<String> {
-        let mut args = vec![
-            flags::SEGMENT.to_owned(),
-            format!("--{}", flags::TASK),
-            self.task.to_string(),
-            format!("--{}", flags::ENDPOINT),
-            self.endpoint.clone(),
-            format!("--{}", flags::REGION),
-            self.region.clone(),
-        ];
-        if self.use_ssl {
-            args.push(format!("--{}", flags::USE_SSL));
-        }
-        args
+        bucket_command(
+            flags::SEGMENT,
+            flags::TASK,
+            &self.task,
+            &self.endpoint,
+            &self.region,
+            self.use_ssl,
+        )
     }
+}
+
+/// `{command} --{object_flag} s3://… --endpoint E --region R [--use-ssl]`: a command whose input
+/// is an object in the bucket.
+fn bucket_command(
+    command: &str,
+    object_flag: &str,
+    object: &S3Uri,
+    endpoint: &str,
+    region: &str,
+    use_ssl: bool,
+) -> Vec<String> {
+    let mut args = vec![
+        command.to_owned(),
+        format!("--{object_flag}"),
+        object.to_string(),
+        format!("--{}", flags::ENDPOINT),
+        endpoint.to_owned(),
+        format!("--{}", flags::REGION),
+        region.to_owned(),
+    ];
+    if use_ssl {
+        args.push(format!("--{}", flags::USE_SSL));
+    }
+    args
 }
 
 /// `milvus-backfill plan-job --request s3://bucket/key --endpoint host:port --region R [--use-ssl]`:
@@ -88,19 +108,14 @@ pub struct PlanJobInvocation {
 impl PlanJobInvocation {
     /// The arguments, without the binary.
     pub fn args(&self) -> Vec<String> {
-        let mut args = vec![
-            flags::PLAN_JOB.to_owned(),
-            format!("--{}", flags::REQUEST),
-            self.request.to_string(),
-            format!("--{}", flags::ENDPOINT),
-            self.endpoint.clone(),
-            format!("--{}", flags::REGION),
-            self.region.clone(),
-        ];
-        if self.use_ssl {
-            args.push(format!("--{}", flags::USE_SSL));
-        }
-        args
+        bucket_command(
+            flags::PLAN_JOB,
+            flags::REQUEST,
+            &self.request,
+            &self.endpoint,
+            &self.region,
+            self.use_ssl,
+        )
     }
 }
 

@@ -13,47 +13,47 @@ pub use milvus_backfill_api::cluster::*;
 pub fn crd() -> CustomResourceDefinition {
     let crd = Backfill::crd();
     let mut v = serde_json::to_value(&crd).expect("the CRD serializes");
-    fix_formats(&mut v);
-    plain_quantities(&mut v);
+    each_object(&mut v, &mut |m| {
+        fix_format(m);
+        plain_quantity(m);
+    });
     serde_json::from_value(v).expect("the CRD deserializes")
+}
+
+/// Calls `f` on every JSON object in `v`, depth first.
+fn each_object(v: &mut serde_json::Value, f: &mut impl FnMut(&mut serde_json::Map<String, serde_json::Value>)) {
+    match v {
+        serde_json::Value::Object(m) => {
+            f(m);
+            m.values_mut().for_each(|c| each_object(c, f));
+        }
+        serde_json::Value::Array(a) => a.iter_mut().for_each(|c| each_object(c, f)),
+        _ => {}
+    }
 }
 
 /// What `kubectl explain` shows for a resource quantity (`4Gi`, `500m`).
 const QUANTITY: &str = "A quantity: a number with an optional suffix, such as `2`, `500m` or `4Gi`.";
 
 /// k8s-openapi describes `Quantity` with its Go documentation (marshaling, `AsInt64()`).
-fn plain_quantities(v: &mut serde_json::Value) {
-    match v {
-        serde_json::Value::Object(m) => {
-            let quantity = m
-                .get("description")
-                .and_then(|d| d.as_str())
-                .is_some_and(|d| d.starts_with("Quantity is a fixed-point representation"));
-            if quantity {
-                m.insert("description".into(), QUANTITY.into());
-            }
-            m.values_mut().for_each(plain_quantities);
-        }
-        serde_json::Value::Array(a) => a.iter_mut().for_each(plain_quantities),
-        _ => {}
+fn plain_quantity(m: &mut serde_json::Map<String, serde_json::Value>) {
+    let quantity = m
+        .get("description")
+        .and_then(|d| d.as_str())
+        .is_some_and(|d| d.starts_with("Quantity is a fixed-point representation"));
+    if quantity {
+        m.insert("description".into(), QUANTITY.into());
     }
 }
 
-fn fix_formats(v: &mut serde_json::Value) {
-    match v {
-        serde_json::Value::Object(m) => {
-            let unsigned = m
-                .get("format")
-                .and_then(|f| f.as_str())
-                .is_some_and(|f| matches!(f, "uint8" | "uint16" | "uint32" | "uint64" | "uint"));
-            let integer = m.get("type").and_then(|t| t.as_str()) == Some("integer");
-            if unsigned && integer {
-                m.insert("format".into(), "int64".into());
-            }
-            m.values_mut().for_each(fix_formats);
-        }
-        serde_json::Value::Array(a) => a.iter_mut().for_each(fix_formats),
-        _ => {}
+fn fix_format(m: &mut serde_json::Map<String, serde_json::Value>) {
+    let unsigned = m
+        .get("format")
+        .and_then(|f| f.as_str())
+        .is_some_and(|f| matches!(f, "uint8" | "uint16" | "uint32" | "uint64" | "uint"));
+    let integer = m.get("type").and_then(|t| t.as_str()) == Some("integer");
+    if unsigned && integer {
+        m.insert("format".into(), "int64".into());
     }
 }
 

@@ -406,6 +406,13 @@ async fn planning_harness() -> Harness {
     h
 }
 
+/// The answer of planning attempt `attempt`, as a planning Job stores it.
+fn store_answer(h: &Harness, attempt: u32, answer: &milvus_backfill_api::planning::PlanAnswer) {
+    let file = h.root.join(planning_layout(attempt).answer_key());
+    std::fs::create_dir_all(file.parent().unwrap()).unwrap();
+    std::fs::write(&file, serde_json::to_vec(answer).unwrap()).unwrap();
+}
+
 async fn plan_pass(h: &Harness) -> Result<Requeue, Error> {
     let decision = Decision {
         phase: Phase::Planning,
@@ -456,9 +463,7 @@ async fn a_planned_answer_is_adopted_as_the_run() {
         plan_key,
         run_id: h.plan.run_id.clone(),
     };
-    let answer_file = h.root.join(planning_layout(0).answer_key());
-    std::fs::create_dir_all(answer_file.parent().unwrap()).unwrap();
-    std::fs::write(&answer_file, serde_json::to_vec(&answer).unwrap()).unwrap();
+    store_answer(&h, 0, &answer);
     let v = h.serve(vec![
         Call::ApplyStatus { phase: Phase::Running },
         Call::CreateEvent {
@@ -486,9 +491,7 @@ async fn a_permanent_failure_answer_fails_the_backfill_with_its_message() {
         kind: milvus_backfill_api::error::ErrorKind::SchemaValidationError,
         message: "the source has no column pk".into(),
     };
-    let answer_file = h.root.join(planning_layout(0).answer_key());
-    std::fs::create_dir_all(answer_file.parent().unwrap()).unwrap();
-    std::fs::write(&answer_file, serde_json::to_vec(&answer).unwrap()).unwrap();
+    store_answer(&h, 0, &answer);
     let v = h.serve(vec![
         Call::ApplyStatus { phase: Phase::Failed },
         Call::CreateEvent {
@@ -511,9 +514,7 @@ async fn a_transient_failure_answer_starts_the_next_attempt_when_its_job_is_gone
         kind: milvus_backfill_api::error::ErrorKind::ConnectionError,
         message: "Milvus at http://milvus:19530 is unreachable".into(),
     };
-    let answer_file = h.root.join(planning_layout(0).answer_key());
-    std::fs::create_dir_all(answer_file.parent().unwrap()).unwrap();
-    std::fs::write(&answer_file, serde_json::to_vec(&answer).unwrap()).unwrap();
+    store_answer(&h, 0, &answer);
     let v = h.serve(vec![
         Call::ApplyStatus { phase: Phase::Planning },
         Call::CreateEvent {

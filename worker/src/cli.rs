@@ -84,13 +84,8 @@ pub enum Command {
         /// `s3://bucket/key` read with the storage credentials from the environment.
         #[arg(long = flags::TASK)]
         task: String,
-        /// `host:port` of the S3 API holding an `s3://` task (the plan's storage endpoint).
-        #[arg(long = flags::ENDPOINT, env = env::MB_TASK_ENDPOINT)]
-        endpoint: Option<String>,
-        #[arg(long = flags::REGION, default_value = milvus_backfill_api::spec::DEFAULT_REGION)]
-        region: String,
-        #[arg(long = flags::USE_SSL)]
-        use_ssl: bool,
+        #[command(flatten)]
+        bucket: BucketEndpoint,
         /// Overrides the task's attempt, to re-run a stored task by hand (the operator stores
         /// one task object per attempt, so its Jobs never pass this).
         #[arg(long, env = env::MB_TASK_ATTEMPT)]
@@ -106,14 +101,21 @@ pub enum Command {
         /// environment; the answer goes beside it.
         #[arg(long = flags::REQUEST)]
         request: String,
-        /// `host:port` of the S3 API holding the request (the spec's storage endpoint).
-        #[arg(long = flags::ENDPOINT, env = env::MB_TASK_ENDPOINT)]
-        endpoint: Option<String>,
-        #[arg(long = flags::REGION, default_value = milvus_backfill_api::spec::DEFAULT_REGION)]
-        region: String,
-        #[arg(long = flags::USE_SSL)]
-        use_ssl: bool,
+        #[command(flatten)]
+        bucket: BucketEndpoint,
     },
+}
+
+/// Where the bucket of an `s3://` task or request is served.
+#[derive(clap::Args, Debug, Clone)]
+pub struct BucketEndpoint {
+    /// `host:port` of the S3 API holding the `s3://` object (the spec's storage endpoint).
+    #[arg(long = flags::ENDPOINT, env = env::MB_TASK_ENDPOINT)]
+    endpoint: Option<String>,
+    #[arg(long = flags::REGION, default_value = milvus_backfill_api::spec::DEFAULT_REGION)]
+    region: String,
+    #[arg(long = flags::USE_SSL)]
+    use_ssl: bool,
 }
 
 pub fn main() -> i32 {
@@ -148,33 +150,10 @@ async fn dispatch(cli: Cli) -> Result<i32> {
         Command::Segment {
             task,
             result,
-            endpoint,
-            region,
-            use_ssl,
+            bucket,
             attempt,
-        } => {
-            let at = TaskAt {
-                task,
-                endpoint,
-                region,
-                use_ssl,
-            };
-            segment_command(&at, attempt, result.as_deref()).await
-        }
-        Command::PlanJob {
-            request,
-            endpoint,
-            region,
-            use_ssl,
-        } => {
-            let at = TaskAt {
-                task: request,
-                endpoint,
-                region,
-                use_ssl,
-            };
-            plan_job_command(&at).await
-        }
+        } => segment_command(&TaskAt { task, bucket }, attempt, result.as_deref()).await,
+        Command::PlanJob { request, bucket } => plan_job_command(&TaskAt { task: request, bucket }).await,
     }
 }
 
@@ -338,9 +317,7 @@ fn not_written(code: i32) -> i32 {
 /// Where `segment` finds its task: a local file, or `s3://bucket/key` on an endpoint.
 struct TaskAt {
     task: String,
-    endpoint: Option<String>,
-    region: String,
-    use_ssl: bool,
+    bucket: BucketEndpoint,
 }
 
 async fn segment_command(at: &TaskAt, attempt: Option<u32>, result: Option<&Path>) -> Result<i32> {
@@ -396,13 +373,14 @@ async fn task_store(at: &TaskAt) -> Result<(Store, String)> {
         .filter(|u| !u.key.is_empty())
         .ok_or_else(|| BackfillError::config(format!("{task}: expected s3://bucket/key")))?;
     let endpoint = at
+        .bucket
         .endpoint
         .clone()
         .ok_or_else(|| BackfillError::config(format!("{task} needs --endpoint host:port")))?;
     let ep = S3Endpoint {
         endpoint,
-        region: at.region.clone(),
-        use_ssl: at.use_ssl,
+        region: at.bucket.region.clone(),
+        use_ssl: at.bucket.use_ssl,
     };
     let creds = S3Credentials::storage_from_env()?;
     let store = Store::s3(&ep, &uri.bucket, creds.as_ref()).await;
@@ -546,16 +524,33 @@ mod tests {
         match cli.command {
             Command::Segment {
                 task,
-                endpoint,
-                region,
-                use_ssl,
+                bucket,
                 attempt,
                 result,
             } => {
                 assert_eq!(task, inv.task.to_string());
-                assert_eq!(endpoint.as_deref(), Some("minio:9000"));
-                assert_eq!((region.as_str(), use_ssl), ("eu-west-1", true));
+                assert_eq!(bucket.endpoint.as_deref(), Some("minio:9000"));
+                assert_eq!((bucket.region.as_str(), bucket.use_ssl), ("eu-west-1", true));
                 assert_eq!((attempt, result), (None, None));
+            }
+            other => panic!("parsed as {other:?}"),
+        }
+    }
+
+    #[test]
+    fn the_operators_planning_command_line_parses() {
+        let inv = milvus_backfill_api::invocation::PlanJobInvocation {
+            request: S3Uri::parse("s3://b/files/backfill/planning/u/1-0/request.json").unwrap(),
+            endpoint: "minio:9000".into(),
+            region: "us-east-1".into(),
+            use_ssl: false,
+        };
+        let cli = Cli::try_parse_from(std::iter::once(flags::BINARY.to_owned()).chain(inv.args())).unwrap();
+        match cli.command {
+            Command::PlanJob { request, bucket } => {
+                assert_eq!(request, inv.request.to_string());
+                assert_eq!(bucket.endpoint.as_deref(), Some("minio:9000"));
+                assert_eq!((bucket.region.as_str(), bucket.use_ssl), ("us-east-1", false));
             }
             other => panic!("parsed as {other:?}"),
         }
