@@ -7,7 +7,7 @@ E2E_STATE := $(MB_HOME)/e2e
 BIN := target/release/milvus-backfill
 DATA := target/e2e-data
 
-.PHONY: build test-build demo test unit-test gitops-test e2e-test v3-test env-up env-down lint bench bench-scale bench-plan crds k8s-test operator-e2e
+.PHONY: build test-build demo test unit-test gitops-test e2e-test v3-test env-up env-down reset-env lint bench bench-scale bench-plan crds k8s-test operator-e2e
 
 # The same build as test-build: one feature set, so `make demo` after `make test` (or the other
 # way round) rebuilds nothing.
@@ -59,7 +59,12 @@ gitops-test:
 v3-test: test-build
 	e2e/v3/run.sh
 
-test: lint unit-test gitops-test v3-test e2e-test k8s-test
+# Stops a test bed an interrupted earlier run left behind, and starts the control plane with
+# empty etcd data: no server, Pod or object of another run takes part in this one.
+reset-env:
+	e2e/reset.sh
+
+test: reset-env lint unit-test gitops-test v3-test e2e-test k8s-test
 
 bench: build
 	bench/run.sh

@@ -2,7 +2,8 @@
 # up.sh - start mb-pod-runner (stand-in for kubelet + container runtime + scheduler) against
 # the control plane of e2e/k8s/up.sh, with the admin kubeconfig from its env file.
 #
-# Idempotent: when the pidfile names a live process running our binary, nothing is started.
+# Idempotent: when the pidfile names a live process running our binary with the same settings
+# (binary, maps, arguments), nothing is started; with other settings it is restarted.
 # Builds the binary first (cargo build --release -p mb-pod-runner) when it is missing or older
 # than e2e/pod-runner/src, unless MB_POD_RUNNER_NO_BUILD=1.
 # Waits until the Node is Ready. Exit status 0 means: runner running, Node Ready.
@@ -50,6 +51,26 @@ running() {
 	[ -n "$pid" ] && [ "${exe##*/}" = mb-pod-runner ]
 }
 
+MAPS=(
+	"/usr/local/bin/milvus-backfill=$TARGET_DIR/release/milvus-backfill"
+	"/usr/local/bin/milvus-backfill-operator=$TARGET_DIR/release/milvus-backfill-operator"
+)
+# shellcheck disable=SC2206
+MAPS+=(${MB_POD_RUNNER_MAPS:-})
+ARGS=(--kubeconfig "$KUBECONFIG" --node-name "$NODE"
+	--log-dir "$BASE/pod-logs" --work-dir "$BASE/pods")
+for m in "${MAPS[@]}"; do ARGS+=(--map "$m"); done
+# shellcheck disable=SC2206
+ARGS+=(${MB_POD_RUNNER_ARGS:-})
+
+# A runner started with other settings (another checkout's binaries in its maps, other
+# arguments) would run this checkout's Pods with the wrong programs: restart it.
+SETTINGS="$BIN ${ARGS[*]}"
+if running && [ "$(cat "$RUN/settings" 2>/dev/null)" != "$SETTINGS" ]; then
+	echo "up.sh: mb-pod-runner runs with other settings (another checkout or other arguments): restarting"
+	"$HERE/down.sh"
+fi
+
 if running; then
 	echo "up.sh: mb-pod-runner already running (pid $(cat "$PIDFILE"))"
 else
@@ -61,17 +82,7 @@ else
 	fi
 	[ -x "$BIN" ] || { echo "up.sh: $BIN missing" >&2; exit 1; }
 	kubectl version >/dev/null 2>&1 || { echo "up.sh: the apiserver does not answer: run e2e/k8s/up.sh" >&2; exit 1; }
-	MAPS=(
-		"/usr/local/bin/milvus-backfill=$TARGET_DIR/release/milvus-backfill"
-		"/usr/local/bin/milvus-backfill-operator=$TARGET_DIR/release/milvus-backfill-operator"
-	)
-	# shellcheck disable=SC2206
-	MAPS+=(${MB_POD_RUNNER_MAPS:-})
-	ARGS=(--kubeconfig "$KUBECONFIG" --node-name "$NODE"
-		--log-dir "$BASE/pod-logs" --work-dir "$BASE/pods")
-	for m in "${MAPS[@]}"; do ARGS+=(--map "$m"); done
-	# shellcheck disable=SC2206
-	ARGS+=(${MB_POD_RUNNER_ARGS:-})
+	echo "$SETTINGS" >"$RUN/settings"
 	echo "=== $(date -u +%FT%TZ) $BIN ${ARGS[*]}" >>"$LOG"
 	# setsid: the runner (and its process groups) survive this shell
 	setsid "$BIN" "${ARGS[@]}" >>"$LOG" 2>&1 </dev/null &
