@@ -118,6 +118,15 @@ pub struct PkField {
     pub field_id: i64,
     pub name: String,
     pub pk_type: PkType,
+    /// 8, 16 or 32 when the join key is a physical Int8/Int16/Int32 field (`spec.joinKey`): the
+    /// source's key column has that width, and the keys of both sides are widened to Int64 as
+    /// they are read.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub int_width: Option<u8>,
+    /// The join key is a field other than the primary key (`spec.joinKey`): without
+    /// `columnMapping`, the source's key column is named like the field, not `pk`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub physical: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -134,6 +143,45 @@ pub struct NewField {
     /// The source column, when `spec.columnMapping` renames it to `name`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub source_column: Option<String>,
+    /// The vector field this column fills, when it fills one: its values are normalized to
+    /// Milvus' per-row bytes as they are read (`type` stays the source column's type).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vector: Option<VectorTarget>,
+}
+
+/// A vector field of the collection schema, as a new field fills it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct VectorTarget {
+    pub kind: VectorKind,
+    /// The schema's `dim` (0 for sparse vectors, which have none).
+    #[serde(default)]
+    pub dim: u32,
+}
+
+/// The vector types of `schemapb.DataType`, by their protobuf names.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum VectorKind {
+    BinaryVector,
+    FloatVector,
+    Float16Vector,
+    BFloat16Vector,
+    SparseFloatVector,
+    Int8Vector,
+}
+
+impl VectorTarget {
+    /// The bytes of one row of a dense vector; `None` for sparse vectors, whose rows vary.
+    pub fn row_bytes(&self) -> Option<usize> {
+        let dim = self.dim as usize;
+        Some(match self.kind {
+            VectorKind::FloatVector => dim * 4,
+            VectorKind::BinaryVector => dim / 8,
+            VectorKind::Float16Vector | VectorKind::BFloat16Vector => dim * 2,
+            VectorKind::Int8Vector => dim,
+            VectorKind::SparseFloatVector => return None,
+        })
+    }
 }
 
 impl NewField {
@@ -409,6 +457,8 @@ pub fn sample_plan() -> Plan {
         partition_id: None,
         schema_version: 0,
         pk_field: PkField {
+            int_width: None,
+            physical: false,
             field_id: 100,
             name: "id".into(),
             pk_type: PkType::Int64,
@@ -416,6 +466,7 @@ pub fn sample_plan() -> Plan {
         source_key_column: None,
         mode: Mode::Replace,
         new_fields: vec![NewField {
+            vector: None,
             name: "score".into(),
             arrow_type: "Float64".into(),
             field_id: None,

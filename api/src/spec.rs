@@ -13,6 +13,8 @@ pub const DEFAULT_DATABASE: &str = "default";
 pub const DEFAULT_ROOT_PATH: &str = "files";
 pub const DEFAULT_REGION: &str = "us-east-1";
 pub const DEFAULT_BATCH_SIZE: u32 = 1024;
+/// Names the reference reserves for its own columns; no join key may take them.
+pub const RESERVED_JOIN_NAMES: [&str; 4] = ["segment_id", "row_offset", "$segment_id", "$row_offset"];
 pub const DEFAULT_PARALLELISM: u32 = 4;
 /// Keys read from `credentialsSecretRef` Secrets.
 pub const ACCESS_KEY_KEY: &str = "accesskey";
@@ -27,6 +29,13 @@ pub struct EngineSpec {
     /// Field ID of the join key (the seed's `pkFieldToRead`). Defaults to the schema's primary key.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub primary_key_field_id: Option<i64>,
+    /// The join key by field name (the reference's `joinKey`): the primary key (the default), or a
+    /// physical, non-nullable Int8, Int16, Int32, Int64 or VarChar field. The source's key column
+    /// has the field's type; source keys are unique, and every segment row whose field holds a
+    /// key gets that source row's values. The join field itself is never written. Not with
+    /// `primaryKeyFieldId`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub join_key: Option<String>,
     /// The bucket where Milvus keeps its binlogs. The run reads the segments from it and
     /// writes its plan, its result and (unless `output.path` says otherwise) its outputs there.
     pub storage: StorageSpec,
@@ -393,6 +402,20 @@ pub fn validate(spec: &EngineSpec) -> Result<(), Vec<String>> {
     need(
         spec.primary_key_field_id.is_none_or(|f| f >= 100),
         "spec.primaryKeyFieldId must be a user field ID (>= 100)",
+    );
+    need(
+        spec.join_key.is_none() || spec.primary_key_field_id.is_none(),
+        "spec.joinKey and spec.primaryKeyFieldId both name the join key: keep one",
+    );
+    need(
+        spec.join_key.as_deref().is_none_or(|k| !k.trim().is_empty()),
+        "spec.joinKey is empty: name a field, or leave it out to join on the primary key",
+    );
+    need(
+        spec.join_key
+            .as_deref()
+            .is_none_or(|k| !RESERVED_JOIN_NAMES.contains(&k)),
+        "spec.joinKey names a reserved column (segment_id, row_offset, $segment_id, $row_offset)",
     );
     let is_s3 = spec.source.path.starts_with("s3://") || spec.source.path.starts_with("s3a://");
     need(

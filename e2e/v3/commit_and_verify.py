@@ -34,7 +34,7 @@ from common import (  # noqa: E402
     OK_CODECS, check_row_group_metadata, compare_column, exit_on_violations, load_source, print_summary,
     snapshot_segments,
 )
-from make_collection import arrow_type, arrow_field, pyarrow_fs, key_prefix  # noqa: E402
+from make_collection import arrow_type, arrow_field, pyarrow_fs, key_prefix, written_arrow_type  # noqa: E402
 
 
 class Violation(Exception):
@@ -227,7 +227,8 @@ def check_file(fs, prefix, base, name, op, fentry, expected, errs, where):
         if c not in arrow_schema.names or c not in types:
             continue
         fld = arrow_schema.field(c)
-        want = arrow_type({"data_type": types[c]["dataType"], "type_params": types[c]["typeParams"]})
+        want = written_arrow_type({"data_type": types[c]["dataType"], "type_params": types[c]["typeParams"],
+                                   "nullable": types[c]["nullable"]})
         if fld.type != want:
             errs.append(f"{where}: column {c} is {fld.type}, Milvus reads it as {want}")
         if types[c]["nullable"] and not fld.nullable:
@@ -434,7 +435,8 @@ def verify_segment(lib, props, exp, expected, version, source_map, mismatches, l
     pk = expected["pk"]
     fields = expected["newFields"]
     schema = pa.schema([arrow_field(pk["fieldId"], arrow_type({"data_type": pk["dataType"]}), False)] +
-                       [arrow_field(f["fieldId"], arrow_type({"data_type": f["dataType"], "type_params": f["typeParams"]}),
+                       [arrow_field(f["fieldId"], written_arrow_type({"data_type": f["dataType"], "type_params": f["typeParams"],
+                                                                      "nullable": f["nullable"]}),
                                     True) for f in fields])
     _v, t = loon.read_table(lib, props, exp["basePath"], schema, version=version)
     pks = t.column(0).to_pylist()
@@ -443,12 +445,15 @@ def verify_segment(lib, props, exp, expected, version, source_map, mismatches, l
                            "snapshot's row order", "rows": len(pks), "expectedRows": len(exp["pks"])})
         return 0, 0
     checked = 0
+    # spec.joinKey: each row is looked up by its join field's value, which may repeat.
+    lookup = exp.get("joinKeys") or pks
+    keys = {pk for pk, k in zip(pks, lookup) if k in source_map["__keys__"]}
     for f in fields:
-        want = merged(expected.get("mode", "replace"), pks, exp.get("existing", {}).get(f["name"]),
-                      source_map[f["name"]], source_map["__keys__"])
+        src = {pk: source_map[f["name"]][k] for pk, k in zip(pks, lookup) if k in source_map[f["name"]]}
+        want = merged(expected.get("mode", "replace"), pks, exp.get("existing", {}).get(f["name"]), src, keys)
         checked += compare_column(exp["segmentId"], f["name"], pks, t.column(str(f["fieldId"])).to_pylist(),
                                   want, mismatches, limit, per_segment=True)
-    matched = sum(1 for k in pks if k in source_map["__keys__"])
+    matched = len(keys)
     return checked, matched
 
 
@@ -474,14 +479,15 @@ def provenance_errors(mode, entry, exp, fields, source_map):
     if mode == "replace":
         return [] if not entry.get("usedSourceByField") else [f"segment {exp['segmentId']}: replace has provenance"]
     errs, keys = [], source_map["__keys__"]
+    lookup = exp.get("joinKeys") or exp["pks"]  # spec.joinKey: rows looked up by the join field
     for f in fields:
         old = exp.get("existing", {}).get(f["name"]) or [None] * len(exp["pks"])
         src = source_map[f["name"]]
         if mode == "coalesce":
             kept = sum(1 for v in old if v is not None)
-            filled = sum(1 for k, v in zip(exp["pks"], old) if v is None and src.get(k) is not None)
+            filled = sum(1 for k, v in zip(lookup, old) if v is None and src.get(k) is not None)
         else:
-            filled = sum(1 for k in exp["pks"] if k in keys)
+            filled = sum(1 for k in lookup if k in keys)
             kept = len(exp["pks"]) - filled
         got = (entry.get("usedSourceByField", {}).get(f["name"]), entry.get("usedDataFileByField", {}).get(f["name"]))
         if got != (kept, filled):

@@ -17,6 +17,9 @@ import pyarrow.parquet as pq
 
 OK_CODECS = {"ZSTD", "UNCOMPRESSED"}
 
+# schemapb.DataType of the vector types: BinaryVector .. Int8Vector.
+VECTOR_TYPES = {100, 101, 102, 103, 104, 105}
+
 
 # ------------------------------------------------------------------ writing Parquet
 def row_group_metadata(table, rows_per_group):
@@ -57,13 +60,37 @@ def load_source(path, expected):
     """The source as {"__keys__": set of keys, new field name: {key: value}}: key column `pk` and columns
     named by field, or as the expectation's `columnMapping` (source column -> field name) says."""
     t = as_mapped(pq.read_table(path), expected)
-    keys = t.column("pk").to_pylist()
+    keys = t.column(expected.get("joinKey") or "pk").to_pylist()
     if len(keys) != len(set(keys)):
         raise SystemExit("source has duplicate keys: the oracle needs unique keys")
     out = {"__keys__": set(keys)}
     for f in expected["newFields"]:
-        out[f["name"]] = dict(zip(keys, t.column(f["name"]).to_pylist())) if f["name"] in t.column_names else {}
+        vals = t.column(f["name"]).to_pylist() if f["name"] in t.column_names else None
+        if vals is not None and f["dataType"] in VECTOR_TYPES:
+            vals = [None if v is None else vector_bytes(f, v) for v in vals]
+        out[f["name"]] = dict(zip(keys, vals)) if vals is not None else {}
     return out
+
+
+def vector_bytes(field, value):
+    """Milvus' per-row bytes of a vector value in one of the source forms make_collection writes
+    (a list, a JSON string, bytes, or a map's (index, value) pairs), normalized here on its own."""
+    dt = field["dataType"]
+    if isinstance(value, str):
+        value = json.loads(value)
+    if isinstance(value, bytes):
+        return value
+    if dt == 101:
+        return struct.pack(f"<{len(value)}f", *value)
+    if dt in (100, 105):
+        return bytes(v & 0xFF for v in value)
+    if dt == 102:
+        return struct.pack(f"<{len(value)}e", *value)
+    if dt == 103:
+        return b"".join(struct.pack("<H", struct.unpack("<I", struct.pack("<f", v))[0] >> 16) for v in value)
+    if dt == 104:
+        return b"".join(struct.pack("<If", i, v) for i, v in sorted(value))
+    raise ValueError(f"not a vector type: {dt}")
 
 
 def same_value(a, b):

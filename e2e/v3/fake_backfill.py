@@ -42,7 +42,8 @@ import pyarrow.parquet as pq
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import loon  # noqa: E402
 import common  # noqa: E402
-from make_collection import arrow_type, arrow_field, pyarrow_fs, key_prefix  # noqa: E402
+from make_collection import arrow_type, arrow_field, pyarrow_fs, key_prefix, written_arrow_type  # noqa: E402
+from common import VECTOR_TYPES, vector_bytes  # noqa: E402
 
 ROW_GROUP_ROWS = 512
 
@@ -126,6 +127,8 @@ def main():
         ops = []
         for f in new_fields:
             col = source.column(f["name"]).to_pylist()
+            if f["data_type"] in VECTOR_TYPES:
+                col = [None if v is None else vector_bytes({"dataType": f["data_type"]}, v) for v in col]
             vals = [None if i is None else col[i] for i in idx]
             if args.wrong_value and not tampered:
                 j = next(j for j, v in enumerate(vals) if v is not None)
@@ -134,8 +137,8 @@ def main():
                 else:
                     vals[j] = vals[j] + "x"
                 tampered = True
-            t = pa.table([pa.array(vals, arrow_type(f))],
-                         schema=pa.schema([arrow_field(f["fieldID"], arrow_type(f), True)]))
+            wt = written_arrow_type({**f, "nullable": True})
+            t = pa.table([pa.array(vals, wt)], schema=pa.schema([arrow_field(f["fieldID"], wt, True)]))
             pieces = [(0, rows)]
             if args.two_files and rows > 1:
                 pieces = [(0, rows // 3), (rows // 3, rows)]

@@ -15,6 +15,8 @@ by field ID with PARQUET:field_id metadata, group 0 = system fields + PK + scala
                       partitions 2002 and 2005, 4 segments; new fields 103 `score` Double, 104 `label` VarChar(64)
   B  3001 v3_varchar  VarChar PK 100 `doc`, 101 `emb` FloatVector dim 4; partition 3002, 2 segments;
                       new field 103 `score` Double
+  D  5001 v3_vectors  Int64 PK 100 `pk`, 101 `emb` FloatVector dim 4; partition 5002, 2 segments; new
+                      fields 102-107, one of each vector type, each from another source form
 """
 import argparse
 import json
@@ -35,6 +37,8 @@ CREATE_TS = 462324677975474190
 
 # data_type numbers (schemapb.DataType)
 INT64, DOUBLE, VARCHAR, BINARY_VECTOR, FLOAT_VECTOR = 5, 11, 21, 100, 101
+FLOAT16_VECTOR, BFLOAT16_VECTOR, SPARSE_VECTOR, INT8_VECTOR = 102, 103, 104, 105
+INT32 = 4
 
 COLLECTIONS = [
     {
@@ -85,6 +89,63 @@ COLLECTIONS = [
     },
 ]
 
+def dim(n):
+    return [{"key": "dim", "value": str(n)}]
+
+
+# Every vector type as a new field, each from another of the source forms the reference accepts
+# ("form"), normalized by milvus-backfill to Milvus' per-row bytes; the oracle normalizes on its own
+# (common.vector_bytes) and compares byte for byte.
+VECTORS = {
+    "key": "d", "id": 5001, "name": "v3_vectors", "snapshotId": 462324574599774501, "schemaVersion": 7,
+    "pk": {"fieldID": 100, "name": "pk", "data_type": INT64},
+    "fields": [
+        {"fieldID": 100, "name": "pk", "is_primary_key": True, "data_type": INT64},
+        {"fieldID": 101, "name": "emb", "data_type": FLOAT_VECTOR, "type_params": dim(4)},
+    ],
+    "newFields": [
+        {"fieldID": 102, "name": "fvec", "data_type": FLOAT_VECTOR, "nullable": True, "type_params": dim(8),
+         "form": "list<float32>"},
+        {"fieldID": 103, "name": "bvec", "data_type": BINARY_VECTOR, "nullable": True, "type_params": dim(16),
+         "form": "list<int16>"},
+        {"fieldID": 104, "name": "f16", "data_type": FLOAT16_VECTOR, "nullable": True, "type_params": dim(4),
+         "form": "fixed_size_list<float64>"},
+        {"fieldID": 105, "name": "bf16", "data_type": BFLOAT16_VECTOR, "nullable": True, "type_params": dim(4),
+         "form": "binary"},
+        {"fieldID": 106, "name": "i8", "data_type": INT8_VECTOR, "nullable": True, "type_params": dim(6),
+         "form": "json"},
+        {"fieldID": 107, "name": "sparse", "data_type": SPARSE_VECTOR, "nullable": True, "form": "map<int32,float32>"},
+    ],
+    "segments": [
+        (5002, 5003, [400, 300], False),
+        (5002, 5004, [500], True),
+    ],
+    "laterVersionSegment": None,
+    "vectorGroup": "101",
+}
+
+# spec.joinKey: a physical Int32 field `tag` whose values repeat within and across segments; the source
+# is keyed by `tag` (a column named like the field) and every row holding a tag gets its values.
+JOINKEY = {
+    "key": "e", "id": 6001, "name": "v3_joinkey", "snapshotId": 462324574599774601, "schemaVersion": 4,
+    "joinKey": "tag",
+    "pk": {"fieldID": 100, "name": "pk", "data_type": INT64},
+    "fields": [
+        {"fieldID": 100, "name": "pk", "is_primary_key": True, "data_type": INT64},
+        {"fieldID": 101, "name": "tag", "data_type": INT32},
+        {"fieldID": 102, "name": "emb", "data_type": FLOAT_VECTOR, "type_params": dim(4)},
+    ],
+    "newFields": [
+        {"fieldID": 103, "name": "score", "data_type": DOUBLE, "nullable": True},
+    ],
+    "segments": [
+        (6002, 6003, [500, 300], False),
+        (6002, 6004, [600], True),
+    ],
+    "laterVersionSegment": None,
+    "vectorGroup": "102",
+}
+
 # A re-backfill: `score` (103) was backfilled before into some segments (its own column group, as a
 # committed backfill leaves it, values with nulls); this run's spec.mode is coalesce, so existing
 # non-null values win and nulls are filled from the source. Committed with v3Commit: manifest only
@@ -125,6 +186,8 @@ def arrow_type(field):
     params = {p["key"]: p["value"] for p in field.get("type_params", [])}
     if dt == INT64:
         return pa.int64()
+    if dt == INT32:
+        return pa.int32()
     if dt == DOUBLE:
         return pa.float64()
     if dt == VARCHAR:
@@ -134,6 +197,14 @@ def arrow_type(field):
     if dt == FLOAT_VECTOR:
         return pa.binary(int(params["dim"]) * 4)
     raise ValueError(f"unsupported data_type {dt}")
+
+
+def written_arrow_type(field):
+    """The Arrow type of a backfilled column: nullable vectors are Binary (the reference's writer types),
+    every other field as arrow_type."""
+    if field["data_type"] in common.VECTOR_TYPES and field.get("nullable"):
+        return pa.binary()
+    return arrow_type(field)
 
 
 def arrow_field(fid, typ, nullable):
@@ -234,6 +305,8 @@ def segment_table(rng, coll, seg_id, pks):
             arr = pa.array(pks, t)
         elif f["data_type"] == DOUBLE:
             arr = pa.array([None if rng.random() < 0.1 else rng.uniform(-1e6, 1e6) for _ in range(rows)], t)
+        elif f["data_type"] == INT32:  # a join key with repeats: 400 values over every segment's rows
+            arr = pa.array([rng.randrange(-200, 200) for _ in range(rows)], t)
         elif t.id == pa.binary(1).id:
             arr = pa.array([rng.randbytes(t.byte_width) for _ in range(rows)], t)
         else:
@@ -253,10 +326,15 @@ def source_table(rng, coll, all_pks):
         if k not in have:
             have.add(k)
             extra.append(k)
+    if coll.get("joinKey"):
+        # Keyed by the join field's values (unique), about 70% of them, plus values in no segment.
+        chosen = rng.sample(sorted(set(all_pks)), int(len(set(all_pks)) * 0.7))
+        extra = [v for v in range(1000, 1050)]
     keys = chosen + extra
     rng.shuffle(keys)
     # milvus-backfill joins on the source column `pk`, whatever the primary key field is named.
-    data = {"pk": pa.array(keys, arrow_type(coll["pk"]))}
+    key_field = next((f for f in coll["fields"] if f["name"] == coll.get("joinKey")), coll["pk"])
+    data = {coll.get("joinKey") or "pk": pa.array(keys, arrow_type(key_field))}
     for f in coll["newFields"]:
         if f["data_type"] == DOUBLE:
             specials = [0.0, -0.0, math.inf, -math.inf, math.nan, 1e-308, 1.7976931348623157e308]
@@ -278,6 +356,8 @@ def source_table(rng, coll, all_pks):
                 else:
                     vals.append("".join(rng.choice("abcdefghijklmnop ,;|\"'") for _ in range(rng.randint(1, 64))))
             data[f["name"]] = pa.array(vals, pa.string())
+        elif f["data_type"] in common.VECTOR_TYPES:
+            data[f["name"]] = vector_column(rng, f, len(keys))
     mapping = coll.get("columnMapping")
     if not mapping:
         return pa.table(data)
@@ -287,10 +367,41 @@ def source_table(rng, coll, all_pks):
     return pa.table({**unmapped, **dict(reversed(list(renamed.items())))})
 
 
+def vector_column(rng, f, n):
+    """n source values of vector field f in its `form`, about 10% of them null."""
+    d = int(dict((p["key"], p["value"]) for p in f.get("type_params", [])).get("dim", 0))
+    form = f["form"]
+
+    def one():
+        if form == "list<float32>":
+            return [rng.uniform(-10, 10) for _ in range(d)]
+        if form == "list<int16>":
+            return [rng.randint(-128, 255) for _ in range(d // 8)]
+        if form == "fixed_size_list<float64>":
+            return [round(rng.uniform(-100, 100), 3) for _ in range(d)]
+        if form == "binary":  # bfloat16 bits of finite values, as the user's ETL would pack them
+            import struct
+            return b"".join(struct.pack("<H", struct.unpack("<I", struct.pack("<f", rng.uniform(-5, 5)))[0] >> 16)
+                            for _ in range(d))
+        if form == "json":
+            return json.dumps([rng.randint(-128, 127) for _ in range(d)])
+        if form == "map<int32,float32>":
+            idx = rng.sample(range(0, 100000), rng.randint(0, 6))  # unsorted; an empty row too
+            return [(i, rng.uniform(0, 3)) for i in idx]
+        raise ValueError(form)
+
+    vals = [None if rng.random() < 0.1 else one() for _ in range(n)]
+    types = {"list<float32>": pa.list_(pa.float32()), "list<int16>": pa.list_(pa.int16()),
+             "fixed_size_list<float64>": pa.list_(pa.float64(), d), "binary": pa.binary(), "json": pa.string(),
+             "map<int32,float32>": pa.map_(pa.int32(), pa.float32())}
+    return pa.array(vals, types[form])
+
+
 def snapshot_json(coll, parts, manifest_list, storagev2_manifest_list, create_ts=CREATE_TS):
     """Snapshot metadata (protobuf-JSON) of `coll` over the partitions `parts`, listing its segments in
     `manifest-list` (V2: snapshot manifest paths) or `storagev2-manifest-list` (V3: {segmentID, manifest})."""
-    fields = [dict(f) for f in coll["fields"]] + [dict(f) for f in SYSTEM_FIELDS] + [dict(f) for f in coll["newFields"]]
+    fields = [dict(f) for f in coll["fields"]] + [dict(f) for f in SYSTEM_FIELDS] + [
+        {k: v for k, v in f.items() if k != "form"} for f in coll["newFields"]]
     return {
         "snapshot-info": {"name": f"{coll['name']}_backfill", "id": coll["snapshotId"], "collection_id": coll["id"],
                           "partition_ids": parts, "create_ts": create_ts},
@@ -326,6 +437,7 @@ def spec_yaml(coll, target, snapshot_path, source_path, v3_commit=None):
         f"    path: {source_path}\n"
         + (f"  output: {{v3Commit: {v3_commit}}}\n" if v3_commit else "")
         + (f"  mode: {coll['mode']}\n" if coll.get("mode") else "")
+        + (f"  joinKey: {coll['joinKey']}\n" if coll.get("joinKey") else "")
         + ("  columnMapping:\n" + "".join(f"    {s}: {t}\n" for s, t in coll["columnMapping"].items())
            if coll.get("columnMapping") else "")
     )
@@ -377,13 +489,17 @@ def build(coll, target, work, rng, lib, v3_commit=None):
             "snapshotVersion": snap_ver, "latestVersionAtSetup": latest, "rows": rows,
             "group0Files": [[os.path.basename(f["path"]), f["start_index"], f["end_index"]] for f in g0["files"]],
             "pks": back_pks,
+            **({"joinKeys": table.column(str(next(f["fieldID"] for f in coll["fields"] if f["name"] == coll["joinKey"])))
+                .to_pylist()} if coll.get("joinKey") else {}),
             **({"existing": existing} if existing is not None else {}),
         })
         print(f"  segment {seg}: partition {part}, {rows} rows in {len(commits)} file(s), snapshot ver {snap_ver}"
               + (f", latest {latest}" if latest != snap_ver else ""), file=sys.stderr)
 
     parts = sorted({p for p, _s, _c, _b in coll["segments"]})
-    return write_collection_files(coll, target, work, rng, snapshot_json(coll, parts, [], entries), pks_all, parts,
+    # The source is keyed by the join field's values: the PKs, or spec.joinKey's field.
+    keys_all = [k for s in expected_segments for k in s["joinKeys"]] if coll.get("joinKey") else pks_all
+    return write_collection_files(coll, target, work, rng, snapshot_json(coll, parts, [], entries), keys_all, parts,
                                   {"v3Commit": v3_commit or "ops"}, expected_segments, v3_commit)
 
 
@@ -425,12 +541,14 @@ def write_collection_files(coll, target, work, rng, snap, pks_all, parts, extra,
                       for f in coll["newFields"]],
         "snapshot": snap_loc, "source": src_path, "spec": spec_path, "storage": target.storage,
         "columnMapping": coll.get("columnMapping"), "mode": coll.get("mode", "coalesce"),
+        "joinKey": coll.get("joinKey"),
         **extra, "segments": expected_segments,
     }
     exp_path = os.path.join(work, f"expected-{coll['name']}.json")
     with open(exp_path, "w") as fh:
         json.dump(expected, fh)
-    matched = len(set(common.as_mapped(src, expected).column("pk").to_pylist()) & set(pks_all))
+    key_col = coll.get("joinKey") or "pk"
+    matched = len(set(common.as_mapped(src, expected).column(key_col).to_pylist()) & set(pks_all))
     print(f"{coll['name']}: {len(expected_segments)} segments, {len(pks_all)} rows; source {src.num_rows} rows "
           f"({matched} in segments); snapshot {snap_loc}; spec {spec_path}", file=sys.stderr)
     return exp_path
@@ -466,7 +584,7 @@ def main():
     with open(os.path.join(args.work, "storage.json"), "w") as fh:
         json.dump(target.storage, fh)
     # The re-backfill needs a replace of an existing column: only the manifest commit can apply it here.
-    colls = COLLECTIONS + ([REBACKFILL] if args.v3_commit == "manifest" else [])
+    colls = COLLECTIONS + [VECTORS, JOINKEY] + ([REBACKFILL] if args.v3_commit == "manifest" else [])
     out = [build(c, target, args.work, rng, lib, args.v3_commit) for c in colls]
     print(json.dumps({"storage": target.storage, "expected": out}))
 

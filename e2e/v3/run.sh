@@ -26,7 +26,7 @@ HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 REPO=$(cd "$HERE/../.." && pwd)
 LEGS=${V3_LEGS:-local s3}
 CASES=${V3_CASES:-ops manifest v2}
-COLLECTIONS="v3_int64 v3_varchar"
+COLLECTIONS="v3_int64 v3_varchar v3_vectors v3_joinkey"
 SKIPPED=()
 
 log() { echo "[v3-e2e $(date +%H:%M:%S)] $*" >&2; }

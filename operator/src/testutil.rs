@@ -57,12 +57,14 @@ pub fn plan_with(n: usize, failed: usize) -> Plan {
         collection_id: 470745036076876812,
         new_fields: vec![
             NewField {
+                vector: None,
                 source_column: None,
                 name: "score".into(),
                 arrow_type: "Float64".into(),
                 field_id: None,
             },
             NewField {
+                vector: None,
                 source_column: None,
                 name: "label".into(),
                 arrow_type: "Utf8".into(),

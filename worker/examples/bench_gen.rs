@@ -205,6 +205,7 @@ fn task_plan(
         use_ssl: false,
     };
     let nf = |name: &str, arrow_type: &str| NewField {
+        vector: None,
         source_column: None,
         name: name.into(),
         arrow_type: arrow_type.into(),
@@ -217,6 +218,8 @@ fn task_plan(
         run_id: "bench".into(),
         collection_id: COLLECTION,
         pk_field: PkField {
+            int_width: None,
+            physical: false,
             field_id: PK_FIELD,
             name: "id".into(),
             pk_type: PkType::Int64,

@@ -63,7 +63,7 @@ pub async fn add_fields(doc: &BackfillDoc, token: &MilvusToken, max_length: u32)
     let stores = RunStores::open(&at, &StoreCredentials::from_env()?).await;
     let mut milvus = MilvusClient::connect(&spec.milvus.uri, spec.milvus.database(), token).await?;
     let info = milvus.describe_collection(&spec.milvus.collection).await?;
-    let pk = crate::planner::pk_field(&info, spec.primary_key_field_id)?;
+    let pk = crate::planner::join_field(&info, spec.primary_key_field_id, spec.join_key.as_deref())?;
     let files = source::list_files(&stores.source, &place_key(&at.source_place)).await?;
     let schema = source::inspect(
         &stores.source,
@@ -105,6 +105,7 @@ mod tests {
     #[test]
     fn columns_become_nullable_fields_unless_they_exist() {
         let existing = vec![FieldInfo {
+            dim: None,
             field_id: 103,
             name: "score".into(),
             data_type: DataType::Double as i32,

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use arrow_schema::Schema;
 
 use crate::error::{BackfillError, Result};
-use crate::plan::DEFAULT_KEY_COLUMN;
+use crate::plan::{PkField, DEFAULT_KEY_COLUMN};
 
 /// The source columns a run reads.
 #[derive(Debug, Clone, PartialEq)]
@@ -25,11 +25,13 @@ impl SourceColumns {
     }
 }
 
-/// Resolves the mapping against the source schema. `pk_name` is the primary key's field name,
-/// the target the join key column must map to. Every error names the columns at fault.
-pub fn resolve(schema: &Schema, pk_name: &str, mapping: Option<&BTreeMap<String, String>>) -> Result<SourceColumns> {
+/// Resolves the mapping against the source schema. `pk` is the join key field, the target the
+/// join key column must map to; without a mapping, the key column is `pk`, or the field's own
+/// name for a physical join key (as the reference). Every error names the columns at fault.
+pub fn resolve(schema: &Schema, pk: &PkField, mapping: Option<&BTreeMap<String, String>>) -> Result<SourceColumns> {
+    let pk_name = pk.name.as_str();
     let Some(mapping) = mapping else {
-        return legacy(schema);
+        return legacy(schema, if pk.physical { pk_name } else { DEFAULT_KEY_COLUMN });
     };
     let missing: Vec<&str> = mapping
         .keys()
@@ -65,10 +67,10 @@ pub fn resolve(schema: &Schema, pk_name: &str, mapping: Option<&BTreeMap<String,
     })
 }
 
-fn legacy(schema: &Schema) -> Result<SourceColumns> {
-    if schema.field_with_name(DEFAULT_KEY_COLUMN).is_err() {
+fn legacy(schema: &Schema, key: &str) -> Result<SourceColumns> {
+    if schema.field_with_name(key).is_err() {
         return Err(BackfillError::schema(format!(
-            "the source has no `{DEFAULT_KEY_COLUMN}` column (columns: {}); add the join key as `{DEFAULT_KEY_COLUMN}`, \
+            "the source has no `{key}` column (columns: {}); add the join key as `{key}`, \
              or name it in spec.columnMapping",
             crate::source::describe(schema)
         )));
@@ -76,16 +78,16 @@ fn legacy(schema: &Schema) -> Result<SourceColumns> {
     let fields: Vec<(String, String)> = schema
         .fields()
         .iter()
-        .filter(|f| f.name() != DEFAULT_KEY_COLUMN)
+        .filter(|f| f.name() != key)
         .map(|f| (f.name().clone(), f.name().clone()))
         .collect();
     if fields.is_empty() {
         return Err(BackfillError::schema(format!(
-            "the source has only the `{DEFAULT_KEY_COLUMN}` column: add at least one new field column"
+            "the source has only the `{key}` column: add at least one new field column"
         )));
     }
     Ok(SourceColumns {
-        key: DEFAULT_KEY_COLUMN.to_owned(),
+        key: key.to_owned(),
         fields,
     })
 }
@@ -107,26 +109,50 @@ mod tests {
         pairs.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect()
     }
 
+    fn pk(name: &str) -> PkField {
+        PkField {
+            field_id: 100,
+            name: name.into(),
+            pk_type: crate::plan::PkType::Int64,
+            int_width: None,
+            physical: false,
+        }
+    }
+
+    #[test]
+    fn a_physical_join_key_without_a_mapping_is_the_column_named_like_its_field() {
+        let tag = PkField {
+            physical: true,
+            ..pk("tag")
+        };
+        let c = resolve(&schema(&["pk", "tag", "score"]), &tag, None).unwrap();
+        assert_eq!((c.key.as_str(), c.plan_key_column()), ("tag", Some("tag".to_owned())));
+        assert_eq!(
+            c.fields,
+            vec![("pk".into(), "pk".into()), ("score".into(), "score".into())]
+        );
+        assert!(err(resolve(&schema(&["pk", "score"]), &tag, None)).contains("no `tag` column"));
+    }
+
     fn err(r: Result<SourceColumns>) -> String {
         r.unwrap_err().to_string()
     }
 
     #[test]
     fn without_a_mapping_pk_is_the_key_and_every_other_column_a_field() {
-        let c = resolve(&schema(&["a", "pk", "b"]), "id", None).unwrap();
+        let c = resolve(&schema(&["a", "pk", "b"]), &pk("id"), None).unwrap();
         assert_eq!(c.key, "pk");
         assert_eq!(c.plan_key_column(), None);
         assert_eq!(c.fields, vec![("a".into(), "a".into()), ("b".into(), "b".into())]);
-        assert!(
-            err(resolve(&schema(&["id", "a"]), "id", None)).contains("no `pk` column (columns: [id: Int64, a: Int64])")
-        );
-        assert!(err(resolve(&schema(&["pk"]), "id", None)).contains("only the `pk` column"));
+        assert!(err(resolve(&schema(&["id", "a"]), &pk("id"), None))
+            .contains("no `pk` column (columns: [id: Int64, a: Int64])"));
+        assert!(err(resolve(&schema(&["pk"]), &pk("id"), None)).contains("only the `pk` column"));
     }
 
     #[test]
     fn a_mapping_is_a_complete_projection_in_source_order() {
         let m = map(&[("user", "id"), ("s", "score"), ("t", "tag")]);
-        let c = resolve(&schema(&["t", "dropped", "user", "s"]), "id", Some(&m)).unwrap();
+        let c = resolve(&schema(&["t", "dropped", "user", "s"]), &pk("id"), Some(&m)).unwrap();
         assert_eq!(c.key, "user");
         assert_eq!(c.plan_key_column(), Some("user".into()));
         assert_eq!(c.fields, vec![("t".into(), "tag".into()), ("s".into(), "score".into())]);
@@ -135,7 +161,7 @@ mod tests {
     #[test]
     fn a_mapping_may_swap_names() {
         let m = map(&[("pk", "id"), ("a", "b"), ("b", "a")]);
-        let c = resolve(&schema(&["pk", "a", "b"]), "id", Some(&m)).unwrap();
+        let c = resolve(&schema(&["pk", "a", "b"]), &pk("id"), Some(&m)).unwrap();
         assert_eq!(c.fields, vec![("a".into(), "b".into()), ("b".into(), "a".into())]);
     }
 
@@ -144,16 +170,16 @@ mod tests {
         let s = schema(&["user", "s"]);
         let e = err(resolve(
             &s,
-            "id",
+            &pk("id"),
             Some(&map(&[("user", "id"), ("x", "score"), ("y", "z")])),
         ));
         assert!(
             e.contains(r#"["x", "y"]"#) && e.contains("columns: [user: Int64, s: Int64]"),
             "{e}"
         );
-        let e = err(resolve(&s, "id", Some(&map(&[("user", "uid"), ("s", "score")]))));
+        let e = err(resolve(&s, &pk("id"), Some(&map(&[("user", "uid"), ("s", "score")]))));
         assert!(e.contains(r#"no column to the primary key "id""#), "{e}");
-        let e = err(resolve(&s, "id", Some(&map(&[("user", "id")]))));
+        let e = err(resolve(&s, &pk("id"), Some(&map(&[("user", "id")]))));
         assert!(e.contains(r#"only the join key "user""#), "{e}");
     }
 }

@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
 
-use arrow_array::{Array, Int64Array, LargeStringArray, StringArray};
+use arrow_array::{Array, ArrayRef, Int64Array, LargeStringArray, StringArray};
 use arrow_schema::DataType;
 
 pub use milvus_backfill_api::plan::PkType;
@@ -13,6 +13,37 @@ pub fn pk_accepts(pk: PkType, arrow: &DataType) -> bool {
     match pk {
         PkType::Int64 => arrow == &DataType::Int64,
         PkType::VarChar => matches!(arrow, DataType::Utf8 | DataType::LargeUtf8),
+    }
+}
+
+/// Whether a key column of this Arrow type joins on `pk`: a physical Int8/16/32 join key needs
+/// exactly its width, other keys as [`pk_accepts`].
+pub fn key_accepts(pk: &milvus_backfill_api::plan::PkField, arrow: &DataType) -> bool {
+    match pk.int_width {
+        Some(8) => arrow == &DataType::Int8,
+        Some(16) => arrow == &DataType::Int16,
+        Some(32) => arrow == &DataType::Int32,
+        Some(_) => false,
+        None => pk_accepts(pk.pk_type, arrow),
+    }
+}
+
+/// Keys as the index, the exchange and the key checks take them: Int8/16/32 widened to Int64
+/// (a physical join key), every other array as it is.
+pub fn widen(keys: ArrayRef) -> ArrayRef {
+    use arrow_array::cast::AsArray;
+    use arrow_array::types::{Int16Type, Int32Type, Int8Type};
+    fn to_i64<T: arrow_array::ArrowPrimitiveType>(a: &arrow_array::PrimitiveArray<T>) -> ArrayRef
+    where
+        T::Native: Into<i64>,
+    {
+        std::sync::Arc::new(a.iter().map(|v| v.map(Into::into)).collect::<Int64Array>())
+    }
+    match keys.data_type() {
+        DataType::Int8 => to_i64(keys.as_primitive::<Int8Type>()),
+        DataType::Int16 => to_i64(keys.as_primitive::<Int16Type>()),
+        DataType::Int32 => to_i64(keys.as_primitive::<Int32Type>()),
+        _ => keys,
     }
 }
 
@@ -392,6 +423,24 @@ mod tests {
     #[test]
     fn pk_type_compatibility() {
         assert!(pk_accepts(PkType::Int64, &DataType::Int64));
+        let tag = milvus_backfill_api::plan::PkField {
+            field_id: 103,
+            name: "tag".into(),
+            pk_type: PkType::Int64,
+            int_width: Some(32),
+            physical: true,
+        };
+        assert!(key_accepts(&tag, &DataType::Int32) && !key_accepts(&tag, &DataType::Int64));
+        let wide = widen(std::sync::Arc::new(arrow_array::Int32Array::from(vec![
+            Some(-3),
+            None,
+            Some(i32::MAX),
+        ])));
+        let wide = wide.as_any().downcast_ref::<Int64Array>().unwrap();
+        assert_eq!(
+            wide.iter().collect::<Vec<_>>(),
+            vec![Some(-3), None, Some(i32::MAX as i64)]
+        );
         assert!(!pk_accepts(PkType::Int64, &DataType::Int32));
         assert!(pk_accepts(PkType::VarChar, &DataType::LargeUtf8));
         assert!(!pk_accepts(PkType::VarChar, &DataType::Binary));

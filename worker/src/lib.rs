@@ -43,3 +43,5 @@ pub mod v2_planner;
 pub mod v3_commit;
 pub mod v3_keys;
 pub mod v3_output;
+pub mod vector_check;
+pub mod vectors;

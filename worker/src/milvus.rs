@@ -47,6 +47,16 @@ pub struct FieldInfo {
     pub data_type: i32,
     pub is_primary_key: bool,
     pub nullable: bool,
+    /// The `dim` type parameter of a dense vector field.
+    pub dim: Option<u32>,
+}
+
+/// The `dim` among a field's type parameters, when it has a valid one.
+pub fn dim_param<'a>(params: impl IntoIterator<Item = (&'a str, &'a str)>) -> Option<u32> {
+    params
+        .into_iter()
+        .find(|(k, _)| *k == "dim")
+        .and_then(|(_, v)| v.trim().parse().ok())
 }
 
 /// A field to add: nullable, of a Milvus type, with a `max_length` for VarChar.
@@ -238,6 +248,7 @@ impl MilvusClient {
                 .fields
                 .into_iter()
                 .map(|f| FieldInfo {
+                    dim: dim_param(f.type_params.iter().map(|p| (p.key.as_str(), p.value.as_str()))),
                     field_id: f.field_id,
                     name: f.name,
                     data_type: f.data_type,

@@ -23,36 +23,76 @@ mod by_name;
 mod live_v2;
 mod live_v3;
 
-/// Picks the join key: `spec.primaryKeyFieldId`, else the schema's primary key.
+/// Picks the join key: `spec.joinKey` (by name), `spec.primaryKeyFieldId`, else the schema's
+/// primary key.
 pub fn pk_field(info: &CollectionInfo, requested: Option<i64>) -> Result<PkField> {
-    let field = match requested {
-        Some(id) => info.fields.iter().find(|f| f.field_id == id).ok_or_else(|| {
-            let ids: Vec<String> = info
-                .fields
-                .iter()
-                .map(|f| format!("{} ({})", f.field_id, f.name))
-                .collect();
+    join_field(info, requested, None)
+}
+
+/// [`pk_field`] with `spec.joinKey`: a physical field other than the primary key must be a
+/// non-nullable Int8/16/32/64 or VarChar user field (the reference's rules).
+pub fn join_field(info: &CollectionInfo, requested: Option<i64>, join_key: Option<&str>) -> Result<PkField> {
+    let listed = || {
+        info.fields
+            .iter()
+            .filter(|f| f.field_id >= 100)
+            .map(|f| format!("{} ({})", f.name, f.field_id))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let field = match (join_key, requested) {
+        (Some(name), _) => info.fields.iter().find(|f| f.name == name).ok_or_else(|| {
             BackfillError::config(format!(
-                "spec.primaryKeyFieldId {id} is not a field of the collection; fields: {}",
-                ids.join(", ")
+                "spec.joinKey {name:?} is not a field of the collection (names are case-sensitive); fields: {}",
+                listed()
             ))
         })?,
-        None => info
+        (None, Some(id)) => info.fields.iter().find(|f| f.field_id == id).ok_or_else(|| {
+            BackfillError::config(format!(
+                "spec.primaryKeyFieldId {id} is not a field of the collection; fields: {}",
+                listed()
+            ))
+        })?,
+        (None, None) => info
             .fields
             .iter()
             .find(|f| f.is_primary_key)
             .ok_or_else(|| BackfillError::schema("the collection schema has no primary key field"))?,
     };
-    let pk_type = PkType::from_milvus(field.data_type).ok_or_else(|| {
-        BackfillError::schema(format!(
-            "field {} ({}) has data type {}; the join key must be Int64 or VarChar",
-            field.field_id, field.name, field.data_type
-        ))
-    })?;
+    let what = || format!("join key field `{}` ({})", field.name, field.field_id);
+    if !field.is_primary_key && field.field_id < 100 {
+        return Err(BackfillError::schema(format!(
+            "{} is a system field; join on a user field",
+            what()
+        )));
+    }
+    if !field.is_primary_key && field.nullable {
+        return Err(BackfillError::schema(format!(
+            "{} is nullable; a join key must be the primary key or a non-nullable field",
+            what()
+        )));
+    }
+    let (pk_type, int_width) = match crate::types::DataType::from_i32(field.data_type) {
+        Some(crate::types::DataType::Int8) => (PkType::Int64, Some(8)),
+        Some(crate::types::DataType::Int16) => (PkType::Int64, Some(16)),
+        Some(crate::types::DataType::Int32) => (PkType::Int64, Some(32)),
+        _ => match PkType::from_milvus(field.data_type) {
+            Some(t) => (t, None),
+            None => {
+                return Err(BackfillError::schema(format!(
+                    "{} is {}; the join key must be Int8, Int16, Int32, Int64 or VarChar",
+                    what(),
+                    crate::types::describe(field.data_type)
+                )))
+            }
+        },
+    };
     Ok(PkField {
         field_id: field.field_id,
         name: field.name.clone(),
         pk_type,
+        int_width,
+        physical: !field.is_primary_key,
     })
 }
 
@@ -162,7 +202,7 @@ async fn read_collection(spec: &EngineSpec, token: &MilvusToken) -> Result<Colle
         milvus.flush(name, Duration::from_secs(300)).await?;
     }
     let info = milvus.describe_collection(name).await?;
-    let pk = pk_field(&info, spec.primary_key_field_id)?;
+    let pk = join_field(&info, spec.primary_key_field_id, spec.join_key.as_deref())?;
     let partitions = milvus.show_partitions(name).await?;
     let only_partition = match &spec.milvus.partition {
         Some(p) => Some(partition_id(&partitions, p)?),
@@ -433,6 +473,7 @@ mod tests {
 
     fn info() -> CollectionInfo {
         let f = |id, name: &str, dt, pk| FieldInfo {
+            dim: None,
             field_id: id,
             name: name.into(),
             data_type: dt,
@@ -459,6 +500,53 @@ mod tests {
             .unwrap_err()
             .message
             .contains("Int64 or VarChar"));
-        assert!(pk_field(&info(), Some(7)).unwrap_err().message.contains("100 (id)"));
+        assert!(pk_field(&info(), Some(7)).unwrap_err().message.contains("id (100)"));
+    }
+
+    #[test]
+    fn a_physical_join_key_follows_the_references_rules() {
+        let mut info = info();
+        let extra = |id, name: &str, dt, nullable| FieldInfo {
+            dim: None,
+            field_id: id,
+            name: name.into(),
+            data_type: dt,
+            is_primary_key: false,
+            nullable,
+        };
+        info.fields.extend([
+            extra(103, "tag", 4, false),
+            extra(104, "small", 2, false),
+            extra(105, "maybe", 5, true),
+            extra(106, "ratio", 11, false),
+            extra(1, "Timestamp", 5, false),
+        ]);
+        let tag = join_field(&info, None, Some("tag")).unwrap();
+        assert_eq!(
+            (tag.field_id, tag.pk_type, tag.int_width, tag.physical),
+            (103, PkType::Int64, Some(32), true)
+        );
+        assert!(
+            !join_field(&info, None, Some("id")).unwrap().physical,
+            "the primary key by name"
+        );
+        assert_eq!(join_field(&info, None, Some("small")).unwrap().int_width, Some(8));
+        let title = join_field(&info, None, Some("title")).unwrap();
+        assert_eq!((title.pk_type, title.int_width), (PkType::VarChar, None));
+        for (name, phrase) in [
+            (
+                "Tag",
+                "spec.joinKey \"Tag\" is not a field of the collection (names are case-sensitive)",
+            ),
+            ("maybe", "join key field `maybe` (105) is nullable"),
+            (
+                "ratio",
+                "join key field `ratio` (106) is Double; the join key must be Int8, Int16, Int32, Int64 or VarChar",
+            ),
+            ("Timestamp", "join key field `Timestamp` (1) is a system field"),
+        ] {
+            let e = join_field(&info, None, Some(name)).unwrap_err();
+            assert!(e.message.contains(phrase), "{phrase} not in {}", e.message);
+        }
     }
 }

@@ -151,11 +151,22 @@ struct Field {
     data_type: i32,
     #[serde(default)]
     nullable: bool,
+    #[serde(default)]
+    type_params: Vec<TypeParam>,
+}
+
+#[derive(Deserialize)]
+struct TypeParam {
+    #[serde(default)]
+    key: String,
+    #[serde(default)]
+    value: String,
 }
 
 impl From<Field> for FieldInfo {
     fn from(f: Field) -> Self {
         FieldInfo {
+            dim: crate::milvus::dim_param(f.type_params.iter().map(|p| (p.key.as_str(), p.value.as_str()))),
             field_id: f.field_id,
             name: f.name,
             data_type: f.data_type,

@@ -35,7 +35,7 @@ pub async fn plan(doc: &BackfillDoc, snapshot_path: &str, creds: &StoreCredentia
             spec.milvus.collection, snap.collection_name
         )));
     }
-    let pk = planner::pk_field(&snap.collection, spec.primary_key_field_id)?;
+    let pk = planner::join_field(&snap.collection, spec.primary_key_field_id, spec.join_key.as_deref())?;
     let (schema, new_fields) = targets::checked_source(
         &stores.source,
         &at.source_place,

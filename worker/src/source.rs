@@ -331,21 +331,25 @@ pub fn check_schema(
     join: &Join<'_>,
     existing_fields: &[String],
 ) -> Result<(Option<String>, Vec<NewField>)> {
-    let cols = crate::columns::resolve(schema, &join.pk.name, join.mapping)?;
+    let cols = crate::columns::resolve(schema, join.pk, join.mapping)?;
     let key = schema.field_with_name(&cols.key).expect("resolved from the schema");
-    if !crate::keys::pk_accepts(join.pk.pk_type, key.data_type()) {
+    if !crate::keys::key_accepts(join.pk, key.data_type()) {
+        let want = match join.pk.int_width {
+            Some(bits) => format!("Int{bits}"),
+            None => join.pk.pk_type.expected_arrow().to_string(),
+        };
         return Err(BackfillError::schema(format!(
-            "source column `{}` (the join key) is {}, but the collection's primary key is {:?}: write it as {}",
+            "source column `{}` (the join key) is {}, but the join key field `{}` is {want}: write it as {want}",
             cols.key,
             key.data_type(),
-            join.pk.pk_type,
-            join.pk.pk_type.expected_arrow()
+            join.pk.name,
         )));
     }
     let new_fields: Vec<NewField> = cols
         .fields
         .iter()
         .map(|(column, name)| NewField {
+            vector: None,
             name: name.clone(),
             arrow_type: schema
                 .field_with_name(column)
@@ -483,7 +487,7 @@ async fn scan_key_column(store: &Store, f: &SourceFile, column: &str, keys: &mut
     let mut counted = Counted { rows: 0, nulls: 0 };
     while let Some(batch) = stream.next().await {
         let batch = batch.map_err(|e| BackfillError::data_read(&what, e))?;
-        let col = batch.column(0);
+        let col = crate::keys::widen(batch.column(0).clone());
         counted.rows += col.len() as u64;
         counted.nulls += col.null_count() as u64;
         keys.take(col.as_ref());
@@ -618,6 +622,11 @@ fn may_match(stats: Option<&Statistics>, range: &KeyRange) -> bool {
             (Some(min), Some(max)) => !(max < lo || min > hi),
             _ => true,
         },
+        // A physical Int8/16/32 join key: Parquet keeps their statistics as Int32.
+        (Some(Statistics::Int32(s)), KeyRange::Int64(lo, hi)) => match (s.min_opt(), s.max_opt()) {
+            (Some(&min), Some(&max)) => !(i64::from(max) < *lo || i64::from(min) > *hi),
+            _ => true,
+        },
         (Some(Statistics::ByteArray(s)), KeyRange::VarChar(lo, hi)) => {
             match (s.min_bytes_opt(), s.max_bytes_opt()) {
                 // Truncated statistics are still valid bounds for a lower/upper check.
@@ -660,10 +669,10 @@ pub async fn read_matches(
     let mut m = Matches::default();
     // Row groups are decoded on all cores: the scan of the source dominates a segment.
     let workers = std::thread::available_parallelism().map_or(1, |n| n.get()).clamp(1, 8);
-    let value_names: Arc<Vec<(String, String)>> = Arc::new(
+    let value_names: Arc<Vec<ValueColumn>> = Arc::new(
         new_fields
             .iter()
-            .map(|f| (f.column().to_owned(), f.name.clone()))
+            .map(|f| (f.column().to_owned(), f.name.clone(), f.vector))
             .collect(),
     );
     let fetched = Arc::new(AtomicU64::new(0));
@@ -760,7 +769,10 @@ impl OpenedFile {
         new_fields
             .iter()
             .zip(&self.value_idx)
-            .map(|(nf, &i)| (nf.name.clone(), schema.field(i).data_type().clone()))
+            .map(|(nf, &i)| {
+                let written = crate::vectors::written_type(nf.vector, schema.field(i).data_type());
+                (nf.name.clone(), written)
+            })
             .collect()
     }
 
@@ -812,7 +824,10 @@ pub(crate) fn field_types(what: &str, schema: &SchemaRef, new_fields: &[NewField
     Ok(new_fields
         .iter()
         .zip(planned_columns(what, schema, new_fields)?)
-        .map(|(nf, i)| (nf.name.clone(), schema.field(i).data_type().clone()))
+        .map(|(nf, i)| {
+            let written = crate::vectors::written_type(nf.vector, schema.field(i).data_type());
+            (nf.name.clone(), written)
+        })
         .collect())
 }
 
@@ -881,8 +896,8 @@ struct ChunkScan {
     groups: Vec<GroupSpan>,
     key_idx: usize,
     value_idx: Vec<usize>,
-    /// `(source column, field name)` of each value column.
-    value_names: Arc<Vec<(String, String)>>,
+    /// `(source column, field name, vector target)` of each value column.
+    value_names: Arc<Vec<ValueColumn>>,
     index: Arc<KeyIndex>,
     batch_size: usize,
     fetched: Arc<AtomicU64>,
@@ -914,7 +929,7 @@ impl ChunkScan {
             ProjectionMask::roots(builder.parquet_schema(), [self.key_idx]),
             move |batch: RecordBatch| {
                 let mut s = st.lock().expect("predicate state");
-                Ok(s.select(batch.column(0)))
+                Ok(s.select(crate::keys::widen(batch.column(0).clone()).as_ref()))
             },
         );
         // The key column is not projected: the predicate already recorded what it needs.
@@ -932,23 +947,24 @@ impl ChunkScan {
             let batch = batch.map_err(|e| BackfillError::data_read(&what, e))?;
             emitted += batch.num_rows();
             let projected = batch.schema();
-            // Named by field, whatever the source calls the columns.
+            // Named by field, whatever the source calls the columns; vectors normalized.
             let fields: Vec<_> = self
                 .value_names
                 .iter()
-                .map(|(column, name)| {
-                    projected
-                        .field_with_name(column)
-                        .expect("projected")
-                        .clone()
-                        .with_name(name)
+                .map(|(column, name, vector)| {
+                    let f = projected.field_with_name(column).expect("projected");
+                    let written = crate::vectors::written_type(*vector, f.data_type());
+                    f.clone().with_name(name).with_data_type(written)
                 })
                 .collect();
             let cols = self
                 .value_names
                 .iter()
-                .map(|(column, _)| batch.column_by_name(column).expect("projected").clone())
-                .collect();
+                .map(|(column, name, vector)| {
+                    let col = batch.column_by_name(column).expect("projected").clone();
+                    crate::vectors::written_column(*vector, col, &what, name)
+                })
+                .collect::<Result<Vec<_>>>()?;
             let values = RecordBatch::try_new(Arc::new(arrow_schema::Schema::new(fields)), cols)
                 .map_err(|e| BackfillError::data_read(&what, e))?;
             batches.push(values);
@@ -967,6 +983,9 @@ impl ChunkScan {
         })
     }
 }
+
+/// `(source column, field name, vector target)` of a new field's column.
+type ValueColumn = (String, String, Option<crate::plan::VectorTarget>);
 
 struct PredicateState {
     index: Arc<KeyIndex>,

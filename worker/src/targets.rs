@@ -6,7 +6,7 @@ use arrow_schema::SchemaRef;
 
 use crate::error::{BackfillError, Result};
 use crate::milvus::FieldInfo;
-use crate::plan::NewField;
+use crate::plan::{NewField, VectorKind, VectorTarget};
 use crate::types::{self, DataType};
 
 /// The source of a run Milvus commits, checked before anything is written: its new-field
@@ -30,6 +30,7 @@ pub async fn checked_source(
     crate::source::check_keys(store, &schema.files, schema.key_column(), join.pk.pk_type)
         .await?
         .into_result()?;
+    crate::vector_check::check_vectors(store, &schema.files, &new_fields).await?;
     Ok((schema, new_fields))
 }
 
@@ -56,12 +57,14 @@ pub fn bind(
             ));
             continue;
         };
-        if let Some(p) = field_problem(field, nf.column(), &arrow) {
-            problems.push(p);
-            continue;
+        match field_problem(field, nf.column(), &arrow) {
+            Err(p) => problems.push(p),
+            Ok(vector) => {
+                nf.field_id = Some(field.field_id);
+                nf.vector = vector;
+                bound.push(nf);
+            }
         }
-        nf.field_id = Some(field.field_id);
-        bound.push(nf);
     }
     if problems.is_empty() {
         Ok(bound)
@@ -70,32 +73,80 @@ pub fn bind(
     }
 }
 
-fn field_problem(field: &FieldInfo, column: &str, arrow: &arrow_schema::DataType) -> Option<String> {
+/// What keeps `column` from filling `field`, or the vector target it fills (if a vector field).
+fn field_problem(
+    field: &FieldInfo,
+    column: &str,
+    arrow: &arrow_schema::DataType,
+) -> Result<Option<VectorTarget>, String> {
     let name = &field.name;
     if field.is_primary_key || field.field_id < 100 {
-        return Some(format!(
+        return Err(format!(
             "source column `{column}` names the primary key or a system field `{name}`; it cannot be backfilled"
         ));
     }
-    let Some(dt) = DataType::from_i32(field.data_type).filter(|t| t.storage_arrow().is_some()) else {
-        return Some(format!(
-            "field `{name}` is {}; this version backfills scalar fields only (Bool, Int8-64, Float, Double, VarChar, Text, Timestamptz)",
+    let Some(dt) = DataType::from_i32(field.data_type) else {
+        return Err(format!(
+            "field `{name}` is {}, which this version does not know",
             types::describe(field.data_type)
         ));
     };
-    if !dt.accepts(arrow) {
-        let want = dt.storage_arrow().expect("filtered above");
-        return Some(format!(
-            "source column `{column}` is {arrow} but field `{name}` is {}: write the column as {want} (types must match exactly; cast it in the ETL)",
-            dt.name()
-        ));
-    }
+    let vector = match dt.vector_kind() {
+        Some(kind) => Some(vector_target(field, kind, column, arrow)?),
+        None if dt.storage_arrow().is_none() => {
+            return Err(format!(
+            "field `{name}` is {}; this version backfills scalar fields (Bool, Int8-64, Float, Double, VarChar, Text, \
+                 Timestamptz) and vector fields, not JSON, Array or Geometry",
+            types::describe(field.data_type)
+        ))
+        }
+        None if !dt.accepts(arrow) => {
+            let want = dt.storage_arrow().expect("matched above");
+            return Err(format!(
+                "source column `{column}` is {arrow} but field `{name}` is {}: write the column as {want} (types must match exactly; cast it in the ETL)",
+                dt.name()
+            ));
+        }
+        None => None,
+    };
     if !field.nullable {
-        return Some(format!(
+        return Err(format!(
             "field `{name}` is not nullable, but rows without a source value are written as null: backfill only nullable fields (AddCollectionField adds them nullable)"
         ));
     }
-    None
+    Ok(vector)
+}
+
+/// The vector target `column` fills: the field's kind and `dim`, when the column is a form the
+/// kind accepts ([`crate::vectors`]).
+fn vector_target(
+    field: &FieldInfo,
+    kind: VectorKind,
+    column: &str,
+    arrow: &arrow_schema::DataType,
+) -> Result<VectorTarget, String> {
+    let name = &field.name;
+    let dim = match (kind, field.dim) {
+        (VectorKind::SparseFloatVector, _) => 0,
+        (_, Some(d)) if d > 0 => d,
+        _ => {
+            return Err(format!(
+                "vector field `{name}` ({kind:?}) has no `dim` type parameter in the schema"
+            ))
+        }
+    };
+    if kind == VectorKind::BinaryVector && !dim.is_multiple_of(8) {
+        return Err(format!(
+            "BinaryVector field `{name}` has dim {dim}, not a multiple of 8"
+        ));
+    }
+    if !crate::vectors::accepts(kind, arrow) {
+        return Err(format!(
+            "source column `{column}` is {arrow}, but field `{name}` ({kind:?}, dim {dim}) takes {}",
+            crate::vectors::accepted_forms(kind)
+        ));
+    }
+    Ok(VectorTarget { kind, dim })
 }
 
 #[cfg(test)]
@@ -108,6 +159,7 @@ mod tests {
 
     fn field(id: i64, name: &str, dt: DataType, nullable: bool) -> FieldInfo {
         FieldInfo {
+            dim: None,
             field_id: id,
             name: name.into(),
             data_type: dt as i32,
@@ -118,6 +170,7 @@ mod tests {
 
     fn nf(name: &str, t: &A) -> NewField {
         NewField {
+            vector: None,
             source_column: None,
             name: name.into(),
             arrow_type: t.to_string(),
@@ -171,8 +224,53 @@ mod tests {
             "`missing` (Int64) has no field \"missing\" in collection \"docs\": add it first with AddCollectionField",
             "`score` is Float32 but field `score` is Double: write the column as Float64",
             "field `strict` is not nullable",
-            "field `emb` is FloatVector",
+            "vector field `emb` (FloatVector) has no `dim` type parameter",
             "`id` names the primary key",
+        ] {
+            assert!(e.message.contains(phrase), "{phrase} not in {}", e.message);
+        }
+    }
+
+    fn vector_field(id: i64, name: &str, dt: DataType, dim: Option<u32>) -> FieldInfo {
+        FieldInfo {
+            dim,
+            ..field(id, name, dt, true)
+        }
+    }
+
+    #[test]
+    fn vector_columns_bind_with_the_fields_kind_and_dim() {
+        let list = A::List(Arc::new(Field::new("item", A::Float32, true)));
+        let fields = vec![
+            vector_field(106, "emb", DataType::FloatVector, Some(4)),
+            vector_field(107, "sparse", DataType::SparseFloatVector, None),
+        ];
+        let b = bind_cols(&[("emb", list), ("sparse", A::Utf8)], &fields).unwrap();
+        assert_eq!(
+            b.iter().map(|f| f.vector).collect::<Vec<_>>(),
+            vec![
+                Some(VectorTarget {
+                    kind: VectorKind::FloatVector,
+                    dim: 4
+                }),
+                Some(VectorTarget {
+                    kind: VectorKind::SparseFloatVector,
+                    dim: 0
+                })
+            ]
+        );
+    }
+
+    #[test]
+    fn a_vector_column_of_a_form_its_kind_does_not_take_names_the_forms() {
+        let fields = vec![
+            vector_field(106, "emb", DataType::FloatVector, Some(4)),
+            vector_field(107, "bits", DataType::BinaryVector, Some(12)),
+        ];
+        let e = bind_cols(&[("emb", A::Float64), ("bits", A::Binary)], &fields).unwrap_err();
+        for phrase in [
+            "source column `emb` is Float64, but field `emb` (FloatVector, dim 4) takes a list of numbers",
+            "BinaryVector field `bits` has dim 12, not a multiple of 8",
         ] {
             assert!(e.message.contains(phrase), "{phrase} not in {}", e.message);
         }

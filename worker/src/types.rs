@@ -120,6 +120,20 @@ impl DataType {
 }
 
 impl DataType {
+    /// The vector kind of a vector type.
+    pub fn vector_kind(self) -> Option<crate::plan::VectorKind> {
+        use crate::plan::VectorKind as V;
+        Some(match self {
+            Self::BinaryVector => V::BinaryVector,
+            Self::FloatVector => V::FloatVector,
+            Self::Float16Vector => V::Float16Vector,
+            Self::BFloat16Vector => V::BFloat16Vector,
+            Self::SparseFloatVector => V::SparseFloatVector,
+            Self::Int8Vector => V::Int8Vector,
+            _ => return None,
+        })
+    }
+
     /// The field type a source column of type `arrow` adds (AddCollectionField), if any.
     pub fn for_arrow(arrow: &Arrow) -> Option<Self> {
         Some(match arrow {

@@ -295,6 +295,8 @@ mod tests {
 
     fn pk() -> PkField {
         PkField {
+            int_width: None,
+            physical: false,
             field_id: 100,
             name: "id".into(),
             pk_type: crate::plan::PkType::Int64,

@@ -38,6 +38,7 @@ fn joined(rows: usize) -> Joined {
 
 fn new_fields() -> Vec<NewField> {
     let nf = |name: &str, t: &str, id| NewField {
+        vector: None,
         source_column: None,
         name: name.into(),
         arrow_type: t.into(),

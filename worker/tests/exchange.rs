@@ -121,6 +121,7 @@ fn task_plan(dir: &std::path::Path, src: &std::path::Path, rows: u64, out: std::
         use_ssl: false,
     };
     let nf = |name: &str, t: &str| NewField {
+        vector: None,
         source_column: None,
         name: name.into(),
         arrow_type: t.into(),
@@ -132,6 +133,8 @@ fn task_plan(dir: &std::path::Path, src: &std::path::Path, rows: u64, out: std::
         run_id: "exchange".into(),
         collection_id: 1,
         pk_field: PkField {
+            int_width: None,
+            physical: false,
             field_id: 100,
             name: "id".into(),
             pk_type: PkType::Int64,

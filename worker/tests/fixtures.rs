@@ -262,18 +262,22 @@ async fn case(collection: &str, segment: &str, pk_type: PkType) -> (Case, Vec<Va
         run_id: "test-run".into(),
         collection_id: coll_id,
         pk_field: PkField {
+            int_width: None,
+            physical: false,
             field_id: 100,
             name: "pk".into(),
             pk_type,
         },
         new_fields: vec![
             NewField {
+                vector: None,
                 source_column: None,
                 name: "score".into(),
                 arrow_type: "Float64".into(),
                 field_id: None,
             },
             NewField {
+                vector: None,
                 source_column: None,
                 name: "label".into(),
                 arrow_type: "Utf8".into(),
@@ -459,6 +463,8 @@ async fn duplicate_source_keys_fail_validation() {
 
 fn pk_of(pk_type: PkType) -> PkField {
     PkField {
+        int_width: None,
+        physical: false,
         field_id: 100,
         name: "id".into(),
         pk_type,
@@ -478,7 +484,11 @@ async fn schema_checks_name_what_to_fix() {
         .await
         .unwrap_err();
     assert_eq!(e.kind, ErrorKind::SchemaValidationError);
-    assert!(e.message.contains("collection's primary key is Int64"), "{}", e.message);
+    assert!(
+        e.message.contains("is Utf8, but the join key field `id` is Int64"),
+        "{}",
+        e.message
+    );
     let e = source::inspect(
         &c.stores.source,
         &files,

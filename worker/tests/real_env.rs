@@ -311,7 +311,7 @@ async fn bad_inputs_fail_planning_with_a_clear_error_and_write_nothing() {
     let cases = [
         ("bad_dup_e2e_int64.parquet", "duplicate `pk`"),
         ("bad_null_e2e_int64.parquet", "null `pk`"),
-        ("bad_type_e2e_int64.parquet", "collection's primary key is Int64"),
+        ("bad_type_e2e_int64.parquet", "but the join key field `id` is Int64"),
         ("bad_nopk.parquet", "no `pk` column"),
         ("bad_clash_e2e_int64.parquet", "already exist in the collection"),
     ];

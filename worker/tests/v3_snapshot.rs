@@ -924,3 +924,90 @@ async fn a_run_id_used_before_is_refused_before_anything_is_written() {
     let e = milvus_backfill::config::validate(&doc.spec).unwrap_err();
     assert!(e.message.contains("spec.runId must be"), "{}", e.message);
 }
+
+/// The snapshot of `Bed::snapshot` with the new field 103 as `emb2`, a nullable FloatVector of dim 2.
+fn vector_snapshot(bed: &Bed, segment: i64, ver: i64) -> PathBuf {
+    let path = bed.snapshot(segment, ver, 5);
+    let mut doc: Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    let fields = doc["collection"]["schema"]["fields"].as_array_mut().unwrap();
+    let f = fields.iter_mut().find(|f| f["fieldID"] == 103).unwrap();
+    *f = json!({"fieldID": 103, "name": "emb2", "data_type": 101, "nullable": true,
+                "type_params": [{"key": "dim", "value": "2"}]});
+    std::fs::write(&path, serde_json::to_vec(&doc).unwrap()).unwrap();
+    path
+}
+
+/// `pk` + `emb2` as a list of float32: `[i, -i]` for every other key of the segment; row `bad_row`
+/// of the file (if any) gets three elements.
+fn write_vector_source(path: &Path, pks: &[Value], bad_row: Option<usize>) -> HashMap<i64, [f32; 2]> {
+    let mut want = HashMap::new();
+    let mut keys = Vec::new();
+    let mut vals = Vec::new();
+    for (i, pk) in pks.iter().enumerate().step_by(2) {
+        let v = [i as f32, -(i as f32)];
+        want.insert(pk.as_i64().unwrap(), v);
+        keys.push(pk.as_i64().unwrap());
+        vals.push(Some(v.iter().map(|x| Some(*x)).collect::<Vec<_>>()));
+    }
+    if let Some(r) = bad_row {
+        vals[r] = Some(vec![Some(1.0), Some(2.0), Some(3.0)]);
+    }
+    let list = arrow_array::ListArray::from_iter_primitive::<arrow_array::types::Float32Type, _, _>(vals);
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("pk", DataType::Int64, false),
+        Field::new("emb2", list.data_type().clone(), true),
+    ]));
+    let batch = RecordBatch::try_new(schema.clone(), vec![Arc::new(Int64Array::from(keys)), Arc::new(list)]).unwrap();
+    let mut w = ArrowWriter::try_new(std::fs::File::create(path).unwrap(), schema, None).unwrap();
+    w.write(&batch).unwrap();
+    w.close().unwrap();
+    want
+}
+
+#[tokio::test]
+async fn a_vector_target_is_normalized_and_a_bad_vector_is_refused_before_anything_is_written() {
+    let bed = Bed::new();
+    let seg = bed.segment(1003);
+    let pks = seg["pks"].as_array().unwrap().clone();
+    let ver = seg["manifestVersion"].as_i64().unwrap();
+    let snap = vector_snapshot(&bed, 1003, ver);
+    let before = bed.data_files(1003);
+
+    let bad = bed.root.join("bad.parquet");
+    write_vector_source(&bad, &pks, Some(7));
+    let e = plan_and_run(&bed.doc(&snap, &bad)).await.unwrap_err();
+    assert_eq!(e.kind, ErrorKind::SchemaValidationError);
+    for phrase in [
+        "bad.parquet: row 7 (0-based) of column `emb2` cannot fill vector field `emb2` (FloatVector, dim 2)",
+        "has 3 elements, the field needs 2",
+    ] {
+        assert!(e.message.contains(phrase), "{phrase} not in {}", e.message);
+    }
+    assert_eq!(bed.data_files(1003), before, "nothing was written");
+
+    let good = bed.root.join("good.parquet");
+    let want = write_vector_source(&good, &pks, None);
+    let result = plan_and_run(&bed.doc(&snap, &good)).await.unwrap();
+    assert!(result.success, "{}", result.summary());
+    let out = &result.segments["1003"];
+    let file = &out.ops[0].files[0];
+    let batch = read_all(std::fs::read(bed.root.join(format!("bkt/{}/_data/{}", out.output_path, file.path))).unwrap());
+    assert_eq!(
+        (
+            batch.schema().field(0).name().as_str(),
+            batch.schema().field(0).data_type()
+        ),
+        ("103", &DataType::Binary)
+    );
+    let col = batch.column(0).as_binary::<i32>();
+    for (i, pk) in pks.iter().enumerate() {
+        match want.get(&pk.as_i64().unwrap()) {
+            Some(v) => {
+                let bytes: Vec<u8> = v.iter().flat_map(|x| x.to_le_bytes()).collect();
+                assert_eq!(col.value(i), &bytes[..], "row {i}");
+            }
+            None => assert!(col.is_null(i), "row {i} should be null"),
+        }
+    }
+    assert_eq!(out.matched_row_count, want.len() as u64);
+}

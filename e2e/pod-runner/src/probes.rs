@@ -290,10 +290,13 @@ mod tests {
         assert!(run_probe(&http("/ok"), &c, &[], &dir).await);
         assert!(!run_probe(&http("/bad"), &c, &[], &dir).await);
         assert!(run_probe(&probe(json!({"tcpSocket": {"port": port}})), &c, &[], &dir).await);
-        let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        // Bound but never listening: connections are refused, and no other process can take the
+        // port meanwhile (a port freed for the check could be, by a suite running beside).
+        let closed = tokio::net::TcpSocket::new_v4().unwrap();
+        closed.bind("127.0.0.1:0".parse().unwrap()).unwrap();
         let closed_port = closed.local_addr().unwrap().port();
-        drop(closed);
         assert!(!run_probe(&probe(json!({"tcpSocket": {"port": closed_port}})), &c, &[], &dir).await);
+        drop(closed);
         let env = [("CODE".to_string(), "3".to_string())];
         let sh = |script: &str| probe(json!({"exec": {"command": ["/bin/sh", "-c", script]}}));
         assert!(run_probe(&sh("exit 0"), &c, &env, &dir).await);

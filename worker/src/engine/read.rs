@@ -7,7 +7,7 @@ use futures_util::{StreamExt, TryStreamExt};
 
 use crate::binlog;
 use crate::error::{BackfillError, Result};
-use crate::keys::pk_accepts;
+use crate::keys::key_accepts;
 use crate::plan::{ExistingColumn, SegmentPlan, TaskPlan, V3File, V3Segment};
 use crate::store::{Store, StoreError};
 use crate::v3_keys;
@@ -15,11 +15,13 @@ use crate::v3_keys;
 /// The segment's primary keys in storage order, by its storage version.
 pub(super) async fn segment_keys(storage: &Store, plan: &TaskPlan, seg: &SegmentPlan) -> Result<Vec<ArrayRef>> {
     let num_rows = super::supported_rows(seg)?;
-    match (&seg.v3, seg.storage_version) {
+    let keys = match (&seg.v3, seg.storage_version) {
         (Some(v3), _) => v3_keys(storage, plan, seg, v3, num_rows).await,
         (None, 2) => v2_keys(storage, plan, seg, num_rows).await,
         (None, _) => v1_keys(storage, plan, seg, num_rows).await,
-    }
+    }?;
+    // A physical Int8/16/32 join key is indexed and routed as Int64.
+    Ok(keys.into_iter().map(crate::keys::widen).collect())
 }
 
 /// Reads the PK binlogs in row order and checks that they hold exactly the rows Milvus reports.
@@ -144,10 +146,13 @@ fn check_array(plan: &TaskPlan, keys: &dyn Array) -> std::result::Result<(), Str
     if keys.null_count() > 0 {
         return Err(format!("{} null primary keys", keys.null_count()));
     }
-    if !pk_accepts(plan.pk_field.pk_type, keys.data_type()) {
+    if !key_accepts(&plan.pk_field, keys.data_type()) {
         return Err(format!(
-            "expected {:?} primary keys, found {}",
-            plan.pk_field.pk_type,
+            "expected {} keys in join key field `{}`, found {}",
+            plan.pk_field
+                .int_width
+                .map_or(format!("{:?}", plan.pk_field.pk_type), |b| format!("Int{b}")),
+            plan.pk_field.name,
             keys.data_type()
         ));
     }
@@ -246,6 +251,13 @@ fn conform(values: ArrayRef, want: &arrow_schema::DataType) -> std::result::Resu
             let s = values.as_any().downcast_ref::<LargeStringArray>().expect("LargeUtf8");
             Ok(std::sync::Arc::new(s.iter().collect::<StringArray>()))
         }
+        // A dense vector column written non-nullable (FixedSizeBinary) merged with normalized
+        // vectors (Binary): the same per-row bytes.
+        (A::FixedSizeBinary(_), A::Binary) => {
+            use arrow_array::cast::AsArray;
+            let s = values.as_fixed_size_binary();
+            Ok(std::sync::Arc::new(s.iter().collect::<arrow_array::BinaryArray>()))
+        }
         _ => Err(format!(
             "{have} in the segment but {want} in the source: they must be the same type"
         )),
@@ -260,6 +272,18 @@ mod tests {
     use arrow_schema::DataType;
 
     use super::conform;
+
+    #[test]
+    fn existing_fixed_size_vectors_become_binary_like_normalized_ones() {
+        let fixed = arrow_array::FixedSizeBinaryArray::try_from_sparse_iter_with_size(
+            [Some(vec![1u8, 2]), None].into_iter(),
+            2,
+        )
+        .unwrap();
+        let got = conform(Arc::new(fixed), &DataType::Binary).unwrap();
+        let b = got.as_any().downcast_ref::<arrow_array::BinaryArray>().unwrap();
+        assert_eq!((b.value(0), b.is_null(1)), (&[1u8, 2][..], true));
+    }
 
     #[test]
     fn existing_values_take_the_joined_type_or_say_why_not() {

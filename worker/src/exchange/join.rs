@@ -153,6 +153,7 @@ pub async fn partition(ex: &Exchange, spec: &JoinSpec<'_>, parts: PartitionParts
         .new_fields
         .iter()
         .map(|f| NewField {
+            vector: None,
             source_column: None,
             ..f.clone()
         })

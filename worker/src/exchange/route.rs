@@ -217,8 +217,7 @@ impl Slice {
         let mut buffers = PartitionBuffers::new(self.exchange.clone(), "source", self.name.clone());
         while let Some(batch) = stream.next().await {
             let batch = batch.map_err(|e| BackfillError::data_read(&what, e))?;
-            let batch = in_plan_order(&batch, &self.key_column, &self.new_fields)
-                .map_err(|e| BackfillError::data_read(&what, e))?;
+            let batch = in_plan_order(&batch, &self.key_column, &self.new_fields, &what)?;
             let keys = batch.column(0);
             if keys.null_count() > 0 {
                 return Err(BackfillError::schema(format!(
@@ -240,22 +239,32 @@ impl Slice {
 
 /// The batch as `(pk, new fields in plan order)`, each column named as the exchange names it:
 /// `pk`, then the fields' names, whatever the source calls them.
-fn in_plan_order(
-    batch: &RecordBatch,
-    key_column: &str,
-    new_fields: &[NewField],
-) -> std::result::Result<RecordBatch, String> {
-    let mut names = vec![(key_column, KEY_COLUMN)];
-    names.extend(new_fields.iter().map(|f| (f.column(), f.name.as_str())));
+fn in_plan_order(batch: &RecordBatch, key_column: &str, new_fields: &[NewField], what: &str) -> Result<RecordBatch> {
+    let mut names = vec![(key_column, KEY_COLUMN, None)];
+    names.extend(new_fields.iter().map(|f| (f.column(), f.name.as_str(), f.vector)));
     let schema = batch.schema();
     let mut fields = Vec::with_capacity(names.len());
     let mut cols = Vec::with_capacity(names.len());
-    for (column, name) in names {
-        let i = schema.index_of(column).map_err(|e| e.to_string())?;
-        fields.push(schema.field(i).as_ref().clone().with_name(name));
-        cols.push(batch.column(i).clone());
+    for (column, name, vector) in names {
+        let i = schema.index_of(column).map_err(|e| BackfillError::data_read(what, e))?;
+        // Vectors are normalized here, once, before the exchange: the join and the writers see
+        // Milvus' bytes. A physical Int8/16/32 join key travels as Int64, as the segment's keys do.
+        let col = if name == KEY_COLUMN {
+            crate::keys::widen(batch.column(i).clone())
+        } else {
+            crate::vectors::written_column(vector, batch.column(i).clone(), what, name)?
+        };
+        fields.push(
+            schema
+                .field(i)
+                .as_ref()
+                .clone()
+                .with_name(name)
+                .with_data_type(col.data_type().clone()),
+        );
+        cols.push(col);
     }
-    RecordBatch::try_new(Arc::new(Schema::new(fields)), cols).map_err(|e| e.to_string())
+    RecordBatch::try_new(Arc::new(Schema::new(fields)), cols).map_err(|e| BackfillError::data_read(what, e))
 }
 
 #[cfg(test)]
