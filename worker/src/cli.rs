@@ -46,6 +46,26 @@ pub use crate::logging::LogFormat;
 pub enum Output {
     Text,
     Json,
+    Yaml,
+}
+
+impl Output {
+    /// A document (the plan, the result) as this format prints it; `None` for text.
+    fn document(self, v: &impl serde::Serialize) -> Option<String> {
+        match self {
+            Output::Text => None,
+            Output::Json => Some(serde_json::to_string_pretty(v).expect("serializes") + "\n"),
+            Output::Yaml => Some(serde_yaml::to_string(v).expect("serializes")),
+        }
+    }
+
+    /// A line for people: on stdout in text, on stderr when stdout holds a document.
+    fn say(self, line: impl std::fmt::Display) {
+        match self {
+            Output::Text => println!("{line}"),
+            _ => eprintln!("{line}"),
+        }
+    }
 }
 
 #[derive(Subcommand, Debug)]
@@ -65,6 +85,10 @@ pub enum Command {
     Run {
         #[arg(short = 'f', long = "file")]
         file: PathBuf,
+        /// `text`: the summary; `json`/`yaml`: the result document on stdout (the summary and
+        /// the commit lines go to stderr).
+        #[arg(long, short = 'o', default_value = "text")]
+        output: Output,
         /// Also write the result JSON here (it is always stored beside the outputs).
         #[arg(long)]
         result: Option<PathBuf>,
@@ -128,13 +152,22 @@ pub fn main() -> i32 {
             return 1;
         }
     };
+    let log_format = cli.log_format;
     match rt.block_on(dispatch(cli)) {
         Ok(code) => code,
         Err(e) => {
-            tracing::error!(kind = %e.kind, "{}", e.message);
-            eprintln!("{}: {}", e.kind, e.message);
+            report(log_format, &e);
             e.kind.exit_code()
         }
+    }
+}
+
+/// An error, printed once: a JSON log line when the logs are JSON (a plain line would land
+/// inside that stream), else `Kind: message` on stderr.
+fn report(log_format: LogFormat, e: &crate::error::BackfillError) {
+    match log_format {
+        LogFormat::Json => tracing::error!(kind = %e.kind, "{}", e.message),
+        LogFormat::Plain => eprintln!("{}: {}", e.kind, e.message),
     }
 }
 
@@ -145,7 +178,9 @@ async fn dispatch(cli: Cli) -> Result<i32> {
             output,
             segments_per_task,
         } => plan_command(&file, output, segments_per_task).await,
-        Command::Run { file, result } => run_command(&file, result.as_deref(), cli.verbose).await,
+        Command::Run { file, output, result } => {
+            run_command(&file, output, result.as_deref(), cli.verbose, cli.log_format).await
+        }
         Command::AddFields { file, max_length } => add_fields_command(&file, max_length).await,
         Command::Segment {
             task,
@@ -199,12 +234,12 @@ async fn plan_command(file: &Path, output: Output, segments_per_task: u32) -> Re
     let planned = planner::plan(&doc, &MilvusToken::from_env()).await?;
     let p = &planned.plan;
     match output {
-        Output::Json => {
+        Output::Text => print!("{}", plan_text(p)),
+        _ => {
             let tasks = TaskSplit::new(segments_per_task).tasks(p);
             let v = serde_json::json!({ "plan": p, "tasks": tasks });
-            println!("{}", serde_json::to_string_pretty(&v).expect("plan serializes"));
+            print!("{}", output.document(&v).expect("not text"));
         }
-        Output::Text => print!("{}", plan_text(p)),
     }
     for w in &p.warnings {
         tracing::warn!("{w}");
@@ -212,7 +247,13 @@ async fn plan_command(file: &Path, output: Output, segments_per_task: u32) -> Re
     Ok(0)
 }
 
-async fn run_command(file: &Path, result: Option<&Path>, verbose: bool) -> Result<i32> {
+async fn run_command(
+    file: &Path,
+    output: Output,
+    result: Option<&Path>,
+    verbose: bool,
+    log_format: LogFormat,
+) -> Result<i32> {
     let doc = load_doc(file)?;
     let planned = planner::plan(&doc, &MilvusToken::from_env()).await?;
     let p = &planned.plan;
@@ -228,31 +269,41 @@ async fn run_command(file: &Path, result: Option<&Path>, verbose: bool) -> Resul
     );
     let progress = Progress::new(p.segments.len(), false);
     let r = runner::run_plan(p, &planned.stores, &progress).await;
-    print!("{}", r.summary());
+    output.say(r.summary().trim_end());
     if verbose {
-        print!("{}", r.segment_summary());
+        output.say(r.segment_summary().trim_end());
     }
     let mut code = if r.success { 0 } else { 1 };
     match runner::store_result(p, &planned.stores.storage, &r).await {
         Ok(keys) => {
             for k in &keys {
-                println!("  result:               {}", planned.stores.storage.display(k));
+                output.say(format_args!(
+                    "  result:               {}",
+                    planned.stores.storage.display(k)
+                ));
             }
-            if !commit_step(&doc, &RunLayout::of_plan(p), &keys, &planned.stores.storage, &r).await? {
+            if !commit_step(&doc, &RunLayout::of_plan(p), &keys, &planned.stores.storage, &r, output).await? {
                 code = code.max(1);
             }
         }
         Err(e) => {
-            eprintln!("{}: {}", e.kind, e.message);
+            report(log_format, &e);
             code = not_written(code);
         }
     }
     if let Some(path) = result {
         let body = serde_json::to_vec_pretty(&r).expect("result serializes");
         if let Err(e) = std::fs::write(path, body) {
-            eprintln!("WriteError: cannot write {}: {e}", path.display());
+            let e = crate::error::BackfillError::new(
+                crate::error::ErrorKind::WriteError,
+                format!("cannot write {}: {e}", path.display()),
+            );
+            report(log_format, &e);
             code = not_written(code);
         }
+    }
+    if let Some(doc) = output.document(&r) {
+        print!("{doc}");
     }
     Ok(code)
 }
@@ -265,6 +316,7 @@ async fn commit_step(
     keys: &[String],
     storage: &Store,
     r: &BackfillResult,
+    output: Output,
 ) -> Result<bool> {
     let committable = r
         .segments
@@ -272,36 +324,36 @@ async fn commit_step(
         .any(|s| !s.ops.is_empty() || !s.column_groups.is_empty() || s.version.is_some());
     if !committable {
         if !r.segments.is_empty() {
-            println!("  commit:               none (export layout of StorageV1 segments: no Milvus can commit it)");
+            output.say("  commit:               none (export layout of StorageV1 segments: no Milvus can commit it)");
         }
         return Ok(true);
     }
     let Some(endpoint) = doc.spec.commit_endpoint() else {
         for k in keys {
-            println!("  commit with:          {}", commit::commit_command(k));
+            output.say(format_args!("  commit with:          {}", commit::commit_command(k)));
         }
         return Ok(true);
     };
     if !r.success {
-        println!(
+        output.say(format_args!(
             "  commit:               not attempted: {} segment(s) failed; Milvus refuses a result with success=false",
             r.failed_segments.len()
-        );
+        ));
         return Ok(false);
     }
     let done = commit::commit_result(storage, endpoint, r, layout, 2).await?;
     for (seg, status) in &done.segments {
-        println!("  commit segment {seg}: {status}");
+        output.say(format_args!("  commit segment {seg}: {status}"));
     }
     let all = done.success;
-    println!(
+    output.say(format_args!(
         "  commit:               {}",
         if all {
             "all segments committed"
         } else {
             "some segments were NOT committed"
         }
-    );
+    ));
     Ok(all)
 }
 

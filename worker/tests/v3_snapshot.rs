@@ -1011,3 +1011,76 @@ async fn a_vector_target_is_normalized_and_a_bad_vector_is_refused_before_anythi
     }
     assert_eq!(out.matched_row_count, want.len() as u64);
 }
+
+/// `milvus-backfill run -f SPEC ARGS...` (with no Milvus: the snapshot alone plans).
+fn run_cli(spec: &Path, args: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_milvus-backfill"))
+        .args(args.iter().take_while(|a| **a != "run"))
+        .args(["run", "-f"])
+        .arg(spec)
+        .args(args.iter().skip_while(|a| **a != "run").skip(1))
+        .env_remove("LOG_FORMAT")
+        .output()
+        .unwrap()
+}
+
+fn spec_file(bed: &Bed, snapshot: &Path, source: &Path) -> PathBuf {
+    let p = bed.root.join("spec.yaml");
+    let text = format!(
+        "spec:\n  milvus:\n    snapshot:\n      path: {}\n  storage:\n    endpoint: file://{}\n    bucket: bkt\n  source:\n    path: {}\n",
+        snapshot.display(),
+        bed.root.display(),
+        source.display()
+    );
+    std::fs::write(&p, text).unwrap();
+    p
+}
+
+#[test]
+fn run_prints_the_result_document_with_o_json_or_yaml_and_an_error_once() {
+    let bed = Bed::new();
+    let seg = bed.segment(1003);
+    let pks = seg["pks"].as_array().unwrap().clone();
+    let source = bed.root.join("source.parquet");
+    write_source(&source, &pks, DataType::Float64);
+    let snap = bed.snapshot(1003, seg["manifestVersion"].as_i64().unwrap(), 5);
+    let spec = spec_file(&bed, &snap, &source);
+
+    let out = run_cli(&spec, &["run", "-o", "json"]);
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(out.status.success(), "{stderr}");
+    let doc: Value =
+        serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("stdout is not one JSON document ({e}): {stdout}"));
+    assert_eq!(
+        (doc["success"].as_bool(), doc["segments"]["1003"]["rowCount"].as_u64()),
+        (Some(true), Some(pks.len() as u64))
+    );
+    assert!(
+        stderr.contains("result:") && stderr.contains("commit with:"),
+        "the people's lines go to stderr: {stderr}"
+    );
+
+    let out = run_cli(&spec, &["run", "-o", "yaml"]);
+    assert!(out.status.success());
+    let doc: serde_yaml::Value = serde_yaml::from_slice(&out.stdout).unwrap();
+    assert_eq!(doc["success"].as_bool(), Some(true));
+
+    // An error: one line, `Kind: message`, and the exit code of a permanent error.
+    let missing = spec_file(&bed, &bed.root.join("absent.json"), &source);
+    let out = run_cli(&missing, &["run"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{stderr}");
+    assert_eq!(stderr.matches("does not exist").count(), 1, "printed once: {stderr}");
+    assert!(stderr.contains("ConfigError: "), "{stderr}");
+    // With JSON logs every stderr line is a JSON object, the error among them.
+    let out = run_cli(&missing, &["--log-format", "json", "run"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let lines: Vec<Value> = stderr
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not a JSON log line ({e}): {l}")))
+        .collect();
+    assert_eq!(lines.iter().filter(|l| l["level"] == "ERROR").count(), 1, "{stderr}");
+}
