@@ -156,8 +156,31 @@ impl Store {
         }
     }
 
-    /// One GET, of the whole object or of an HTTP byte range.
+    /// A GET of the whole object or of an HTTP byte range. The SDK retries a request that
+    /// fails before its response starts; a body that breaks after the headers (a reset, a cut
+    /// connection) is fetched again here, [`BODY_ATTEMPTS`] times in all, with backoff.
     async fn s3_get(&self, key: &str, range: Option<Range<u64>>) -> Result<Bytes, StoreError> {
+        let mut attempt = 1;
+        loop {
+            match self.s3_get_once(key, range.clone()).await {
+                Ok(body) => return Ok(body),
+                Err(GetFailure::Request(e)) => return Err(e),
+                Err(GetFailure::Body(e)) if attempt < BODY_ATTEMPTS => {
+                    tracing::warn!(key = %self.display(key), attempt, error = %e, "response body broke; fetching again");
+                    tokio::time::sleep(body_backoff(attempt)).await;
+                    attempt += 1;
+                }
+                Err(GetFailure::Body(e)) => {
+                    return Err(StoreError::Other(format!(
+                        "{}: the response body broke off {attempt} times: {e}",
+                        self.display(key)
+                    )))
+                }
+            }
+        }
+    }
+
+    async fn s3_get_once(&self, key: &str, range: Option<Range<u64>>) -> Result<Bytes, GetFailure> {
         let Store::S3 { client, bucket, .. } = self else {
             unreachable!("s3_get on a local store")
         };
@@ -168,12 +191,8 @@ impl Store {
             .set_range(range.map(|r| format!("bytes={}-{}", r.start, r.end - 1)))
             .send()
             .await
-            .map_err(|e| s3_err(self, key, e))?;
-        let body = r
-            .body
-            .collect()
-            .await
-            .map_err(|e| StoreError::Other(format!("{}: {e}", self.display(key))))?;
+            .map_err(|e| GetFailure::Request(s3_err(self, key, e)))?;
+        let body = r.body.collect().await.map_err(|e| GetFailure::Body(e.to_string()))?;
         Ok(body.into_bytes())
     }
 
@@ -312,6 +331,30 @@ impl Store {
 }
 
 /// An S3 client for an endpoint, with explicit keys or the default AWS credential chain.
+/// Attempts of a GET whose response body breaks after the headers.
+pub const BODY_ATTEMPTS: u32 = 4;
+
+/// Attempts of each S3 request the SDK retries (throttling, 5xx, resets, timeouts), with
+/// exponential backoff and jitter from 200 ms up to 20 s: about a minute of an S3 server's
+/// trouble before a call fails (the SDK's default is 3 attempts).
+pub const S3_ATTEMPTS: u32 = 8;
+
+/// How a GET failed: before the response (the SDK's retries are spent), or in its body.
+enum GetFailure {
+    Request(StoreError),
+    Body(String),
+}
+
+/// 250 ms, 500 ms, 1 s, ... with up to 50% jitter.
+fn body_backoff(attempt: u32) -> std::time::Duration {
+    let base = 250u64 << attempt.saturating_sub(1).min(6);
+    let jitter = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::from(d.subsec_nanos()))
+        % (base / 2 + 1);
+    std::time::Duration::from_millis(base + jitter)
+}
+
 async fn s3_client(ep: &S3Endpoint, creds: Option<&S3Credentials>) -> aws_sdk_s3::Client {
     use aws_config::BehaviorVersion;
     use aws_sdk_s3::config::{RequestChecksumCalculation, ResponseChecksumValidation};
@@ -339,6 +382,12 @@ async fn s3_client(ep: &S3Endpoint, creds: Option<&S3Credentials>) -> aws_sdk_s3
         .force_path_style(true)
         .request_checksum_calculation(RequestChecksumCalculation::WhenRequired)
         .response_checksum_validation(ResponseChecksumValidation::WhenRequired)
+        .retry_config(
+            aws_sdk_s3::config::retry::RetryConfig::standard()
+                .with_max_attempts(S3_ATTEMPTS)
+                .with_initial_backoff(std::time::Duration::from_millis(200))
+                .with_max_backoff(std::time::Duration::from_secs(20)),
+        )
         .build();
     aws_sdk_s3::Client::from_conf(conf)
 }
