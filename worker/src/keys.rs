@@ -28,6 +28,14 @@ pub fn key_accepts(pk: &milvus_backfill_api::plan::PkField, arrow: &DataType) ->
     }
 }
 
+/// The Arrow type a key column of `pk` must have, for messages.
+pub fn key_type_name(pk: &milvus_backfill_api::plan::PkField) -> String {
+    match pk.int_width {
+        Some(bits) => format!("Int{bits}"),
+        None => pk.pk_type.expected_arrow().to_string(),
+    }
+}
+
 /// Keys as the index, the exchange and the key checks take them: Int8/16/32 widened to Int64
 /// (a physical join key), every other array as it is.
 pub fn widen(keys: ArrayRef) -> ArrayRef {

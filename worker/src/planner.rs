@@ -24,13 +24,8 @@ mod live_v2;
 mod live_v3;
 
 /// Picks the join key: `spec.joinKey` (by name), `spec.primaryKeyFieldId`, else the schema's
-/// primary key.
-pub fn pk_field(info: &CollectionInfo, requested: Option<i64>) -> Result<PkField> {
-    join_field(info, requested, None)
-}
-
-/// [`pk_field`] with `spec.joinKey`: a physical field other than the primary key must be a
-/// non-nullable Int8/16/32/64 or VarChar user field (the reference's rules).
+/// primary key. A physical field other than the primary key must be a non-nullable
+/// Int8/16/32/64 or VarChar user field (the reference's rules).
 pub fn join_field(info: &CollectionInfo, requested: Option<i64>, join_key: Option<&str>) -> Result<PkField> {
     let listed = || {
         info.fields
@@ -493,14 +488,17 @@ mod tests {
 
     #[test]
     fn pk_defaults_to_the_schema_and_can_be_overridden() {
-        assert_eq!(pk_field(&info(), None).unwrap().name, "id");
-        let t = pk_field(&info(), Some(102)).unwrap();
+        assert_eq!(join_field(&info(), None, None).unwrap().name, "id");
+        let t = join_field(&info(), Some(102), None).unwrap();
         assert_eq!((t.name.as_str(), t.pk_type), ("title", PkType::VarChar));
-        assert!(pk_field(&info(), Some(101))
+        assert!(join_field(&info(), Some(101), None)
             .unwrap_err()
             .message
             .contains("Int64 or VarChar"));
-        assert!(pk_field(&info(), Some(7)).unwrap_err().message.contains("id (100)"));
+        assert!(join_field(&info(), Some(7), None)
+            .unwrap_err()
+            .message
+            .contains("id (100)"));
     }
 
     #[test]

@@ -334,10 +334,7 @@ pub fn check_schema(
     let cols = crate::columns::resolve(schema, join.pk, join.mapping)?;
     let key = schema.field_with_name(&cols.key).expect("resolved from the schema");
     if !crate::keys::key_accepts(join.pk, key.data_type()) {
-        let want = match join.pk.int_width {
-            Some(bits) => format!("Int{bits}"),
-            None => join.pk.pk_type.expected_arrow().to_string(),
-        };
+        let want = crate::keys::key_type_name(join.pk);
         return Err(BackfillError::schema(format!(
             "source column `{}` (the join key) is {}, but the join key field `{}` is {want}: write it as {want}",
             cols.key,
@@ -766,14 +763,7 @@ impl OpenedFile {
     /// The new fields' names (not their source columns') and types.
     fn value_fields(&self, new_fields: &[NewField]) -> Vec<(String, DataType)> {
         let schema = self.meta.schema();
-        new_fields
-            .iter()
-            .zip(&self.value_idx)
-            .map(|(nf, &i)| {
-                let written = crate::vectors::written_type(nf.vector, schema.field(i).data_type());
-                (nf.name.clone(), written)
-            })
-            .collect()
+        written_fields(schema, new_fields, &self.value_idx)
     }
 
     fn check_rows(&self, f: &SourceFile) -> Result<()> {
@@ -821,14 +811,23 @@ impl OpenedFile {
 
 /// The name and type of each planned new field in `schema`, in plan order.
 pub(crate) fn field_types(what: &str, schema: &SchemaRef, new_fields: &[NewField]) -> Result<Vec<(String, DataType)>> {
-    Ok(new_fields
+    Ok(written_fields(
+        schema,
+        new_fields,
+        &planned_columns(what, schema, new_fields)?,
+    ))
+}
+
+/// Each new field's name and the type it is written with, its source column at `idx`.
+fn written_fields(schema: &SchemaRef, new_fields: &[NewField], idx: &[usize]) -> Vec<(String, DataType)> {
+    new_fields
         .iter()
-        .zip(planned_columns(what, schema, new_fields)?)
-        .map(|(nf, i)| {
+        .zip(idx)
+        .map(|(nf, &i)| {
             let written = crate::vectors::written_type(nf.vector, schema.field(i).data_type());
             (nf.name.clone(), written)
         })
-        .collect())
+        .collect()
 }
 
 /// The new fields' names and types, from the first source file's footer.
@@ -948,15 +947,6 @@ impl ChunkScan {
             emitted += batch.num_rows();
             let projected = batch.schema();
             // Named by field, whatever the source calls the columns; vectors normalized.
-            let fields: Vec<_> = self
-                .value_names
-                .iter()
-                .map(|(column, name, vector)| {
-                    let f = projected.field_with_name(column).expect("projected");
-                    let written = crate::vectors::written_type(*vector, f.data_type());
-                    f.clone().with_name(name).with_data_type(written)
-                })
-                .collect();
             let cols = self
                 .value_names
                 .iter()
@@ -965,6 +955,15 @@ impl ChunkScan {
                     crate::vectors::written_column(*vector, col, &what, name)
                 })
                 .collect::<Result<Vec<_>>>()?;
+            let fields: Vec<_> = self
+                .value_names
+                .iter()
+                .zip(&cols)
+                .map(|((column, name, _), col)| {
+                    let f = projected.field_with_name(column).expect("projected");
+                    f.clone().with_name(name).with_data_type(col.data_type().clone())
+                })
+                .collect();
             let values = RecordBatch::try_new(Arc::new(arrow_schema::Schema::new(fields)), cols)
                 .map_err(|e| BackfillError::data_read(&what, e))?;
             batches.push(values);

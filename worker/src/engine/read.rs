@@ -149,9 +149,7 @@ fn check_array(plan: &TaskPlan, keys: &dyn Array) -> std::result::Result<(), Str
     if !key_accepts(&plan.pk_field, keys.data_type()) {
         return Err(format!(
             "expected {} keys in join key field `{}`, found {}",
-            plan.pk_field
-                .int_width
-                .map_or(format!("{:?}", plan.pk_field.pk_type), |b| format!("Int{b}")),
+            crate::keys::key_type_name(&plan.pk_field),
             plan.pk_field.name,
             keys.data_type()
         ));
