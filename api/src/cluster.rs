@@ -411,6 +411,11 @@ pub struct BackfillStatus {
     /// Handing the result to Milvus (`spec.commit.endpoint`); absent without an endpoint.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub commit: Option<CommitStatus>,
+    /// What the lifecycle's steps before planning did (`spec.lifecycle`: flush, addFields,
+    /// snapshot), from the plan; the commit is in `commit`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 8))]
+    pub lifecycle: Vec<crate::lifecycle::StepRecord>,
 }
 
 /// Where the commit of a run's result into Milvus is.

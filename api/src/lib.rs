@@ -6,6 +6,7 @@
 //! |---|---|
 //! | [`spec`] | `EngineSpec`: what `run -f` reads and the resource flattens; its validation |
 //! | [`cluster`] | the `Backfill` resource: `BackfillSpec` (engine + cluster fields), status, conditions |
+//! | [`lifecycle`] | `spec.lifecycle`: the steps around the backfill, their order and records |
 //! | [`plan`] | `Plan`, `Task`, `SegmentPlan`, `BatchSize`, ... |
 //! | [`outcome`] | `SegmentOutcome`, `TaskOutcome`, `FailedSegment`, `BackfillResult` |
 //! | [`planning`] | `PlanRequest`, `PlanAnswer`, `PlanningLayout`: planning as a Job |
@@ -19,6 +20,7 @@ pub mod cluster;
 pub mod error;
 pub mod invocation;
 pub mod layout;
+pub mod lifecycle;
 pub mod outcome;
 pub mod place;
 pub mod plan;

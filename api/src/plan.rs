@@ -338,6 +338,9 @@ pub struct Plan {
     /// `num_rows`); the run reports them as failed.
     pub failed: Vec<SkippedSegment>,
     pub warnings: Vec<String>,
+    /// What the lifecycle's steps before planning did (flush, addFields, snapshot).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub lifecycle: Vec<crate::lifecycle::StepRecord>,
 }
 
 /// The plan fields every task carries.
@@ -488,6 +491,7 @@ pub fn sample_plan() -> Plan {
         skipped: vec![],
         failed: vec![],
         warnings: vec![],
+        lifecycle: vec![],
     }
 }
 

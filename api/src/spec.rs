@@ -79,9 +79,13 @@ pub struct EngineSpec {
     /// Flush the collection before planning, so that recent inserts are in sealed segments.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub flush: Option<bool>,
-    /// Hands the result to Milvus after writing (Milvus 3.0+).
+    /// Hands the result to Milvus after writing (Milvus 3.0+). Same as `lifecycle.commit`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub commit: Option<CommitSpec>,
+    /// The whole job, declared: flush → addFields → snapshot → backfill → commit →
+    /// createIndex → verify, each step optional and idempotent, always in this order.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lifecycle: Option<crate::lifecycle::LifecycleSpec>,
 }
 
 impl EngineSpec {
@@ -98,8 +102,29 @@ impl EngineSpec {
     pub fn mode(&self) -> crate::plan::Mode {
         self.mode.unwrap_or_default()
     }
+    /// `spec.flush` or `spec.lifecycle.flush`.
     pub fn flush(&self) -> bool {
-        self.flush.unwrap_or(false)
+        self.flush
+            .or(self.lifecycle.as_ref().and_then(|l| l.flush))
+            .unwrap_or(false)
+    }
+    /// The snapshot to plan from: `spec.milvus.snapshot`, or the one `spec.lifecycle.snapshot`
+    /// creates (as `name` with `create: true`).
+    pub fn snapshot(&self) -> Option<SnapshotSpec> {
+        if let Some(s) = &self.milvus.snapshot {
+            return Some(s.clone());
+        }
+        let l = self.lifecycle.as_ref()?.snapshot.as_ref()?;
+        Some(SnapshotSpec {
+            path: None,
+            name: Some(l.name.clone()),
+            create: Some(true),
+            compaction_protection_seconds: l.compaction_protection_seconds,
+        })
+    }
+    /// `spec.lifecycle.addFields`.
+    pub fn add_fields(&self) -> Option<&crate::lifecycle::AddFieldsSpec> {
+        self.lifecycle.as_ref()?.add_fields.as_ref()
     }
     pub fn v3_commit(&self) -> crate::plan::V3CommitMode {
         self.output.as_ref().and_then(|o| o.v3_commit).unwrap_or_default()
@@ -111,8 +136,12 @@ impl EngineSpec {
     pub fn snapshot_path(&self) -> Option<&str> {
         self.milvus.snapshot.as_ref().and_then(|s| s.path.as_deref())
     }
+    /// `spec.commit.endpoint` or `spec.lifecycle.commit.endpoint`.
     pub fn commit_endpoint(&self) -> Option<&str> {
-        self.commit.as_ref().map(|c| c.endpoint.as_str())
+        self.commit
+            .as_ref()
+            .or(self.lifecycle.as_ref().and_then(|l| l.commit.as_ref()))
+            .map(|c| c.endpoint.as_str())
     }
 }
 
@@ -428,6 +457,7 @@ pub fn validate(spec: &EngineSpec) -> Result<(), Vec<String>> {
     if let Some(m) = &spec.column_mapping {
         problems.extend(mapping_problems(m));
     }
+    problems.extend(crate::lifecycle::problems(spec));
     if problems.is_empty() {
         Ok(())
     } else {

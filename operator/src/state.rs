@@ -956,6 +956,15 @@ pub fn status_after_plan(
         .take(64)
         .map(|f| truncate(&f.name, 256))
         .collect();
+    st.lifecycle = plan
+        .lifecycle
+        .iter()
+        .take(8)
+        .map(|r| milvus_backfill_api::lifecycle::StepRecord {
+            message: truncate(&r.message, 512),
+            ..r.clone()
+        })
+        .collect();
     st.segments_per_job = Some(split.segments_per_task());
     st.tasks = Some(layout.count(plan));
     st.exchange_partitions = layout.partitions;

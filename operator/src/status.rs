@@ -867,6 +867,14 @@ mod tests {
             result_path: Some("s3://milvus-bucket/files/backfill/1/r/result.json".into()),
             failed_segments: a.failed_segments,
             commit: Some(worst_commit(n)),
+            lifecycle: vec![
+                milvus_backfill_api::lifecycle::StepRecord::new(
+                    milvus_backfill_api::lifecycle::Step::AddFields,
+                    milvus_backfill_api::lifecycle::StepState::Done,
+                    "x".repeat(512),
+                );
+                8
+            ],
         };
         let bytes = serde_json::to_vec(&status).unwrap().len();
         assert!(bytes < 100_000, "{bytes} bytes");

@@ -83,6 +83,20 @@ fn secret_refs(problems: &mut Vec<String>, e: &EngineSpec) {
 }
 
 fn cluster_knobs(problems: &mut Vec<String>, spec: &BackfillSpec) {
+    let after_commit = spec
+        .engine
+        .lifecycle
+        .as_ref()
+        .is_some_and(|l| l.create_index.is_some() || l.verify.is_some());
+    if after_commit {
+        // The operator commits from its own process, which holds no Milvus token when planning
+        // runs as a Job; these steps need one (and verify the source), so they are local only.
+        problems.push(
+            "spec.lifecycle.createIndex and spec.lifecycle.verify run in `milvus-backfill run` only, not yet in a cluster: \
+             remove them here (the operator runs flush, addFields, snapshot, the backfill and commit)"
+                .into(),
+        );
+    }
     if spec.segments_per_job == Some(0) {
         problems.push("spec.segmentsPerJob must be >= 1".into());
     }
@@ -296,6 +310,25 @@ mod tests {
         ] {
             assert!(has(&ps, f), "{f} missing in {ps:?}");
         }
+    }
+
+    #[test]
+    fn steps_after_the_commit_are_refused_in_a_cluster_by_name() {
+        let mut s = spec();
+        s.engine.lifecycle = Some(milvus_backfill_api::lifecycle::LifecycleSpec {
+            flush: Some(true),
+            commit: Some(milvus_backfill_api::spec::CommitSpec {
+                endpoint: "http://proxy:9091".into(),
+            }),
+            ..Default::default()
+        });
+        assert!(problems(&s).is_empty(), "{:?}", problems(&s));
+        s.engine.lifecycle.as_mut().unwrap().verify = Some(Default::default());
+        assert!(
+            has(&problems(&s), "run in `milvus-backfill run` only"),
+            "{:?}",
+            problems(&s)
+        );
     }
 
     #[test]

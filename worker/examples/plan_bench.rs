@@ -123,6 +123,21 @@ impl MilvusService for Stand {
         unimplemented()
     }
 
+    async fn create_index(&self, _: Request<pb::CreateIndexRequest>) -> Result<Response<common::Status>, Status> {
+        unimplemented()
+    }
+
+    async fn describe_index(
+        &self,
+        _: Request<pb::DescribeIndexRequest>,
+    ) -> Result<Response<pb::DescribeIndexResponse>, Status> {
+        unimplemented()
+    }
+
+    async fn query(&self, _: Request<pb::QueryRequest>) -> Result<Response<pb::QueryResults>, Status> {
+        unimplemented()
+    }
+
     async fn describe_snapshot(
         &self,
         _: Request<pb::DescribeSnapshotRequest>,

@@ -98,9 +98,11 @@ pub enum Command {
     AddFields {
         #[arg(short = 'f', long = "file")]
         file: PathBuf,
-        /// `max_length` of VarChar fields it adds.
-        #[arg(long, default_value_t = 65535)]
-        max_length: u32,
+        /// `max_length` of VarChar fields it adds (default: `spec.lifecycle.addFields.maxLength`,
+        /// else 65535). Vector fields take their type and `dim` from
+        /// `spec.lifecycle.addFields.types`.
+        #[arg(long)]
+        max_length: Option<u32>,
     },
     /// Run one planned task (no Milvus connection; storage only). What a Job executes.
     Segment {
@@ -212,9 +214,12 @@ fn load_doc(file: &Path) -> Result<BackfillDoc> {
     Ok(doc)
 }
 
-async fn add_fields_command(file: &Path, max_length: u32) -> Result<i32> {
+async fn add_fields_command(file: &Path, max_length: Option<u32>) -> Result<i32> {
     let doc = load_doc(file)?;
-    for a in crate::add_fields::add_fields(&doc, &MilvusToken::from_env(), max_length).await? {
+    // `spec.lifecycle.addFields` says how (types of vectors, VarChar lengths); the flag wins.
+    let mut how = doc.spec.add_fields().cloned().unwrap_or_default();
+    how.max_length = max_length.or(how.max_length);
+    for a in crate::add_fields::add_fields_of(&doc, &MilvusToken::from_env(), &how).await? {
         match a {
             crate::add_fields::Added::New(f) => {
                 println!(
@@ -234,10 +239,19 @@ async fn plan_command(file: &Path, output: Output, segments_per_task: u32) -> Re
     let planned = planner::plan(&doc, &MilvusToken::from_env()).await?;
     let p = &planned.plan;
     match output {
-        Output::Text => print!("{}", plan_text(p)),
+        Output::Text => print!(
+            "{}{}",
+            plan_text(p),
+            crate::steps_report::lines(
+                &doc.spec,
+                &p.lifecycle,
+                &format!("{} segment(s) planned", p.segments.len())
+            )
+        ),
         _ => {
             let tasks = TaskSplit::new(segments_per_task).tasks(p);
-            let v = serde_json::json!({ "plan": p, "tasks": tasks });
+            let steps = milvus_backfill_api::lifecycle::steps(&doc.spec);
+            let v = serde_json::json!({ "plan": p, "tasks": tasks, "steps": steps });
             print!("{}", output.document(&v).expect("not text"));
         }
     }
@@ -282,7 +296,12 @@ async fn run_command(
                     planned.stores.storage.display(k)
                 ));
             }
-            if !commit_step(&doc, &RunLayout::of_plan(p), &keys, &planned.stores.storage, &r, output).await? {
+            let committed =
+                commit_step(&doc, &RunLayout::of_plan(p), &keys, &planned.stores.storage, &r, output).await?;
+            if committed == Committed::Failed {
+                code = code.max(1);
+            }
+            if !lifecycle_step(&doc, p, &planned.stores, &r, committed, output).await {
                 code = code.max(1);
             }
         }
@@ -308,8 +327,61 @@ async fn run_command(
     Ok(code)
 }
 
-/// Commits a stored result through `spec.commit.endpoint`, or says how to. False when a
-/// commit was attempted and left segments uncommitted.
+/// What the commit step did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Committed {
+    /// No commit was declared, or nothing is committable (StorageV1 export).
+    Nothing,
+    Done,
+    /// Attempted (or refused) and segments were left uncommitted.
+    Failed,
+}
+
+/// The lifecycle's steps after the commit, then every declared step's line. False when one
+/// failed.
+async fn lifecycle_step(
+    doc: &BackfillDoc,
+    p: &Plan,
+    stores: &RunStores,
+    r: &BackfillResult,
+    committed: Committed,
+    output: Output,
+) -> bool {
+    use crate::after_commit;
+    use milvus_backfill_api::lifecycle::{Step, StepRecord, StepState};
+    let spec = &doc.spec;
+    let after = match committed {
+        Committed::Done => after_commit::run_declared(spec, p, &stores.source, &MilvusToken::from_env()).await,
+        Committed::Failed => after_commit::not_run(spec, "the commit did not succeed"),
+        Committed::Nothing => after_commit::not_run(
+            spec,
+            "nothing was committed (no commit step, or StorageV1 export outputs)",
+        ),
+    };
+    let mut records = p.lifecycle.clone();
+    let (state, what) = if r.success {
+        (StepState::Done, "every segment written")
+    } else {
+        (StepState::Failed, "segments failed")
+    };
+    records.push(StepRecord::new(Step::Backfill, state, what));
+    if spec.commit_endpoint().is_some() {
+        records.push(match committed {
+            Committed::Done => StepRecord::new(Step::Commit, StepState::Done, "every segment committed"),
+            Committed::Failed => StepRecord::new(Step::Commit, StepState::Failed, "segments were not committed"),
+            Committed::Nothing => StepRecord::new(Step::Commit, StepState::NotRun, "nothing Milvus can commit"),
+        });
+    }
+    let failed = crate::steps_report::any_failed(&after);
+    records.extend(after);
+    let text = crate::steps_report::lines(spec, &records, "");
+    if !text.is_empty() {
+        output.say(text.trim_end());
+    }
+    !failed
+}
+
+/// Commits a stored result through `spec.commit.endpoint`, or says how to.
 async fn commit_step(
     doc: &BackfillDoc,
     layout: &RunLayout,
@@ -317,7 +389,7 @@ async fn commit_step(
     storage: &Store,
     r: &BackfillResult,
     output: Output,
-) -> Result<bool> {
+) -> Result<Committed> {
     let committable = r
         .segments
         .values()
@@ -326,20 +398,20 @@ async fn commit_step(
         if !r.segments.is_empty() {
             output.say("  commit:               none (export layout of StorageV1 segments: no Milvus can commit it)");
         }
-        return Ok(true);
+        return Ok(Committed::Nothing);
     }
     let Some(endpoint) = doc.spec.commit_endpoint() else {
         for k in keys {
             output.say(format_args!("  commit with:          {}", commit::commit_command(k)));
         }
-        return Ok(true);
+        return Ok(Committed::Nothing);
     };
     if !r.success {
         output.say(format_args!(
             "  commit:               not attempted: {} segment(s) failed; Milvus refuses a result with success=false",
             r.failed_segments.len()
         ));
-        return Ok(false);
+        return Ok(Committed::Failed);
     }
     let done = commit::commit_result(storage, endpoint, r, layout, 2).await?;
     for (seg, status) in &done.segments {
@@ -354,7 +426,7 @@ async fn commit_step(
             "some segments were NOT committed"
         }
     ));
-    Ok(all)
+    Ok(if all { Committed::Done } else { Committed::Failed })
 }
 
 /// A run whose record could not be stored: success becomes [`EXIT_RESULT_NOT_WRITTEN`].

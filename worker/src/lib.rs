@@ -5,6 +5,7 @@
 //! `keys` (key index), `source` (matched rows), `join` (alignment), `output` (writer).
 
 pub mod add_fields;
+pub mod after_commit;
 pub mod avro_value;
 pub mod binlog;
 pub mod cli;
@@ -22,6 +23,7 @@ pub mod keys;
 pub mod logging;
 pub mod manifest;
 pub mod milvus;
+pub mod milvus_post;
 pub mod output;
 pub mod plan;
 pub mod plan_job;
@@ -32,6 +34,7 @@ pub mod snapshot;
 pub mod snapshot_manifest;
 pub mod snapshot_planner;
 pub mod source;
+pub mod steps_report;
 pub mod store;
 pub mod stores;
 pub mod targets;
@@ -45,3 +48,4 @@ pub mod v3_keys;
 pub mod v3_output;
 pub mod vector_check;
 pub mod vectors;
+pub mod verify;

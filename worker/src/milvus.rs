@@ -34,9 +34,9 @@ impl tonic::service::Interceptor for Auth {
 }
 
 pub struct MilvusClient {
-    inner: Inner,
-    uri: String,
-    database: String,
+    pub(crate) inner: Inner,
+    pub(crate) uri: String,
+    pub(crate) database: String,
 }
 
 /// A field of the collection schema, as the planner needs it.
@@ -59,12 +59,14 @@ pub fn dim_param<'a>(params: impl IntoIterator<Item = (&'a str, &'a str)>) -> Op
         .and_then(|(_, v)| v.trim().parse().ok())
 }
 
-/// A field to add: nullable, of a Milvus type, with a `max_length` for VarChar.
+/// A field to add: nullable, of a Milvus type, with a `max_length` for VarChar and a `dim`
+/// for a dense vector.
 #[derive(Clone, Debug, PartialEq)]
 pub struct NewFieldSchema {
     pub name: String,
     pub data_type: i32,
     pub max_length: Option<u32>,
+    pub dim: Option<u32>,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -185,7 +187,7 @@ impl MilvusClient {
         })
     }
 
-    fn rpc_err(&self, call: &str, s: tonic::Status) -> BackfillError {
+    pub(crate) fn rpc_err(&self, call: &str, s: tonic::Status) -> BackfillError {
         let hint = match s.code() {
             tonic::Code::Unauthenticated | tonic::Code::PermissionDenied => {
                 "; check MILVUS_TOKEN (spec.milvus.tokenSecretRef in a cluster)"
@@ -203,7 +205,7 @@ impl MilvusClient {
 
     // `error_code` is deprecated upstream but 2.3 servers still set only it on some errors.
     #[allow(deprecated)]
-    fn check(&self, call: &str, what: &str, status: Option<Status>) -> Result<()> {
+    pub(crate) fn check(&self, call: &str, what: &str, status: Option<Status>) -> Result<()> {
         match status {
             Some(s) if s.code != 0 || s.error_code != 0 => {
                 let msg = format!(
@@ -330,6 +332,12 @@ impl MilvusClient {
             type_params.push(milvus_proto::common::KeyValuePair {
                 key: "max_length".into(),
                 value: max.to_string(),
+            });
+        }
+        if let Some(dim) = field.dim {
+            type_params.push(milvus_proto::common::KeyValuePair {
+                key: "dim".into(),
+                value: dim.to_string(),
             });
         }
         let schema = milvus_proto::schema::FieldSchema {

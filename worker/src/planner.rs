@@ -2,7 +2,6 @@
 //! checks the source, and produces a [`Plan`]. Writes nothing.
 
 use std::collections::btree_map::BTreeMap;
-use std::time::Duration;
 
 use futures_util::{StreamExt, TryStreamExt};
 
@@ -22,6 +21,7 @@ use crate::stores::{place_key, RunLocations, RunStores, StoreCredentials};
 mod by_name;
 mod live_v2;
 mod live_v3;
+mod steps;
 
 /// Picks the join key: `spec.joinKey` (by name), `spec.primaryKeyFieldId`, else the schema's
 /// primary key. A physical field other than the primary key must be a non-nullable
@@ -105,10 +105,30 @@ pub async fn plan(doc: &BackfillDoc, token: &MilvusToken) -> Result<Planned> {
 /// Plans with the given credentials (a controller reads them from the Backfill's Secrets).
 pub async fn plan_with(doc: &BackfillDoc, token: &MilvusToken, creds: &StoreCredentials) -> Result<Planned> {
     let planned = plan_spec(doc, token, creds).await?;
+    check_index_fields(&doc.spec, &planned.plan)?;
     if doc.spec.run_id.is_some() {
         check_run_id_unused(&planned).await?;
     }
     Ok(planned)
+}
+
+/// `lifecycle.createIndex` builds indexes on the run's new fields only: an index on another
+/// field is not this run's business, and a typo must not wait until after the commit.
+fn check_index_fields(spec: &EngineSpec, plan: &Plan) -> Result<()> {
+    let indexes = spec.lifecycle.as_ref().and_then(|l| l.create_index.as_ref());
+    let unknown: Vec<&str> = indexes
+        .into_iter()
+        .flatten()
+        .map(|ix| ix.field.as_str())
+        .filter(|f| !plan.new_fields.iter().any(|nf| nf.name == *f))
+        .collect();
+    if unknown.is_empty() {
+        return Ok(());
+    }
+    let new: Vec<&str> = plan.new_fields.iter().map(|f| f.name.as_str()).collect();
+    Err(BackfillError::config(format!(
+        "spec.lifecycle.createIndex names {unknown:?}, which this run does not backfill; its new fields are {new:?}"
+    )))
 }
 
 /// A run ID the user chose names one run only (the reference's job-ID check): nothing but its
@@ -143,16 +163,25 @@ async fn plan_spec(doc: &BackfillDoc, token: &MilvusToken, creds: &StoreCredenti
     if let Some(path) = spec.snapshot_path() {
         return crate::snapshot_planner::plan(doc, path, creds).await;
     }
-    if let Some(snapshot) = spec.milvus.snapshot.as_ref().filter(|s| s.name.is_some()) {
-        return by_name::plan(doc, snapshot, token, creds).await;
+    if let Some(snapshot) = spec.snapshot().filter(|s| s.name.is_some()) {
+        return by_name::plan(doc, &snapshot, token, creds).await;
     }
     let at = RunLocations::of_spec(spec);
     let stores = RunStores::open(&at, creds).await;
-    let coll = read_collection(spec, token).await?;
+    let mut coll = read_collection(spec, token).await?;
+    let steps = std::mem::take(&mut coll.steps);
     // StorageV3 segments take the new fields from the schema; StorageV1 exports must not.
-    if live_v3::rules(&coll.segments)? == live_v3::Rules::V3 {
-        return live_v3::plan(spec, at, stores, coll).await;
-    }
+    let mut planned = if live_v3::rules(&coll.segments)? == live_v3::Rules::V3 {
+        live_v3::plan(spec, at, stores, coll).await?
+    } else {
+        plan_export(spec, at, stores, coll).await?
+    };
+    planned.plan.lifecycle.splice(0..0, steps);
+    Ok(planned)
+}
+
+/// The plan of StorageV1 segments: export outputs beside the binlogs or at `spec.output.path`.
+async fn plan_export(spec: &EngineSpec, at: RunLocations, stores: RunStores, coll: Collection) -> Result<Planned> {
     let schema = check_source(&stores.source, &at.source_place, &coll, spec.column_mapping.as_ref()).await?;
     // Without `spec.output.path` outputs sit beside the binlogs, in `insert_log/`.
     let custom_output = spec.output_path().map(|_| place_key(&at.output_place));
@@ -187,15 +216,14 @@ struct Collection {
     partition_names: BTreeMap<i64, String>,
     /// Of the one partition, if the spec names one.
     segments: Vec<SegmentInfo>,
+    /// What the lifecycle's steps before planning did.
+    steps: Vec<milvus_backfill_api::lifecycle::StepRecord>,
 }
 
 async fn read_collection(spec: &EngineSpec, token: &MilvusToken) -> Result<Collection> {
     let mut milvus = MilvusClient::connect(&spec.milvus.uri, spec.milvus.database(), token).await?;
     let name = &spec.milvus.collection;
-    if spec.flush() {
-        tracing::info!(collection = %name, "flushing before planning");
-        milvus.flush(name, Duration::from_secs(300)).await?;
-    }
+    let steps = steps::before_planning(spec, &mut milvus).await?;
     let info = milvus.describe_collection(name).await?;
     let pk = join_field(&info, spec.primary_key_field_id, spec.join_key.as_deref())?;
     let partitions = milvus.show_partitions(name).await?;
@@ -216,6 +244,7 @@ async fn read_collection(spec: &EngineSpec, token: &MilvusToken) -> Result<Colle
         only_partition,
         partition_names: partitions.into_iter().map(|(n, id)| (id, n)).collect(),
         segments,
+        steps,
     })
 }
 
@@ -304,6 +333,7 @@ pub(crate) fn assemble(spec: &EngineSpec, at: RunLocations, l: Learned) -> Resul
         skipped: l.segments.skipped,
         failed: l.segments.failed,
         warnings: l.segments.warnings,
+        lifecycle: Vec::new(),
     })
 }
 

@@ -98,6 +98,12 @@ fn check_spec(spec: &EngineSpec) -> Result<()> {
             "spec.flush needs a Milvus connection; with a snapshot, flush before creating the snapshot and remove spec.flush",
         ));
     }
+    if spec.add_fields().is_some() {
+        return Err(BackfillError::config(
+            "spec.lifecycle.addFields cannot change a snapshot file's schema: add the fields before the snapshot is taken \
+             (or plan with spec.lifecycle.snapshot, which adds them first), and remove spec.lifecycle.addFields",
+        ));
+    }
     Ok(())
 }
 

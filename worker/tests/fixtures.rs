@@ -559,6 +559,7 @@ async fn a_failed_segment_does_not_stop_the_others() {
         skipped: vec![],
         failed: vec![],
         warnings: vec![],
+        lifecycle: vec![],
     };
     let stores = RunStores::open(&at, &StoreCredentials::default()).await;
     let r = milvus_backfill::runner::run_plan(&plan, &stores, &Progress::new(2, true)).await;

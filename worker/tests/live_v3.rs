@@ -85,6 +85,8 @@ struct State {
     location_as_uri: bool,
     /// Every call, in order, with what matters of its request.
     calls: Vec<String>,
+    /// field → index type, as CreateIndex made them.
+    indexes: BTreeMap<String, String>,
 }
 
 #[derive(Clone)]
@@ -289,6 +291,74 @@ impl MilvusService for FakeMilvus {
         Ok(Response::new(common::Status::default()))
     }
 
+    async fn create_index(&self, req: Request<pb::CreateIndexRequest>) -> Result<Response<common::Status>, Status> {
+        let r = req.into_inner();
+        let params: Vec<String> = r
+            .extra_params
+            .iter()
+            .map(|p| format!("{}={}", p.key, p.value))
+            .collect();
+        self.record(format!("CreateIndex {} {}", r.field_name, params.join(",")));
+        let mut s = self.0.lock().unwrap();
+        if s.indexes.contains_key(&r.field_name) {
+            return Ok(Response::new(
+                failed(65535, "at most one distinct index is allowed per field").unwrap(),
+            ));
+        }
+        let index_type = r
+            .extra_params
+            .iter()
+            .find(|p| p.key == "index_type")
+            .map(|p| p.value.clone());
+        s.indexes.insert(r.field_name, index_type.unwrap_or_default());
+        Ok(Response::new(common::Status::default()))
+    }
+
+    async fn describe_index(
+        &self,
+        req: Request<pb::DescribeIndexRequest>,
+    ) -> Result<Response<pb::DescribeIndexResponse>, Status> {
+        let r = req.into_inner();
+        self.record(format!("DescribeIndex {}", r.field_name));
+        let s = self.0.lock().unwrap();
+        let Some(index_type) = s.indexes.get(&r.field_name) else {
+            // As Milvus answers a field without an index: IndexNotExist.
+            #[allow(deprecated)]
+            let status = common::Status {
+                error_code: 25,
+                code: 700,
+                reason: "index not found[collection=golden]".into(),
+                ..Default::default()
+            };
+            return Ok(Response::new(pb::DescribeIndexResponse {
+                status: Some(status),
+                index_descriptions: vec![],
+            }));
+        };
+        Ok(Response::new(pb::DescribeIndexResponse {
+            status: ok(),
+            index_descriptions: vec![pb::IndexDescription {
+                index_name: r.field_name.clone(),
+                field_name: r.field_name,
+                params: vec![common::KeyValuePair {
+                    key: "index_type".into(),
+                    value: index_type.clone(),
+                }],
+                state: 3,
+                total_rows: 10,
+                indexed_rows: 10,
+                ..Default::default()
+            }],
+        }))
+    }
+
+    /// The stand-in serves no rows: verify's comparison is unit-tested, and its Query is
+    /// checked on the real Milvus 2.3.5 (`real_env.rs`).
+    async fn query(&self, _: Request<pb::QueryRequest>) -> Result<Response<pb::QueryResults>, Status> {
+        self.record("Query".into());
+        Err(Status::unimplemented("the stand-in has no rows"))
+    }
+
     async fn describe_snapshot(
         &self,
         req: Request<pb::DescribeSnapshotRequest>,
@@ -361,6 +431,7 @@ impl Bed {
             snapshots: BTreeMap::new(),
             location_as_uri: false,
             calls: Vec::new(),
+            indexes: BTreeMap::new(),
         })));
         let uri = serve(milvus.clone()).await;
         let source = root.join("source.parquet");
@@ -745,12 +816,19 @@ async fn contract_a_spec_the_snapshot_cannot_honour_is_refused_before_creating_i
     assert!(bed.state().snapshots.is_empty());
 }
 
+fn max_64() -> milvus_backfill_api::lifecycle::AddFieldsSpec {
+    milvus_backfill_api::lifecycle::AddFieldsSpec {
+        max_length: Some(64),
+        types: None,
+    }
+}
+
 #[tokio::test]
 async fn contract_add_fields_adds_the_source_columns_nullable_then_the_plan_binds_them() {
     let bed = Bed::new(1003, 3, vec![]).await;
     bed.state().has_score = false;
     let doc = bed.doc("", "");
-    let added = milvus_backfill::add_fields::add_fields(&doc, &MilvusToken::default(), 64)
+    let added = milvus_backfill::add_fields::add_fields_of(&doc, &MilvusToken::default(), &max_64())
         .await
         .unwrap();
     assert!(
@@ -765,7 +843,7 @@ async fn contract_add_fields_adds_the_source_columns_nullable_then_the_plan_bind
     );
     assert_eq!(plan(&doc).await.unwrap().plan.new_fields[0].field_id, Some(103));
     // A second call finds the field and adds nothing.
-    let again = milvus_backfill::add_fields::add_fields(&doc, &MilvusToken::default(), 64)
+    let again = milvus_backfill::add_fields::add_fields_of(&doc, &MilvusToken::default(), &max_64())
         .await
         .unwrap();
     assert_eq!(
@@ -779,7 +857,7 @@ async fn contract_add_fields_on_a_server_without_the_call_says_what_it_needs() {
     let bed = Bed::new(1003, 3, vec![]).await;
     bed.state().has_score = false;
     bed.state().snapshots_supported = false;
-    let e = milvus_backfill::add_fields::add_fields(&bed.doc("", ""), &MilvusToken::default(), 64)
+    let e = milvus_backfill::add_fields::add_fields_of(&bed.doc("", ""), &MilvusToken::default(), &max_64())
         .await
         .unwrap_err();
     assert_eq!(e.kind, ErrorKind::ConfigError);
@@ -860,4 +938,126 @@ async fn contract_a_planning_job_stores_the_plan_then_answers_beside_the_request
         .await
         .unwrap()
         .is_none());
+}
+
+// ------------------------------------------------------------------ the lifecycle
+
+/// `spec.lifecycle` before planning: flush, then the new field, then the snapshot (which must
+/// hold the field), then planning from it. Planning again changes nothing in Milvus.
+#[tokio::test]
+async fn contract_lifecycle_flushes_adds_fields_then_snapshots_in_that_order_and_again_changes_nothing() {
+    use milvus_backfill_api::lifecycle::{Step, StepState};
+    let bed = Bed::new(1003, 3, vec![]).await;
+    bed.state().has_score = false;
+    let doc = bed.doc(
+        "",
+        "  lifecycle:\n    snapshot: {name: bf-life}\n    addFields: {maxLength: 64}\n    flush: true\n",
+    );
+    let planned = plan(&doc).await.unwrap();
+    let calls = bed.calls();
+    let order: Vec<&str> = calls
+        .iter()
+        .filter_map(|c| c.split(' ').next())
+        .filter(|c| ["Flush", "AddCollectionField", "CreateSnapshot", "DescribeSnapshot"].contains(c))
+        .collect();
+    assert_eq!(
+        order,
+        ["Flush", "AddCollectionField", "CreateSnapshot", "DescribeSnapshot"],
+        "{calls:?}"
+    );
+    let steps: Vec<(Step, StepState)> = planned.plan.lifecycle.iter().map(|r| (r.step, r.state)).collect();
+    assert_eq!(
+        steps,
+        [
+            (Step::Flush, StepState::Done),
+            (Step::AddFields, StepState::Done),
+            (Step::Snapshot, StepState::Done)
+        ]
+    );
+    assert!(planned.plan.lifecycle[1]
+        .message
+        .contains("added score (Double, nullable)"));
+    // The snapshot was taken after the field was added: the plan binds it.
+    assert_eq!(planned.plan.new_fields[0].field_id, Some(103));
+    bed.check_written(&run(&planned).await, 1003);
+
+    bed.state().calls.clear();
+    let again = plan(&doc).await.unwrap();
+    let states: Vec<StepState> = again.plan.lifecycle.iter().map(|r| r.state).collect();
+    assert_eq!(
+        states,
+        [StepState::Done, StepState::AlreadyDone, StepState::AlreadyDone]
+    );
+    assert!(
+        !bed.calls().iter().any(|c| c.starts_with("AddCollectionField")),
+        "{:?}",
+        bed.calls()
+    );
+}
+
+/// A server without AddCollectionField stops the lifecycle at that step, before the snapshot
+/// and before anything is written; the error names the step.
+#[tokio::test]
+async fn contract_lifecycle_add_fields_on_an_old_server_stops_before_the_snapshot() {
+    let bed = Bed::new(1003, 3, vec![]).await;
+    bed.state().has_score = false;
+    bed.state().snapshots_supported = false;
+    let doc = bed.doc("", "  lifecycle:\n    addFields: {}\n    snapshot: {name: s}\n");
+    let e = refused(&doc).await;
+    assert_eq!(e.kind, ErrorKind::ConfigError);
+    assert!(
+        e.message.starts_with("step addFields (lifecycle.addFields): ") && e.message.contains("no later step ran"),
+        "{}",
+        e.message
+    );
+    assert!(
+        !bed.calls().iter().any(|c| c.starts_with("CreateSnapshot")),
+        "{:?}",
+        bed.calls()
+    );
+    assert!(!bed.root.join("bkt/files/backfill").exists(), "nothing written");
+}
+
+/// `createIndex` over gRPC: the parameters Milvus parses, the build awaited, and an index that
+/// exists kept. A field the run does not backfill is refused at planning.
+#[tokio::test]
+async fn contract_create_index_sends_the_parameters_and_keeps_an_existing_index() {
+    use milvus_backfill::after_commit::{self, IndexWait};
+    use milvus_backfill_api::lifecycle::StepState;
+    let bed = Bed::new(1003, 3, vec![]).await;
+    let with_index = |field: &str| {
+        bed.doc(
+            "",
+            &format!(
+                "  lifecycle:\n    commit: {{endpoint: \"http://127.0.0.1:1\"}}\n    createIndex:\n      - {{field: {field}, indexType: STL_SORT, params: {{a: \"1\"}}}}\n"
+            ),
+        )
+    };
+    let e = refused(&with_index("title")).await;
+    assert!(
+        e.message
+            .contains("names [\"title\"], which this run does not backfill"),
+        "{}",
+        e.message
+    );
+    let doc = with_index("score");
+    let planned = plan(&doc).await.unwrap();
+    let mut milvus = milvus_backfill::milvus::MilvusClient::connect(&bed.uri, "default", &MilvusToken::default())
+        .await
+        .unwrap();
+    let now = IndexWait {
+        poll: std::time::Duration::ZERO,
+        timeout: std::time::Duration::from_secs(5),
+    };
+    let first = after_commit::run(&doc.spec, &planned.plan, &mut milvus, None, now).await;
+    assert_eq!(first[0].state, StepState::Done, "{}", first[0].message);
+    assert!(
+        bed.calls()
+            .contains(&"CreateIndex score index_type=STL_SORT,params={\"a\":\"1\"}".to_owned()),
+        "{:?}",
+        bed.calls()
+    );
+    let second = after_commit::run(&doc.spec, &planned.plan, &mut milvus, None, now).await;
+    assert_eq!(second[0].state, StepState::AlreadyDone, "{}", second[0].message);
+    assert_eq!(bed.calls().iter().filter(|c| c.starts_with("CreateIndex")).count(), 1);
 }

@@ -531,3 +531,128 @@ fn add_fields_on_milvus_2_3_5_is_refused_clearly() {
         "{text}"
     );
 }
+
+/// The lifecycle on the real Milvus 2.3.5: `flush` runs and is recorded in the plan;
+/// `addFields` stops `run` with a clear error that names the step, before anything is written
+/// under the run's prefix; and the calls of the steps after the commit work on the real server:
+/// CreateIndex then DescribeIndex until built (an index that exists is kept on a re-run), and
+/// Query, whose results decode to the values Milvus holds.
+#[tokio::test(flavor = "multi_thread")]
+async fn lifecycle_on_milvus_2_3_5_flush_runs_add_fields_is_refused_and_index_and_query_work() {
+    use milvus_backfill::after_commit::{self, IndexWait};
+    use milvus_backfill::milvus_post::Value as V;
+    use milvus_backfill_api::lifecycle::{Step, StepState};
+    let Some(e) = env() else { return };
+    let c = "e2e_int64";
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("bf.yaml");
+    let src = e.expected[c]["newField"]["single"].as_str().unwrap();
+
+    std::fs::write(&file, yaml(c, src, "  lifecycle:\n    flush: true\n")).unwrap();
+    let plan = bin().args(["plan", "-o", "json", "-f"]).arg(&file).output().unwrap();
+    assert!(plan.status.success(), "{}", String::from_utf8_lossy(&plan.stderr));
+    let doc: Value = serde_json::from_slice(&plan.stdout).unwrap();
+    assert_eq!(doc["plan"]["lifecycle"][0]["step"], "flush");
+    assert_eq!(doc["plan"]["lifecycle"][0]["state"], "Done");
+    assert_eq!(doc["steps"], serde_json::json!(["flush", "backfill"]));
+
+    let refused = "  runId: lifecycle-refused\n  lifecycle:\n    flush: true\n    addFields: {}\n";
+    std::fs::write(&file, yaml(c, src, refused)).unwrap();
+    let run = bin().args(["run", "-f"]).arg(&file).output().unwrap();
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert_eq!(run.status.code(), Some(3), "{stderr}");
+    assert!(
+        stderr.contains("step addFields (lifecycle.addFields)") && stderr.contains("no AddCollectionField"),
+        "{stderr}"
+    );
+    let ep = milvus_backfill::config::S3Endpoint {
+        endpoint: var("S3_ENDPOINT"),
+        region: "us-east-1".into(),
+        use_ssl: false,
+    };
+    let creds = milvus_backfill::config::S3Credentials::storage_from_env().unwrap();
+    let store = milvus_backfill::store::Store::s3(&ep, &var("S3_BUCKET"), creds.as_ref()).await;
+    let prefix = format!(
+        "{}/backfill/{}/lifecycle-refused/",
+        var("MILVUS_ROOT_PATH"),
+        e.expected[c]["collectionId"]
+    );
+    assert!(
+        store.list(&prefix).await.unwrap().is_empty(),
+        "nothing written under {prefix}"
+    );
+
+    // The steps after the commit, on the real server (no commit exists for 2.3.5 segments, so
+    // the index goes on the collection's vector field, which Query also needs to load).
+    let spec_text = yaml(
+        c,
+        src,
+        "  lifecycle:\n    commit: {endpoint: \"http://127.0.0.1:1\"}\n    createIndex:\n      - {field: vec, indexType: FLAT, metricType: L2}\n",
+    );
+    let doc = BackfillDoc::parse(&spec_text).unwrap();
+    let mut plan = planner::plan(
+        &BackfillDoc::parse(&yaml(c, src, "")).unwrap(),
+        &MilvusToken::from_env(),
+    )
+    .await
+    .unwrap()
+    .plan;
+    plan.new_fields.clear();
+    let mut milvus =
+        milvus_backfill::milvus::MilvusClient::connect(&var("MILVUS_URI"), "default", &MilvusToken::from_env())
+            .await
+            .unwrap();
+    let wait = IndexWait {
+        poll: std::time::Duration::from_millis(500),
+        timeout: std::time::Duration::from_secs(120),
+    };
+    let first = after_commit::run(&doc.spec, &plan, &mut milvus, None, wait).await;
+    assert_eq!(
+        (first[0].step, first[0].state),
+        (Step::CreateIndex, StepState::Done),
+        "{}",
+        first[0].message
+    );
+    assert!(
+        first[0].message.contains("field vec: FLAT index"),
+        "{}",
+        first[0].message
+    );
+    let again = after_commit::run(&doc.spec, &plan, &mut milvus, None, wait).await;
+    assert_eq!(again[0].state, StepState::AlreadyDone, "{}", again[0].message);
+
+    let load = Command::new(var("MB_PY"))
+        .args([
+            "-c",
+            "import sys; from pymilvus import connections, Collection; connections.connect(uri=sys.argv[1]); Collection(sys.argv[2]).load()",
+            &var("MILVUS_URI"),
+            c,
+        ])
+        .output()
+        .unwrap();
+    assert!(load.status.success(), "{}", String::from_utf8_lossy(&load.stderr));
+    let deleted: Vec<i64> = serde_json::from_value(e.expected[c]["deleted"].clone()).unwrap();
+    let keys: Vec<i64> = e.expected[c]["segments"]
+        .as_object()
+        .unwrap()
+        .values()
+        .flat_map(|s| s["pks"].as_array().unwrap().iter().take(4).map(|k| k.as_i64().unwrap()))
+        .filter(|k| !deleted.contains(k))
+        .collect();
+    let asked: Vec<V> = keys.iter().map(|k| V::Int(*k)).collect();
+    let fields = vec!["title".to_owned(), "vec".to_owned()];
+    let rows = milvus
+        .query_keys(c, ("id", milvus_backfill::plan::PkType::Int64), &asked, &fields)
+        .await
+        .unwrap();
+    assert_eq!(rows.keys.len(), keys.len(), "every key asked for is found");
+    for (i, k) in rows.keys.iter().enumerate() {
+        let V::Int(k) = k else { panic!("{k:?}") };
+        let title = format!("title-{k}-{}", "x".repeat((*k % 23) as usize));
+        assert_eq!(rows.fields[0].1[i], V::Str(title), "key {k}");
+        assert!(
+            matches!(&rows.fields[1].1[i], V::Bytes(b) if b.len() == 8 * 4),
+            "key {k}"
+        );
+    }
+}

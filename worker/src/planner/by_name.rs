@@ -2,8 +2,7 @@
 //! asked, create the snapshot when asked, then plan exactly as from a snapshot file
 //! ([`crate::snapshot_planner`]), at the metadata JSON that DescribeSnapshot points to.
 
-use std::time::Duration;
-
+use milvus_backfill_api::lifecycle::{Step, StepRecord, StepState};
 use milvus_backfill_api::place::S3Uri;
 use milvus_backfill_api::spec::{EngineSpec, SnapshotSpec};
 
@@ -25,29 +24,50 @@ pub(super) async fn plan(
     check_spec(spec)?;
     let collection = &spec.milvus.collection;
     let mut milvus = MilvusClient::connect(&spec.milvus.uri, spec.milvus.database(), token).await?;
-    if spec.flush() {
-        // CreateSnapshot captures sealed segments only; the flush seals the recent inserts.
-        tracing::info!(collection = %collection, "flushing before the snapshot");
-        milvus.flush(collection, Duration::from_secs(300)).await?;
-    }
+    // CreateSnapshot captures sealed segments and the schema: the flush seals the recent
+    // inserts and the new fields must be in the schema first.
+    let mut steps = super::steps::before_planning(spec, &mut milvus).await?;
     let mut warnings = Vec::new();
     if snapshot.create() {
         let protection = snapshot.compaction_protection_seconds();
-        match milvus.create_snapshot(name, collection, protection).await? {
-            Created::New => tracing::info!(snapshot = name, protection, "snapshot created"),
-            Created::Existed(reason) => warnings.push(existed_warning(name, &reason)),
-        }
+        let created = milvus
+            .create_snapshot(name, collection, protection)
+            .await
+            .map_err(|e| super::steps::in_step(Step::Snapshot, e))?;
+        steps.push(match created {
+            Created::New => {
+                tracing::info!(snapshot = name, protection, "snapshot created");
+                StepRecord::new(
+                    Step::Snapshot,
+                    StepState::Done,
+                    format!("created snapshot {name:?}; its segments are protected from compaction for {protection} s"),
+                )
+            }
+            Created::Existed(reason) => {
+                warnings.push(existed_warning(name, &reason));
+                StepRecord::new(
+                    Step::Snapshot,
+                    StepState::AlreadyDone,
+                    format!("snapshot {name:?} existed already; planned from it"),
+                )
+            }
+        });
     }
     let info = milvus.describe_snapshot(name, collection).await?;
     let location = metadata_uri(&info, &spec.storage.bucket)?;
     tracing::info!(snapshot = name, %location, "planning from the snapshot");
-    // The flush is done; the snapshot planner, which has no Milvus connection, refuses spec.flush.
+    // The flush and the new fields are done; the snapshot planner, which has no Milvus
+    // connection, refuses both.
     let mut doc = doc.clone();
     doc.spec.flush = None;
+    if let Some(l) = doc.spec.lifecycle.as_mut() {
+        (l.flush, l.add_fields) = (None, None);
+    }
     let mut planned = crate::snapshot_planner::plan(&doc, &location, creds)
         .await
         .map_err(|e| name_the_snapshot(e, name, &location))?;
     planned.plan.warnings.extend(warnings);
+    planned.plan.lifecycle.splice(0..0, steps);
     Ok(planned)
 }
 
