@@ -90,9 +90,13 @@ pub fn fields_to_add(
 
 /// The source's new-field columns with their Arrow types (the join key and unmapped columns
 /// left out).
-async fn new_columns(spec: &EngineSpec, info: &CollectionInfo) -> Result<Vec<(String, arrow_schema::DataType)>> {
+async fn new_columns(
+    spec: &EngineSpec,
+    info: &CollectionInfo,
+    creds: &StoreCredentials,
+) -> Result<Vec<(String, arrow_schema::DataType)>> {
     let at = RunLocations::of_spec(spec);
-    let stores = RunStores::open(&at, &StoreCredentials::from_env()?).await;
+    let stores = RunStores::open(&at, creds).await;
     let pk = crate::planner::join_field(info, spec.primary_key_field_id, spec.join_key.as_deref())?;
     let files = source::list_files(&stores.source, &place_key(&at.source_place)).await?;
     let join = source::Join {
@@ -115,15 +119,21 @@ async fn new_columns(spec: &EngineSpec, info: &CollectionInfo) -> Result<Vec<(St
 }
 
 /// Adds every new field the collection lacks, over an open connection; fields that exist with
-/// the same type are left alone, so a retry changes nothing.
-pub async fn add_fields(spec: &EngineSpec, milvus: &mut MilvusClient, how: &AddFieldsSpec) -> Result<Vec<Added>> {
+/// the same type are left alone, so a retry changes nothing. The source is read with `creds`
+/// (the planner's: from the environment, or from the Backfill's Secrets in the operator).
+pub async fn add_fields(
+    spec: &EngineSpec,
+    milvus: &mut MilvusClient,
+    how: &AddFieldsSpec,
+    creds: &StoreCredentials,
+) -> Result<Vec<Added>> {
     if spec.milvus.collection.is_empty() {
         return Err(BackfillError::config(
             "adding fields needs spec.milvus.collection (it calls AddCollectionField)",
         ));
     }
     let info = milvus.describe_collection(&spec.milvus.collection).await?;
-    let columns = new_columns(spec, &info).await?;
+    let columns = new_columns(spec, &info, creds).await?;
     let plan = fields_to_add(&columns, &info.fields, how)?;
     for a in &plan {
         if let Added::New(f) = a {
@@ -142,7 +152,7 @@ pub async fn add_fields_of(doc: &BackfillDoc, token: &MilvusToken, how: &AddFiel
         ));
     }
     let mut milvus = MilvusClient::connect(&spec.milvus.uri, spec.milvus.database(), token).await?;
-    add_fields(spec, &mut milvus, how).await
+    add_fields(spec, &mut milvus, how, &StoreCredentials::from_env()?).await
 }
 
 /// A sentence for the step's record: what was added and what existed.

@@ -1,7 +1,7 @@
 //! The lifecycle's steps once Milvus has committed the backfill: `createIndex`, then
 //! `verify`. Each is idempotent (an index that exists is kept; verify only reads), so a re-run
 //! repeats nothing. Milvus is reached through [`PostCommitMilvus`], which the gRPC client
-//! implements and the unit tests fake.
+//! implements (`milvus_post.rs`) and the unit tests fake.
 
 use std::time::Duration;
 
@@ -28,24 +28,6 @@ pub trait PostCommitMilvus {
         keys: &[Value],
         fields: &[String],
     ) -> Result<QueriedRows>;
-}
-
-impl PostCommitMilvus for MilvusClient {
-    async fn describe_index(&mut self, collection: &str, field: &str) -> Result<Option<IndexInfo>> {
-        MilvusClient::describe_index(self, collection, field).await
-    }
-    async fn create_index(&mut self, collection: &str, spec: &IndexSpec) -> Result<()> {
-        MilvusClient::create_index(self, collection, spec).await
-    }
-    async fn query_keys(
-        &mut self,
-        collection: &str,
-        pk: (&str, PkType),
-        keys: &[Value],
-        fields: &[String],
-    ) -> Result<QueriedRows> {
-        MilvusClient::query_keys(self, collection, pk, keys, fields).await
-    }
 }
 
 /// How long `createIndex` waits for Milvus to finish building.

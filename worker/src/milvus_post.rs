@@ -7,6 +7,7 @@ use milvus_proto::common::KeyValuePair;
 use milvus_proto::milvus as pb;
 use milvus_proto::schema::{field_data, scalar_field, vector_field, FieldData};
 
+use crate::after_commit::PostCommitMilvus;
 use crate::error::{BackfillError, Result};
 use crate::milvus::MilvusClient;
 use crate::plan::PkType;
@@ -79,10 +80,10 @@ pub fn keys_expr(pk: &str, pk_type: PkType, keys: &[Value]) -> String {
     format!("{pk} in [{}]", items.join(", "))
 }
 
-impl MilvusClient {
+impl PostCommitMilvus for MilvusClient {
     /// The index on `field`, or `None` when it has none.
     #[allow(deprecated)]
-    pub async fn describe_index(&mut self, collection: &str, field: &str) -> Result<Option<IndexInfo>> {
+    async fn describe_index(&mut self, collection: &str, field: &str) -> Result<Option<IndexInfo>> {
         let req = pb::DescribeIndexRequest {
             db_name: self.database.clone(),
             collection_name: collection.to_owned(),
@@ -121,7 +122,7 @@ impl MilvusClient {
             }))
     }
 
-    pub async fn create_index(&mut self, collection: &str, spec: &IndexSpec) -> Result<()> {
+    async fn create_index(&mut self, collection: &str, spec: &IndexSpec) -> Result<()> {
         let req = pb::CreateIndexRequest {
             db_name: self.database.clone(),
             collection_name: collection.to_owned(),
@@ -145,7 +146,7 @@ impl MilvusClient {
 
     /// The rows whose primary key is among `keys` (at most a few thousand), with `fields`,
     /// read at Strong consistency so that a commit just made is seen.
-    pub async fn query_keys(
+    async fn query_keys(
         &mut self,
         collection: &str,
         pk: (&str, PkType),

@@ -168,7 +168,7 @@ async fn plan_spec(doc: &BackfillDoc, token: &MilvusToken, creds: &StoreCredenti
     }
     let at = RunLocations::of_spec(spec);
     let stores = RunStores::open(&at, creds).await;
-    let mut coll = read_collection(spec, token).await?;
+    let mut coll = read_collection(spec, token, creds).await?;
     let steps = std::mem::take(&mut coll.steps);
     // StorageV3 segments take the new fields from the schema; StorageV1 exports must not.
     let mut planned = if live_v3::rules(&coll.segments)? == live_v3::Rules::V3 {
@@ -220,10 +220,10 @@ struct Collection {
     steps: Vec<milvus_backfill_api::lifecycle::StepRecord>,
 }
 
-async fn read_collection(spec: &EngineSpec, token: &MilvusToken) -> Result<Collection> {
+async fn read_collection(spec: &EngineSpec, token: &MilvusToken, creds: &StoreCredentials) -> Result<Collection> {
     let mut milvus = MilvusClient::connect(&spec.milvus.uri, spec.milvus.database(), token).await?;
     let name = &spec.milvus.collection;
-    let steps = steps::before_planning(spec, &mut milvus).await?;
+    let steps = steps::before_planning(spec, &mut milvus, creds).await?;
     let info = milvus.describe_collection(name).await?;
     let pk = join_field(&info, spec.primary_key_field_id, spec.join_key.as_deref())?;
     let partitions = milvus.show_partitions(name).await?;

@@ -539,7 +539,7 @@ fn add_fields_on_milvus_2_3_5_is_refused_clearly() {
 /// Query, whose results decode to the values Milvus holds.
 #[tokio::test(flavor = "multi_thread")]
 async fn lifecycle_on_milvus_2_3_5_flush_runs_add_fields_is_refused_and_index_and_query_work() {
-    use milvus_backfill::after_commit::{self, IndexWait};
+    use milvus_backfill::after_commit::{self, IndexWait, PostCommitMilvus};
     use milvus_backfill::milvus_post::Value as V;
     use milvus_backfill_api::lifecycle::{Step, StepState};
     let Some(e) = env() else { return };

@@ -26,7 +26,7 @@ pub(super) async fn plan(
     let mut milvus = MilvusClient::connect(&spec.milvus.uri, spec.milvus.database(), token).await?;
     // CreateSnapshot captures sealed segments and the schema: the flush seals the recent
     // inserts and the new fields must be in the schema first.
-    let mut steps = super::steps::before_planning(spec, &mut milvus).await?;
+    let mut steps = super::steps::before_planning(spec, &mut milvus, creds).await?;
     let mut warnings = Vec::new();
     if snapshot.create() {
         let protection = snapshot.compaction_protection_seconds();

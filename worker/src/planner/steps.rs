@@ -10,10 +10,15 @@ use milvus_backfill_api::spec::EngineSpec;
 use crate::add_fields::{self, Added};
 use crate::error::{BackfillError, Result};
 use crate::milvus::MilvusClient;
+use crate::stores::StoreCredentials;
 
 /// Runs the declared steps in order and records what each did; the first failure stops
 /// planning before anything is written.
-pub(super) async fn before_planning(spec: &EngineSpec, milvus: &mut MilvusClient) -> Result<Vec<StepRecord>> {
+pub(super) async fn before_planning(
+    spec: &EngineSpec,
+    milvus: &mut MilvusClient,
+    creds: &StoreCredentials,
+) -> Result<Vec<StepRecord>> {
     let name = &spec.milvus.collection;
     let mut done = Vec::new();
     if spec.flush() {
@@ -29,7 +34,7 @@ pub(super) async fn before_planning(spec: &EngineSpec, milvus: &mut MilvusClient
         ));
     }
     if let Some(how) = spec.add_fields() {
-        let added = add_fields::add_fields(spec, milvus, how)
+        let added = add_fields::add_fields(spec, milvus, how, creds)
             .await
             .map_err(|e| in_step(Step::AddFields, e))?;
         let state = if added.iter().any(|a| matches!(a, Added::New(_))) {
