@@ -6,7 +6,7 @@
 #      parallelism, the printer columns, the Events, the spec untouched, the status totals and
 #      every output row against the dataset's ground truth.
 #      It is planned by a planning Job (the chart's default): the operator's ServiceAccount cannot
-#      get Secrets; a Backfill naming a missing collection fails with PlanFailed from the Job's
+#      get Secrets; a Backfill naming a missing collection fails with PrecheckFailed from the Job's
 #      answer.
 #   2. helm upgrade with changed values: two replicas with leader election, JSON logs, planning
 #      in-process (the operator reads the Backfill's Secrets). One
@@ -91,7 +91,10 @@ OPSA=$(kubectl -n "$NS" get deploy -l app.kubernetes.io/name=milvus-backfill,app
 plan_jobs=$(kubectl -n "$NS" get jobs -l "milvusbackfill.io/backfill=$RUN,app.kubernetes.io/component=planner" -o jsonpath='{range .items[*]}{.metadata.name}={.status.succeeded}{"\n"}{end}')
 [ "$plan_jobs" = "$RUN-plan-1-0=1" ] || fail "expected one succeeded planning Job $RUN-plan-1-0, got: $plan_jobs"
 log "planned by Job $RUN-plan-1-0; the operator's ServiceAccount $OPSA cannot get Secrets"
-# A permanent planning failure comes back through the Job's answer: Failed/PlanFailed, one Job.
+RUN_UID=$(kubectl -n "$NS" get bf "$RUN" -o jsonpath='{.metadata.uid}')
+"$MB_PY" e2e/operator-scenarios/s3check.py precheck "s3://$S3_BUCKET/files/backfill/planning/$RUN_UID/1-0/precheck.json" passed >&2 ||
+  fail "$RUN: no passed precheck report beside its planning attempt"
+# A permanent planning failure comes back through the Job's answer: Failed/PrecheckFailed, one Job.
 BAD=$RUN-nocoll
 sed -e "s/name: $RUN,/name: $BAD,/" -e "s/collection: op_int64/collection: no_such_collection/" "$DATA/backfill.yaml" | kubectl apply -f - >/dev/null
 for _ in $(seq 1 60); do
@@ -100,10 +103,14 @@ for _ in $(seq 1 60); do
 done
 bad_reason=$(kubectl -n "$NS" get bf "$BAD" -o jsonpath='{.status.conditions[?(@.type=="Failed")].reason}|{.status.conditions[?(@.type=="Failed")].message}')
 case "$bad_reason" in
-  "PlanFailed|ConfigError: "*no_such_collection*) log "a missing collection: $bad_reason" ;;
-  *) kubectl -n "$NS" get bf "$BAD" -o yaml; fail "$BAD: expected PlanFailed naming no_such_collection, got: $bad_reason" ;;
+  "PrecheckFailed|ConfigError: "*no_such_collection*) log "a missing collection: $bad_reason" ;;
+  *) kubectl -n "$NS" get bf "$BAD" -o yaml; fail "$BAD: expected PrecheckFailed naming no_such_collection, got: $bad_reason" ;;
 esac
 [ "$(kubectl -n "$NS" get jobs -l "milvusbackfill.io/backfill=$BAD" -o name | wc -l)" = 1 ] || fail "$BAD: expected its one planning Job and no task Job"
+# The condition names the stored report; it failed at the collection check, the rest not run.
+report_uri=$(grep -o 's3://[^)]*/precheck.json' <<<"$bad_reason" || true)
+[ -n "$report_uri" ] || fail "$BAD: the Failed condition names no precheck report: $bad_reason"
+"$MB_PY" e2e/operator-scenarios/s3check.py precheck "$report_uri" collection >&2 || fail "$BAD: precheck report $report_uri"
 kubectl -n "$NS" delete bf "$BAD" >/dev/null
 
 # ---- 2. helm upgrade: two replicas, leader election --------------------------------------------

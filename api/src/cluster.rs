@@ -501,7 +501,7 @@ pub struct Condition {
     pub type_: String,
     /// `True`, `False` or `Unknown`.
     pub status: String,
-    /// Why the condition has its status, one CamelCase word (`Running`, `PlanFailed`, ...;
+    /// Why the condition has its status, one CamelCase word (`Running`, `PrecheckFailed`, ...;
     /// docs/troubleshooting.md lists them all).
     pub reason: String,
     /// What happened, for people (at most 1024 bytes).

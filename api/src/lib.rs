@@ -10,6 +10,7 @@
 //! | [`plan`] | `Plan`, `Task`, `SegmentPlan`, `BatchSize`, ... |
 //! | [`outcome`] | `SegmentOutcome`, `TaskOutcome`, `FailedSegment`, `BackfillResult` |
 //! | [`planning`] | `PlanRequest`, `PlanAnswer`, `PlanningLayout`: planning as a Job |
+//! | [`precheck`] | `PrecheckReport`, `Check`, `CheckRecord`: what planning checked, `passed: true|false` |
 //! | [`layout`] | `RunLayout` (every bucket key of a run), `TaskSplit` (plan → tasks) |
 //! | [`stage`] | a routed run's stages: `Stage`, `StageOutput`, and the work of each next task |
 //! | [`invocation`] | the worker's `segment` command line and environment names |
@@ -25,6 +26,7 @@ pub mod outcome;
 pub mod place;
 pub mod plan;
 pub mod planning;
+pub mod precheck;
 pub mod spec;
 pub mod stage;
 

@@ -9,6 +9,7 @@
 //! | key | written by | what |
 //! |---|---|---|
 //! | `request.json` | operator, before the Job | [`PlanRequest`] |
+//! | `precheck.json` | the planning Job (or the operator planning in-process), before the answer | [`crate::precheck::PrecheckReport`] |
 //! | `answer.json` | the planning Job, last | [`PlanAnswer`]; the plan itself goes to the run's `plan.json` first |
 //!
 //! A Job that ends without an answer (killed, out of memory, no image) counts as a transient
@@ -76,6 +77,16 @@ impl PlanningLayout {
     pub fn answer_key(&self) -> String {
         format!("{}/answer.json", self.prefix)
     }
+    pub fn precheck_key(&self) -> String {
+        format!("{}/precheck.json", self.prefix)
+    }
+    /// The precheck report beside a request key.
+    pub fn precheck_key_of(request_key: &str) -> String {
+        match request_key.rsplit_once('/') {
+            Some((dir, _)) => format!("{dir}/precheck.json"),
+            None => "precheck.json".to_owned(),
+        }
+    }
     /// The answer beside a request key (what the Job is given).
     pub fn answer_key_of(request_key: &str) -> String {
         match request_key.rsplit_once('/') {
@@ -97,12 +108,15 @@ mod tests {
         assert_eq!(a.answer_key(), "files/backfill/planning/u-1/3-0/answer.json");
         assert_ne!(a.answer_key(), b.answer_key());
         assert_eq!(PlanningLayout::answer_key_of(&b.request_key()), b.answer_key());
+        assert_eq!(PlanningLayout::precheck_key_of(&b.request_key()), b.precheck_key());
+        assert_eq!(a.precheck_key(), "files/backfill/planning/u-1/3-0/precheck.json");
         let prefix = PlanningLayout::backfill_prefix("files", "u-1");
         assert_eq!(PlanningLayout::parse_key(&prefix, &b.answer_key()), Some((3, 1)));
         assert_eq!(PlanningLayout::parse_key(&prefix, &a.request_key()), Some((3, 0)));
         for other in [
             "files/backfill/planning/u-1/3-x/answer.json",
             "files/backfill/planning/u-1/3-0/log.txt",
+            "files/backfill/planning/u-1/3-0/precheck.json",
             "files/backfill/planning/u-2/3-0/answer.json",
         ] {
             assert_eq!(PlanningLayout::parse_key(&prefix, other), None, "{other}");

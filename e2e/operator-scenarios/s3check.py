@@ -6,6 +6,7 @@
   s3check.py outcomes BF_JSON                        -> the run's task outcome objects, one "task-attempt" per line
   s3check.py staged BF_JSON                          -> a staged run: partitions in status, the source read
       once (sourcePasses 1 in the stored result, exchange bytes written), the exchange deleted
+  s3check.py precheck URI passed|CHECK             -> the stored precheck report passed, or failed at CHECK alone
   s3check.py check BF_JSON EXPECTED COLL RUN [--failed SEG --attempts N]
       status totals; per succeeded segment a manifest whose Parquet parts hold, row by row in
       the segment's storage order, the source's values of that row's key (nulls where the source
@@ -79,6 +80,17 @@ def main():
                 s3.put_object(Bucket=BUCKET, Key=key, Body=open(f, "rb").read())
                 assert exists(key), key
             print(f"{cmd}: {key}")
+    elif cmd == "precheck":
+        bucket, key = sys.argv[2].removeprefix("s3://").split("/", 1)
+        r = json.loads(s3.get_object(Bucket=bucket, Key=key)["Body"].read())
+        failed = [c["check"] for c in r["checks"] if c["state"] == "failed"]
+        want = sys.argv[3]
+        if want == "passed":
+            assert r["passed"] is True and not failed, r
+            assert all(c["state"] != "notRun" for c in r["checks"] if c["check"] in ("collection", "source", "keys")), r
+        else:
+            assert r["passed"] is False and failed == [want], r
+        print(f"precheck report {sys.argv[2]}: {'passed' if not failed else 'failed at ' + failed[0]}")
     elif cmd == "outcomes":
         st = json.load(open(sys.argv[2]))["status"]
         prefix = f"{ROOT}/backfill/{st['collectionId']}/{st['runId']}/outcomes/"

@@ -29,7 +29,7 @@ pub enum Situation<'a> {
     /// Planning failed and will be retried.
     PlanningError { message: &'a str },
     /// Planning failed for good (config or schema): waits for a spec change.
-    PlanFailed { message: &'a str },
+    PrecheckFailed { message: &'a str },
     /// The plan is stored (`message` says what is in it).
     Planned { message: &'a str, suspended: bool },
     /// Tasks of run `run_id` are running or waiting; `summary` gives the counts.
@@ -103,13 +103,13 @@ pub fn apply(st: &mut BackfillStatus, situation: Situation<'_>, now: Timestamp, 
             set(FAILED, false, reason::NOT_FINISHED, "");
         }
         Situation::PlanningError { message } => set(PLANNED, false, reason::PLANNING_ERROR, message),
-        Situation::PlanFailed { message } => {
-            set(PLANNED, false, reason::PLAN_FAILED, message);
-            set(FAILED, true, reason::PLAN_FAILED, message);
+        Situation::PrecheckFailed { message } => {
+            set(PLANNED, false, reason::PRECHECK_FAILED, message);
+            set(FAILED, true, reason::PRECHECK_FAILED, message);
             set(
                 PROGRESSING,
                 false,
-                reason::PLAN_FAILED,
+                reason::PRECHECK_FAILED,
                 "fix the cause, then change the spec (e.g. toggle suspend) to plan again",
             );
         }
@@ -192,7 +192,7 @@ fn suspension(set: &mut impl FnMut(&str, bool, &str, &str), suspended: bool, pro
 /// | Pending, Planning, Running | False | True (Running, or Committing) | False |
 /// | Suspended | False (Suspended) | False | False |
 /// | Succeeded | True | False | False |
-/// | Failed | False | False | True (InvalidSpec, PlanFailed, SegmentsFailed or CommitFailed) |
+/// | Failed | False | False | True (InvalidSpec, PrecheckFailed, SegmentsFailed or CommitFailed) |
 pub fn kstatus(st: &mut BackfillStatus, now: Timestamp, generation: i64) {
     let phase = st.phase.unwrap_or_default();
     let message_of = |t: &str| {
@@ -216,7 +216,7 @@ pub fn kstatus(st: &mut BackfillStatus, now: Timestamp, generation: i64) {
             let failed = get_condition(&st.conditions, condition::FAILED);
             let why = match failed.map(|c| c.reason.as_str()) {
                 Some(reason::INVALID_SPEC) => reason::INVALID_SPEC,
-                Some(reason::PLAN_FAILED) => reason::PLAN_FAILED,
+                Some(reason::PRECHECK_FAILED) => reason::PRECHECK_FAILED,
                 Some(reason::COMMIT_FAILED) => reason::COMMIT_FAILED,
                 _ => reason::SEGMENTS_FAILED,
             };
@@ -375,7 +375,7 @@ mod tests {
     fn a_failure_stalls_with_its_reason() {
         let cases = [
             (Situation::InvalidSpec { problems: "spec.x" }, "InvalidSpec"),
-            (Situation::PlanFailed { message: "m" }, "PlanFailed"),
+            (Situation::PrecheckFailed { message: "m" }, "PrecheckFailed"),
             (
                 Situation::Finished {
                     run_id: "r",

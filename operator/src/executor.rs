@@ -14,6 +14,7 @@ use milvus_backfill::facade::{self, Store, StoreError};
 use milvus_backfill_api::layout::RunLayout;
 use milvus_backfill_api::outcome::{BackfillResult, TaskOutcome};
 use milvus_backfill_api::plan::Plan;
+use milvus_backfill_api::planning::PlanningLayout;
 
 use crate::controller::{now, Context, Error, RunCache};
 use crate::crd::{Backfill, BackfillStatus};
@@ -76,13 +77,25 @@ async fn plan_in_process(bf: &Backfill, ctx: &Context, status: &BackfillStatus) 
     // The run layout lives in the storage bucket, opened with the keys just read.
     let storage_creds = secrets.stores.storage.clone();
     let started = Instant::now();
-    let planned = facade::plan(&bf.name_any(), &bf.spec.engine, secrets).await;
+    let (report, planned) = facade::precheck(&bf.name_any(), &bf.spec.engine, secrets).await;
     ctx.metrics.planning_seconds.observe(started.elapsed().as_secs_f64());
+    let storage = facade::open_storage(&bf.spec.engine, storage_creds.as_ref()).await;
+    let uid = bf.uid().unwrap_or_default();
+    let report_key = PlanningLayout::new(bf.spec.engine.storage.root_path(), &uid, gen, 0).precheck_key();
+    // Best effort: a report that cannot be stored must not hide the planning outcome.
+    let stored = match storage.put_json(&report_key, &report).await {
+        Ok(()) => Some(storage.display(&report_key)),
+        Err(e) => {
+            tracing::warn!(backfill = %bf.name_any(), "cannot store the precheck report: {e}");
+            None
+        }
+    };
     let plan = match planned {
         Ok(plan) => plan,
         Err(e) => {
             let permanent = e.kind.is_permanent();
-            let (st, ev) = state::status_after_plan_error(status, e.kind.as_str(), &e.message, permanent, gen, now());
+            let message = state::with_report(&e.message, stored.as_deref());
+            let (st, ev) = state::status_after_plan_error(status, e.kind.as_str(), &message, permanent, gen, now());
             ctx.patch_status(bf, &st).await?;
             if !permanent {
                 // Published by the reconcile wrapper, with the backoff.
@@ -92,7 +105,6 @@ async fn plan_in_process(bf: &Backfill, ctx: &Context, status: &BackfillStatus) 
             return Ok(Requeue::await_change());
         }
     };
-    let storage = facade::open_storage(&bf.spec.engine, storage_creds.as_ref()).await;
     let layout = RunLayout::of_plan(&plan);
     storage.put_json(&layout.plan_key(), &plan).await?;
     adopt_plan(bf, ctx, status, plan, storage).await

@@ -495,7 +495,7 @@ async fn a_permanent_failure_answer_fails_the_backfill_with_its_message() {
     let v = h.serve(vec![
         Call::ApplyStatus { phase: Phase::Failed },
         Call::CreateEvent {
-            reason: "PlanFailed".into(),
+            reason: "PrecheckFailed".into(),
             warning: true,
             mentions: vec!["SchemaValidationError: the source has no column pk".into()],
             hides: vec![],

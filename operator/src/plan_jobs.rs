@@ -59,7 +59,14 @@ pub(crate) async fn plan_by_job(bf: &Backfill, ctx: &Context, status: &BackfillS
                 .ok_or_else(|| Error::PlanMissing(storage.display(&plan_key)))?;
             adopt_plan(bf, ctx, status, plan, storage).await
         }
-        Step::Failed(f) => {
+        Step::Failed(mut f) => {
+            if let Some(a) = &latest {
+                let key = PlanningLayout::new(root, &uid, gen, a.attempt).precheck_key();
+                // A Job of an older worker stores no report: name it only when it is there.
+                if storage.get_json::<serde_json::Value>(&key).await?.is_some() {
+                    f.message = state::with_report(&f.message, Some(&storage.display(&key)));
+                }
+            }
             report(bf, ctx, status, &f, true, true).await?;
             Ok(Requeue::await_change())
         }

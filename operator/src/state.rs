@@ -11,7 +11,11 @@
 //!               │           └──► committing: Running (Progressing=Committing) ◄──► Suspended
 //!               │                   ├──► Succeeded (commit Committed; final)
 //!               │                   └──► Failed (CommitFailed; a spec change commits again)
-//!               └──► Failed (PlanFailed: config/schema error; waits for a spec change)
+//!               └──► Failed (PrecheckFailed: config/schema error; waits for a spec change)
+//!
+//! Planning is the precheck: a failed check with a config or schema error is `PrecheckFailed`
+//! (its report stored beside the planning attempt, `precheck.json`); a transient one
+//! (`PlanningError`) is retried.
 //! ```
 //!
 //! The commit step runs only with `spec.commit.endpoint` and a successful result whose
@@ -54,7 +58,7 @@ pub mod reason {
     pub const INVALID_SPEC: &str = "InvalidSpec";
     pub const PLANNING: &str = "Planning";
     pub const PLANNED: &str = "Planned";
-    pub const PLAN_FAILED: &str = "PlanFailed";
+    pub const PRECHECK_FAILED: &str = "PrecheckFailed";
     pub const PLANNING_ERROR: &str = "PlanningError";
     pub const RUNNING: &str = "Running";
     pub const RETRYING: &str = "Retrying";
@@ -249,7 +253,7 @@ fn decide_unplanned(o: &Observed<'_>, spec: &BackfillSpec, mut st: BackfillStatu
     }
     // Planning failed for good at this generation: wait for a spec change.
     if get_condition(&o.status.conditions, condition::FAILED).is_some_and(|c| {
-        c.status == "True" && c.reason == reason::PLAN_FAILED && c.observed_generation == Some(generation)
+        c.status == "True" && c.reason == reason::PRECHECK_FAILED && c.observed_generation == Some(generation)
     }) {
         return finish(st, o.status, Phase::Failed, vec![]);
     }
@@ -1017,6 +1021,19 @@ pub fn status_after_plan(
     (st, ev)
 }
 
+/// A planning error's message with where its precheck report is stored, when it is. The
+/// message is shortened first, so that the report's place survives the status' size limit.
+pub fn with_report(message: &str, report: Option<&str>) -> String {
+    match report {
+        Some(uri) => {
+            // Room for the error kind the status puts in front.
+            let room = MAX_MESSAGE_BYTES.saturating_sub(uri.len() + 64);
+            format!("{} (precheck report: {uri})", truncate(message, room))
+        }
+        None => message.to_owned(),
+    }
+}
+
 /// The status after planning failed. `permanent` (a config or schema error) waits for a spec
 /// change; otherwise the controller retries with backoff.
 pub fn status_after_plan_error(
@@ -1033,8 +1050,8 @@ pub fn status_after_plan_error(
     let (phase, situation, why) = if permanent {
         (
             Phase::Failed,
-            Situation::PlanFailed { message: &msg },
-            reason::PLAN_FAILED,
+            Situation::PrecheckFailed { message: &msg },
+            reason::PRECHECK_FAILED,
         )
     } else {
         (

@@ -132,7 +132,7 @@ fn a_plan_failure_for_good_waits_for_a_spec_change() {
         1,
         t0(),
     );
-    assert_eq!(ev.reason, reason::PLAN_FAILED);
+    assert_eq!(ev.reason, reason::PRECHECK_FAILED);
     assert!(ev.warning);
     assert_eq!(st.phase, Some(Phase::Failed));
     let d = decide(&observe(&s, &st, &[], None, t0()));
@@ -762,4 +762,25 @@ fn random_runs_keep_the_invariants_and_finish() {
         }
     }
     assert!(stats.iter().all(|n| *n > 10), "the cases cover too little: {stats:?}");
+}
+
+#[test]
+fn a_failed_precheck_names_its_report_even_when_the_message_is_long() {
+    let uri = "s3://milvus/files/backfill/planning/u-1/3-0/precheck.json";
+    let long = "x".repeat(5_000);
+    let message = crate::state::with_report(&long, Some(uri));
+    let (st, ev) = status_after_plan_error(&BackfillStatus::default(), "ConfigError", &message, true, 3, t0());
+    assert_eq!(ev.reason, reason::PRECHECK_FAILED);
+    assert!(
+        ev.message.ends_with(&format!("(precheck report: {uri})")),
+        "{}",
+        ev.message
+    );
+    let failed = get_condition(&st.conditions, condition::FAILED).expect("a Failed condition");
+    assert_eq!(failed.reason, reason::PRECHECK_FAILED);
+    assert!(failed.message.contains(uri), "{}", failed.message);
+    assert_eq!(
+        crate::state::with_report("no such collection", None),
+        "no such collection"
+    );
 }

@@ -70,7 +70,9 @@ impl Output {
 
 #[derive(Subcommand, Debug)]
 pub enum Command {
-    /// Dry run: connect, validate everything and print the plan. Writes nothing.
+    /// The precheck and dry run: connect, check the schema, mapping, types, keys and vectors,
+    /// read a sample of rows as they will be written, and print the report (`passed`) and the
+    /// plan. Exit 0 only when the precheck passed. Writes nothing to storage.
     Plan {
         /// The Backfill YAML (the resource or its spec).
         #[arg(short = 'f', long = "file")]
@@ -236,22 +238,35 @@ async fn add_fields_command(file: &Path, max_length: Option<u32>) -> Result<i32>
 
 async fn plan_command(file: &Path, output: Output, segments_per_task: u32) -> Result<i32> {
     let doc = load_doc(file)?;
-    let planned = planner::plan(&doc, &MilvusToken::from_env()).await?;
+    let creds = crate::stores::StoreCredentials::from_env()?;
+    let (report, planned) = planner::precheck(&doc, &MilvusToken::from_env(), &creds).await;
+    let planned = match planned {
+        Ok(planned) => planned,
+        // The report holds the error, in its check: printed once, there.
+        Err(e) => {
+            match output.document(&serde_json::json!({ "precheck": report })) {
+                Some(doc) => print!("{doc}"),
+                None => print!("{}", crate::precheck::report_text(&report)),
+            }
+            return Ok(e.kind.exit_code());
+        }
+    };
     let p = &planned.plan;
     match output {
         Output::Text => print!(
-            "{}{}",
+            "{}{}{}",
             plan_text(p),
             crate::steps_report::lines(
                 &doc.spec,
                 &p.lifecycle,
                 &format!("{} segment(s) planned", p.segments.len())
-            )
+            ),
+            crate::precheck::report_text(&report)
         ),
         _ => {
             let tasks = TaskSplit::new(segments_per_task).tasks(p);
             let steps = milvus_backfill_api::lifecycle::steps(&doc.spec);
-            let v = serde_json::json!({ "plan": p, "tasks": tasks, "steps": steps });
+            let v = serde_json::json!({ "precheck": report, "plan": p, "tasks": tasks, "steps": steps });
             print!("{}", output.document(&v).expect("not text"));
         }
     }

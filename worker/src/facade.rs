@@ -7,6 +7,7 @@ use milvus_backfill_api::error::Result;
 use milvus_backfill_api::layout::RunLayout;
 use milvus_backfill_api::outcome::BackfillResult;
 use milvus_backfill_api::plan::Plan;
+use milvus_backfill_api::precheck::PrecheckReport;
 use milvus_backfill_api::spec::EngineSpec;
 
 use crate::config::BackfillDoc;
@@ -24,16 +25,16 @@ pub struct PlanSecrets {
     pub stores: StoreCredentials,
 }
 
-/// Plans `spec` (named `name` in messages): asks Milvus, lists binlogs, checks the source.
-/// Writes nothing.
-pub async fn plan(name: &str, spec: &EngineSpec, secrets: PlanSecrets) -> Result<Plan> {
+/// Prechecks and plans `spec` (named `name` in messages): asks Milvus, lists binlogs, checks
+/// the source, reads a sample. The plan is `Err` whenever the report did not pass. Writes
+/// nothing.
+pub async fn precheck(name: &str, spec: &EngineSpec, secrets: PlanSecrets) -> (PrecheckReport, Result<Plan>) {
     let doc = BackfillDoc {
         name: name.to_owned(),
         spec: spec.clone(),
     };
-    Ok(crate::planner::plan_with(&doc, &secrets.milvus_token, &secrets.stores)
-        .await?
-        .plan)
+    let (report, planned) = crate::planner::precheck(&doc, &secrets.milvus_token, &secrets.stores).await;
+    (report, planned.map(|p| p.plan))
 }
 
 /// The Milvus storage bucket of `spec`, where the run layout lives.

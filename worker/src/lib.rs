@@ -28,6 +28,7 @@ pub mod output;
 pub mod plan;
 pub mod plan_job;
 pub mod planner;
+pub mod precheck;
 pub mod progress;
 pub mod runner;
 pub mod snapshot;

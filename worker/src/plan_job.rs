@@ -1,7 +1,8 @@
 //! `plan-job`: what a planning Job runs. It reads the operator's [`PlanRequest`] from the
-//! bucket, plans with the credentials of its environment (the Job's `secretKeyRef`s), stores
-//! the plan at the run's `plan.json`, then the [`PlanAnswer`] beside the request. The answer is
-//! written last, so an answer that says `planned` always names a stored plan.
+//! bucket, prechecks and plans with the credentials of its environment (the Job's
+//! `secretKeyRef`s), stores the plan at the run's `plan.json` and the precheck report beside
+//! the request, then the [`PlanAnswer`]. The answer is written last, so an answer that says
+//! `planned` always names a stored plan.
 
 use milvus_backfill_api::layout::RunLayout;
 use milvus_backfill_api::planning::{PlanAnswer, PlanRequest, PlanningLayout};
@@ -26,7 +27,14 @@ pub async fn answer(
         name: request.backfill.clone(),
         spec: request.spec.clone(),
     };
-    let answer = match planner::plan_with(&doc, token, creds).await {
+    let (report, planned) = planner::precheck(&doc, token, creds).await;
+    let report_key = PlanningLayout::precheck_key_of(request_key);
+    bucket
+        .put_json(&report_key, &report)
+        .await
+        .map_err(|e| BackfillError::write(None, bucket.display(&report_key), e))?;
+    tracing::info!(report = %bucket.display(&report_key), passed = report.passed, "{}", report.summary());
+    let answer = match planned {
         Ok(planned) => store_plan(&planned).await?,
         Err(e) => {
             tracing::warn!(kind = %e.kind, "planning failed: {}", e.message);

@@ -14,9 +14,11 @@ use crate::config::{BackfillDoc, MilvusToken, Place};
 use crate::error::{BackfillError, Result};
 use crate::milvus::{CollectionInfo, MilvusClient};
 use crate::plan::{self, Binlog, PkField, Plan, SegmentInfo, SegmentPlan, SkippedSegment, Triage};
+use crate::precheck::Checks;
 use crate::source::{self, SourceSchema};
 use crate::store::{ObjectMeta, Store};
 use crate::stores::{place_key, RunLocations, RunStores, StoreCredentials};
+use milvus_backfill_api::precheck::{Check, PrecheckReport};
 
 mod by_name;
 mod live_v2;
@@ -104,12 +106,77 @@ pub async fn plan(doc: &BackfillDoc, token: &MilvusToken) -> Result<Planned> {
 
 /// Plans with the given credentials (a controller reads them from the Backfill's Secrets).
 pub async fn plan_with(doc: &BackfillDoc, token: &MilvusToken, creds: &StoreCredentials) -> Result<Planned> {
-    let planned = plan_spec(doc, token, creds).await?;
-    check_index_fields(&doc.spec, &planned.plan)?;
+    plan_checked(doc, token, creds, &mut Checks::default()).await
+}
+
+/// The precheck: plans, then reads a sample of source rows as they will be written. The report
+/// says what each check found; the plan is `Err` whenever the report did not pass (the sample
+/// can fail after a plan), so that nothing runs on a failed precheck.
+pub async fn precheck(
+    doc: &BackfillDoc,
+    token: &MilvusToken,
+    creds: &StoreCredentials,
+) -> (PrecheckReport, Result<Planned>) {
+    let mut checks = Checks::default();
+    let planned = plan_checked(doc, token, creds, &mut checks).await;
+    let sample = match &planned {
+        Ok(p) => crate::precheck::sample(&p.stores.source, &p.plan, &mut checks).await,
+        Err(_) => None,
+    };
+    let collection = match &planned {
+        Ok(p) => p.plan.collection_name.clone(),
+        Err(_) => doc.spec.milvus.collection.clone(),
+    };
+    let report = checks.report(&doc.name, &collection, planned.as_ref().err(), sample);
+    let planned = match (planned, report.failed().next()) {
+        (Ok(_), Some(c)) => Err(BackfillError::new(
+            c.kind.unwrap_or(crate::error::ErrorKind::UnexpectedError),
+            format!("precheck {}: {}", c.check, c.detail),
+        )),
+        (planned, _) => planned,
+    };
+    (report, planned)
+}
+
+async fn plan_checked(
+    doc: &BackfillDoc,
+    token: &MilvusToken,
+    creds: &StoreCredentials,
+    checks: &mut Checks,
+) -> Result<Planned> {
+    let planned = plan_spec(doc, token, creds, checks).await?;
+    checks.within(Check::Lifecycle, check_index_fields(&doc.spec, &planned.plan))?;
+    checks.pass(Check::Lifecycle, lifecycle_detail(&doc.spec, &planned.plan));
+    let run_id = &planned.plan.run_id;
     if doc.spec.run_id.is_some() {
-        check_run_id_unused(&planned).await?;
+        checks.within(Check::RunId, check_run_id_unused(&planned).await)?;
+        checks.pass(Check::RunId, format!("spec.runId {run_id:?} names no earlier run"));
+    } else {
+        checks.pass(Check::RunId, format!("a fresh run ID, {run_id:?}"));
     }
+    crate::precheck::record_plan(&planned.plan, checks);
     Ok(planned)
+}
+
+/// What the lifecycle did before planning and what it does after the backfill.
+fn lifecycle_detail(spec: &EngineSpec, plan: &Plan) -> String {
+    use milvus_backfill_api::lifecycle::Step;
+    let done: Vec<String> = plan
+        .lifecycle
+        .iter()
+        .map(|r| format!("{}: {}", r.step, r.message))
+        .collect();
+    let after: Vec<String> = milvus_backfill_api::lifecycle::steps(spec)
+        .into_iter()
+        .filter(|s| matches!(s, Step::Commit | Step::CreateIndex | Step::Verify))
+        .map(|s| s.to_string())
+        .collect();
+    match (done.is_empty(), after.is_empty()) {
+        (true, true) => "no lifecycle step declared".to_owned(),
+        (false, true) => done.join("; "),
+        (true, false) => format!("after the backfill: {}", after.join(" → ")),
+        (false, false) => format!("{}; after the backfill: {}", done.join("; "), after.join(" → ")),
+    }
 }
 
 /// `lifecycle.createIndex` builds indexes on the run's new fields only: an index on another
@@ -158,31 +225,55 @@ async fn check_run_id_unused(planned: &Planned) -> Result<()> {
     )))
 }
 
-async fn plan_spec(doc: &BackfillDoc, token: &MilvusToken, creds: &StoreCredentials) -> Result<Planned> {
+async fn plan_spec(
+    doc: &BackfillDoc,
+    token: &MilvusToken,
+    creds: &StoreCredentials,
+    checks: &mut Checks,
+) -> Result<Planned> {
     let spec = &doc.spec;
     if let Some(path) = spec.snapshot_path() {
-        return crate::snapshot_planner::plan(doc, path, creds).await;
+        return crate::snapshot_planner::plan(doc, path, creds, checks).await;
     }
     if let Some(snapshot) = spec.snapshot().filter(|s| s.name.is_some()) {
-        return by_name::plan(doc, &snapshot, token, creds).await;
+        return by_name::plan(doc, &snapshot, token, creds, checks).await;
     }
     let at = RunLocations::of_spec(spec);
     let stores = RunStores::open(&at, creds).await;
-    let mut coll = read_collection(spec, token, creds).await?;
+    let mut coll = read_collection(spec, token, creds, checks).await?;
     let steps = std::mem::take(&mut coll.steps);
     // StorageV3 segments take the new fields from the schema; StorageV1 exports must not.
-    let mut planned = if live_v3::rules(&coll.segments)? == live_v3::Rules::V3 {
-        live_v3::plan(spec, at, stores, coll).await?
+    let rules = checks.within(Check::Collection, live_v3::rules(&coll.segments))?;
+    checks.pass(Check::Collection, coll.describe(rules == live_v3::Rules::V3));
+    let mut planned = if rules == live_v3::Rules::V3 {
+        live_v3::plan(spec, at, stores, coll, checks).await?
     } else {
-        plan_export(spec, at, stores, coll).await?
+        plan_export(spec, at, stores, coll, checks).await?
     };
     planned.plan.lifecycle.splice(0..0, steps);
     Ok(planned)
 }
 
 /// The plan of StorageV1 segments: export outputs beside the binlogs or at `spec.output.path`.
-async fn plan_export(spec: &EngineSpec, at: RunLocations, stores: RunStores, coll: Collection) -> Result<Planned> {
-    let schema = check_source(&stores.source, &at.source_place, &coll, spec.column_mapping.as_ref()).await?;
+async fn plan_export(
+    spec: &EngineSpec,
+    at: RunLocations,
+    stores: RunStores,
+    coll: Collection,
+    checks: &mut Checks,
+) -> Result<Planned> {
+    let schema = check_source(
+        &stores.source,
+        &at.source_place,
+        &coll,
+        spec.column_mapping.as_ref(),
+        checks,
+    )
+    .await?;
+    checks.not_run(
+        Check::Vectors,
+        "StorageV1 export: the new fields are not in the schema, so no column fills a vector field",
+    );
     // Without `spec.output.path` outputs sit beside the binlogs, in `insert_log/`.
     let custom_output = spec.output_path().map(|_| place_key(&at.output_place));
     let mut segments = plan_segments(spec, &stores.storage, &coll, custom_output.as_deref()).await?;
@@ -220,20 +311,50 @@ struct Collection {
     steps: Vec<milvus_backfill_api::lifecycle::StepRecord>,
 }
 
-async fn read_collection(spec: &EngineSpec, token: &MilvusToken, creds: &StoreCredentials) -> Result<Collection> {
-    let mut milvus = MilvusClient::connect(&spec.milvus.uri, spec.milvus.database(), token).await?;
+impl Collection {
+    /// What the collection check found.
+    fn describe(&self, v3: bool) -> String {
+        let partition = match self.only_partition.and_then(|id| self.partition_names.get(&id)) {
+            Some(p) => format!(" in partition {p:?}"),
+            None => String::new(),
+        };
+        format!(
+            "collection {:?} (ID {}, schema version {}): {} segment(s){partition}; {}",
+            self.name,
+            self.info.collection_id,
+            self.info.schema_version,
+            self.segments.len(),
+            if v3 {
+                "StorageV3: the outputs are committed into the segments"
+            } else {
+                "StorageV1: the outputs are exported beside the segments"
+            }
+        )
+    }
+}
+
+async fn read_collection(
+    spec: &EngineSpec,
+    token: &MilvusToken,
+    creds: &StoreCredentials,
+    checks: &mut Checks,
+) -> Result<Collection> {
+    let connected = MilvusClient::connect(&spec.milvus.uri, spec.milvus.database(), token).await;
+    let mut milvus = checks.within(Check::Collection, connected)?;
     let name = &spec.milvus.collection;
-    let steps = steps::before_planning(spec, &mut milvus, creds).await?;
-    let info = milvus.describe_collection(name).await?;
-    let pk = join_field(&info, spec.primary_key_field_id, spec.join_key.as_deref())?;
-    let partitions = milvus.show_partitions(name).await?;
+    let steps = checks.within(Check::Lifecycle, steps::before_planning(spec, &mut milvus, creds).await)?;
+    let info = checks.within(Check::Collection, milvus.describe_collection(name).await)?;
+    let pk = checks.within(
+        Check::Mapping,
+        join_field(&info, spec.primary_key_field_id, spec.join_key.as_deref()),
+    )?;
+    let partitions = checks.within(Check::Collection, milvus.show_partitions(name).await)?;
     let only_partition = match &spec.milvus.partition {
-        Some(p) => Some(partition_id(&partitions, p)?),
+        Some(p) => Some(checks.within(Check::Collection, partition_id(&partitions, p))?),
         None => None,
     };
-    let segments = milvus
-        .segments(name)
-        .await?
+    let segments = checks
+        .within(Check::Collection, milvus.segments(name).await)?
         .into_iter()
         .filter(|s| only_partition.is_none_or(|p| s.partition_id == p))
         .collect();
@@ -267,14 +388,15 @@ async fn check_source(
     place: &Place,
     coll: &Collection,
     mapping: Option<&BTreeMap<String, String>>,
+    checks: &mut Checks,
 ) -> Result<SourceSchema> {
-    let files = source::list_files(source, &place_key(place)).await?;
+    let files = checks.within(Check::Source, source::list_files(source, &place_key(place)).await)?;
     let existing: Vec<String> = coll.info.fields.iter().map(|f| f.name.clone()).collect();
     let join = source::Join { pk: &coll.pk, mapping };
-    let schema = source::inspect(source, &files, &join, &existing).await?;
-    source::check_keys(source, &schema.files, schema.key_column(), coll.pk.pk_type)
-        .await?
-        .into_result()?;
+    let inspected = source::inspect(source, &files, &join, &existing).await;
+    let schema = checks.within_source(Check::Mapping, inspected)?;
+    crate::precheck::record_source(&schema, &schema.new_fields, &source.display(&place_key(place)), checks);
+    crate::precheck::check_keys(source, &schema, coll.pk.pk_type, checks).await?;
     Ok(schema)
 }
 

@@ -14,28 +14,53 @@ use crate::error::{BackfillError, Result};
 use crate::manifest::Manifest;
 use crate::plan::{PkField, SegmentPlan, SkippedSegment};
 use crate::planner::{self, Planned, SegmentPlans};
+use crate::precheck::Checks;
 use crate::snapshot::{Snapshot, V3Entry};
 use crate::store::{Store, StoreError};
 use crate::stores::{RunLocations, RunStores, StoreCredentials};
 use crate::targets;
 use crate::v2_planner;
+use milvus_backfill_api::precheck::Check;
 
 pub const CONSISTENCY_NOTE: &str =
     "planned from a snapshot: its segments are protected from compaction, so the rows read now are the rows Milvus commits onto";
 
-pub async fn plan(doc: &BackfillDoc, snapshot_path: &str, creds: &StoreCredentials) -> Result<Planned> {
+pub async fn plan(
+    doc: &BackfillDoc,
+    snapshot_path: &str,
+    creds: &StoreCredentials,
+    checks: &mut Checks,
+) -> Result<Planned> {
     let spec = &doc.spec;
-    check_spec(spec)?;
+    checks.within(Check::Spec, check_spec(spec))?;
     let at = RunLocations::of_spec(spec);
     let stores = RunStores::open(&at, creds).await;
-    let snap = read_snapshot(spec, snapshot_path, &stores.storage, creds).await?;
+    let read = read_snapshot(spec, snapshot_path, &stores.storage, creds).await;
+    let snap = checks.within(Check::Collection, read)?;
     if !spec.milvus.collection.is_empty() && spec.milvus.collection != snap.collection_name {
-        return Err(BackfillError::config(format!(
-            "spec.milvus.collection is {:?} but the snapshot {snapshot_path} is of collection {:?}",
-            spec.milvus.collection, snap.collection_name
-        )));
+        return checks.within(
+            Check::Collection,
+            Err(BackfillError::config(format!(
+                "spec.milvus.collection is {:?} but the snapshot {snapshot_path} is of collection {:?}",
+                spec.milvus.collection, snap.collection_name
+            ))),
+        );
     }
-    let pk = planner::join_field(&snap.collection, spec.primary_key_field_id, spec.join_key.as_deref())?;
+    checks.pass(
+        Check::Collection,
+        format!(
+            "snapshot {snapshot_path} of collection {:?} (ID {}, schema version {}): {} StorageV3 segment(s), {} manifest list(s) of other segments",
+            snap.collection_name,
+            snap.collection.collection_id,
+            snap.collection.schema_version,
+            snap.v3_segments.len(),
+            snap.manifest_list.len()
+        ),
+    );
+    let pk = checks.within(
+        Check::Mapping,
+        planner::join_field(&snap.collection, spec.primary_key_field_id, spec.join_key.as_deref()),
+    )?;
     let (schema, new_fields) = targets::checked_source(
         &stores.source,
         &at.source_place,
@@ -45,13 +70,15 @@ pub async fn plan(doc: &BackfillDoc, snapshot_path: &str, creds: &StoreCredentia
         },
         &snap.collection.fields,
         &snap.collection_name,
+        checks,
     )
     .await?;
     let read = spec.mode().fields_to_read(&new_fields);
     let mut segments = plan_segments(&stores.storage, &at.storage_bucket, &snap, &pk, &read).await;
     let v2 = v2_planner::plan_all(&stores.storage, spec.storage.root_path(), &snap, &pk, &read)
         .await
-        .map_err(|e| BackfillError::schema(format!("spec.milvus.snapshot.path {snapshot_path}: {e}")))?;
+        .map_err(|e| BackfillError::schema(format!("spec.milvus.snapshot.path {snapshot_path}: {e}")));
+    let v2 = checks.within(Check::Segments, v2)?;
     for p in v2 {
         match p {
             v2_planner::Planned::Segment(s) => segments.planned.push(s),

@@ -4,9 +4,12 @@
 
 use arrow_schema::SchemaRef;
 
+use milvus_backfill_api::precheck::Check;
+
 use crate::error::{BackfillError, Result};
 use crate::milvus::FieldInfo;
 use crate::plan::{NewField, VectorKind, VectorTarget};
+use crate::precheck::Checks;
 use crate::types::{self, DataType};
 
 /// The source of a run Milvus commits, checked before anything is written: its new-field
@@ -18,19 +21,32 @@ pub async fn checked_source(
     join: &crate::source::Join<'_>,
     fields: &[FieldInfo],
     collection: &str,
+    checks: &mut Checks,
 ) -> Result<(crate::source::SourceSchema, Vec<NewField>)> {
-    let files = crate::source::list_files(store, &crate::stores::place_key(place)).await?;
-    let mut schema = crate::source::inspect(store, &files, join, &[]).await?;
-    let new_fields = bind(
+    let at = crate::stores::place_key(place);
+    let files = checks.within(Check::Source, crate::source::list_files(store, &at).await)?;
+    let inspected = crate::source::inspect(store, &files, join, &[]).await;
+    let mut schema = checks.within_source(Check::Mapping, inspected)?;
+    let bound = bind(
         &schema.schema,
         std::mem::take(&mut schema.new_fields),
         fields,
         collection,
-    )?;
-    crate::source::check_keys(store, &schema.files, schema.key_column(), join.pk.pk_type)
-        .await?
-        .into_result()?;
-    crate::vector_check::check_vectors(store, &schema.files, &new_fields).await?;
+    );
+    let new_fields = checks.within(Check::Mapping, bound)?;
+    crate::precheck::record_source(&schema, &new_fields, &store.display(&at), checks);
+    crate::precheck::check_keys(store, &schema, join.pk.pk_type, checks).await?;
+    let vectors = crate::vector_check::check_vectors(store, &schema.files, &new_fields).await;
+    checks.within_source(Check::Vectors, vectors)?;
+    let n = new_fields.iter().filter(|f| f.vector.is_some()).count();
+    if n == 0 {
+        checks.not_run(Check::Vectors, "no new field is a vector field");
+    } else {
+        checks.pass(
+            Check::Vectors,
+            format!("{n} vector field(s): every row normalized to Milvus' row bytes"),
+        );
+    }
     Ok((schema, new_fields))
 }
 

@@ -131,7 +131,8 @@ fn held_data(plan: &Plan, nf: &NewField) -> bool {
     })
 }
 
-fn show(v: &Value) -> String {
+/// A value as messages and the precheck's sample show it.
+pub(crate) fn show(v: &Value) -> String {
     match v {
         Value::Null => "null".into(),
         Value::Bool(b) => b.to_string(),

@@ -27,6 +27,7 @@ use milvus_backfill::progress::Progress;
 use milvus_backfill::runner;
 use milvus_backfill::stores::StoreCredentials;
 use milvus_backfill_api::outcome::BackfillResult;
+use milvus_backfill_api::precheck::{Check, CheckState, PrecheckReport};
 use milvus_proto::common;
 use milvus_proto::milvus as pb;
 use milvus_proto::milvus::milvus_service_server::{MilvusService, MilvusServiceServer};
@@ -925,6 +926,16 @@ async fn contract_a_planning_job_stores_the_plan_then_answers_beside_the_request
     };
     assert!(kind.is_permanent(), "{kind}: {message}");
     assert!(message.contains("score"), "{message}");
+    // The precheck report is stored beside the request, before the answer; it failed at the mapping.
+    let report: PrecheckReport = bucket.get_json(&layout.precheck_key()).await.unwrap().unwrap();
+    assert!(!report.passed);
+    assert_eq!(report.failed().map(|c| c.check).collect::<Vec<_>>(), [Check::Mapping]);
+    let passed: PrecheckReport = bucket
+        .get_json(&PlanningLayout::new("files", "uid-1", 2, 0).precheck_key())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(passed.passed, "{}", passed.summary());
 
     // No request: nothing to answer, and nothing is written.
     let missing = PlanningLayout::new("files", "uid-1", 4, 0);
@@ -938,6 +949,112 @@ async fn contract_a_planning_job_stores_the_plan_then_answers_beside_the_request
         .await
         .unwrap()
         .is_none());
+}
+
+// ------------------------------------------------------------------ the precheck
+
+fn state_of(r: &PrecheckReport, check: Check) -> (CheckState, String) {
+    let c = r.checks.iter().find(|c| c.check == check).unwrap();
+    (c.state, c.detail.clone())
+}
+
+#[tokio::test]
+async fn contract_the_precheck_passes_check_by_check_and_shows_rows_as_they_will_be_written() {
+    let bed = Bed::new(1003, 3, vec![]).await;
+    let (token, creds) = (MilvusToken::default(), StoreCredentials::default());
+    let (report, planned) = planner::precheck(&bed.doc("", ""), &token, &creds).await;
+    assert!(planned.is_ok());
+    assert!(report.passed, "{}", report.summary());
+    assert_eq!(report.collection, COLLECTION);
+    for check in [
+        Check::Spec,
+        Check::Lifecycle,
+        Check::Collection,
+        Check::Source,
+        Check::Mapping,
+        Check::Keys,
+        Check::Segments,
+        Check::RunId,
+        Check::Sample,
+    ] {
+        assert_eq!(state_of(&report, check).0, CheckState::Passed, "{check}: {report:?}");
+    }
+    let (vectors, why) = state_of(&report, Check::Vectors);
+    assert_eq!(
+        (vectors, why.as_str()),
+        (CheckState::NotRun, "no new field is a vector field")
+    );
+    let rows = bed.want.len() as u64 + 20;
+    assert!(
+        state_of(&report, Check::Keys)
+            .1
+            .starts_with(&format!("{rows} `pk` values")),
+        "{report:?}"
+    );
+    assert!(
+        state_of(&report, Check::Mapping)
+            .1
+            .contains("score (Float64, field 103)"),
+        "{report:?}"
+    );
+    // The sample: spread over the source, each value the source's for its key.
+    let sample = report.sample.as_ref().unwrap();
+    assert_eq!(sample.columns, ["pk", "score"]);
+    assert_eq!(sample.rows.len(), 5);
+    let values: HashMap<String, f64> = bed
+        .want
+        .iter()
+        .map(|(k, v)| (k.trim_matches('"').to_owned(), *v))
+        .collect();
+    for row in &sample.rows {
+        let key = row[0].trim_matches('"');
+        let value: f64 = row[1].parse().unwrap();
+        assert_eq!(values.get(key).copied().unwrap_or(-1.0), value, "{row:?}");
+    }
+}
+
+#[tokio::test]
+async fn contract_a_failed_precheck_names_the_check_and_runs_no_later_one() {
+    let bed = Bed::new(1003, 3, vec![]).await;
+    // The first key twice: a duplicate.
+    write_source(
+        &bed.source,
+        &[bed.pks[0].clone(), bed.pks[1].clone(), bed.pks[0].clone()],
+    );
+    let (token, creds) = (MilvusToken::default(), StoreCredentials::default());
+    let (report, planned) = planner::precheck(&bed.doc("", ""), &token, &creds).await;
+    let e = planned.err().expect("a duplicate key fails the precheck");
+    assert_eq!(e.kind, ErrorKind::SchemaValidationError);
+    assert!(!report.passed);
+    let (keys, why) = state_of(&report, Check::Keys);
+    assert_eq!(keys, CheckState::Failed);
+    assert!(why.contains("1 duplicate `pk` value(s)"), "{why}");
+    assert_eq!(state_of(&report, Check::Collection).0, CheckState::Passed);
+    for later in [Check::Vectors, Check::Segments, Check::RunId, Check::Sample] {
+        assert_eq!(
+            state_of(&report, later),
+            (CheckState::NotRun, "not run: an earlier check failed".to_owned()),
+            "{later}"
+        );
+    }
+    assert!(
+        report
+            .summary()
+            .starts_with("precheck failed at keys: SchemaValidationError:"),
+        "{}",
+        report.summary()
+    );
+    // Milvus unreachable: the collection check fails, with the connection's kind.
+    let mut doc = bed.doc("", "");
+    doc.spec.milvus.uri = "http://127.0.0.1:9".into();
+    let (report, _) = planner::precheck(&doc, &token, &creds).await;
+    let failed: Vec<_> = report.failed().collect();
+    assert_eq!(failed.len(), 1);
+    assert_eq!(
+        (failed[0].check, failed[0].kind),
+        (Check::Collection, Some(ErrorKind::ConnectionError))
+    );
+    assert_eq!(state_of(&report, Check::Source).0, CheckState::NotRun);
 }
 
 // ------------------------------------------------------------------ the lifecycle

@@ -308,14 +308,24 @@ async fn one_partition_from_a_local_source() {
 async fn bad_inputs_fail_planning_with_a_clear_error_and_write_nothing() {
     let Some(e) = env() else { return };
     let c = "e2e_int64";
+    use milvus_backfill_api::precheck::{Check, CheckState};
     let cases = [
-        ("bad_dup_e2e_int64.parquet", "duplicate `pk`"),
-        ("bad_null_e2e_int64.parquet", "null `pk`"),
-        ("bad_type_e2e_int64.parquet", "but the join key field `id` is Int64"),
-        ("bad_nopk.parquet", "no `pk` column"),
-        ("bad_clash_e2e_int64.parquet", "already exist in the collection"),
+        ("bad_dup_e2e_int64.parquet", "duplicate `pk`", Check::Keys),
+        ("bad_null_e2e_int64.parquet", "null `pk`", Check::Keys),
+        (
+            "bad_type_e2e_int64.parquet",
+            "but the join key field `id` is Int64",
+            Check::Mapping,
+        ),
+        ("bad_nopk.parquet", "no `pk` column", Check::Mapping),
+        (
+            "bad_clash_e2e_int64.parquet",
+            "already exist in the collection",
+            Check::Mapping,
+        ),
     ];
-    for (file, needle) in cases {
+    let creds = milvus_backfill::stores::StoreCredentials::from_env().unwrap();
+    for (file, needle, check) in cases {
         let out = e.data.join(format!("out-{file}"));
         let text = yaml(
             c,
@@ -329,6 +339,15 @@ async fn bad_inputs_fail_planning_with_a_clear_error_and_write_nothing() {
             .unwrap_or_else(|| panic!("{file} must fail"));
         assert_eq!(err.kind, ErrorKind::SchemaValidationError, "{file}: {}", err.message);
         assert!(err.message.contains(needle), "{file}: {}", err.message);
+        // The precheck names the check that failed, and runs none after it.
+        let (report, planned) = planner::precheck(&doc, &MilvusToken::from_env(), &creds).await;
+        assert!(planned.is_err() && !report.passed, "{file}");
+        let failed: Vec<_> = report.failed().collect();
+        assert_eq!(failed.len(), 1, "{file}: {}", report.summary());
+        assert_eq!(failed[0].check, check, "{file}: {}", report.summary());
+        assert!(failed[0].detail.contains(needle), "{file}: {}", failed[0].detail);
+        let sample = report.checks.iter().find(|c| c.check == Check::Sample).unwrap();
+        assert_eq!(sample.state, CheckState::NotRun, "{file}");
         assert!(!out.exists(), "{file}: nothing may be written");
     }
     let text = yaml("no_such_collection", "/tmp/x.parquet", "");
@@ -337,6 +356,26 @@ async fn bad_inputs_fail_planning_with_a_clear_error_and_write_nothing() {
         .err()
         .unwrap();
     assert!(err.message.contains("no_such_collection"), "{}", err.message);
+    // Through the CLI: the report on stdout, failed at the collection, exit 3 (fix the input).
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("bf.yaml");
+    std::fs::write(&file, &text).unwrap();
+    let out = bin().args(["plan", "-f"]).arg(&file).output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.starts_with("precheck: FAILED\n"), "{stdout}");
+    assert!(
+        stdout.contains("  FAIL collection ") && stdout.contains("no_such_collection"),
+        "{stdout}"
+    );
+    let out = bin().args(["plan", "-o", "yaml", "-f"]).arg(&file).output().unwrap();
+    let v: Value = serde_yaml::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["precheck"]["passed"], Value::Bool(false), "{v}");
 }
 
 fn bin() -> Command {
@@ -364,6 +403,11 @@ fn cli_plan_json_then_segment_task_then_run() {
     let json = bin().args(["plan", "-o", "json", "-f"]).arg(&file).output().unwrap();
     assert!(json.status.success());
     let v: Value = serde_json::from_slice(&json.stdout).unwrap();
+    assert_eq!(v["precheck"]["passed"], Value::Bool(true), "{}", v["precheck"]);
+    let sample = &v["precheck"]["sample"];
+    assert_eq!(sample["columns"][0], "pk", "{sample}");
+    assert_eq!(sample["rows"].as_array().map(Vec::len), Some(5), "{sample}");
+    assert!(stdout.contains("precheck: passed\n"), "{stdout}");
     let task = &v["tasks"][0];
     let seg_id = task["segments"][0]["segmentId"].as_i64().unwrap();
     let task_file = dir.path().join("task.json");

@@ -10,30 +10,36 @@ use super::Planned;
 use crate::config::{BackfillDoc, MilvusToken};
 use crate::error::{BackfillError, Result};
 use crate::milvus::{Created, MilvusClient, SnapshotInfo};
+use crate::precheck::Checks;
 use crate::stores::StoreCredentials;
+use milvus_backfill_api::precheck::Check;
 
 pub(super) async fn plan(
     doc: &BackfillDoc,
     snapshot: &SnapshotSpec,
     token: &MilvusToken,
     creds: &StoreCredentials,
+    checks: &mut Checks,
 ) -> Result<Planned> {
     let spec = &doc.spec;
     let name = snapshot.name.as_deref().unwrap_or_default();
     // Before anything changes in Milvus: a refused spec must not leave a new snapshot behind.
-    check_spec(spec)?;
+    checks.within(Check::Spec, check_spec(spec))?;
     let collection = &spec.milvus.collection;
-    let mut milvus = MilvusClient::connect(&spec.milvus.uri, spec.milvus.database(), token).await?;
+    let connected = MilvusClient::connect(&spec.milvus.uri, spec.milvus.database(), token).await;
+    let mut milvus = checks.within(Check::Collection, connected)?;
     // CreateSnapshot captures sealed segments and the schema: the flush seals the recent
     // inserts and the new fields must be in the schema first.
-    let mut steps = super::steps::before_planning(spec, &mut milvus, creds).await?;
+    let before = super::steps::before_planning(spec, &mut milvus, creds).await;
+    let mut steps = checks.within(Check::Lifecycle, before)?;
     let mut warnings = Vec::new();
     if snapshot.create() {
         let protection = snapshot.compaction_protection_seconds();
         let created = milvus
             .create_snapshot(name, collection, protection)
             .await
-            .map_err(|e| super::steps::in_step(Step::Snapshot, e))?;
+            .map_err(|e| super::steps::in_step(Step::Snapshot, e));
+        let created = checks.within(Check::Lifecycle, created)?;
         steps.push(match created {
             Created::New => {
                 tracing::info!(snapshot = name, protection, "snapshot created");
@@ -53,8 +59,8 @@ pub(super) async fn plan(
             }
         });
     }
-    let info = milvus.describe_snapshot(name, collection).await?;
-    let location = metadata_uri(&info, &spec.storage.bucket)?;
+    let info = checks.within(Check::Collection, milvus.describe_snapshot(name, collection).await)?;
+    let location = checks.within(Check::Collection, metadata_uri(&info, &spec.storage.bucket))?;
     tracing::info!(snapshot = name, %location, "planning from the snapshot");
     // The flush and the new fields are done; the snapshot planner, which has no Milvus
     // connection, refuses both.
@@ -63,7 +69,7 @@ pub(super) async fn plan(
     if let Some(l) = doc.spec.lifecycle.as_mut() {
         (l.flush, l.add_fields) = (None, None);
     }
-    let mut planned = crate::snapshot_planner::plan(&doc, &location, creds)
+    let mut planned = crate::snapshot_planner::plan(&doc, &location, creds, checks)
         .await
         .map_err(|e| name_the_snapshot(e, name, &location))?;
     planned.plan.warnings.extend(warnings);

@@ -86,7 +86,13 @@ fn describe(segments: &[&SegmentInfo]) -> String {
 }
 
 /// The plan of a collection whose segments to backfill are all StorageV3.
-pub(super) async fn plan(spec: &EngineSpec, at: RunLocations, stores: RunStores, coll: Collection) -> Result<Planned> {
+pub(super) async fn plan(
+    spec: &EngineSpec,
+    at: RunLocations,
+    stores: RunStores,
+    coll: Collection,
+    checks: &mut crate::precheck::Checks,
+) -> Result<Planned> {
     if spec.output_path().is_some() {
         return Err(BackfillError::config(
             "spec.output.path cannot be used for StorageV3 segments: Milvus commits only files under each segment's _data/ \
@@ -102,6 +108,7 @@ pub(super) async fn plan(spec: &EngineSpec, at: RunLocations, stores: RunStores,
         },
         &coll.info.fields,
         &coll.name,
+        checks,
     )
     .await?;
     let read = spec.mode().fields_to_read(&new_fields);
