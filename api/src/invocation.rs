@@ -20,6 +20,8 @@ pub mod env {
     pub const MB_TASK_ATTEMPT: &str = "MB_TASK_ATTEMPT";
     /// `text` or `json`.
     pub const LOG_FORMAT: &str = "LOG_FORMAT";
+    /// `error` … `trace`: the level of the binary's own crates (`RUST_LOG` refines it).
+    pub const LOG_LEVEL: &str = "LOG_LEVEL";
 
     /// What the operator sets from Secret references and its own settings; a user's
     /// `spec.worker.env` may not set these.

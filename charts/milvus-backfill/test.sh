@@ -85,6 +85,7 @@ reject() { # what, flags...
 reject "an unknown top-level key" --set unknownKey=1
 reject "an unknown nested key" --set operator.readSecret=false
 reject "logFormat=xml" --set logFormat=xml
+reject "logLevel=loud" --set logLevel=loud
 reject "a namespace that is not a DNS label" --set 'watchNamespaces={Team_A}'
 reject "a string replicaCount" --set-string replicaCount=two
 reject "a bad pullPolicy" --set image.pullPolicy=Sometimes

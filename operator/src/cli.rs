@@ -21,6 +21,10 @@ pub struct Cli {
     /// Log format on stderr.
     #[arg(long, global = true, env = "LOG_FORMAT", default_value = "plain")]
     pub log_format: LogFormat,
+    /// Level of the operator's own logs (also LOG_LEVEL); default info, debug with -v.
+    /// `RUST_LOG` directives refine it (the crates that see credentials stay at warn).
+    #[arg(long, global = true, env = "LOG_LEVEL")]
+    pub log_level: Option<milvus_backfill::logging::LogLevel>,
     /// Debug logs of the operator (libraries stay at WARN).
     #[arg(short, long, global = true)]
     pub verbose: bool,
@@ -95,6 +99,7 @@ pub fn main() -> i32 {
         } => {
             milvus_backfill::logging::init(
                 cli.log_format,
+                cli.log_level,
                 cli.verbose,
                 &["milvus_backfill_operator", "milvus_backfill"],
             );

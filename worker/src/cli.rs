@@ -33,6 +33,10 @@ pub struct Cli {
     /// Log format on stderr (also LOG_FORMAT).
     #[arg(long, global = true, env = env::LOG_FORMAT, default_value = "plain")]
     pub log_format: LogFormat,
+    /// Level of milvus-backfill's own logs (also LOG_LEVEL); default info, debug with -v.
+    /// `RUST_LOG` directives refine it (the crates that see credentials stay at warn).
+    #[arg(long, global = true, env = env::LOG_LEVEL)]
+    pub log_level: Option<crate::logging::LogLevel>,
     /// More detail: per-segment summary and debug logs.
     #[arg(short, long, global = true)]
     pub verbose: bool,
@@ -148,7 +152,7 @@ pub struct BucketEndpoint {
 
 pub fn main() -> i32 {
     let cli = Cli::parse();
-    crate::logging::init(cli.log_format, cli.verbose, &["milvus_backfill"]);
+    crate::logging::init(cli.log_format, cli.log_level, cli.verbose, &["milvus_backfill"]);
     let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {

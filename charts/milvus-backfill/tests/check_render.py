@@ -202,6 +202,7 @@ def main():
 
     if scenario == "default":
         check(e["LOG_FORMAT"]["value"] == "json", "LOG_FORMAT json by default")
+        check(e.get("LOG_LEVEL", {}).get("value") == "info", "LOG_LEVEL info by default (value logLevel)")
         check(c["image"] == "milvus-backfill:0.1.0" and e["WORKER_IMAGE"]["value"] == c["image"], "image tag = appVersion; WORKER_IMAGE = operator image")
 
     print(f"[{scenario}] {'FAILED: %d check(s)' % failures if failures else 'all checks passed'}")
