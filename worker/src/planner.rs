@@ -327,7 +327,7 @@ impl Collection {
             if v3 {
                 "StorageV3: the outputs are committed into the segments"
             } else {
-                "StorageV1: the outputs are exported beside the segments"
+                "StorageV1: the outputs are the export layout, which Milvus does not commit"
             }
         )
     }
