@@ -107,29 +107,22 @@ pub struct CheckRecord {
 }
 
 impl CheckRecord {
-    pub fn passed(check: Check, detail: impl Into<String>) -> Self {
+    fn new(check: Check, state: CheckState, detail: String, kind: Option<ErrorKind>) -> Self {
         Self {
             check,
-            state: CheckState::Passed,
-            detail: detail.into(),
-            kind: None,
+            state,
+            detail,
+            kind,
         }
+    }
+    pub fn passed(check: Check, detail: impl Into<String>) -> Self {
+        Self::new(check, CheckState::Passed, detail.into(), None)
     }
     pub fn not_run(check: Check, detail: impl Into<String>) -> Self {
-        Self {
-            check,
-            state: CheckState::NotRun,
-            detail: detail.into(),
-            kind: None,
-        }
+        Self::new(check, CheckState::NotRun, detail.into(), None)
     }
     pub fn failed(check: Check, kind: ErrorKind, message: &str) -> Self {
-        Self {
-            check,
-            state: CheckState::Failed,
-            detail: message.to_owned(),
-            kind: Some(kind),
-        }
+        Self::new(check, CheckState::Failed, message.to_owned(), Some(kind))
     }
 }
 

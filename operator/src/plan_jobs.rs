@@ -9,7 +9,7 @@ use k8s_openapi::api::batch::v1::Job;
 use kube::api::Api;
 use kube::runtime::controller::Action as Requeue;
 use kube::ResourceExt;
-use milvus_backfill::facade::Store;
+use milvus_backfill::facade::{Store, StoreError};
 use milvus_backfill_api::plan::Plan;
 use milvus_backfill_api::planning::{PlanAnswer, PlanRequest, PlanningLayout};
 
@@ -63,8 +63,10 @@ pub(crate) async fn plan_by_job(bf: &Backfill, ctx: &Context, status: &BackfillS
             if let Some(a) = &latest {
                 let key = PlanningLayout::new(root, &uid, gen, a.attempt).precheck_key();
                 // A Job of an older worker stores no report: name it only when it is there.
-                if storage.get_json::<serde_json::Value>(&key).await?.is_some() {
-                    f.message = state::with_report(&f.message, Some(&storage.display(&key)));
+                match storage.head(&key).await {
+                    Ok(_) => f.message = state::with_report(&f.message, Some(&storage.display(&key))),
+                    Err(StoreError::NotFound(_)) => {}
+                    Err(e) => return Err(e.into()),
                 }
             }
             report(bf, ctx, status, &f, true, true).await?;

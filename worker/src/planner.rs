@@ -119,13 +119,12 @@ pub async fn precheck(
 ) -> (PrecheckReport, Result<Planned>) {
     let mut checks = Checks::default();
     let planned = plan_checked(doc, token, creds, &mut checks).await;
-    let sample = match &planned {
-        Ok(p) => crate::precheck::sample(&p.stores.source, &p.plan, &mut checks).await,
-        Err(_) => None,
-    };
-    let collection = match &planned {
-        Ok(p) => p.plan.collection_name.clone(),
-        Err(_) => doc.spec.milvus.collection.clone(),
+    let (sample, collection) = match &planned {
+        Ok(p) => (
+            crate::precheck::sample(&p.stores.source, &p.plan, &mut checks).await,
+            p.plan.collection_name.clone(),
+        ),
+        Err(_) => (None, doc.spec.milvus.collection.clone()),
     };
     let report = checks.report(&doc.name, &collection, planned.as_ref().err(), sample);
     let planned = match (planned, report.failed().next()) {
