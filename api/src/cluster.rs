@@ -411,8 +411,9 @@ pub struct BackfillStatus {
     /// Handing the result to Milvus (`spec.commit.endpoint`); absent without an endpoint.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub commit: Option<CommitStatus>,
-    /// What the lifecycle's steps before planning did (`spec.lifecycle`: flush, addFields,
-    /// snapshot), from the plan; the commit is in `commit`.
+    /// What the lifecycle's steps did (`spec.lifecycle`): flush, addFields and snapshot from
+    /// the plan, then createIndex and verify once they ran after the commit (the commit itself
+    /// is in `commit`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 8))]
     pub lifecycle: Vec<crate::lifecycle::StepRecord>,

@@ -1,4 +1,4 @@
-//! How the operator starts a worker: the `segment` and `plan-job` command lines and the
+//! How the operator starts a worker: the `segment`, `plan-job` and `finish-job` command lines and the
 //! environment names.
 //! The worker's argument parser uses these names; a worker test parses [`SegmentInvocation`]
 //! with it, so the two cannot drift.
@@ -41,6 +41,7 @@ pub mod flags {
     pub const BINARY: &str = "milvus-backfill";
     pub const SEGMENT: &str = "segment";
     pub const PLAN_JOB: &str = "plan-job";
+    pub const FINISH_JOB: &str = "finish-job";
     pub const REQUEST: &str = "request";
     pub const TASK: &str = "task";
     pub const ENDPOINT: &str = "endpoint";
@@ -97,21 +98,40 @@ fn bucket_command(
     args
 }
 
-/// `milvus-backfill plan-job --request s3://bucket/key --endpoint host:port --region R [--use-ssl]`:
-/// a planning Job. The request is data in the bucket ([`crate::planning::PlanRequest`]).
+/// Which request a request Job answers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RequestJob {
+    /// `plan-job`: plan a spec ([`crate::planning::PlanRequest`]).
+    Plan,
+    /// `finish-job`: the lifecycle's steps after the commit ([`crate::planning::FinishRequest`]).
+    Finish,
+}
+
+impl RequestJob {
+    pub fn command(self) -> &'static str {
+        match self {
+            Self::Plan => flags::PLAN_JOB,
+            Self::Finish => flags::FINISH_JOB,
+        }
+    }
+}
+
+/// `milvus-backfill plan-job|finish-job --request s3://bucket/key --endpoint host:port --region R
+/// [--use-ssl]`: a planning or finishing Job. The request is data in the bucket.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct PlanJobInvocation {
+pub struct RequestJobInvocation {
+    pub job: RequestJob,
     pub request: S3Uri,
     pub endpoint: String,
     pub region: String,
     pub use_ssl: bool,
 }
 
-impl PlanJobInvocation {
+impl RequestJobInvocation {
     /// The arguments, without the binary.
     pub fn args(&self) -> Vec<String> {
         bucket_command(
-            flags::PLAN_JOB,
+            self.job.command(),
             flags::REQUEST,
             &self.request,
             &self.endpoint,

@@ -255,6 +255,11 @@ pub fn steps(spec: &EngineSpec) -> Vec<Step> {
     Step::ALL.into_iter().filter(|s| declared(*s)).collect()
 }
 
+/// The declared steps that run once Milvus has committed the run (`createIndex`, `verify`).
+pub fn steps_after_commit(spec: &EngineSpec) -> Vec<Step> {
+    steps(spec).into_iter().filter(|s| *s > Step::Commit).collect()
+}
+
 /// What `spec.lifecycle` gets wrong on its own, each problem naming its field (part of
 /// [`crate::spec::validate`]).
 pub fn problems(spec: &EngineSpec) -> Vec<String> {

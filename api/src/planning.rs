@@ -14,10 +14,16 @@
 //!
 //! A Job that ends without an answer (killed, out of memory, no image) counts as a transient
 //! planning failure; the operator starts the next attempt.
+//!
+//! The lifecycle's steps after the commit (`createIndex`, `verify`) run the same way, in a
+//! finishing Job, under `{rootPath}/backfill/finishing/{backfillUid}/{generation}-{attempt}/`:
+//! [`FinishRequest`] in `request.json`, [`FinishAnswer`] in `answer.json`
+//! ([`PlanningLayout::finishing`]).
 
 use serde::{Deserialize, Serialize};
 
 use crate::error::ErrorKind;
+use crate::lifecycle::StepRecord;
 use crate::spec::EngineSpec;
 
 /// What a planning Job plans.
@@ -45,21 +51,58 @@ pub enum PlanAnswer {
     Failed { kind: ErrorKind, message: String },
 }
 
-/// The keys of one planning attempt.
+/// What a finishing Job runs once Milvus has committed the run: the lifecycle's steps after
+/// the commit that the spec declares (`createIndex`, then `verify`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct FinishRequest {
+    pub backfill: String,
+    pub namespace: String,
+    pub generation: i64,
+    pub attempt: u32,
+    pub spec: EngineSpec,
+    /// The run's `plan.json` in the same bucket (the collection, its key and the new fields).
+    pub plan_key: String,
+}
+
+/// What the finishing Job did: one record per declared step, in order. Final: a failed step
+/// is the user's to fix (a spec change runs the steps again), a Job that ended without an
+/// answer is retried.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct FinishAnswer {
+    pub steps: Vec<StepRecord>,
+}
+
+/// The keys of one planning (or finishing) attempt.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PlanningLayout {
     prefix: String,
 }
 
+const PLANNING: &str = "planning";
+const FINISHING: &str = "finishing";
+
 impl PlanningLayout {
     pub fn new(root_path: &str, backfill_uid: &str, generation: i64, attempt: u32) -> Self {
+        Self::under(PLANNING, root_path, backfill_uid, generation, attempt)
+    }
+    /// An attempt of the finishing Job (the steps after the commit).
+    pub fn finishing(root_path: &str, backfill_uid: &str, generation: i64, attempt: u32) -> Self {
+        Self::under(FINISHING, root_path, backfill_uid, generation, attempt)
+    }
+    fn under(what: &str, root_path: &str, backfill_uid: &str, generation: i64, attempt: u32) -> Self {
         Self {
-            prefix: format!("{root_path}/backfill/planning/{backfill_uid}/{generation}-{attempt}"),
+            prefix: format!("{root_path}/backfill/{what}/{backfill_uid}/{generation}-{attempt}"),
         }
     }
     /// Every planning attempt of one Backfill.
     pub fn backfill_prefix(root_path: &str, backfill_uid: &str) -> String {
-        format!("{root_path}/backfill/planning/{backfill_uid}/")
+        format!("{root_path}/backfill/{PLANNING}/{backfill_uid}/")
+    }
+    /// Every finishing attempt of one Backfill.
+    pub fn finishing_prefix(root_path: &str, backfill_uid: &str) -> String {
+        format!("{root_path}/backfill/{FINISHING}/{backfill_uid}/")
     }
     /// `(generation, attempt)` of a request or answer key under [`Self::backfill_prefix`].
     pub fn parse_key(prefix: &str, key: &str) -> Option<(i64, u32)> {
@@ -138,5 +181,26 @@ mod tests {
         let failed: PlanAnswer =
             serde_json::from_str(r#"{"outcome":"failed","kind":"SchemaValidationError","message":"no pk"}"#).unwrap();
         assert!(matches!(failed, PlanAnswer::Failed { kind, .. } if kind.is_permanent()));
+    }
+
+    #[test]
+    fn finishing_attempts_live_apart_from_planning_ones() {
+        let f = PlanningLayout::finishing("files", "u-1", 3, 1);
+        assert_eq!(f.request_key(), "files/backfill/finishing/u-1/3-1/request.json");
+        assert_ne!(f.answer_key(), PlanningLayout::new("files", "u-1", 3, 1).answer_key());
+        let prefix = PlanningLayout::finishing_prefix("files", "u-1");
+        assert_eq!(PlanningLayout::parse_key(&prefix, &f.answer_key()), Some((3, 1)));
+        let planning = PlanningLayout::backfill_prefix("files", "u-1");
+        assert_eq!(PlanningLayout::parse_key(&planning, &f.answer_key()), None);
+        let answer = FinishAnswer {
+            steps: vec![StepRecord::new(
+                crate::lifecycle::Step::Verify,
+                crate::lifecycle::StepState::Done,
+                "100 of 100 keys match",
+            )],
+        };
+        let text = serde_json::to_string(&answer).unwrap();
+        assert!(text.contains(r#""step":"verify""#), "{text}");
+        assert_eq!(serde_json::from_str::<FinishAnswer>(&text).unwrap(), answer);
     }
 }

@@ -151,6 +151,7 @@ fn after(st: &BackfillStatus, answer: &CommitAnswer, now: Timestamp) -> AfterCom
         url: URL,
         segments: 2,
         answer,
+        steps_after: &[],
     };
     status_after_commit(st, &attempt, 1, now)
 }

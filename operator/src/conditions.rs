@@ -48,6 +48,16 @@ pub enum Situation<'a> {
     /// The commit of run `run_id` failed (`message` says why and how to commit again); it
     /// waits for a spec change.
     CommitFailed { run_id: &'a str, message: &'a str },
+    /// Milvus committed run `run_id`; the lifecycle's steps after the commit (`createIndex`,
+    /// `verify`) run (`message` says which); `suspended`: they wait for `spec.suspend: false`.
+    Finishing {
+        run_id: &'a str,
+        message: &'a str,
+        suspended: bool,
+    },
+    /// A step after the commit failed (`message` says which and why); it waits for a spec
+    /// change, which runs the steps again. The commit stands.
+    StepFailed { run_id: &'a str, message: &'a str },
     /// Every task of run `run_id` is final (and its result committed, if it is to be).
     Finished {
         run_id: &'a str,
@@ -122,7 +132,8 @@ pub fn apply(st: &mut BackfillStatus, situation: Situation<'_>, now: Timestamp, 
     kstatus(st, now, generation);
 }
 
-/// The situations of a planned run (`Running`, `Committing`, `CommitFailed`, `Finished`). A
+/// The situations of a planned run (`Running`, `Committing`, `CommitFailed`, `Finishing`,
+/// `StepFailed`, `Finished`). A
 /// status with a run but without Planned=True (edited, or from an older operator) gets it.
 fn planned_run(set: &mut impl FnMut(&str, bool, &str, &str), planned: bool, situation: Situation<'_>) {
     use condition::*;
@@ -130,6 +141,8 @@ fn planned_run(set: &mut impl FnMut(&str, bool, &str, &str), planned: bool, situ
         Situation::Running { run_id, .. }
         | Situation::Committing { run_id, .. }
         | Situation::CommitFailed { run_id, .. }
+        | Situation::Finishing { run_id, .. }
+        | Situation::StepFailed { run_id, .. }
         | Situation::Finished { run_id, .. } => run_id,
         _ => return,
     };
@@ -139,16 +152,15 @@ fn planned_run(set: &mut impl FnMut(&str, bool, &str, &str), planned: bool, situ
     match situation {
         Situation::Running { summary, suspended, .. } => suspension(set, suspended, summary),
         Situation::Committing { message, suspended, .. } => {
-            if suspended {
-                set(SUSPENDED, true, reason::SUSPENDED, SUSPENDED_MESSAGE);
-                set(PROGRESSING, false, reason::SUSPENDED, message);
-            } else {
-                set(SUSPENDED, false, reason::NOT_SUSPENDED, "");
-                set(PROGRESSING, true, reason::COMMITTING, message);
-            }
             // Not finished until Milvus has the result (a failed commit may be retried).
-            set(COMPLETE, false, reason::NOT_FINISHED, "");
-            set(FAILED, false, reason::NOT_FINISHED, "");
+            after_the_run(set, reason::COMMITTING, message, suspended)
+        }
+        Situation::Finishing { message, suspended, .. } => after_the_run(set, reason::FINISHING, message, suspended),
+        Situation::StepFailed { message, .. } => {
+            set(PROGRESSING, false, reason::STEP_FAILED, STEPS_AGAIN);
+            set(COMPLETE, false, reason::STEP_FAILED, message);
+            set(FAILED, true, reason::STEP_FAILED, message);
+            set(SUSPENDED, false, reason::NOT_SUSPENDED, "");
         }
         Situation::CommitFailed { message, .. } => {
             set(PROGRESSING, false, reason::COMMIT_FAILED, COMMIT_AGAIN);
@@ -171,6 +183,23 @@ fn planned_run(set: &mut impl FnMut(&str, bool, &str, &str), planned: bool, situ
     }
 }
 
+/// Every task is final and something still runs after them (`why`: the commit, or the steps
+/// after it): Progressing, or Suspended; neither Complete nor Failed yet.
+fn after_the_run(set: &mut impl FnMut(&str, bool, &str, &str), why: &str, message: &str, suspended: bool) {
+    use condition::*;
+    if suspended {
+        set(SUSPENDED, true, reason::SUSPENDED, SUSPENDED_MESSAGE);
+        set(PROGRESSING, false, reason::SUSPENDED, message);
+    } else {
+        set(SUSPENDED, false, reason::NOT_SUSPENDED, "");
+        set(PROGRESSING, true, why, message);
+    }
+    set(COMPLETE, false, reason::NOT_FINISHED, "");
+    set(FAILED, false, reason::NOT_FINISHED, "");
+}
+
+const STEPS_AGAIN: &str =
+    "fix the cause, then change the spec (e.g. spec.lifecycle, or toggle spec.suspend) to run the steps after the commit again";
 const SUSPENDED_MESSAGE: &str = "spec.suspend is true: no new Jobs; running Jobs finish";
 const COMMIT_AGAIN: &str =
     "fix the cause, then change the spec (e.g. spec.commit.endpoint, or toggle spec.suspend) to commit again";
@@ -189,10 +218,10 @@ fn suspension(set: &mut impl FnMut(&str, bool, &str, &str), suspended: bool, pro
 ///
 /// | phase | Ready | Reconciling | Stalled |
 /// |---|---|---|---|
-/// | Pending, Planning, Running | False | True (Running, or Committing) | False |
+/// | Pending, Planning, Running | False | True (Running, Committing or Finishing) | False |
 /// | Suspended | False (Suspended) | False | False |
 /// | Succeeded | True | False | False |
-/// | Failed | False | False | True (InvalidSpec, PrecheckFailed, SegmentsFailed or CommitFailed) |
+/// | Failed | False | False | True (InvalidSpec, PrecheckFailed, SegmentsFailed, CommitFailed or StepFailed) |
 pub fn kstatus(st: &mut BackfillStatus, now: Timestamp, generation: i64) {
     let phase = st.phase.unwrap_or_default();
     let message_of = |t: &str| {
@@ -203,11 +232,10 @@ pub fn kstatus(st: &mut BackfillStatus, now: Timestamp, generation: i64) {
     let (ready, reconciling, stalled, why, message) = match phase {
         Phase::Pending | Phase::Planning => (false, true, false, phase.as_str(), message_of(condition::PLANNED)),
         Phase::Running => {
-            let why = if is_true(&st.conditions, condition::PROGRESSING, reason::COMMITTING) {
-                reason::COMMITTING
-            } else {
-                phase.as_str()
-            };
+            let why = [reason::COMMITTING, reason::FINISHING]
+                .into_iter()
+                .find(|r| is_true(&st.conditions, condition::PROGRESSING, r))
+                .unwrap_or(phase.as_str());
             (false, true, false, why, message_of(condition::PROGRESSING))
         }
         Phase::Suspended => (false, false, false, reason::SUSPENDED, message_of(condition::SUSPENDED)),
@@ -218,6 +246,7 @@ pub fn kstatus(st: &mut BackfillStatus, now: Timestamp, generation: i64) {
                 Some(reason::INVALID_SPEC) => reason::INVALID_SPEC,
                 Some(reason::PRECHECK_FAILED) => reason::PRECHECK_FAILED,
                 Some(reason::COMMIT_FAILED) => reason::COMMIT_FAILED,
+                Some(reason::STEP_FAILED) => reason::STEP_FAILED,
                 _ => reason::SEGMENTS_FAILED,
             };
             (false, false, true, why, message_of(condition::FAILED))

@@ -56,6 +56,7 @@ pub async fn execute(
             }
             Action::WriteResult(result) => write_result(bf, ctx, &result).await?,
             Action::Commit { endpoint, result } => return commit(bf, ctx, &current, &endpoint, &result).await,
+            Action::Finish => return crate::finish_jobs::finish(bf, ctx, &current).await,
         }
     }
     Ok(requeue)
@@ -293,11 +294,13 @@ async fn commit(
         },
     };
     let url = facade::commit_url(endpoint, &key);
+    let steps_after = milvus_backfill_api::lifecycle::steps_after_commit(&bf.spec.engine);
     let attempt = CommitAttempt {
         endpoint,
         url: &url,
         segments: result.segments.len(),
         answer: &answer,
+        steps_after: &steps_after,
     };
     let after = state::status_after_commit(status, &attempt, gen, now());
     ctx.metrics.commits.inc(match after.verdict {

@@ -533,3 +533,6 @@ async fn a_transient_failure_answer_starts_the_next_attempt_when_its_job_is_gone
     fixtures::verified(v).await;
     r.expect("retried");
 }
+
+#[path = "executor_finish_tests.rs"]
+mod finish;

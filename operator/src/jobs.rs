@@ -10,7 +10,7 @@ use k8s_openapi::api::core::v1::{
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::{Resource, ResourceExt};
-use milvus_backfill_api::invocation::{PlanJobInvocation, SegmentInvocation};
+use milvus_backfill_api::invocation::{RequestJob, RequestJobInvocation, SegmentInvocation};
 use milvus_backfill_api::place::S3Uri;
 use milvus_backfill_api::spec::{ACCESS_KEY_KEY, SECRET_KEY_KEY};
 
@@ -30,6 +30,8 @@ pub mod labels {
     pub const ATTEMPT: &str = "milvusbackfill.io/attempt";
     /// On planning Jobs: the generation they plan.
     pub const PLANNING: &str = "milvusbackfill.io/planning";
+    /// On a finishing Job (the steps after the commit): the generation it finishes.
+    pub const FINISHING: &str = "milvusbackfill.io/finishing";
     /// The selector of the operator's Job watch.
     pub const SELECTOR: &str = "app.kubernetes.io/managed-by=milvus-backfill-operator";
 }
@@ -103,7 +105,16 @@ pub fn job_name(backfill: &str, run_id: &str, task_index: u32, attempt: u32) -> 
 
 /// `{backfill}-plan-{generation}-{attempt}`, cut as [`job_name`] cuts.
 pub fn planning_job_name(backfill: &str, generation: i64, attempt: u32) -> String {
-    named_with(backfill, &format!("-plan-{generation}-{attempt}"))
+    request_job_name(RequestJob::Plan, backfill, generation, attempt)
+}
+
+/// The name of a planning (`-plan-`) or finishing (`-finish-`) Job.
+pub fn request_job_name(job: RequestJob, backfill: &str, generation: i64, attempt: u32) -> String {
+    let what = match job {
+        RequestJob::Plan => "plan",
+        RequestJob::Finish => "finish",
+    };
+    named_with(backfill, &format!("-{what}-{generation}-{attempt}"))
 }
 
 /// `{backfill}{suffix}` within [`MAX_NAME`] characters.
@@ -177,12 +188,28 @@ fn secret_env(name: &str, secret: &str, key: &str) -> EnvVar {
 
 /// The labels of a planning Job and its pod.
 pub fn planning_labels(backfill: &str, generation: i64, attempt: u32) -> BTreeMap<String, String> {
+    request_job_labels(RequestJob::Plan, backfill, generation, attempt)
+}
+
+/// The label that carries a request Job's generation.
+pub fn generation_label(job: RequestJob) -> &'static str {
+    match job {
+        RequestJob::Plan => labels::PLANNING,
+        RequestJob::Finish => labels::FINISHING,
+    }
+}
+
+pub fn request_job_labels(job: RequestJob, backfill: &str, generation: i64, attempt: u32) -> BTreeMap<String, String> {
+    let component = match job {
+        RequestJob::Plan => "planner",
+        RequestJob::Finish => "finisher",
+    };
     BTreeMap::from([
         (labels::NAME.to_owned(), "milvus-backfill".to_owned()),
-        (labels::COMPONENT.to_owned(), "planner".to_owned()),
+        (labels::COMPONENT.to_owned(), component.to_owned()),
         (labels::MANAGED_BY.to_owned(), MANAGER.to_owned()),
         (labels::BACKFILL.to_owned(), label_value(backfill)),
-        (labels::PLANNING.to_owned(), generation.to_string()),
+        (generation_label(job).to_owned(), generation.to_string()),
         (labels::ATTEMPT.to_owned(), attempt.to_string()),
     ])
 }
@@ -284,11 +311,24 @@ pub fn build_planning_job(
     request_key: &str,
     defaults: &WorkerDefaults,
 ) -> Result<Job, BuildError> {
+    build_request_job(RequestJob::Plan, bf, (generation, attempt), request_key, defaults)
+}
+
+/// A Job answering one request of the operator (`plan-job` or `finish-job`): both talk to
+/// Milvus, so both get the Milvus token from its Secret, as well as the storage keys.
+pub fn build_request_job(
+    job: RequestJob,
+    bf: &Backfill,
+    (generation, attempt): (i64, u32),
+    request_key: &str,
+    defaults: &WorkerDefaults,
+) -> Result<Job, BuildError> {
     let w = bf.spec.worker.clone().unwrap_or_default();
     let image = worker_image(&w, defaults)?;
     let name = bf.name_any();
     let s = &bf.spec.engine.storage;
-    let args = PlanJobInvocation {
+    let args = RequestJobInvocation {
+        job,
         request: S3Uri {
             bucket: s.bucket.clone(),
             key: request_key.to_owned(),
@@ -306,8 +346,8 @@ pub fn build_planning_job(
     let container = worker_container(&w, image, args, env);
     let pod = worker_pod(&w, defaults, container);
     let meta = JobMeta {
-        name: planning_job_name(&name, generation, attempt),
-        labels: planning_labels(&name, generation, attempt),
+        name: request_job_name(job, &name, generation, attempt),
+        labels: request_job_labels(job, &name, generation, attempt),
         annotations,
     };
     one_attempt_job(bf, meta, pod)
@@ -641,6 +681,43 @@ mod tests {
         let long = "b".repeat(80);
         let name = planning_job_name(&long, 123456, 9);
         assert!(name.len() <= MAX_NAME && name.ends_with("-plan-123456-9"), "{name}");
+    }
+
+    #[test]
+    fn the_finishing_job_runs_finish_job_apart_from_planning_with_the_same_secrets() {
+        let mut bf = backfill("add-title");
+        bf.spec.engine.milvus.token_secret_ref = Some(milvus_backfill_api::spec::SecretKeySelector {
+            name: "milvus-auth".into(),
+            key: "token".into(),
+        });
+        let key = "files/backfill/finishing/uid-1/4-0/request.json";
+        let job = build_request_job(RequestJob::Finish, &bf, (4, 0), key, &WorkerDefaults::default()).unwrap();
+        assert_eq!(job.metadata.name.as_deref(), Some("add-title-finish-4-0"));
+        let l = job.metadata.labels.as_ref().unwrap();
+        assert_eq!(l.get(labels::FINISHING).map(String::as_str), Some("4"));
+        assert!(l.get(labels::PLANNING).is_none(), "no planning attempt");
+        assert_eq!(l.get(labels::COMPONENT).map(String::as_str), Some("finisher"));
+        let c = &job.spec.as_ref().unwrap().template.spec.as_ref().unwrap().containers[0];
+        let args = c.args.as_ref().unwrap();
+        assert_eq!(
+            args[..3],
+            ["finish-job", "--request", &format!("s3://milvus-bucket/{key}")]
+        );
+        let token = c
+            .env
+            .as_ref()
+            .unwrap()
+            .iter()
+            .find(|v| v.name == "MILVUS_TOKEN")
+            .unwrap();
+        assert!(
+            token.value.is_none() && token.value_from.is_some(),
+            "the token comes from its Secret"
+        );
+        assert_ne!(
+            request_job_name(RequestJob::Finish, "add-title", 4, 0),
+            planning_job_name("add-title", 4, 0)
+        );
     }
 
     #[test]

@@ -10,6 +10,7 @@ use kube::api::Api;
 use kube::runtime::controller::Action as Requeue;
 use kube::ResourceExt;
 use milvus_backfill::facade::{Store, StoreError};
+use milvus_backfill_api::invocation::RequestJob;
 use milvus_backfill_api::plan::Plan;
 use milvus_backfill_api::planning::{PlanAnswer, PlanRequest, PlanningLayout};
 
@@ -28,7 +29,7 @@ pub(crate) async fn plan_by_job(bf: &Backfill, ctx: &Context, status: &BackfillS
     let uid = bf.uid().unwrap_or_default();
     let root = bf.spec.engine.storage.root_path();
     let storage = ctx.storage(bf).await?;
-    let latest = latest_attempt(bf, ctx, &storage, gen).await?;
+    let latest = latest_attempt(RequestJob::Plan, bf, ctx, &storage, gen).await?;
     let answer = match &latest {
         Some(a) => {
             let key = PlanningLayout::new(root, &uid, gen, a.attempt).answer_key();
@@ -75,17 +76,25 @@ pub(crate) async fn plan_by_job(bf: &Backfill, ctx: &Context, status: &BackfillS
     }
 }
 
-/// The highest attempt of generation `gen` that has a Job in the cache or an object in the
-/// bucket (a Job deleted after its TTL leaves its request and answer behind).
-async fn latest_attempt(bf: &Backfill, ctx: &Context, storage: &Store, gen: i64) -> Result<Option<Attempt>, Error> {
+/// The highest attempt of a planning or finishing Job (`job`) of generation `gen` that has a
+/// Job in the cache or an object in the bucket (a Job deleted after its TTL leaves its request
+/// and answer behind).
+pub(crate) async fn latest_attempt(
+    job: RequestJob,
+    bf: &Backfill,
+    ctx: &Context,
+    storage: &Store,
+    gen: i64,
+) -> Result<Option<Attempt>, Error> {
     let uid = bf.uid().unwrap_or_default();
     let want = gen.to_string();
+    let label = jobs::generation_label(job);
     let mut latest: Option<Attempt> = ctx
         .jobs
         .state()
         .iter()
         .filter(|j| j.owner_references().iter().any(|o| o.uid == uid))
-        .filter(|j| j.labels().get(labels::PLANNING) == Some(&want))
+        .filter(|j| j.labels().get(label) == Some(&want))
         .filter_map(|j| {
             Some(Attempt {
                 attempt: j.labels().get(labels::ATTEMPT)?.parse().ok()?,
@@ -94,7 +103,11 @@ async fn latest_attempt(bf: &Backfill, ctx: &Context, storage: &Store, gen: i64)
             })
         })
         .max_by_key(|a| a.attempt);
-    let prefix = PlanningLayout::backfill_prefix(bf.spec.engine.storage.root_path(), &uid);
+    let root = bf.spec.engine.storage.root_path();
+    let prefix = match job {
+        RequestJob::Plan => PlanningLayout::backfill_prefix(root, &uid),
+        RequestJob::Finish => PlanningLayout::finishing_prefix(root, &uid),
+    };
     let stored = storage
         .list_keys(&prefix)
         .await?
@@ -106,7 +119,7 @@ async fn latest_attempt(bf: &Backfill, ctx: &Context, storage: &Store, gen: i64)
     if let Some(a) = stored.filter(|a| latest.as_ref().is_none_or(|l| l.attempt < *a)) {
         latest = Some(Attempt {
             attempt: a,
-            job_name: jobs::planning_job_name(&bf.name_any(), gen, a),
+            job_name: jobs::request_job_name(job, &bf.name_any(), gen, a),
             job: None,
         });
     }

@@ -7,6 +7,8 @@
 use std::time::Duration;
 
 use k8s_openapi::jiff::Timestamp;
+use milvus_backfill_api::error::ErrorKind;
+use milvus_backfill_api::invocation::RequestJob;
 use milvus_backfill_api::planning::PlanAnswer;
 
 use crate::status::JobState;
@@ -62,8 +64,47 @@ pub fn retry_delay(next: u32) -> Duration {
     crate::controller::backoff(next)
 }
 
-/// What to do, given the latest attempt (`None`: no attempt yet) and its answer.
+/// What a request Job's stored answer says, as far as its attempts go.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Answered<'a> {
+    /// The request is answered for good (a plan, or the finishing steps' records).
+    Done,
+    Failed {
+        kind: ErrorKind,
+        message: &'a str,
+    },
+}
+
+/// What to do, given the latest planning attempt (`None`: no attempt yet) and its answer.
 pub fn next_step(latest: Option<&Attempt>, answer: Option<&PlanAnswer>, now: Timestamp) -> Step {
+    let answered = answer.map(|a| match a {
+        PlanAnswer::Planned { .. } => Answered::Done,
+        PlanAnswer::Failed { kind, message } => Answered::Failed { kind: *kind, message },
+    });
+    match next_request_step(RequestJob::Plan, latest, answered, now) {
+        Step::Planned { .. } => match answer {
+            Some(PlanAnswer::Planned { plan_key, .. }) => Step::Planned {
+                plan_key: plan_key.clone(),
+            },
+            // `Done` comes from a `Planned` answer only.
+            _ => Step::Wait {
+                retry_at: None,
+                failure: None,
+            },
+        },
+        other => other,
+    }
+}
+
+/// What to do about a request Job (`job`), given its latest attempt and what its answer says.
+/// An answer that is [`Answered::Done`] is [`Step::Planned`] with an empty key (the caller
+/// reads its answer).
+pub fn next_request_step(
+    job: RequestJob,
+    latest: Option<&Attempt>,
+    answer: Option<Answered<'_>>,
+    now: Timestamp,
+) -> Step {
     let Some(a) = latest else {
         return Step::Start {
             attempt: 0,
@@ -71,15 +112,15 @@ pub fn next_step(latest: Option<&Attempt>, answer: Option<&PlanAnswer>, now: Tim
         };
     };
     let failure = match (answer, &a.job) {
-        (Some(PlanAnswer::Planned { plan_key, .. }), _) => {
+        (Some(Answered::Done), _) => {
             return Step::Planned {
-                plan_key: plan_key.clone(),
+                plan_key: String::new(),
             }
         }
-        (Some(PlanAnswer::Failed { kind, message }), _) => {
+        (Some(Answered::Failed { kind, message }), _) => {
             let f = PlanningFailure {
                 kind: kind.as_str().to_owned(),
-                message: message.clone(),
+                message: message.to_owned(),
             };
             if kind.is_permanent() {
                 return Step::Failed(f);
@@ -98,8 +139,9 @@ pub fn next_step(latest: Option<&Attempt>, answer: Option<&PlanAnswer>, now: Tim
                 failure: None,
             }
         }
-        (None, Some(JobState::Succeeded { .. })) => lost(a, "ended"),
+        (None, Some(JobState::Succeeded { .. })) => lost(job, a, "ended"),
         (None, Some(JobState::Failed { reason, message, .. })) => lost(
+            job,
             a,
             &format!(
                 "failed ({})",
@@ -126,11 +168,15 @@ pub fn next_step(latest: Option<&Attempt>, answer: Option<&PlanAnswer>, now: Tim
 }
 
 /// A Job that ended without storing an answer: killed, out of memory, no image, no bucket.
-fn lost(a: &Attempt, how: &str) -> PlanningFailure {
+fn lost(job: RequestJob, a: &Attempt, how: &str) -> PlanningFailure {
+    let (kind, noun) = match job {
+        RequestJob::Plan => ("PlanningJobFailed", "planning"),
+        RequestJob::Finish => ("FinishingJobFailed", "finishing"),
+    };
     PlanningFailure {
-        kind: "PlanningJobFailed".to_owned(),
+        kind: kind.to_owned(),
         message: format!(
-            "planning Job {} {how} without an answer; see its Pod's log (`kubectl logs job/{}`)",
+            "{noun} Job {} {how} without an answer; see its Pod's log (`kubectl logs job/{}`)",
             a.job_name, a.job_name
         ),
     }
@@ -139,7 +185,6 @@ fn lost(a: &Attempt, how: &str) -> PlanningFailure {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use milvus_backfill_api::error::ErrorKind;
 
     fn t(s: i64) -> Timestamp {
         Timestamp::from_second(1_800_000_000 + s).unwrap()
@@ -260,5 +305,38 @@ mod tests {
         assert!(
             matches!(step, Step::Start { attempt: 2, after: Some(f) } if f.message.contains("ended without an answer"))
         );
+    }
+
+    #[test]
+    fn a_finishing_job_is_retried_by_the_same_rules_and_named_as_one() {
+        let gone = JobState::Failed {
+            reason: "DeadlineExceeded".into(),
+            message: String::new(),
+            finished: Some(t(0)),
+        };
+        let a = Attempt {
+            attempt: 0,
+            job_name: "bf-finish-1-0".into(),
+            job: Some(gone),
+        };
+        let step = next_request_step(RequestJob::Finish, Some(&a), None, t(1));
+        let Step::Wait {
+            retry_at: Some(at),
+            failure: Some(f),
+        } = step
+        else {
+            panic!("expected a wait, got {step:?}")
+        };
+        assert_eq!((at, f.kind.as_str()), (t(5), "FinishingJobFailed"));
+        assert!(
+            f.message
+                .starts_with("finishing Job bf-finish-1-0 failed (DeadlineExceeded)"),
+            "{}",
+            f.message
+        );
+        assert!(matches!(
+            next_request_step(RequestJob::Finish, Some(&a), Some(Answered::Done), t(1)),
+            Step::Planned { .. }
+        ));
     }
 }

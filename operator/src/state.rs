@@ -77,6 +77,12 @@ pub mod reason {
     pub const COMMIT_REJECTED: &str = "CommitRejected";
     pub const COMMIT_FAILED: &str = "CommitFailed";
     pub const NOT_COMMITTABLE: &str = "NotCommittable";
+    /// Milvus committed the run; the lifecycle's steps after the commit run.
+    pub const FINISHING: &str = "Finishing";
+    /// A step after the commit (`createIndex`, `verify`) failed.
+    pub const STEP_FAILED: &str = "StepFailed";
+    /// A finishing Job ended without an answer; the next attempt follows.
+    pub const FINISHING_ERROR: &str = "FinishingError";
 }
 
 /// Calls of the commit endpoint per attempt for the segments a call left uncommitted (each
@@ -146,6 +152,10 @@ pub enum Action {
         endpoint: String,
         result: Box<BackfillResult>,
     },
+    /// Run the lifecycle's steps after the commit (`createIndex`, `verify`): by a finishing Job
+    /// or in-process, as planning runs, then record them ([`crate::finishing::status_after_finish`]).
+    /// Always the last action.
+    Finish,
     Event(EventSpec),
 }
 
@@ -172,7 +182,7 @@ impl Decision {
     }
 }
 
-fn time(t: Timestamp) -> Time {
+pub(crate) fn time(t: Timestamp) -> Time {
     Time(t)
 }
 
@@ -180,7 +190,7 @@ fn is_final(s: &BackfillStatus) -> bool {
     s.completion_time.is_some() && matches!(s.phase, Some(Phase::Succeeded | Phase::Failed))
 }
 
-fn finish(st: BackfillStatus, old: &BackfillStatus, phase: Phase, mut actions: Vec<Action>) -> Decision {
+pub(crate) fn finish(st: BackfillStatus, old: &BackfillStatus, phase: Phase, mut actions: Vec<Action>) -> Decision {
     if st != *old {
         actions.insert(0, Action::UpdateStatus(Box::new(st)));
     }
@@ -191,7 +201,7 @@ fn finish(st: BackfillStatus, old: &BackfillStatus, phase: Phase, mut actions: V
     }
 }
 
-fn event(warning: bool, reason: &'static str, message: impl Into<String>) -> Action {
+pub(crate) fn event(warning: bool, reason: &'static str, message: impl Into<String>) -> Action {
     Action::Event(EventSpec {
         warning,
         reason,
@@ -472,7 +482,7 @@ fn current_stage(plan: &Plan, layout: TaskLayout, states: &[TaskState]) -> Optio
 }
 
 /// The summary of a finished run, for its conditions and Events.
-fn finished_summary(c: &SegmentCounts, rows: &RowCounts) -> String {
+pub(crate) fn finished_summary(c: &SegmentCounts, rows: &RowCounts) -> String {
     format!(
         "{} of {} segments succeeded, {} failed; {} rows written, {} matched",
         c.succeeded, c.total, c.failed, rows.written, rows.matched
@@ -493,9 +503,15 @@ fn finish_run(
     let now = o.now;
     let start = st.start_time.as_ref().map_or(now, |t| t.0);
     let elapsed = now.duration_since(start).as_millis().max(0) as u64;
-    // A commit under way keeps the run's time: the result is rebuilt exactly as it was stored.
+    // A commit under way (or done, the steps after it running) keeps the run's time: the
+    // result is rebuilt exactly as it was stored.
     let ms = match &st.commit {
-        Some(c) if matches!(c.state, CommitState::Pending | CommitState::Failed) => {
+        Some(c)
+            if matches!(
+                c.state,
+                CommitState::Pending | CommitState::Failed | CommitState::Committed
+            ) =>
+        {
             st.execution_time_ms.unwrap_or(elapsed)
         }
         _ => elapsed,
@@ -614,10 +630,11 @@ fn committing_message(c: &CommitStatus, run: &CommitRun<'_>) -> String {
 /// generation (a spec change).
 fn commit_starts(old: Option<&CommitStatus>, generation: i64) -> bool {
     old.is_none_or(|c| match c.state {
-        CommitState::Pending => false,
+        // Committed and not final: the steps after the commit run; never committed twice.
+        CommitState::Pending | CommitState::Committed => false,
         CommitState::Failed => c.observed_generation.is_none_or(|g| g < generation),
-        // Both are final; a status that says so without being final was edited: start over.
-        CommitState::Committed | CommitState::NotCommittable => true,
+        // Final; a status that says so without being final was edited: start over.
+        CommitState::NotCommittable => true,
     })
 }
 
@@ -642,6 +659,10 @@ fn decide_commit(
             ..Default::default()
         },
     };
+    if c.state == CommitState::Committed {
+        st.commit = Some(c);
+        return crate::finishing::decide(o, st, &run_id, run.summary, run.suspended, actions);
+    }
     if c.state == CommitState::Failed {
         // Failed at this generation: wait for a spec change.
         st.phase = Some(Phase::Failed);
@@ -729,6 +750,9 @@ pub struct CommitAttempt<'a> {
     /// Segments in the result.
     pub segments: usize,
     pub answer: &'a CommitAnswer,
+    /// The steps after the commit the spec declares (`createIndex`, `verify`): a successful
+    /// commit leads to them rather than to the end of the run when there are any.
+    pub steps_after: &'a [milvus_backfill_api::lifecycle::Step],
 }
 
 /// What [`status_after_commit`] decided.
@@ -772,15 +796,21 @@ pub fn status_after_commit(
         CommitVerdict::Refused => false,
     };
     if !retry {
-        let (status, events) = if verdict == CommitVerdict::Committed {
-            committed(st, c, &summary, generation, now)
-        } else {
-            commit_failed(st, c, attempt.url, generation, now)
+        let committed_now = verdict == CommitVerdict::Committed;
+        let finishes = !attempt.steps_after.is_empty();
+        let (status, events) = match (committed_now, finishes) {
+            (true, false) => committed(st, c, &summary, generation, now),
+            (true, true) => {
+                let at = (generation, now);
+                crate::finishing::committed_then_finishing(st, c, &summary, attempt.steps_after, at)
+            }
+            (false, _) => commit_failed(st, c, attempt.url, generation, now),
         };
         return AfterCommit {
             status,
             events,
-            retry_in: None,
+            // The steps after the commit start on the next pass.
+            retry_in: (committed_now && finishes).then(|| Duration::from_secs(1)),
             verdict,
         };
     }
@@ -816,7 +846,7 @@ pub fn status_after_commit(
     }
 }
 
-fn event_spec(warning: bool, reason: &'static str, message: String) -> EventSpec {
+pub(crate) fn event_spec(warning: bool, reason: &'static str, message: String) -> EventSpec {
     EventSpec {
         warning,
         reason,

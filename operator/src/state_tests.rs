@@ -430,6 +430,8 @@ struct World {
     status: BackfillStatus,
     /// Commits Milvus reported successful.
     committed: u32,
+    /// Times the steps after the commit ran.
+    finished: u32,
 }
 
 impl World {
@@ -456,6 +458,8 @@ struct Case {
     /// With `spec.commit.endpoint` and V3 outputs: how each commit attempt ends (below 50
     /// committed, then no answer, then segments left uncommitted; committed past the end).
     commit: Option<Vec<u64>>,
+    /// With steps after the commit declared: whether they fail.
+    steps_fail: Option<bool>,
 }
 
 impl Case {
@@ -482,12 +486,20 @@ impl Case {
             let (base, span) = [(0, 50), (0, 100), (75, 25)][rng.below(3) as usize];
             (0..8).map(|_| base + rng.below(span)).collect()
         });
+        let steps_fail = (commit_case && rng.chance(70)).then(|| {
+            spec.engine.lifecycle = Some(milvus_backfill_api::lifecycle::LifecycleSpec {
+                verify: Some(Default::default()),
+                ..Default::default()
+            });
+            rng.chance(50)
+        });
         Self {
             id,
             plan,
             spec,
             fate,
             commit,
+            steps_fail,
         }
     }
 
@@ -547,9 +559,28 @@ fn carry_out(case: &Case, w: &mut World, actions: &[Action], crash_after: usize)
             }
             Action::WriteResult(r) => w.result = Some((**r).clone()),
             Action::Commit { result, .. } => commit_in(case, w, result),
+            Action::Finish => finish_in(case, w),
             Action::Event(_) => {}
         }
     }
+}
+
+/// The steps after the commit, checked against the world: only once Milvus committed, never
+/// while suspended, never again after they were recorded.
+fn finish_in(case: &Case, w: &mut World) {
+    let id = case.id;
+    let fail = case
+        .steps_fail
+        .unwrap_or_else(|| panic!("case {id}: steps after the commit that the spec does not declare"));
+    assert_eq!(w.committed, 1, "case {id}: steps after the commit before it");
+    assert!(!case.spec.suspend(), "case {id}: steps while suspended");
+    assert!(w.status.completion_time.is_none(), "case {id}: steps of a final run");
+    assert_eq!(w.finished, 0, "case {id}: the steps ran again after they were recorded");
+    w.finished += 1;
+    use milvus_backfill_api::lifecycle::{Step, StepRecord, StepState};
+    let state = if fail { StepState::Failed } else { StepState::Done };
+    let records = [StepRecord::new(Step::Verify, state, "100 keys")];
+    w.status = crate::finishing::status_after_finish(&w.status, &records, 1, w.now).0;
 }
 
 /// A commit, checked against what the world holds, answered by the case's commit fate.
@@ -595,11 +626,13 @@ fn commit_in(case: &Case, w: &mut World, result: &BackfillResult) {
             segments,
         }
     };
+    let steps_after = milvus_backfill_api::lifecycle::steps_after_commit(&case.spec.engine);
     let attempt = CommitAttempt {
         endpoint: "http://proxy:9091",
         url: "http://proxy:9091/x",
         segments: result.segments.len(),
         answer: &answer,
+        steps_after: &steps_after,
     };
     let after = status_after_commit(&w.status, &attempt, 1, w.now);
     if after.verdict == CommitVerdict::Committed {
@@ -658,6 +691,7 @@ fn run_case(mut case: Case, rng: &mut Rng) -> World {
         result: None,
         status: BackfillStatus::default(),
         committed: 0,
+        finished: 0,
     };
     for steps in 1.. {
         assert!(steps < 5000, "case {}: no end", case.id);
@@ -698,6 +732,11 @@ fn run_case(mut case: Case, rng: &mut Rng) -> World {
             assert!(d.actions.is_empty(), "case {}: {:?}", case.id, d.actions);
             break;
         }
+        // So do failed steps after the commit.
+        if crate::finishing::step_failed_at(&before, 1) {
+            assert!(d.actions.is_empty(), "case {}: {:?}", case.id, d.actions);
+            break;
+        }
         // The operator may die after any action.
         let crash_after = if rng.chance(10) {
             rng.below(d.actions.len() as u64 + 1) as usize
@@ -728,7 +767,14 @@ fn check_end(case: &Case, w: &World) {
             assert_eq!(commit, expected, "case {id}");
         }
         Some(CommitState::Committed) => {
-            assert_eq!((st.phase, w.committed), (Some(Phase::Succeeded), 1), "case {id}");
+            assert_eq!(w.committed, 1, "case {id}");
+            let (phase, finished) = match case.steps_fail {
+                None => (Phase::Succeeded, 0),
+                Some(false) => (Phase::Succeeded, 1),
+                Some(true) => (Phase::Failed, 1),
+            };
+            assert_eq!((st.phase, w.finished), (Some(phase), finished), "case {id}");
+            assert_eq!(st.completion_time.is_some(), phase == Phase::Succeeded, "case {id}");
         }
         Some(CommitState::Failed) => {
             assert_eq!(st.phase, Some(Phase::Failed), "case {id}");
@@ -747,7 +793,7 @@ fn random_runs_keep_the_invariants_and_finish() {
     let mut rng = Rng::new(4242);
     // Succeeded runs, failed runs, retries, outcomes recorded by the operator, commits
     // succeeded, commits failed.
-    let mut stats = [0usize; 6];
+    let mut stats = [0usize; 8];
     for id in 0..300 {
         let case = Case::random(id, &mut rng);
         let w = run_case(case, &mut rng);
@@ -758,6 +804,12 @@ fn random_runs_keep_the_invariants_and_finish() {
         match w.status.commit.as_ref().map(|c| c.state) {
             Some(CommitState::Committed) => stats[4] += 1,
             Some(CommitState::Failed) => stats[5] += 1,
+            _ => {}
+        }
+        // Steps after the commit that passed, and that failed.
+        match (w.finished, w.status.phase) {
+            (1, Some(Phase::Succeeded)) => stats[6] += 1,
+            (1, Some(Phase::Failed)) => stats[7] += 1,
             _ => {}
         }
     }

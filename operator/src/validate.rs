@@ -83,20 +83,6 @@ fn secret_refs(problems: &mut Vec<String>, e: &EngineSpec) {
 }
 
 fn cluster_knobs(problems: &mut Vec<String>, spec: &BackfillSpec) {
-    let after_commit = spec
-        .engine
-        .lifecycle
-        .as_ref()
-        .is_some_and(|l| l.create_index.is_some() || l.verify.is_some());
-    if after_commit {
-        // The operator commits from its own process, which holds no Milvus token when planning
-        // runs as a Job; these steps need one (and verify the source), so they are local only.
-        problems.push(
-            "spec.lifecycle.createIndex and spec.lifecycle.verify run in `milvus-backfill run` only, not yet in a cluster: \
-             remove them here (the operator runs flush, addFields, snapshot, the backfill and commit)"
-                .into(),
-        );
-    }
     if spec.segments_per_job == Some(0) {
         problems.push("spec.segmentsPerJob must be >= 1".into());
     }
@@ -313,7 +299,7 @@ mod tests {
     }
 
     #[test]
-    fn steps_after_the_commit_are_refused_in_a_cluster_by_name() {
+    fn steps_after_the_commit_are_accepted_in_a_cluster() {
         let mut s = spec();
         s.engine.lifecycle = Some(milvus_backfill_api::lifecycle::LifecycleSpec {
             flush: Some(true),
@@ -323,12 +309,14 @@ mod tests {
             ..Default::default()
         });
         assert!(problems(&s).is_empty(), "{:?}", problems(&s));
-        s.engine.lifecycle.as_mut().unwrap().verify = Some(Default::default());
-        assert!(
-            has(&problems(&s), "run in `milvus-backfill run` only"),
-            "{:?}",
-            problems(&s)
-        );
+        let l = s.engine.lifecycle.as_mut().unwrap();
+        l.verify = Some(Default::default());
+        l.create_index = Some(vec![serde_json::from_str(r#"{"field": "title"}"#).unwrap()]);
+        assert!(problems(&s).is_empty(), "{:?}", problems(&s));
+        // Without the commit they cannot run: the engine's own rule names the field.
+        s.engine.lifecycle.as_mut().unwrap().commit = None;
+        let ps = problems(&s);
+        assert!(ps.iter().any(|p| p.contains("add spec.lifecycle.commit")), "{ps:?}");
     }
 
     #[test]

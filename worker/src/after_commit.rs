@@ -86,10 +86,7 @@ pub async fn run_declared(
     source: &crate::store::Store,
     token: &crate::config::MilvusToken,
 ) -> Vec<StepRecord> {
-    let declared: Vec<Step> = milvus_backfill_api::lifecycle::steps(spec)
-        .into_iter()
-        .filter(|s| *s > Step::Commit)
-        .collect();
+    let declared = milvus_backfill_api::lifecycle::steps_after_commit(spec);
     let Some(first) = declared.first().copied() else {
         return Vec::new();
     };
@@ -128,9 +125,8 @@ pub async fn run_declared(
 
 /// Not run, because the commit (or the backfill) did not succeed: one record per step.
 pub fn not_run(spec: &EngineSpec, why: &str) -> Vec<StepRecord> {
-    milvus_backfill_api::lifecycle::steps(spec)
+    milvus_backfill_api::lifecycle::steps_after_commit(spec)
         .into_iter()
-        .filter(|s| *s > Step::Commit)
         .map(|s| StepRecord::new(s, StepState::NotRun, format!("not run: {why}")))
         .collect()
 }

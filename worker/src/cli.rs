@@ -136,6 +136,16 @@ pub enum Command {
         #[command(flatten)]
         bucket: BucketEndpoint,
     },
+    /// Answer one finishing request of the operator: the lifecycle's steps after the commit
+    /// (`createIndex`, `verify`); the answer goes to the bucket. What a finishing Job executes.
+    FinishJob {
+        /// `s3://bucket/key` of the request, read with the storage credentials from the
+        /// environment; the answer goes beside it.
+        #[arg(long = flags::REQUEST)]
+        request: String,
+        #[command(flatten)]
+        bucket: BucketEndpoint,
+    },
 }
 
 /// Where the bucket of an `s3://` task or request is served.
@@ -197,7 +207,20 @@ async fn dispatch(cli: Cli) -> Result<i32> {
             attempt,
         } => segment_command(&TaskAt { task, bucket }, attempt, result.as_deref()).await,
         Command::PlanJob { request, bucket } => plan_job_command(&TaskAt { task: request, bucket }).await,
+        Command::FinishJob { request, bucket } => finish_job_command(&TaskAt { task: request, bucket }).await,
     }
+}
+
+async fn finish_job_command(at: &TaskAt) -> Result<i32> {
+    let (store, key) = task_store(at).await?;
+    let creds = crate::stores::StoreCredentials::from_env()?;
+    let answer = crate::finish_job::answer(&store, &key, &MilvusToken::from_env(), &creds).await?;
+    println!(
+        "{}",
+        serde_json::to_string_pretty(&answer).expect("an answer serializes")
+    );
+    // The Job succeeds once the answer is stored; a failed step is in it, for the operator.
+    Ok(0)
 }
 
 async fn plan_job_command(at: &TaskAt) -> Result<i32> {
@@ -681,21 +704,25 @@ mod tests {
     }
 
     #[test]
-    fn the_operators_planning_command_line_parses() {
-        let inv = milvus_backfill_api::invocation::PlanJobInvocation {
-            request: S3Uri::parse("s3://b/files/backfill/planning/u/1-0/request.json").unwrap(),
-            endpoint: "minio:9000".into(),
-            region: "us-east-1".into(),
-            use_ssl: false,
-        };
-        let cli = Cli::try_parse_from(std::iter::once(flags::BINARY.to_owned()).chain(inv.args())).unwrap();
-        match cli.command {
-            Command::PlanJob { request, bucket } => {
-                assert_eq!(request, inv.request.to_string());
-                assert_eq!(bucket.endpoint.as_deref(), Some("minio:9000"));
-                assert_eq!((bucket.region.as_str(), bucket.use_ssl), ("us-east-1", false));
-            }
-            other => panic!("parsed as {other:?}"),
+    fn the_operators_planning_and_finishing_command_lines_parse() {
+        use milvus_backfill_api::invocation::{RequestJob, RequestJobInvocation};
+        for job in [RequestJob::Plan, RequestJob::Finish] {
+            let inv = RequestJobInvocation {
+                job,
+                request: S3Uri::parse("s3://b/files/backfill/planning/u/1-0/request.json").unwrap(),
+                endpoint: "minio:9000".into(),
+                region: "us-east-1".into(),
+                use_ssl: false,
+            };
+            let cli = Cli::try_parse_from(std::iter::once(flags::BINARY.to_owned()).chain(inv.args())).unwrap();
+            let (request, bucket) = match (job, cli.command) {
+                (RequestJob::Plan, Command::PlanJob { request, bucket }) => (request, bucket),
+                (RequestJob::Finish, Command::FinishJob { request, bucket }) => (request, bucket),
+                (_, other) => panic!("{job:?} parsed as {other:?}"),
+            };
+            assert_eq!(request, inv.request.to_string());
+            assert_eq!(bucket.endpoint.as_deref(), Some("minio:9000"));
+            assert_eq!((bucket.region.as_str(), bucket.use_ssl), ("us-east-1", false));
         }
     }
 

@@ -1,5 +1,5 @@
-//! The engine as the operator uses it: plan a spec, open a run's bucket and commit a stored
-//! result into Milvus (Jobs run tasks through the `segment` command, never in the operator). The operator reaches the worker
+//! The engine as the operator uses it: plan a spec, open a run's bucket, commit a stored
+//! result into Milvus and run the steps after the commit (Jobs run tasks through the `segment` command, never in the operator). The operator reaches the worker
 //! crate only through this module (and `logging`); everything else it exchanges with the
 //! engine is a contract type of `milvus_backfill_api`.
 
@@ -35,6 +35,17 @@ pub async fn precheck(name: &str, spec: &EngineSpec, secrets: PlanSecrets) -> (P
     };
     let (report, planned) = crate::planner::precheck(&doc, &secrets.milvus_token, &secrets.stores).await;
     (report, planned.map(|p| p.plan))
+}
+
+/// The lifecycle's steps after the commit that `spec` declares (`createIndex`, `verify`),
+/// against the committed run `plan`, with the Backfill's credentials: one record per step.
+/// Nothing when none is declared.
+pub async fn finish(
+    spec: &EngineSpec,
+    plan: &Plan,
+    secrets: &PlanSecrets,
+) -> Vec<milvus_backfill_api::lifecycle::StepRecord> {
+    crate::finish_job::run_steps(spec, plan, &secrets.milvus_token, &secrets.stores).await
 }
 
 /// The Milvus storage bucket of `spec`, where the run layout lives.

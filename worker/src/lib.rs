@@ -16,6 +16,7 @@ pub mod engine;
 pub mod error;
 pub mod exchange;
 pub mod facade;
+pub mod finish_job;
 pub mod gc;
 pub mod groups;
 pub mod join;

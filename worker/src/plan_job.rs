@@ -22,7 +22,7 @@ pub async fn answer(
     token: &MilvusToken,
     creds: &StoreCredentials,
 ) -> Result<PlanAnswer> {
-    let request = read_request(bucket, request_key).await?;
+    let request: PlanRequest = read_request(bucket, request_key, "planning").await?;
     let doc = BackfillDoc {
         name: request.backfill.clone(),
         spec: request.spec.clone(),
@@ -53,13 +53,14 @@ pub async fn answer(
     Ok(answer)
 }
 
-async fn read_request(bucket: &Store, key: &str) -> Result<PlanRequest> {
+/// The operator's request at `key` (`what`: planning or finishing, for messages).
+pub(crate) async fn read_request<T: serde::de::DeserializeOwned>(bucket: &Store, key: &str, what: &str) -> Result<T> {
     let body = bucket.get(key).await.map_err(|e| match e {
-        StoreError::NotFound(w) => BackfillError::config(format!("the planning request {w} does not exist")),
-        e => BackfillError::connection(format!("reading the planning request: {e}")),
+        StoreError::NotFound(w) => BackfillError::config(format!("the {what} request {w} does not exist")),
+        e => BackfillError::connection(format!("reading the {what} request: {e}")),
     })?;
     serde_json::from_slice(&body)
-        .map_err(|e| BackfillError::config(format!("{} is not a planning request: {e}", bucket.display(key))))
+        .map_err(|e| BackfillError::config(format!("{} is not a {what} request: {e}", bucket.display(key))))
 }
 
 /// The plan, stored where the operator and the workers find it.

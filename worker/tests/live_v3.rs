@@ -1168,3 +1168,83 @@ async fn contract_create_index_sends_the_parameters_and_keeps_an_existing_index(
     assert_eq!(second[0].state, StepState::AlreadyDone, "{}", second[0].message);
     assert_eq!(bed.calls().iter().filter(|c| c.starts_with("CreateIndex")).count(), 1);
 }
+
+#[tokio::test]
+async fn contract_a_finishing_job_runs_the_steps_after_the_commit_and_answers_beside_the_request() {
+    use milvus_backfill_api::layout::RunLayout;
+    use milvus_backfill_api::lifecycle::{Step, StepState};
+    use milvus_backfill_api::planning::{FinishAnswer, FinishRequest, PlanningLayout};
+    let bed = Bed::new(1003, 3, vec![]).await;
+    let doc = bed.doc(
+        "",
+        "  lifecycle:\n    commit: {endpoint: \"http://127.0.0.1:1\"}\n    createIndex:\n      - {field: score, indexType: STL_SORT}\n    verify: {sampleRows: 5}\n",
+    );
+    let planned = plan(&doc).await.unwrap();
+    let bucket = milvus_backfill::facade::open_storage(&doc.spec, None).await;
+    let plan_key = RunLayout::of_plan(&planned.plan).plan_key();
+    bucket.put_json(&plan_key, &planned.plan).await.unwrap();
+    let layout = PlanningLayout::finishing("files", "uid-1", 2, 0);
+    let request = FinishRequest {
+        backfill: "bf".into(),
+        namespace: "ns".into(),
+        generation: 2,
+        attempt: 0,
+        spec: doc.spec.clone(),
+        plan_key: plan_key.clone(),
+    };
+    bucket.put_json(&layout.request_key(), &request).await.unwrap();
+    let (token, creds) = (MilvusToken::default(), StoreCredentials::default());
+    let answer = milvus_backfill::finish_job::answer(&bucket, &layout.request_key(), &token, &creds)
+        .await
+        .unwrap();
+    let stored: FinishAnswer = bucket.get_json(&layout.answer_key()).await.unwrap().unwrap();
+    assert_eq!(stored, answer);
+    let steps: Vec<(Step, StepState)> = answer.steps.iter().map(|r| (r.step, r.state)).collect();
+    // The index is built through Milvus; verify queries it, and the stand-in serves no rows,
+    // so verify's failure is recorded in the answer rather than failing the Job.
+    assert_eq!(
+        steps,
+        [(Step::CreateIndex, StepState::Done), (Step::Verify, StepState::Failed)],
+        "{:?}",
+        answer.steps
+    );
+    assert!(
+        bed.calls()
+            .iter()
+            .any(|c| c.starts_with("CreateIndex score index_type=STL_SORT")),
+        "{:?}",
+        bed.calls()
+    );
+    assert!(bed.calls().contains(&"Query".to_owned()), "{:?}", bed.calls());
+
+    // Again (a retried Job): the index is kept, not built twice.
+    let again = milvus_backfill::finish_job::answer(&bucket, &layout.request_key(), &token, &creds)
+        .await
+        .unwrap();
+    assert_eq!(
+        again.steps[0].state,
+        StepState::AlreadyDone,
+        "{}",
+        again.steps[0].message
+    );
+    assert_eq!(bed.calls().iter().filter(|c| c.starts_with("CreateIndex")).count(), 1);
+
+    // A plan that is gone: the Job fails (and is retried); no answer is written.
+    let gone = PlanningLayout::finishing("files", "uid-1", 3, 0);
+    let request = FinishRequest {
+        generation: 3,
+        plan_key: "files/backfill/none/plan.json".into(),
+        ..request
+    };
+    bucket.put_json(&gone.request_key(), &request).await.unwrap();
+    let e = milvus_backfill::finish_job::answer(&bucket, &gone.request_key(), &token, &creds)
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind, ErrorKind::ConfigError);
+    assert!(e.message.contains("the run's plan"), "{}", e.message);
+    assert!(bucket
+        .get_json::<FinishAnswer>(&gone.answer_key())
+        .await
+        .unwrap()
+        .is_none());
+}
