@@ -9,7 +9,7 @@
 //! | [`lifecycle`] | `spec.lifecycle`: the steps around the backfill, their order and records |
 //! | [`plan`] | `Plan`, `Task`, `SegmentPlan`, `BatchSize`, ... |
 //! | [`outcome`] | `SegmentOutcome`, `TaskOutcome`, `FailedSegment`, `BackfillResult` |
-//! | [`planning`] | `PlanRequest`, `PlanAnswer`, `PlanningLayout`: planning as a Job |
+//! | [`planning`] | `PlanRequest`, `PlanAnswer`, `FinishRequest`, `FinishAnswer`, `PlanningLayout`: planning (and the steps after the commit) as a Job |
 //! | [`precheck`] | `PrecheckReport`, `Check`, `CheckRecord`: what planning checked, `passed: true|false` |
 //! | [`layout`] | `RunLayout` (every bucket key of a run), `TaskSplit` (plan → tasks) |
 //! | [`stage`] | a routed run's stages: `Stage`, `StageOutput`, and the work of each next task |
