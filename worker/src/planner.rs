@@ -261,10 +261,11 @@ async fn plan_export(
     coll: Collection,
     checks: &mut Checks,
 ) -> Result<Planned> {
+    let exempt = added_field_names(spec, &coll.info.fields);
     let schema = check_source(
         &stores.source,
         &at.source_place,
-        &coll,
+        (&coll, &exempt),
         spec.column_mapping.as_ref(),
         checks,
     )
@@ -277,6 +278,18 @@ async fn plan_export(
     let custom_output = spec.output_path().map(|_| place_key(&at.output_place));
     let mut segments = plan_segments(spec, &stores.storage, &coll, custom_output.as_deref()).await?;
     segments.add_run_warnings(&coll.name, custom_output.is_some());
+    let in_schema: Vec<&str> = schema
+        .new_fields
+        .iter()
+        .filter(|f| exempt.contains(&f.name))
+        .map(|f| f.name.as_str())
+        .collect();
+    if !in_schema.is_empty() {
+        segments.warnings.push(format!(
+            "new field(s) {in_schema:?} are in the schema (spec.lifecycle.addFields) but the segments are StorageV1: \
+             they get export files, which Milvus does not read; flush and compact into StorageV2/V3 segments for a commit"
+        ));
+    }
     let plan = assemble(
         spec,
         at,
@@ -381,16 +394,37 @@ fn partition_id(partitions: &[(String, i64)], name: &str) -> Result<i64> {
         })
 }
 
-/// The source's schema and keys, checked before anything is written.
+/// The fields a StorageV1 export may target although they are in the schema: with
+/// `spec.lifecycle.addFields` declared, the nullable fields other than the primary key (what
+/// AddCollectionField adds, or finds from an earlier run). V1 segments hold no data for them.
+fn added_field_names(spec: &EngineSpec, fields: &[crate::milvus::FieldInfo]) -> Vec<String> {
+    if spec.add_fields().is_none() {
+        return Vec::new();
+    }
+    fields
+        .iter()
+        .filter(|f| f.nullable && !f.is_primary_key)
+        .map(|f| f.name.clone())
+        .collect()
+}
+
+/// The source's schema and keys, checked before anything is written. A new field may not be a
+/// field of the collection, unless it is in `exempt`.
 async fn check_source(
     source: &Store,
     place: &Place,
-    coll: &Collection,
+    (coll, exempt): (&Collection, &[String]),
     mapping: Option<&BTreeMap<String, String>>,
     checks: &mut Checks,
 ) -> Result<SourceSchema> {
     let files = checks.within(Check::Source, source::list_files(source, &place_key(place)).await)?;
-    let existing: Vec<String> = coll.info.fields.iter().map(|f| f.name.clone()).collect();
+    let existing: Vec<String> = coll
+        .info
+        .fields
+        .iter()
+        .filter(|f| !exempt.contains(&f.name))
+        .map(|f| f.name.clone())
+        .collect();
     let join = source::Join { pk: &coll.pk, mapping };
     let inspected = source::inspect(source, &files, &join, &existing).await;
     let schema = checks.within_source(Check::Mapping, inspected)?;
@@ -635,6 +669,33 @@ mod tests {
                 f(102, "title", 21, false),
             ],
         }
+    }
+
+    #[test]
+    fn with_add_fields_a_v1_export_may_target_the_nullable_fields_it_added() {
+        let mut info = info();
+        info.fields.push(FieldInfo {
+            dim: None,
+            field_id: 103,
+            name: "score".into(),
+            data_type: 11,
+            is_primary_key: false,
+            nullable: true,
+        });
+        let mut spec: EngineSpec = serde_yaml::from_str(
+            "milvus: {uri: 'http://m:19530', collection: c}\nstorage: {endpoint: 'file:///tmp', bucket: b}\nsource: {path: /tmp/s.parquet}\n",
+        )
+        .unwrap();
+        assert!(
+            added_field_names(&spec, &info.fields).is_empty(),
+            "no addFields: every field clashes"
+        );
+        spec.lifecycle = Some(milvus_backfill_api::lifecycle::LifecycleSpec {
+            add_fields: Some(Default::default()),
+            ..Default::default()
+        });
+        // Not `title`: a field that is not nullable holds data of its own.
+        assert_eq!(added_field_names(&spec, &info.fields), ["score"]);
     }
 
     #[test]
