@@ -136,6 +136,12 @@ pub enum Command {
         #[command(flatten)]
         bucket: BucketEndpoint,
     },
+    /// Print a completion script for `shell` (bash, zsh, fish, elvish, powershell) on stdout,
+    /// e.g. `milvus-backfill completions bash > /etc/bash_completion.d/milvus-backfill`.
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
     /// Answer one finishing request of the operator: the lifecycle's steps after the commit
     /// (`createIndex`, `verify`); the answer goes to the bucket. What a finishing Job executes.
     FinishJob {
@@ -208,7 +214,19 @@ async fn dispatch(cli: Cli) -> Result<i32> {
         } => segment_command(&TaskAt { task, bucket }, attempt, result.as_deref()).await,
         Command::PlanJob { request, bucket } => plan_job_command(&TaskAt { task: request, bucket }).await,
         Command::FinishJob { request, bucket } => finish_job_command(&TaskAt { task: request, bucket }).await,
+        Command::Completions { shell } => {
+            print!("{}", completions(shell));
+            Ok(0)
+        }
     }
+}
+
+/// The completion script of `shell` for this command line.
+fn completions(shell: clap_complete::Shell) -> String {
+    use clap::CommandFactory;
+    let mut out = Vec::new();
+    clap_complete::generate(shell, &mut Cli::command(), flags::BINARY, &mut out);
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 async fn finish_job_command(at: &TaskAt) -> Result<i32> {
@@ -724,6 +742,28 @@ mod tests {
             assert_eq!(bucket.endpoint.as_deref(), Some("minio:9000"));
             assert_eq!((bucket.region.as_str(), bucket.use_ssl), ("us-east-1", false));
         }
+    }
+
+    #[test]
+    fn completion_scripts_name_the_commands_and_their_flags() {
+        for shell in [
+            clap_complete::Shell::Bash,
+            clap_complete::Shell::Zsh,
+            clap_complete::Shell::Fish,
+        ] {
+            let script = completions(shell);
+            for word in ["plan", "run", "add-fields", "log-level", "output", "yaml"] {
+                assert!(script.contains(word), "{shell}: no {word}");
+            }
+        }
+        let cli = Cli::try_parse_from(["milvus-backfill", "completions", "zsh"]).unwrap();
+        assert!(matches!(
+            cli.command,
+            Command::Completions {
+                shell: clap_complete::Shell::Zsh
+            }
+        ));
+        assert!(Cli::try_parse_from(["milvus-backfill", "completions", "tcsh"]).is_err());
     }
 
     #[test]
