@@ -98,6 +98,9 @@ pub enum Command {
         /// Also write the result JSON here (it is always stored beside the outputs).
         #[arg(long)]
         result: Option<PathBuf>,
+        /// No progress bar on a terminal: a log line per segment instead (as without a terminal).
+        #[arg(long)]
+        no_progress: bool,
     },
     /// Add the source's new-field columns to the collection as nullable fields
     /// (AddCollectionField, Milvus 2.6+), before a snapshot and a backfill Milvus commits.
@@ -202,8 +205,18 @@ async fn dispatch(cli: Cli) -> Result<i32> {
             output,
             segments_per_task,
         } => plan_command(&file, output, segments_per_task).await,
-        Command::Run { file, output, result } => {
-            run_command(&file, output, result.as_deref(), cli.verbose, cli.log_format).await
+        Command::Run {
+            file,
+            output,
+            result,
+            no_progress,
+        } => {
+            let how = RunHow {
+                verbose: cli.verbose,
+                log_format: cli.log_format,
+                no_progress,
+            };
+            run_command(&file, output, result.as_deref(), how).await
         }
         Command::AddFields { file, max_length } => add_fields_command(&file, max_length).await,
         Command::Segment {
@@ -321,13 +334,20 @@ async fn plan_command(file: &Path, output: Output, segments_per_task: u32) -> Re
     Ok(0)
 }
 
-async fn run_command(
-    file: &Path,
-    output: Output,
-    result: Option<&Path>,
+/// How `run` reports: the global flags and `--no-progress`.
+#[derive(Clone, Copy, Debug)]
+struct RunHow {
     verbose: bool,
     log_format: LogFormat,
-) -> Result<i32> {
+    no_progress: bool,
+}
+
+async fn run_command(file: &Path, output: Output, result: Option<&Path>, how: RunHow) -> Result<i32> {
+    let RunHow {
+        verbose,
+        log_format,
+        no_progress,
+    } = how;
     let doc = load_doc(file)?;
     let planned = planner::plan(&doc, &MilvusToken::from_env()).await?;
     let p = &planned.plan;
@@ -341,7 +361,7 @@ async fn run_command(
         parallelism = p.parallelism,
         "plan ready, running"
     );
-    let progress = Progress::new(p.segments.len(), false);
+    let progress = Progress::new(p.segments.len(), no_progress);
     let r = runner::run_plan(p, &planned.stores, &progress).await;
     output.say(r.summary().trim_end());
     if verbose {
@@ -764,6 +784,8 @@ mod tests {
             }
         ));
         assert!(Cli::try_parse_from(["milvus-backfill", "completions", "tcsh"]).is_err());
+        let run = Cli::try_parse_from(["milvus-backfill", "run", "-f", "b.yaml", "--no-progress"]).unwrap();
+        assert!(matches!(run.command, Command::Run { no_progress: true, .. }));
     }
 
     #[test]

@@ -101,7 +101,7 @@ pub fn init(format: LogFormat, level: Option<LogLevel>, verbose: bool, crates: &
         Err(e) => (filter(level, verbose, None, crates).expect("no directives"), Some(e)),
     };
     let layer = tracing_subscriber::fmt::layer()
-        .with_writer(std::io::stderr)
+        .with_writer(crate::progress::LogWriter)
         .with_ansi(std::io::stderr().is_terminal())
         .with_target(false);
     let registry = tracing_subscriber::registry();
