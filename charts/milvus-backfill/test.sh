@@ -46,6 +46,7 @@ SCENARIOS=(
 	"no-secrets|--set planning.mode=inProcess --set operator.readSecrets=false"
 	"operator-storage|--set operator.storageCredentials.existingSecret=ops-s3"
 	"no-crds|--set crds.install=false"
+	"tuned|--set concurrency=8 --set leaderElection.leaseDurationSeconds=30 --set leaderElection.renewDeadlineSeconds=20 --set leaderElection.retryPeriodSeconds=4 --set podDisruptionBudget.enabled=true --set commonLabels.team=search --set extraVolumes[0].name=ca --set extraVolumes[0].configMap.name=ca-bundle --set extraVolumeMounts[0].name=ca --set extraVolumeMounts[0].mountPath=/etc/ssl/ca"
 )
 
 echo "== lint"
@@ -89,6 +90,9 @@ reject "logLevel=loud" --set logLevel=loud
 reject "a namespace that is not a DNS label" --set 'watchNamespaces={Team_A}'
 reject "a string replicaCount" --set-string replicaCount=two
 reject "a bad pullPolicy" --set image.pullPolicy=Sometimes
+reject "concurrency=0" --set concurrency=0
+reject "leaderElection.retryPeriodSeconds=0" --set leaderElection.retryPeriodSeconds=0
+reject "a non-string commonLabels value" --set-json 'commonLabels={"tier":1}'
 
 echo "== docs: every value in values.schema.json has a row in README.md"
 # values.yaml cannot hold a key the schema lacks (additionalProperties: false, checked by

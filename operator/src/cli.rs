@@ -39,43 +39,59 @@ pub enum Command {
     /// Print the CustomResourceDefinition (YAML); apply it with `kubectl apply --server-side -f -`.
     Crd,
     /// Run the controller (in a cluster, or against the current kubeconfig context).
-    Run {
-        /// Worker image for Backfills without spec.worker.image.
-        #[arg(long, env = "WORKER_IMAGE")]
-        worker_image: Option<String>,
-        /// Namespaces to watch, comma-separated; empty: all (needs a ClusterRole).
-        #[arg(long, env = "WATCH_NAMESPACES", default_value = "", value_delimiter = ',')]
-        watch_namespaces: Vec<String>,
-        /// Address of /healthz, /readyz and /metrics.
-        #[arg(long, env = "HTTP_ADDR", default_value = "0.0.0.0:8080")]
-        http_addr: SocketAddr,
-        /// Backfills reconciled at once.
-        #[arg(long, env = "CONCURRENCY", default_value_t = 4)]
-        concurrency: u16,
-        /// ServiceAccount of worker Pods for Backfills without spec.worker.serviceAccountName
-        /// (empty: the namespace's `default`).
-        #[arg(long, env = "WORKER_SERVICE_ACCOUNT")]
-        worker_service_account: Option<String>,
-        /// Hold a Lease before reconciling, so that several replicas are safe.
-        #[arg(long, env = "LEADER_ELECTION", default_value_t = false, action = clap::ArgAction::Set)]
-        leader_election: bool,
-        /// Name of the Lease.
-        #[arg(long, env = "LEASE_NAME", default_value = "milvus-backfill-operator")]
-        lease_name: String,
-        /// Namespace of the Lease (the operator's own).
-        #[arg(long, env = "POD_NAMESPACE")]
-        lease_namespace: Option<String>,
-        /// This replica's identity in the Lease [default: POD_NAME, else host name and PID].
-        #[arg(long, env = "POD_NAME")]
-        identity: Option<String>,
-        /// Where Backfills are planned. `in-process`: in the operator, with the Secrets the
-        /// Backfill names (needs `get` on Secrets). `job`: in a planning Job that gets them
-        /// through `secretKeyRef`; the operator reads no Secret and opens the storage buckets
-        /// with its own credentials (AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, or a cloud
-        /// identity).
-        #[arg(long, env = "PLANNING", value_enum, default_value_t = PlanningMode::InProcess)]
-        planning: PlanningMode,
-    },
+    Run(Box<RunArgs>),
+}
+
+/// `run`'s flags.
+#[derive(clap::Args, Debug)]
+pub struct RunArgs {
+    /// Worker image for Backfills without spec.worker.image.
+    #[arg(long, env = "WORKER_IMAGE")]
+    worker_image: Option<String>,
+    /// Namespaces to watch, comma-separated; empty: all (needs a ClusterRole).
+    #[arg(long, env = "WATCH_NAMESPACES", default_value = "", value_delimiter = ',')]
+    watch_namespaces: Vec<String>,
+    /// Address of /healthz, /readyz and /metrics.
+    #[arg(long, env = "HTTP_ADDR", default_value = "0.0.0.0:8080")]
+    http_addr: SocketAddr,
+    /// Backfills reconciled at once.
+    #[arg(long, env = "CONCURRENCY", default_value_t = 4)]
+    concurrency: u16,
+    /// ServiceAccount of worker Pods for Backfills without spec.worker.serviceAccountName
+    /// (empty: the namespace's `default`).
+    #[arg(long, env = "WORKER_SERVICE_ACCOUNT")]
+    worker_service_account: Option<String>,
+    /// Hold a Lease before reconciling, so that several replicas are safe.
+    #[arg(long, env = "LEADER_ELECTION", default_value_t = false, action = clap::ArgAction::Set)]
+    leader_election: bool,
+    /// Name of the Lease.
+    #[arg(long, env = "LEASE_NAME", default_value = "milvus-backfill-operator")]
+    lease_name: String,
+    /// Namespace of the Lease (the operator's own).
+    #[arg(long, env = "POD_NAMESPACE")]
+    lease_namespace: Option<String>,
+    /// Seconds a Lease lasts without renewal before a standby takes it (client-go's
+    /// LeaseDuration).
+    #[arg(long, env = "LEASE_DURATION_SECONDS", default_value_t = 15)]
+    lease_duration_seconds: u64,
+    /// Seconds the leader keeps trying to renew before it gives up and exits (RenewDeadline);
+    /// less than the lease duration.
+    #[arg(long, env = "RENEW_DEADLINE_SECONDS", default_value_t = 10)]
+    renew_deadline_seconds: u64,
+    /// Seconds between tries to take or renew the Lease (RetryPeriod); less than the renew
+    /// deadline.
+    #[arg(long, env = "RETRY_PERIOD_SECONDS", default_value_t = 2)]
+    retry_period_seconds: u64,
+    /// This replica's identity in the Lease [default: POD_NAME, else host name and PID].
+    #[arg(long, env = "POD_NAME")]
+    identity: Option<String>,
+    /// Where Backfills are planned. `in-process`: in the operator, with the Secrets the
+    /// Backfill names (needs `get` on Secrets). `job`: in a planning Job that gets them
+    /// through `secretKeyRef`; the operator reads no Secret and opens the storage buckets
+    /// with its own credentials (AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, or a cloud
+    /// identity).
+    #[arg(long, env = "PLANNING", value_enum, default_value_t = PlanningMode::InProcess)]
+    planning: PlanningMode,
 }
 
 pub fn main() -> i32 {
@@ -85,18 +101,22 @@ pub fn main() -> i32 {
             print!("{}", crate::crd::crd_yaml());
             0
         }
-        Command::Run {
-            worker_image,
-            watch_namespaces,
-            http_addr,
-            concurrency,
-            worker_service_account,
-            leader_election,
-            lease_name,
-            lease_namespace,
-            identity,
-            planning,
-        } => {
+        Command::Run(args) => {
+            let RunArgs {
+                worker_image,
+                watch_namespaces,
+                http_addr,
+                concurrency,
+                worker_service_account,
+                leader_election,
+                lease_name,
+                lease_namespace,
+                lease_duration_seconds,
+                renew_deadline_seconds,
+                retry_period_seconds,
+                identity,
+                planning,
+            } = *args;
             milvus_backfill::logging::init(
                 cli.log_format,
                 cli.log_level,
@@ -133,7 +153,14 @@ pub fn main() -> i32 {
                     return 3;
                 };
                 let identity = identity.filter(|i| !i.is_empty()).unwrap_or_else(default_identity);
-                Some(LeaseConfig::new(lease_name, ns, identity))
+                let timing = (lease_duration_seconds, renew_deadline_seconds, retry_period_seconds);
+                match LeaseConfig::new(lease_name, ns, identity).with_timing(timing.0, timing.1, timing.2) {
+                    Ok(lease) => Some(lease),
+                    Err(e) => {
+                        tracing::error!("{e}");
+                        return 3;
+                    }
+                }
             } else {
                 None
             };
@@ -264,14 +291,17 @@ mod tests {
         .unwrap();
         assert_eq!(c.log_format, LogFormat::Json);
         match c.command {
-            Command::Run {
-                watch_namespaces,
-                worker_image,
-                concurrency,
-                leader_election,
-                lease_name,
-                ..
-            } => {
+            Command::Run(args) => {
+                let RunArgs {
+                    watch_namespaces,
+                    worker_image,
+                    concurrency,
+                    leader_election,
+                    lease_name,
+                    lease_duration_seconds,
+                    ..
+                } = *args;
+                assert_eq!(lease_duration_seconds, 15);
                 assert!(leader_election);
                 assert_eq!(lease_name, "milvus-backfill-operator");
                 assert_eq!(watch_namespaces, vec!["a", "b"]);

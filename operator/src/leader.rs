@@ -27,6 +27,22 @@ pub struct LeaseConfig {
 }
 
 impl LeaseConfig {
+    /// With other timings than client-go's defaults: `duration` > `renew_deadline` > `retry`
+    /// ≥ 1 s (client-go's own rules: a leader gives up before its Lease can expire, and tries
+    /// more than once before it gives up).
+    pub fn with_timing(mut self, duration: u64, renew_deadline: u64, retry: u64) -> Result<Self, String> {
+        if !(duration > renew_deadline && renew_deadline > retry && retry >= 1) {
+            return Err(format!(
+                "--lease-duration-seconds ({duration}) must be greater than --renew-deadline-seconds ({renew_deadline}), \
+                 which must be greater than --retry-period-seconds ({retry}), which must be at least 1"
+            ));
+        }
+        self.duration = Duration::from_secs(duration);
+        self.renew_deadline = Duration::from_secs(renew_deadline);
+        self.retry = Duration::from_secs(retry);
+        Ok(self)
+    }
+
     /// client-go's defaults: 15 s lease, 10 s renew deadline, 2 s retry.
     pub fn new(name: String, namespace: String, identity: String) -> Self {
         Self {
@@ -284,6 +300,20 @@ mod tests {
     use super::*;
 
     const D: Duration = Duration::from_secs(15);
+
+    #[test]
+    fn lease_timings_follow_client_gos_rules() {
+        let base = || LeaseConfig::new("l".into(), "ns".into(), "me".into());
+        let c = base().with_timing(30, 20, 4).unwrap();
+        assert_eq!(
+            (c.duration, c.renew_deadline, c.retry),
+            (Duration::from_secs(30), Duration::from_secs(20), Duration::from_secs(4))
+        );
+        for (d, r, p) in [(10, 10, 2), (15, 10, 10), (15, 10, 0), (5, 10, 2)] {
+            let e = base().with_timing(d, r, p).unwrap_err();
+            assert!(e.contains("--renew-deadline-seconds"), "{e}");
+        }
+    }
 
     fn rec(holder: Option<&str>, renew: &str) -> Record {
         Record {

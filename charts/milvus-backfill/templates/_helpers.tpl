@@ -31,6 +31,9 @@ helm.sh/chart: {{ include "milvus-backfill.chart" . }}
 {{ include "milvus-backfill.selectorLabels" . }}
 app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
 app.kubernetes.io/managed-by: {{ .Release.Service }}
+{{- with .Values.commonLabels }}
+{{ toYaml . }}
+{{- end }}
 {{- end }}
 
 {{/* Labels of the operator's objects. */}}

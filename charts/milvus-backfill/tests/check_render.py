@@ -200,6 +200,26 @@ def main():
     else:
         check(not sm and not npol, "no ServiceMonitor, no NetworkPolicy (off by default)")
 
+    pdbs = find(objs, "PodDisruptionBudget")
+    if scenario == "tuned":
+        check(e.get("CONCURRENCY", {}).get("value") == "8", "CONCURRENCY = concurrency")
+        timing = [e.get(v, {}).get("value") for v in ("LEASE_DURATION_SECONDS", "RENEW_DEADLINE_SECONDS", "RETRY_PERIOD_SECONDS")]
+        check(timing == ["30", "20", "4"], "lease timings from leaderElection.*Seconds")
+        check(len(pdbs) == 1 and pdbs[0]["spec"].get("minAvailable") == 1 and "maxUnavailable" not in pdbs[0]["spec"],
+              "PodDisruptionBudget minAvailable 1")
+        if pdbs:
+            check(pdbs[0]["spec"]["selector"]["matchLabels"] == d["spec"]["selector"]["matchLabels"], "the budget selects the operator pods")
+        check(all(o["metadata"].get("labels", {}).get("team") == "search" for o in objs), "commonLabels on every object")
+        pod = d["spec"]["template"]["spec"]
+        check(any(v.get("name") == "ca" and v.get("configMap", {}).get("name") == "ca-bundle" for v in pod["volumes"])
+              and any(v["name"] == "tmp" for v in pod["volumes"]), "extraVolumes beside /tmp")
+        check(any(m.get("mountPath") == "/etc/ssl/ca" for m in c["volumeMounts"]), "extraVolumeMounts")
+    else:
+        check(not pdbs, "no PodDisruptionBudget by default")
+        check(e.get("CONCURRENCY", {}).get("value") == "4", "CONCURRENCY 4 by default")
+        timing = [e.get(v, {}).get("value") for v in ("LEASE_DURATION_SECONDS", "RENEW_DEADLINE_SECONDS", "RETRY_PERIOD_SECONDS")]
+        check(timing == ["15", "10", "2"], "client-go's lease timings by default")
+
     if scenario == "default":
         check(e["LOG_FORMAT"]["value"] == "json", "LOG_FORMAT json by default")
         check(e.get("LOG_LEVEL", {}).get("value") == "info", "LOG_LEVEL info by default (value logLevel)")
