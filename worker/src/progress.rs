@@ -70,6 +70,8 @@ impl Progress {
     pub fn done(&self) {
         if let Some(bar) = &self.bar {
             bar.finish();
+            // The finished bar stays on its line; what follows (the summary) starts below it.
+            eprintln!();
             ACTIVE.write().expect("progress lock").take();
         }
     }
