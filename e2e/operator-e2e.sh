@@ -90,7 +90,18 @@ OPSA=$(kubectl -n "$NS" get deploy -l app.kubernetes.io/name=milvus-backfill,app
   fail "the operator may read Secrets with planning Jobs"
 plan_jobs=$(kubectl -n "$NS" get jobs -l "milvusbackfill.io/backfill=$RUN,app.kubernetes.io/component=planner" -o jsonpath='{range .items[*]}{.metadata.name}={.status.succeeded}{"\n"}{end}')
 [ "$plan_jobs" = "$RUN-plan-1-0=1" ] || fail "expected one succeeded planning Job $RUN-plan-1-0, got: $plan_jobs"
-log "planned by Job $RUN-plan-1-0; the operator's ServiceAccount $OPSA cannot get Secrets"
+# Least privilege: the chart grants what the operator's code calls and nothing more.
+for denied in "list pods" "create events" "delete jobs" "patch backfills" "update backfills" "update backfills/status"; do
+  # shellcheck disable=SC2086
+  [ "$(kubectl auth can-i $denied --as="system:serviceaccount:$NS:$OPSA" -n "$NS" 2>/dev/null || true)" = no ] ||
+    fail "the operator's ServiceAccount may $denied"
+done
+for granted in "watch backfills" "patch backfills/status" "patch jobs" "create events.events.k8s.io"; do
+  # shellcheck disable=SC2086
+  [ "$(kubectl auth can-i $granted --as="system:serviceaccount:$NS:$OPSA" -n "$NS" 2>/dev/null || true)" = yes ] ||
+    fail "the operator's ServiceAccount may not $granted"
+done
+log "planned by Job $RUN-plan-1-0; the operator's ServiceAccount $OPSA cannot get Secrets, Pods, core Events, delete Jobs or write a spec"
 RUN_UID=$(kubectl -n "$NS" get bf "$RUN" -o jsonpath='{.metadata.uid}')
 "$MB_PY" e2e/operator-scenarios/s3check.py precheck "s3://$S3_BUCKET/files/backfill/planning/$RUN_UID/1-0/precheck.json" passed >&2 ||
   fail "$RUN: no passed precheck report beside its planning attempt"

@@ -13,6 +13,7 @@ use milvus_backfill_api::layout::RunLayout;
 use milvus_backfill_api::outcome::BackfillResult;
 
 use crate::error::{BackfillError, ErrorKind, Result};
+use crate::retry;
 use crate::store::Store;
 
 pub const COMMIT_PATH: &str = "/management/datacoord/backfill/commit";
@@ -86,8 +87,24 @@ fn percent_encode(s: &str) -> String {
         .collect()
 }
 
-/// One call of the endpoint.
+/// A call of the endpoint, sent again while Milvus is unreachable or answers 502/503/504
+/// ([`retry::COMMIT`]): the commit is idempotent, so a call whose answer was lost is safe to
+/// repeat.
 pub async fn call(endpoint: &str, result_key: &str) -> Result<CommitReport> {
+    retry::COMMIT
+        .run("backfill commit", transient, || call_once(endpoint, result_key))
+        .await
+}
+
+/// The failures of a commit call worth another: no connection, or a gateway's error.
+fn transient(e: &BackfillError) -> bool {
+    e.kind == ErrorKind::ConnectionError
+        || ["HTTP 502", "HTTP 503", "HTTP 504"]
+            .iter()
+            .any(|s| e.message.contains(s))
+}
+
+async fn call_once(endpoint: &str, result_key: &str) -> Result<CommitReport> {
     let url = commit_url(endpoint, result_key);
     let uri: hyper::Uri = url
         .parse()

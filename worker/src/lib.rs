@@ -31,6 +31,7 @@ pub mod plan_job;
 pub mod planner;
 pub mod precheck;
 pub mod progress;
+pub mod retry;
 pub mod runner;
 pub mod snapshot;
 pub mod snapshot_manifest;

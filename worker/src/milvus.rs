@@ -12,6 +12,7 @@ use tonic::transport::{Channel, Endpoint};
 use crate::config::MilvusToken;
 use crate::error::{BackfillError, Result};
 use crate::plan::SegmentInfo;
+use crate::retry;
 
 type Inner = MilvusServiceClient<InterceptedService<Channel, Auth>>;
 
@@ -143,6 +144,33 @@ fn base64(input: &[u8]) -> String {
     out
 }
 
+/// gRPC failures worth a retry: the server or the path to it is down or overloaded, or the
+/// call timed out. Everything else (bad arguments, missing objects, auth) fails at once.
+pub(crate) fn transient(s: &tonic::Status) -> bool {
+    use tonic::Code;
+    match s.code() {
+        Code::Unavailable | Code::ResourceExhausted | Code::Aborted | Code::DeadlineExceeded => true,
+        Code::Unknown => {
+            let m = s.message().to_ascii_lowercase();
+            m.contains("transport") || m.contains("connection") || m.contains("broken pipe")
+        }
+        _ => false,
+    }
+}
+
+/// A transport error with its causes: tonic's own text ("transport error") says nothing of
+/// why.
+fn transport_error(e: &tonic::transport::Error) -> String {
+    let mut out = e.to_string();
+    let mut cause = std::error::Error::source(e);
+    while let Some(c) = cause {
+        out.push_str(": ");
+        out.push_str(&c.to_string());
+        cause = c.source();
+    }
+    out
+}
+
 impl MilvusClient {
     pub async fn connect(uri: &str, database: &str, token: &MilvusToken) -> Result<Self> {
         let endpoint = Endpoint::from_shared(uri.to_owned())
@@ -156,11 +184,16 @@ impl MilvusClient {
         } else {
             endpoint
         };
-        let channel = endpoint.connect().await.map_err(|e| {
-            BackfillError::connection(format!(
-                "cannot connect to Milvus at {uri}: {e}; check spec.milvus.uri and that Milvus is running"
-            ))
-        })?;
+        let channel = retry::MILVUS
+            .run("connect", |_| true, || endpoint.connect())
+            .await
+            .map_err(|e| {
+                BackfillError::connection(format!(
+                    "cannot connect to Milvus at {uri} ({} attempts): {}; check spec.milvus.uri and that Milvus is running",
+                    retry::MILVUS.attempts,
+                    transport_error(&e)
+                ))
+            })?;
         let authorization = match &token.0 {
             Some(t) => Some(
                 base64(t.as_bytes())
@@ -187,12 +220,35 @@ impl MilvusClient {
         })
     }
 
+    /// One RPC, sent again while it fails transiently ([`transient`]); the channel reconnects
+    /// by itself, so a retry after a dropped connection opens a new one. Every call we make is
+    /// a read or idempotent (Flush, CreateSnapshot, CreateIndex and AddCollectionField are
+    /// checked for "already there"), so sending one twice is safe.
+    pub(crate) async fn call<Req, Resp, F, Fut>(
+        &self,
+        what: &str,
+        req: Req,
+        f: F,
+    ) -> std::result::Result<tonic::Response<Resp>, tonic::Status>
+    where
+        Req: Clone,
+        F: Fn(Inner, Req) -> Fut,
+        Fut: std::future::Future<Output = std::result::Result<tonic::Response<Resp>, tonic::Status>>,
+    {
+        retry::MILVUS
+            .run(what, transient, || f(self.inner.clone(), req.clone()))
+            .await
+    }
+
     pub(crate) fn rpc_err(&self, call: &str, s: tonic::Status) -> BackfillError {
         let hint = match s.code() {
             tonic::Code::Unauthenticated | tonic::Code::PermissionDenied => {
                 "; check MILVUS_TOKEN (spec.milvus.tokenSecretRef in a cluster)"
             }
             tonic::Code::Unimplemented => "; this Milvus version does not offer the call",
+            _ if transient(&s) => {
+                "; check spec.milvus.uri and that Milvus is running (the call was tried again, then given up)"
+            }
             _ => "",
         };
         BackfillError::connection(format!(
@@ -232,8 +288,9 @@ impl MilvusClient {
             ..Default::default()
         };
         let r = self
-            .inner
-            .describe_collection(req)
+            .call("describe_collection", req, |mut c, r| async move {
+                c.describe_collection(r).await
+            })
             .await
             .map_err(|s| self.rpc_err("DescribeCollection", s))?
             .into_inner();
@@ -269,8 +326,11 @@ impl MilvusClient {
             ..Default::default()
         };
         let r = self
-            .inner
-            .show_partitions(req)
+            .call(
+                "show_partitions",
+                req,
+                |mut c, r| async move { c.show_partitions(r).await },
+            )
             .await
             .map_err(|s| self.rpc_err("ShowPartitions", s))?
             .into_inner();
@@ -285,8 +345,9 @@ impl MilvusClient {
             ..Default::default()
         };
         let r = self
-            .inner
-            .get_persistent_segment_info(req)
+            .call("get_persistent_segment_info", req, |mut c, r| async move {
+                c.get_persistent_segment_info(r).await
+            })
             .await
             .map_err(|s| self.rpc_err("GetPersistentSegmentInfo", s))?
             .into_inner();
@@ -353,7 +414,8 @@ impl MilvusClient {
             schema: schema.encode_to_vec(),
             ..Default::default()
         };
-        let status = self.inner.add_collection_field(req).await.map_err(|s| {
+        let status = self.call("add_collection_field", req, |mut c, r| async move { c.add_collection_field(r).await })
+            .await.map_err(|s| {
             if s.code() == tonic::Code::Unimplemented {
                 BackfillError::config(format!(
                     "AddCollectionField on {}: this Milvus has no AddCollectionField (it needs Milvus 2.6 or later, and Milvus \
@@ -381,8 +443,11 @@ impl MilvusClient {
             ..Default::default()
         };
         let status = self
-            .inner
-            .create_snapshot(req)
+            .call(
+                "create_snapshot",
+                req,
+                |mut c, r| async move { c.create_snapshot(r).await },
+            )
             .await
             .map_err(|s| self.snapshot_rpc_err("CreateSnapshot", s))?
             .into_inner();
@@ -408,8 +473,9 @@ impl MilvusClient {
             ..Default::default()
         };
         let r = self
-            .inner
-            .describe_snapshot(req)
+            .call("describe_snapshot", req, |mut c, r| async move {
+                c.describe_snapshot(r).await
+            })
             .await
             .map_err(|s| self.snapshot_rpc_err("DescribeSnapshot", s))?
             .into_inner();
@@ -444,8 +510,7 @@ impl MilvusClient {
             ..Default::default()
         };
         let r = self
-            .inner
-            .flush(req)
+            .call("flush", req, |mut c, r| async move { c.flush(r).await })
             .await
             .map_err(|s| self.rpc_err("Flush", s))?
             .into_inner();
@@ -467,8 +532,11 @@ impl MilvusClient {
                 collection_name: collection.to_owned(),
             };
             let s = self
-                .inner
-                .get_flush_state(req)
+                .call(
+                    "get_flush_state",
+                    req,
+                    |mut c, r| async move { c.get_flush_state(r).await },
+                )
                 .await
                 .map_err(|s| self.rpc_err("GetFlushState", s))?
                 .into_inner();

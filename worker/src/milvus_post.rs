@@ -91,8 +91,11 @@ impl PostCommitMilvus for MilvusClient {
             ..Default::default()
         };
         let r = self
-            .inner
-            .describe_index(req)
+            .call(
+                "describe_index",
+                req,
+                |mut c, r| async move { c.describe_index(r).await },
+            )
             .await
             .map_err(|s| self.rpc_err("DescribeIndex", s))?
             .into_inner();
@@ -132,8 +135,7 @@ impl PostCommitMilvus for MilvusClient {
             ..Default::default()
         };
         let status = self
-            .inner
-            .create_index(req)
+            .call("create_index", req, |mut c, r| async move { c.create_index(r).await })
             .await
             .map_err(|s| self.rpc_err("CreateIndex", s))?
             .into_inner();
@@ -162,8 +164,7 @@ impl PostCommitMilvus for MilvusClient {
             ..Default::default()
         };
         let r = self
-            .inner
-            .query(req)
+            .call("query", req, |mut c, r| async move { c.query(r).await })
             .await
             .map_err(|s| self.rpc_err("Query", s))?
             .into_inner();

@@ -355,6 +355,16 @@ fn body_backoff(attempt: u32) -> std::time::Duration {
     std::time::Duration::from_millis(base + jitter)
 }
 
+/// A stalled server must not stall a run: a connection that does not open within 10 s, or a
+/// request with no first response byte within 120 s (an upload of a large part included), is an
+/// attempt that failed, and the SDK retries it.
+fn s3_timeouts() -> aws_sdk_s3::config::timeout::TimeoutConfig {
+    aws_sdk_s3::config::timeout::TimeoutConfig::builder()
+        .connect_timeout(std::time::Duration::from_secs(10))
+        .read_timeout(std::time::Duration::from_secs(120))
+        .build()
+}
+
 async fn s3_client(ep: &S3Endpoint, creds: Option<&S3Credentials>) -> aws_sdk_s3::Client {
     use aws_config::BehaviorVersion;
     use aws_sdk_s3::config::{RequestChecksumCalculation, ResponseChecksumValidation};
@@ -382,6 +392,7 @@ async fn s3_client(ep: &S3Endpoint, creds: Option<&S3Credentials>) -> aws_sdk_s3
         .force_path_style(true)
         .request_checksum_calculation(RequestChecksumCalculation::WhenRequired)
         .response_checksum_validation(ResponseChecksumValidation::WhenRequired)
+        .timeout_config(s3_timeouts())
         .retry_config(
             aws_sdk_s3::config::retry::RetryConfig::standard()
                 .with_max_attempts(S3_ATTEMPTS)
@@ -494,6 +505,15 @@ where
                 StoreError::NotFound(what)
             } else if code == "NoSuchBucket" {
                 StoreError::Other(format!("{what}: the bucket does not exist ({})", store.describe()))
+            } else if matches!(
+                code,
+                "AccessDenied" | "InvalidAccessKeyId" | "SignatureDoesNotMatch" | "ExpiredToken"
+            ) {
+                // Permanent: the SDK does not retry these, and neither should the user.
+                StoreError::Other(format!(
+                    "{what}: {code} {msg}; check the S3 access key and secret (AWS_ACCESS_KEY_ID / \
+                     AWS_SECRET_ACCESS_KEY, or the Secret the spec names) and the bucket's policy"
+                ))
             } else {
                 StoreError::Other(format!("{what}: {code} {msg}").trim_end().to_owned())
             }

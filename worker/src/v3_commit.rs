@@ -67,12 +67,21 @@ pub async fn publish(store: &Store, segment_id: i64, v3: &V3Segment, ops: &[Mani
             .replace_columns(&groups)
             .map_err(|e| fail(format!("manifest version {current}: {e}")))?;
         let next_key = format!("{dir}manifest-{}.avro", current + 1);
-        match store.put_if_absent(&next_key, Bytes::from(next)).await {
-            Ok(()) => {
-                return Ok(Published {
-                    version: current + 1,
-                    source_version: current,
-                })
+        let next = Bytes::from(next);
+        let published = Published {
+            version: current + 1,
+            source_version: current,
+        };
+        match store.put_if_absent(&next_key, next.clone()).await {
+            Ok(()) => return Ok(published),
+            // Our own write, whose answer was lost and whose retry found it: done, not moved.
+            Err(StoreError::AlreadyExists(_)) if store.get(&next_key).await.is_ok_and(|b| b == next) => {
+                tracing::info!(
+                    segment = segment_id,
+                    version = current + 1,
+                    "manifest version already ours"
+                );
+                return Ok(published);
             }
             Err(StoreError::AlreadyExists(_)) => {
                 tracing::info!(

@@ -47,7 +47,15 @@ fn var(name: &str) -> String {
     std::env::var(name).unwrap_or_else(|_| panic!("{name} must be set (source $MB_HOME/e2e/env)"))
 }
 
+#[path = "real_env/faults.rs"]
+mod faults;
+
 fn yaml(collection: &str, source: &str, extra: &str) -> String {
+    yaml_at(collection, source, extra, &var("S3_ENDPOINT"))
+}
+
+/// The spec with S3 at `s3` (a fault proxy's address, say) for the bucket and the source.
+fn yaml_at(collection: &str, source: &str, extra: &str, s3: &str) -> String {
     format!(
         r#"apiVersion: milvusbackfill.io/v1alpha1
 kind: Backfill
@@ -60,7 +68,6 @@ spec:
   parallelism: 2
 {extra}"#,
         uri = var("MILVUS_URI"),
-        s3 = var("S3_ENDPOINT"),
         bucket = var("S3_BUCKET"),
         root = var("MILVUS_ROOT_PATH"),
     )

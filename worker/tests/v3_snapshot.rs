@@ -504,6 +504,57 @@ async fn contract_the_result_passes_every_decoder_rule_and_commits() {
     assert!(calls[0].2.is_empty(), "rule violations: {:?}", calls[0].2);
 }
 
+/// The commit endpoint behind `mb-fault-proxy`: refused connections, a gateway's 503 and an
+/// answer lost after DataCoord committed are all sent again (the commit is idempotent), and
+/// each still ends committed; an endpoint that stays down fails with a connection error that
+/// names it, after a bounded number of attempts.
+#[tokio::test]
+async fn contract_a_commit_is_sent_again_while_milvus_is_unreachable_or_its_answer_is_lost() {
+    use mb_fault_proxy::{Mode, Proxy, Rule};
+    let bed = Bed::new();
+    let (r, key, storage) = stored_run(&bed).await;
+    let (endpoint, calls) = commit_server(bed.root.join("bkt"), vec![], 200).await;
+    let upstream: std::net::SocketAddr = endpoint.trim_start_matches("http://").parse().unwrap();
+    let rules = |rs: &[&str]| rs.iter().map(|r| Rule::parse(r).unwrap()).collect::<Vec<_>>();
+    let tcp = Proxy::start("127.0.0.1:0", upstream, Mode::Tcp, rules(&["refuse first=2"]), 1)
+        .await
+        .unwrap();
+    let done = milvus_backfill::commit::commit_run(&storage, &format!("http://{}", tcp.addr()), &r, &key, 0)
+        .await
+        .unwrap();
+    assert!(done.success, "{done:?}");
+    assert_eq!((tcp.stats().faults, calls.0.lock().unwrap().len()), (2, 1));
+
+    let http = Proxy::start(
+        "127.0.0.1:0",
+        upstream,
+        Mode::Http,
+        rules(&["status:503 first=1", "lost-answer first=1"]),
+        1,
+    )
+    .await
+    .unwrap();
+    let done = milvus_backfill::commit::commit_run(&storage, &format!("http://{}", http.addr()), &r, &key, 0)
+        .await
+        .unwrap();
+    assert!(done.success, "{done:?}");
+    assert_eq!(http.stats().faults, 2);
+    assert_eq!(
+        calls.0.lock().unwrap().len(),
+        3,
+        "the lost answer's commit reached DataCoord, then the retry"
+    );
+
+    tcp.set_rules(rules(&["refuse"]));
+    let down = format!("http://{}", tcp.addr());
+    let e = milvus_backfill::commit::commit_run(&storage, &down, &r, &key, 0)
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind, ErrorKind::ConnectionError, "{}", e.message);
+    assert!(e.message.contains(&down), "{}", e.message);
+    assert_eq!(tcp.stats().faults, u64::from(milvus_backfill::retry::COMMIT.attempts));
+}
+
 #[tokio::test]
 async fn contract_a_failed_segment_is_committed_again_alone() {
     let bed = Bed::new();

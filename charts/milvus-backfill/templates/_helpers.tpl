@@ -95,33 +95,30 @@ The operator's rules on Backfills and their children; the same rules go into the
 ClusterRole (all namespaces) or into one Role per watched namespace.
 */}}
 {{- define "milvus-backfill.operatorRules" -}}
-# Backfills: watched (get/list/watch); finalizers are added and removed by patching the
-# object (patch/update).
+# Exactly what the operator's code calls (docs/operations.md#rbac lists each call): nothing
+# more, so a compromised operator can do no more than its job.
+# Backfills: watched by the controller (list/watch), listed once at startup as a check.
 - apiGroups: [milvusbackfill.io]
   resources: [backfills]
-  verbs: [get, list, watch, patch, update]
-# status is written with server-side apply (patch).
+  verbs: [list, watch]
+# status: read back before a step that must not run twice (get), written with server-side
+# apply (patch).
 - apiGroups: [milvusbackfill.io]
   resources: [backfills/status]
-  verbs: [get, patch, update]
+  verbs: [get, patch]
 # Jobs carry an ownerReference with blockOwnerDeletion=true to their Backfill, which needs
 # update on the owner's finalizers subresource (OwnerReferencesPermissionEnforcement).
 - apiGroups: [milvusbackfill.io]
   resources: [backfills/finalizers]
   verbs: [update]
-# One Job per task: created (server-side apply needs patch), watched, deleted on retry,
-# suspend and cleanup.
+# Worker, planning and finishing Jobs: applied with server-side apply (create, patch), read
+# when an apply is refused as immutable (get), watched (list/watch). Never deleted by the
+# operator: the garbage collector removes them with their Backfill.
 - apiGroups: [batch]
   resources: [jobs]
-  verbs: [create, get, list, watch, delete, patch]
-# Worker pods are only read, to report why a Job failed (OOMKilled, ImagePullBackOff, ...).
-- apiGroups: [""]
-  resources: [pods]
-  verbs: [get, list, watch]
-# Kubernetes Events on Backfills (both APIs: kube's Recorder uses events.k8s.io).
-- apiGroups: [""]
-  resources: [events]
-  verbs: [create, patch]
+  verbs: [create, get, list, watch, patch]
+# Kubernetes Events on Backfills: kube's Recorder writes events.k8s.io/v1 (create, then patch
+# to count a repeated Event).
 - apiGroups: [events.k8s.io]
   resources: [events]
   verbs: [create, patch]
