@@ -19,8 +19,9 @@ use tower_test::mock::{Handle, SendResponse};
 use crate::crd::{Backfill, BackfillStatus, Phase};
 use crate::jobs::MANAGER;
 
-/// How long a test waits for an expected request (or for the code under test).
-pub const WAIT: Duration = Duration::from_secs(10);
+/// How long a test waits for an expected request (or for the code under test): above the
+/// worker's bounded retries of an unreachable Milvus (`retry::MILVUS`, up to about 12 s).
+pub const WAIT: Duration = Duration::from_secs(30);
 
 /// One expected request and how it is answered.
 #[derive(Clone, Debug)]

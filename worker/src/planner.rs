@@ -206,7 +206,7 @@ async fn check_run_id_unused(planned: &Planned) -> Result<()> {
     let mut found = storage
         .list(&prefix)
         .await
-        .map_err(|e| BackfillError::connection(format!("cannot list {}: {e}", storage.display(&prefix))))?;
+        .map_err(|e| BackfillError::new(e.kind(), format!("cannot list {}: {e}", storage.display(&prefix))))?;
     // A plan alone means nothing ran (the operator stored it, then could not record it): the
     // run may be planned again under its ID.
     found.retain(|o| o.key != layout.plan_key());
@@ -584,7 +584,7 @@ async fn list_pk_binlogs(
     storage
         .list(&prefix)
         .await
-        .map_err(|e| BackfillError::connection(e.to_string()))
+        .map_err(|e| BackfillError::new(e.kind(), e.to_string()))
 }
 
 /// One segment's plan from the listing of its primary key directory, or why it cannot be backfilled.

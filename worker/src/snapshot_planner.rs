@@ -10,7 +10,7 @@ use milvus_backfill_api::plan::V3Segment;
 use milvus_backfill_api::spec::EngineSpec;
 
 use crate::config::BackfillDoc;
-use crate::error::{BackfillError, Result};
+use crate::error::{BackfillError, ErrorKind, Result};
 use crate::manifest::Manifest;
 use crate::plan::{PkField, SegmentPlan, SkippedSegment};
 use crate::planner::{self, Planned, SegmentPlans};
@@ -87,6 +87,7 @@ pub async fn plan(
         }
     }
     segments.planned.sort_by_key(|s| s.segment_id);
+    checks.within(Check::Segments, something_planned(&segments, &stores.storage))?;
     segments.warnings.insert(0, CONSISTENCY_NOTE.to_owned());
     let plan = planner::assemble(
         spec,
@@ -156,7 +157,34 @@ async fn read_snapshot(spec: &EngineSpec, path: &str, storage: &Store, creds: &S
         )),
         e => BackfillError::connection(format!("{what} cannot be read: {e}")),
     })?;
-    Snapshot::parse(&bytes).map_err(|e| BackfillError::schema(format!("{what}: {e}")))
+    Snapshot::parse(&bytes).map_err(|e| BackfillError::config(format!("{what}: {e}")))
+}
+
+/// A run in which every segment failed planning would write only its failure: it stops here
+/// instead, before anything is written. When no segment's manifest exists at all, the spec's
+/// storage is not this Milvus' storage (a wrong bucket or rootPath), which is the user's to fix.
+fn something_planned(segments: &SegmentPlans, storage: &Store) -> Result<()> {
+    if !segments.planned.is_empty() || segments.failed.is_empty() {
+        return Ok(());
+    }
+    let first = &segments.failed[0];
+    let n = segments.failed.len();
+    if segments.failed.iter().all(|f| f.reason.contains("does not exist")) {
+        return Err(BackfillError::config(format!(
+            "none of the snapshot's {n} segment manifest(s) exists in {}: check spec.storage (bucket, rootPath) is \
+             the storage of the Milvus that took the snapshot (segment {}: {})",
+            storage.describe(),
+            first.segment_id,
+            first.reason
+        )));
+    }
+    Err(BackfillError::new(
+        ErrorKind::SegmentProcessingError,
+        format!(
+            "every segment failed planning ({n}); segment {}: {}",
+            first.segment_id, first.reason
+        ),
+    ))
 }
 
 /// Every V3 segment, manifests read a few at a time. A segment that cannot be planned fails

@@ -44,8 +44,23 @@ pub enum StoreError {
     AlreadyExists(String),
     #[error("{key}: not valid JSON: {error}")]
     Decode { key: String, error: String },
+    /// An answer that no retry changes and the spec or the credentials must: the bucket does
+    /// not exist, access is denied.
+    #[error("{0}")]
+    Refused(String),
     #[error("{0}")]
     Other(String),
+}
+
+impl StoreError {
+    /// The kind of a failed call that is otherwise a connection problem: a refusal is the
+    /// user's to fix (exit 3), anything else may pass on another attempt.
+    pub fn kind(&self) -> crate::error::ErrorKind {
+        match self {
+            StoreError::Refused(_) => crate::error::ErrorKind::ConfigError,
+            _ => crate::error::ErrorKind::ConnectionError,
+        }
+    }
 }
 
 impl Store {
@@ -504,13 +519,16 @@ where
             {
                 StoreError::NotFound(what)
             } else if code == "NoSuchBucket" {
-                StoreError::Other(format!("{what}: the bucket does not exist ({})", store.describe()))
+                StoreError::Refused(format!(
+                    "{what}: the bucket does not exist ({}); check the bucket in the spec",
+                    store.describe()
+                ))
             } else if matches!(
                 code,
                 "AccessDenied" | "InvalidAccessKeyId" | "SignatureDoesNotMatch" | "ExpiredToken"
             ) {
                 // Permanent: the SDK does not retry these, and neither should the user.
-                StoreError::Other(format!(
+                StoreError::Refused(format!(
                     "{what}: {code} {msg}; check the S3 access key and secret (AWS_ACCESS_KEY_ID / \
                      AWS_SECRET_ACCESS_KEY, or the Secret the spec names) and the bucket's policy"
                 ))

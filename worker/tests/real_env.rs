@@ -47,6 +47,9 @@ fn var(name: &str) -> String {
     std::env::var(name).unwrap_or_else(|_| panic!("{name} must be set (source $MB_HOME/e2e/env)"))
 }
 
+#[path = "real_env/bad_inputs.rs"]
+mod bad_inputs;
+mod bad_inputs_table;
 #[path = "real_env/faults.rs"]
 mod faults;
 

@@ -251,36 +251,43 @@ async fn bad_input_is_refused_before_anything_is_written() {
     assert_eq!(bed.data_files(1003), before, "nothing was written");
 }
 
+/// A segment whose manifest is gone or was rewritten cannot be planned; when it is the
+/// snapshot's only segment, planning stops with the reason instead of a run that would only
+/// record it, and nothing is written.
 #[tokio::test]
-async fn a_segment_whose_manifest_is_gone_or_rewritten_fails_alone() {
+async fn a_snapshot_whose_segments_cannot_be_planned_is_refused_before_anything_is_written() {
     let bed = Bed::new();
     let pks = bed.segment(1003)["pks"].as_array().unwrap().clone();
     let source = bed.root.join("source.parquet");
     write_source(&source, &pks, DataType::Float64);
     let before = bed.data_files(1003);
 
-    // Version 9 was never written.
-    let r = plan_and_run(&bed.doc(&bed.snapshot(1003, 9, 5), &source))
+    // Version 9 was never written: no manifest of the snapshot exists, so spec.storage is wrong.
+    let e = plan_and_run(&bed.doc(&bed.snapshot(1003, 9, 5), &source))
         .await
-        .unwrap();
-    assert!(!r.success);
+        .unwrap_err();
+    assert_eq!(e.kind, ErrorKind::ConfigError, "{}", e.message);
     assert!(
-        r.failed_segments[0].reason.contains("manifest version 9"),
-        "{:?}",
-        r.failed_segments
+        e.message.contains("manifest version 9") && e.message.contains("check spec.storage"),
+        "{}",
+        e.message
     );
 
     // At version 2 the segment had 2,000 rows; the newest manifest (4) has 2,500.
-    let r = plan_and_run(&bed.doc(&bed.snapshot(1003, 2, 5), &source))
+    let e = plan_and_run(&bed.doc(&bed.snapshot(1003, 2, 5), &source))
         .await
-        .unwrap();
-    assert!(!r.success);
-    let reason = &r.failed_segments[0].reason;
+        .unwrap_err();
+    assert_eq!(e.kind, ErrorKind::SegmentProcessingError, "{}", e.message);
     assert!(
-        reason.contains("rows changed from 2000 to 2500") && reason.contains("take a new snapshot"),
-        "{reason}"
+        e.message.contains("every segment failed planning")
+            && e.message.contains("rows changed from 2000 to 2500")
+            && e.message.contains("take a new snapshot"),
+        "{}",
+        e.message
     );
     assert_eq!(bed.data_files(1003), before, "nothing was written");
+    let runs = bed.root.join("bkt/files/backfill");
+    assert!(!runs.exists(), "no result was written");
 
     // At version 3 it had all 2,500 rows (version 4 added the vector group): planned at 3.
     let r = plan_and_run(&bed.doc(&bed.snapshot(1003, 3, 5), &source))
