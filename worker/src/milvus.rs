@@ -149,7 +149,9 @@ fn base64(input: &[u8]) -> String {
 pub(crate) fn transient(s: &tonic::Status) -> bool {
     use tonic::Code;
     match s.code() {
-        Code::Unavailable | Code::ResourceExhausted | Code::Aborted | Code::DeadlineExceeded => true,
+        // Cancelled: we never cancel a call, so it is the transport's ("connection closed
+        // before message completed").
+        Code::Unavailable | Code::ResourceExhausted | Code::Aborted | Code::DeadlineExceeded | Code::Cancelled => true,
         Code::Unknown => {
             let m = s.message().to_ascii_lowercase();
             m.contains("transport") || m.contains("connection") || m.contains("broken pipe")
