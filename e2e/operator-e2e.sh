@@ -91,12 +91,12 @@ OPSA=$(kubectl -n "$NS" get deploy -l app.kubernetes.io/name=milvus-backfill,app
 plan_jobs=$(kubectl -n "$NS" get jobs -l "milvusbackfill.io/backfill=$RUN,app.kubernetes.io/component=planner" -o jsonpath='{range .items[*]}{.metadata.name}={.status.succeeded}{"\n"}{end}')
 [ "$plan_jobs" = "$RUN-plan-1-0=1" ] || fail "expected one succeeded planning Job $RUN-plan-1-0, got: $plan_jobs"
 # Least privilege: the chart grants what the operator's code calls and nothing more.
-for denied in "list pods" "create events" "delete jobs" "patch backfills" "update backfills" "update backfills/status"; do
+for denied in "list pods" "create events" "delete jobs" "patch backfills" "update backfills" "update backfills --subresource=status"; do
   # shellcheck disable=SC2086
   [ "$(kubectl auth can-i $denied --as="system:serviceaccount:$NS:$OPSA" -n "$NS" 2>/dev/null || true)" = no ] ||
     fail "the operator's ServiceAccount may $denied"
 done
-for granted in "watch backfills" "patch backfills/status" "patch jobs" "create events.events.k8s.io"; do
+for granted in "watch backfills" "patch backfills --subresource=status" "patch jobs" "create events.events.k8s.io"; do
   # shellcheck disable=SC2086
   [ "$(kubectl auth can-i $granted --as="system:serviceaccount:$NS:$OPSA" -n "$NS" 2>/dev/null || true)" = yes ] ||
     fail "the operator's ServiceAccount may not $granted"

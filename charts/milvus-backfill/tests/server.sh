@@ -50,9 +50,11 @@ done
 echo "== helm install (all namespaces, 1 replica)"
 SA=system:serviceaccount:$SNS:mbt-milvus-backfill
 WSA=system:serviceaccount:$SNS:mbt-milvus-backfill-worker
-can() { # expect(yes|no) as verb resource ns
-	local got; got=$(K auth can-i --as="$2" "$3" "$4" -n "$5" 2>/dev/null || true)
-	if [ "$got" = "$1" ]; then ok "can-i $3 $4 -n $5 as ${2##*:}: $got"; else ko "can-i $3 $4 -n $5 as ${2##*:}: got '$got', want $1"; fi
+can() { # expect(yes|no) as verb resource ns [subresource]
+	local sub=() what=$4
+	if [ -n "${6:-}" ]; then sub=(--subresource="$6"); what="$4 (subresource $6)"; fi
+	local got; got=$(K auth can-i --as="$2" "$3" "$4" "${sub[@]}" -n "$5" 2>/dev/null || true)
+	if [ "$got" = "$1" ]; then ok "can-i $3 $what -n $5 as ${2##*:}: $got"; else ko "can-i $3 $what -n $5 as ${2##*:}: got '$got', want $1"; fi
 }
 if "$HELM" install mbt "$CHART" -n $SNS "${CRDFLAG[@]}" >"$WORK/out" 2>&1; then ok "helm install"; else cat "$WORK/out"; ko "helm install"; fi
 K wait --for condition=Established crd/$CRD --timeout=60s >/dev/null && ok "CRD Established" || ko "CRD Established"
@@ -68,13 +70,16 @@ YAML
 if K apply -f "$WORK/sample.yaml" >"$WORK/out" 2>&1; then ok "a sample Backfill is accepted by the CRD"; else cat "$WORK/out"; ko "a sample Backfill is accepted by the CRD"; fi
 K get bf -n mbt-a sample >/dev/null 2>&1 && ok "short name bf works" || ko "short name bf works"
 for ns in default mbt-a; do
-	can yes $SA create jobs.batch $ns; can yes $SA patch jobs.batch $ns; can yes $SA delete jobs.batch $ns
+	# Exactly what the operator's code calls (templates/_helpers.tpl).
+	can yes $SA create jobs.batch $ns; can yes $SA patch jobs.batch $ns; can no $SA delete jobs.batch $ns
 	can no $SA update jobs.batch $ns
-	can yes $SA watch backfills.milvusbackfill.io $ns; can yes $SA patch backfills.milvusbackfill.io/status $ns
-	can yes $SA update backfills.milvusbackfill.io/finalizers $ns
+	can yes $SA watch backfills.milvusbackfill.io $ns; can yes $SA patch backfills.milvusbackfill.io $ns status
+	can yes $SA get backfills.milvusbackfill.io $ns status; can no $SA update backfills.milvusbackfill.io $ns status
+	can yes $SA update backfills.milvusbackfill.io $ns finalizers
+	can no $SA patch backfills.milvusbackfill.io $ns; can no $SA update backfills.milvusbackfill.io $ns
 	can no $SA create backfills.milvusbackfill.io $ns; can no $SA delete backfills.milvusbackfill.io $ns
-	can yes $SA watch pods $ns; can no $SA create pods $ns; can no $SA delete pods $ns
-	can yes $SA create events $ns; can yes $SA create events.events.k8s.io $ns
+	can no $SA watch pods $ns; can no $SA create pods $ns; can no $SA delete pods $ns
+	can no $SA create events $ns; can yes $SA create events.events.k8s.io $ns
 	# Planning Jobs (the default): the operator reads no Secret at all.
 	can no $SA get secrets $ns; can no $SA list secrets $ns; can no $SA watch secrets $ns
 	can no $SA get configmaps $ns
