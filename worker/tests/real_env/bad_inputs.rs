@@ -84,9 +84,15 @@ async fn run_spec_row(e: &Env, row: &Row, store: &Store) -> Result<(), String> {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("bf.yaml");
     std::fs::write(&file, spec_text(e, row, &s)).unwrap();
+    run_and_check(row, store, &s, &["run", "--no-progress", "-f"], &file).await
+}
+
+/// Runs the CLI on `file` and checks the row's outcome, with what it wrote under the row's
+/// prefixes (listed before and after).
+async fn run_and_check(row: &Row, store: &Store, s: &Scratch, args: &[&str], file: &Path) -> Result<(), String> {
     let prefixes = [s.out_prefix.clone(), s.run_prefix.clone()];
     let before = keys_under(store, &prefixes).await;
-    let out = cli(&["run", "--no-progress", "-f"], &file, &row.env);
+    let out = cli(args, file, &row.env);
     let new: Vec<String> = keys_under(store, &prefixes)
         .await
         .into_iter()
@@ -160,15 +166,7 @@ async fn run_task_row(e: &Env, row: &Row, store: &Store) -> Result<(), String> {
     };
     std::fs::write(&file, body).unwrap();
     // The damaged copies are in place already: what is new afterwards, the command wrote.
-    let prefixes = [s.run_prefix.clone(), s.out_prefix.clone()];
-    let before = keys_under(store, &prefixes).await;
-    let out = cli(&["segment", "--task"], &file, &row.env);
-    let new: Vec<String> = keys_under(store, &prefixes)
-        .await
-        .into_iter()
-        .filter(|k| !before.contains(k))
-        .collect();
-    check(row, &out, &new, &s.run_prefix)
+    run_and_check(row, store, &s, &["segment", "--task"], &file).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

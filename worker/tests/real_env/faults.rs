@@ -60,29 +60,45 @@ fn out_path(name: &str) -> String {
     format!("  output: {{path: \"s3://{}/f/{name}\"}}\n", var("S3_BUCKET"))
 }
 
+/// Plans and runs `c` from its `source` file of the dataset, with S3 behind a proxy of
+/// `rules`; returns the proxy's counts of the run and the proxy itself (the run's stores go
+/// through it), its rules cleared so that the checks after read cleanly.
+async fn run_with_s3_faults(
+    e: &Env,
+    c: &str,
+    source: &str,
+    out: &str,
+    rules: &[&str],
+    seed: u64,
+) -> (
+    milvus_backfill::plan::Plan,
+    RunStores,
+    milvus_backfill_api::outcome::BackfillResult,
+    Stats,
+    Proxy,
+) {
+    let p = proxy(&var("S3_ENDPOINT"), Mode::Http, rules, seed).await;
+    let src = e.expected[c]["newField"][source].as_str().unwrap();
+    let text = yaml_at(c, src, &out_path(out), &p.addr().to_string());
+    let (plan, stores, r) = plan_and_run(&text).await;
+    let stats = p.stats();
+    p.set_rules(vec![]);
+    (plan, stores, r, stats, p)
+}
+
 /// Reads of binlogs, of the source and of listings meet 503 SlowDown, resets before the answer
 /// and bodies cut halfway: the SDK retries the first two, the store fetches a cut body again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn s3_read_faults_are_retried_and_every_row_is_right() {
     let Some(e) = env() else { return };
     let c = "e2e_many";
-    let p = proxy(
-        &var("S3_ENDPOINT"),
-        Mode::Http,
-        &[
-            "cut method=GET key=/insert_log/ fraction=0.06",
-            "cut method=GET key=.parquet fraction=0.2",
-            "slowdown method=GET fraction=0.05",
-            "reset method=GET fraction=0.04",
-        ],
-        11,
-    )
-    .await;
-    let src = e.expected[c]["newField"]["multi"].as_str().unwrap();
-    let text = yaml_at(c, src, &out_path("read"), &p.addr().to_string());
-    let (plan, stores, r) = plan_and_run(&text).await;
-    let stats = p.stats();
-    p.set_rules(vec![]);
+    let rules = [
+        "cut method=GET key=/insert_log/ fraction=0.06",
+        "cut method=GET key=.parquet fraction=0.2",
+        "slowdown method=GET fraction=0.05",
+        "reset method=GET fraction=0.04",
+    ];
+    let (plan, stores, r, stats, _proxy) = run_with_s3_faults(&e, c, "multi", "read", &rules, 11).await;
     assert!(r.success, "{}", r.summary());
     let checked = verify_outputs(&e, c, &plan, &stores, &r).await;
     assert_eq!(checked, r.total_rows_written);
@@ -96,23 +112,13 @@ async fn s3_read_faults_are_retried_and_every_row_is_right() {
 async fn s3_write_faults_are_retried_and_every_row_is_right() {
     let Some(e) = env() else { return };
     let c = "e2e_many";
-    let p = proxy(
-        &var("S3_ENDPOINT"),
-        Mode::Http,
-        &[
-            "status:500 method=PUT key=manifest first=3",
-            "status:503 method=PUT key=result first=1",
-            "lost-answer method=PUT fraction=0.1",
-            "slowdown method=PUT fraction=0.1",
-        ],
-        12,
-    )
-    .await;
-    let src = e.expected[c]["newField"]["single"].as_str().unwrap();
-    let text = yaml_at(c, src, &out_path("write"), &p.addr().to_string());
-    let (plan, stores, r) = plan_and_run(&text).await;
-    let stats = p.stats();
-    p.set_rules(vec![]);
+    let rules = [
+        "status:500 method=PUT key=manifest first=3",
+        "status:503 method=PUT key=result first=1",
+        "lost-answer method=PUT fraction=0.1",
+        "slowdown method=PUT fraction=0.1",
+    ];
+    let (plan, stores, r, stats, _proxy) = run_with_s3_faults(&e, c, "single", "write", &rules, 12).await;
     assert!(r.success, "{}", r.summary());
     verify_outputs(&e, c, &plan, &stores, &r).await;
     let stored = stored_result(&stores, &plan).await;
